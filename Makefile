@@ -1,0 +1,75 @@
+# Day-to-day shortcuts. Every target but `venv` and `lab-deps` uses .venv.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYINFRA := $(VENV)/bin/pyinfra
+INVENTORY ?= inventory.py
+LAB_INVENTORY := inventories/lab.py
+LAB_ENV := SECRETS_FILE=$(CURDIR)/.lab/secrets.yaml
+STAMP := $(VENV)/.installed
+
+.PHONY: venv lab-deps check deploy deploy-simple diff gpu smoke verify tunnel lab lab-down \
+        lab-status lab-diff test test-unit test-lab lint bench clean
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+lab-deps:  ## apt packages the lab needs on this machine (Debian/Ubuntu, as root)
+	@dpkg -s systemd-container mmdebstrap tinyproxy-bin openssh-client iproute2 >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	   systemd-container mmdebstrap tinyproxy-bin openssh-client iproute2 >/dev/null)
+
+check: venv  ## validate settings and secrets; touches no host
+	$(PY) -m oceanid.preflight $(INVENTORY)
+
+deploy: check  ## the whole site
+	$(PYINFRA) $(INVENTORY) deploys/site.py
+
+deploy-simple: check  ## the minimal, non-disruptive deploy (provisioning flags off)
+	$(PYINFRA) $(INVENTORY) deploys/site.py --data enable_node_provisioning=False \
+	  --data enable_control_plane_lb=False
+
+diff: check  ## what a deploy would change, with file diffs; changes nothing
+	$(PYINFRA) $(INVENTORY) deploys/site.py --dry --diff
+
+gpu: check  ## one GPU host: make gpu HOST=calypso
+	$(PYINFRA) $(INVENTORY) deploys/gpu.py --limit $(or $(HOST),calypso)
+
+verify: venv  ## testinfra checks of the deployed hosts
+	$(VENV)/bin/pytest -q tests/hosts --hosts=$(or $(HOSTS),ssh://tethys,ssh://styx,ssh://calypso)
+
+lab: venv lab-deps  ## boot the lab and deploy the whole site into it
+	$(PY) -m lab up
+
+lab-down: venv
+	$(PY) -m lab down
+
+lab-status: venv
+	$(PY) -m lab status
+
+lab-diff: venv
+	$(LAB_ENV) $(PYINFRA) -y $(LAB_INVENTORY) deploys/site.py --dry --diff
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test-unit: venv
+	$(VENV)/bin/pytest -q -m 'not lab' tests/unit tests/standins tests/contract
+
+test-lab: venv lab-deps
+	$(VENV)/bin/pytest -q -m lab tests/lab
+
+test: venv lab-deps  ## everything CI runs: lint, unit, contract and lab tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q tests/unit tests/standins tests/contract tests/lab
+
+bench: venv  ## with the lab up: boot, first and no-op converge, bare exec, ratio
+	$(PY) -m lab.bench
+
+clean: lab-down
+	rm -rf .lab

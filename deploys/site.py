@@ -1,0 +1,11 @@
+"""The whole site: `pyinfra inventory.py deploys/site.py` (add `--dry --diff` to preview).
+
+Every host gets the base; each role adds its part. Settings and secrets are validated
+for the whole inventory before the first operation is queued.
+"""
+
+from deploys import base
+from oceanid.site import this_host
+
+plan = this_host()
+base.deploy(plan)

@@ -1,0 +1,61 @@
+"""Site-wide defaults and pinned versions for every Oceanid host.
+
+pyinfra loads this file for every inventory (and for `pyinfra @ssh/calypso …`); the
+values are validated by `oceanid.settings` before any operation is queued, so a typo
+here stops the run with the key's name instead of deploying a default.
+"""
+
+# Public names are <label>.<base_domain>: label.boathou.se, gpu.boathou.se, …
+base_domain = "boathou.se"
+
+# Secrets: Pulumi ESC first, then environment variables, then SECRETS_FILE.
+esc_environment = "default/oceanid-cluster"
+secret_sources = ["esc", "env", "file"]
+
+# Flags from the old stack; both off for the minimal, non-disruptive deploy.
+enable_node_provisioning = False
+enable_control_plane_lb = False
+
+# Reconcile the public CNAMEs through the Cloudflare API.
+manage_dns = True
+cloudflare_api_base_url = None  # the SDK's default, https://api.cloudflare.com/client/v4
+cloudflare_takeover_records = []  # names the deploy may overwrite although it did not create them
+
+# The operators' account on every host (calypso's SSH user), with passwordless sudo.
+admin_user = "oceanid"
+admin_ssh_keys = []  # added to ~oceanid/.ssh/authorized_keys; keys already there are kept
+
+# What every role needs before anything else.
+base_packages = ["ca-certificates", "curl", "gnupg", "jq", "sudo"]
+
+# Pinned artifacts, verified by SHA-256 before install. Point `url` at a mirror when
+# the site has no route to GitHub.
+k3s = {
+    "version": "v1.33.4+k3s1",
+    "url": "https://github.com/k3s-io/k3s/releases/download/{version}/k3s",
+    "sha256": {"amd64": "PLACEHOLDER"},
+}
+cloudflared = {
+    "version": "2025.8.1",
+    "url": "https://github.com/cloudflare/cloudflared/releases/download/{version}/cloudflared-linux-{arch}",
+    "sha256": {"amd64": "PLACEHOLDER"},
+}
+triton_image = "nvcr.io/nvidia/tritonserver:25.08-py3"
+
+# cloudflared: `auto` lets it pick QUIC; use `http2` where UDP/7844 is filtered.
+tunnel_protocol = "auto"
+cloudflared_metrics_address = "127.0.0.1:2200"
+
+# What is particular to one host, keyed by its inventory name.
+hosts = {
+    "calypso": {
+        "gpu": {
+            "public_name": "gpu",
+            "tunnel_id_key": "cloudflareNodeTunnelId",
+            "tunnel_credential_key": "cloudflareNodeTunnelToken",
+            "require_gpu": True,
+            "gpus": [0],
+            "service": {"kind": "triton", "runtime": "container", "port": 8000},
+        },
+    },
+}

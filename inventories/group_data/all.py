@@ -1,0 +1,44 @@
+"""The lab's settings on top of group_data/all.py (pyinfra loads this folder second).
+
+Artifacts come from the lab's mirror, pinned to the hashes `make lab` recorded for the
+stand-ins; secrets come from the lab's SECRETS_FILE; the lab's calypso has no GPU and
+runs Triton on the CPU from the nvidia-pytriton wheel.
+"""
+
+import json
+from pathlib import Path
+
+__all__ = [
+    "secret_sources",
+    "manage_dns",
+    "k3s",
+    "cloudflared",
+    "admin_ssh_keys",
+    "hosts",
+]
+
+_lab = Path(__file__).resolve().parents[2] / ".lab"
+try:
+    _pins = json.loads((_lab / "artifacts.json").read_text())
+except FileNotFoundError:
+    raise SystemExit(
+        "lab: .lab/artifacts.json is missing; run `make lab` to build the lab first"
+    ) from None
+
+secret_sources = ["file"]
+manage_dns = False
+k3s = _pins["k3s"]
+cloudflared = _pins["cloudflared"]
+admin_ssh_keys = [(_lab / "ssh" / "id_ed25519.pub").read_text().strip()]
+
+hosts = {
+    "calypso": {
+        "gpu": {
+            "public_name": "gpu",
+            "tunnel_id_key": "cloudflareNodeTunnelId",
+            "tunnel_credential_key": "cloudflareNodeTunnelToken",
+            "require_gpu": False,
+            "service": {"kind": "triton", "runtime": "host", "port": 8000},
+        },
+    },
+}

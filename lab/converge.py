@@ -1,0 +1,46 @@
+"""Run the real pyinfra CLI against the lab and read its JSON totals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+from lab.topology import REPO, SECRETS_FILE
+
+
+@dataclass
+class Run:
+    returncode: int
+    seconds: float
+    totals: dict
+    failed_hosts: list[str]
+    changed: dict[str, list[str]]  # operation name -> hosts it changed
+    output: str
+
+
+def lab_env() -> dict[str, str]:
+    return {**os.environ, "SECRETS_FILE": str(SECRETS_FILE), "PYINFRA_PROGRESS": "off"}
+
+
+def pyinfra(*args: str, json_output: bool = True, timeout: float = 1800) -> Run:
+    argv = [str(REPO / ".venv/bin/pyinfra"), "-y"]
+    if json_output:
+        argv.append("--json")
+    argv += ["inventories/lab.py", *args]
+    started = time.monotonic()
+    done = subprocess.run(
+        argv, cwd=REPO, env=lab_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    seconds = time.monotonic() - started
+    totals, failed, changed = {}, [], {}
+    if json_output and done.stdout.strip().startswith("{"):
+        results = json.loads(done.stdout).get("results") or {}
+        totals = results.get("totals", {})
+        failed = results.get("failed_hosts", [])
+        changed = {
+            op["name"]: op["success"] for op in results.get("operations", []) if op["success"]
+        }
+    return Run(done.returncode, seconds, totals, failed, changed, done.stdout + done.stderr)

@@ -1,0 +1,71 @@
+"""Well-formed, fake secrets for the lab, one of each tunnel credential shape.
+
+The cluster tunnel gets a raw connector token, calypso's node tunnel a base64
+credentials.json wrapped at 76 columns (as `base64` prints it), so every shape that
+reaches production is exercised by every `make lab`. Generated once and kept, so tunnel
+IDs stay stable between runs; written 0600 like any secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import textwrap
+import uuid
+
+import yaml
+
+from lab.topology import SECRETS_FILE
+
+
+def _token(account: str, tunnel: str, secret: str) -> str:
+    payload = json.dumps({"a": account, "t": tunnel, "s": secret}, separators=(",", ":"))
+    return base64.b64encode(payload.encode()).decode()
+
+
+def _credentials_json(account: str, tunnel: str, secret: str) -> str:
+    return json.dumps({"AccountTag": account, "TunnelSecret": secret, "TunnelID": tunnel})
+
+
+def generate() -> dict[str, str]:
+    account = secrets.token_hex(16)
+    cluster, node = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def secret() -> str:
+        return base64.b64encode(secrets.token_bytes(32)).decode()
+
+    wrapped = "\n".join(
+        textwrap.wrap(
+            base64.b64encode(_credentials_json(account, node, secret()).encode()).decode(), 76
+        )
+    )
+    return {
+        "cloudflareAccountId": account,
+        "cloudflareZoneId": secrets.token_hex(16),
+        "cloudflareApiToken": secrets.token_urlsafe(30),
+        "cloudflareTunnelId": cluster,
+        "cloudflareTunnelToken": _token(account, cluster, secret()),
+        "cloudflareNodeTunnelId": node,
+        "cloudflareNodeTunnelToken": wrapped + "\n",
+        "cloudflareNodeTunnelHostname": "gpu.boathou.se",
+        "cloudflareNodeTunnelTarget": "http://localhost:8000",
+        "k3s_token": "K10" + secrets.token_hex(24) + "::server:" + secrets.token_hex(16),
+        "labelStudioDbUrl": f"postgresql://labelstudio:{secrets.token_urlsafe(12)}@db:5432/ls",
+        "labelStudioApiToken": secrets.token_hex(20),
+        "labelStudioAdminEmail": "admin@boathou.se",
+        "labelStudioAdminPassword": secrets.token_urlsafe(16),
+        "hfAccessToken": "hf_" + secrets.token_urlsafe(24),
+    }
+
+
+def ensure() -> dict[str, str]:
+    if SECRETS_FILE.exists():
+        return yaml.safe_load(SECRETS_FILE.read_text())
+    SECRETS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    values = generate()
+    fd = os.open(SECRETS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        yaml.safe_dump(values, out, sort_keys=True)
+    return values

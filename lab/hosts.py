@@ -1,0 +1,94 @@
+"""Boot, wait for, and stop the lab's hosts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from lab import processes
+from lab.topology import RUN_DIR, SSH_DIR, LabHost
+
+
+def record_name(lab_host: LabHost) -> str:
+    return f"host-{lab_host.name}"
+
+
+def boot(lab_host: LabHost) -> int:
+    return processes.start(
+        record_name(lab_host), [sys.executable, "-m", "lab.supervise", lab_host.name]
+    )
+
+
+def ssh_argv(lab_host: LabHost, *command: str) -> list[str]:
+    return [
+        "ssh",
+        "-F",
+        str(SSH_DIR / "config"),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=3",
+        lab_host.name,
+        *command,
+    ]
+
+
+def wait_ready(lab_host: LabHost, timeout: float = 60.0) -> None:
+    """Wait until sshd answers and systemd has finished booting."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((lab_host.address, 22), timeout=1) as sock:
+                if sock.recv(16).startswith(b"SSH-"):
+                    break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        raise TimeoutError(f"{lab_host.name}: sshd did not answer within {timeout:.0f}s")
+    remaining = max(5.0, deadline - time.monotonic())
+    done = subprocess.run(
+        ssh_argv(lab_host, "systemctl", "is-system-running", "--wait"),
+        capture_output=True,
+        text=True,
+        timeout=remaining,
+        check=False,
+    )
+    state = done.stdout.strip()
+    if state not in ("running", "degraded"):
+        raise RuntimeError(f"{lab_host.name}: systemd is {state or 'unreachable'}: {done.stderr}")
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        for child in processes.children(todo.pop()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def stop(lab_host: LabHost, timeout: float = 10.0) -> bool:
+    """Halt the container cleanly; kill its PID 1 if the halt hangs."""
+    supervisor = processes.running(record_name(lab_host))
+    if supervisor is None:
+        return False
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    (RUN_DIR / f"{lab_host.name}.stop").touch()
+    nspawn = [
+        p
+        for p in _descendants(supervisor)
+        if (processes.cmdline(p) or [""])[0].endswith("systemd-nspawn")
+    ]
+    inits = [c for n in nspawn for c in processes.children(n)]
+    for pid in nspawn:
+        os.kill(pid, signal.SIGTERM)
+    for pid in processes.wait_gone(inits, timeout):
+        os.kill(pid, signal.SIGKILL)
+    processes.wait_gone(inits, 5.0)
+    processes.stop(record_name(lab_host), timeout=5.0)
+    (RUN_DIR / f"{lab_host.name}.stop").unlink(missing_ok=True)
+    return True

@@ -1,0 +1,239 @@
+"""Check settings and secrets for a whole inventory before any host is touched.
+
+`make check` runs this without connecting anywhere; the deploy files run it once per
+pyinfra process (cached) before they queue a single operation. It reports every
+problem at once, and requires only the secrets that the enabled features need.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from oceanid import secrets as secrets_mod
+from oceanid import tunnel_credentials
+from oceanid.settings import GpuHost, Settings, SettingsError, from_data
+
+K3S_SERVERS, K3S_AGENTS, GPU_HOSTS = "k3s_servers", "k3s_agents", "gpu_hosts"
+
+
+@dataclass(frozen=True)
+class HostView:
+    """What preflight needs to know of one inventory host."""
+
+    name: str
+    groups: frozenset[str]
+    data: Mapping[str, Any]
+
+
+@dataclass
+class HostPlan:
+    """One host's validated inputs: its settings, roles and credentials."""
+
+    name: str
+    settings: Settings
+    roles: frozenset[str]
+    gpu: GpuHost | None = None
+    node_tunnel_id: str | None = None
+    node_credential: tunnel_credentials.TunnelCredential | None = None
+
+
+@dataclass
+class Site:
+    """The validated site: one plan per host, and the secrets they draw on."""
+
+    hosts: dict[str, HostPlan]
+    secrets: secrets_mod.Secrets
+    cluster_tunnel_id: str | None = None
+    cluster_credential: tunnel_credentials.TunnelCredential | None = None
+    required: dict[str, list[str]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        roles = ", ".join(
+            f"{name} ({'+'.join(sorted(plan.roles)) or 'no role'})"
+            for name, plan in sorted(self.hosts.items())
+        )
+        origins = sorted({self.secrets.origin(k) or "?" for k in self.required})
+        return (
+            f"ok: {len(self.hosts)} hosts [{roles}]; {len(self.required)} secrets "
+            f"present and well-formed (from {', '.join(origins) or 'no source needed'})"
+        )
+
+
+class PreflightError(RuntimeError):
+    """Every problem found, one line each; safe to print (no secret values)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def short_name(name: str) -> str:
+    """`@ssh/calypso` and `calypso` are the same host to our data."""
+    return name.rsplit("/", 1)[-1]
+
+
+def roles_of(name: str, groups: Iterable[str], settings: Settings) -> frozenset[str]:
+    roles = set(groups) & {K3S_SERVERS, K3S_AGENTS, GPU_HOSTS}
+    if settings.host(short_name(name)).gpu is not None:
+        roles.add(GPU_HOSTS)
+    return frozenset(roles)
+
+
+def required_secrets(plans: Iterable[HostPlan], settings: Settings) -> dict[str, list[str]]:
+    """Secret key -> the features that need it, from roles and flags."""
+    need: dict[str, list[str]] = {}
+
+    def add(key: str, why: str) -> None:
+        need.setdefault(key, []).append(why)
+
+    plans = list(plans)
+    for plan in plans:
+        if plan.gpu is not None:
+            why = f"{plan.name}'s node tunnel"
+            add(plan.gpu.tunnel_id_key, why)
+            add(plan.gpu.tunnel_credential_key, why)
+            if settings.manage_dns:
+                add(plan.gpu.tunnel_id_key, f"{plan.name}'s DNS record")
+    if any(K3S_SERVERS in p.roles for p in plans):
+        add("cloudflareTunnelId", "the cluster tunnel")
+        add("cloudflareTunnelToken", "the cluster tunnel")
+    if settings.manage_dns and plans:
+        for key in ("cloudflareApiToken", "cloudflareZoneId", "cloudflareAccountId"):
+            add(key, "DNS records (manage_dns)")
+    if settings.enable_node_provisioning and any(
+        {K3S_SERVERS, K3S_AGENTS} & p.roles for p in plans
+    ):
+        add("k3s_token", "node provisioning (enable_node_provisioning)")
+    return need
+
+
+def _credential(
+    secrets: secrets_mod.Secrets, id_key: str, cred_key: str, problems: list[str]
+) -> tuple[str | None, tunnel_credentials.TunnelCredential | None]:
+    tunnel_id, value = secrets.get(id_key), secrets.get(cred_key)
+    if tunnel_id is None or value is None:
+        return tunnel_id, None
+    if not tunnel_credentials.UUID_RE.match(tunnel_id.strip().lower()):
+        problems.append(f"{id_key}: not a tunnel ID (expected a UUID)")
+        return tunnel_id, None
+    try:
+        cred = tunnel_credentials.parse_for_tunnel(
+            value, key=cred_key, tunnel_id=tunnel_id, id_key=id_key
+        )
+    except tunnel_credentials.CredentialError as exc:
+        problems.append(str(exc))
+        return tunnel_id, None
+    return tunnel_id.strip().lower(), cred
+
+
+def check(hosts: Iterable[HostView], *, environ: Mapping[str, str] | None = None) -> Site:
+    """Validate every host's settings, then the secrets they need; raise all problems."""
+    problems: list[str] = []
+    plans: dict[str, HostPlan] = {}
+    first: Settings | None = None
+    for view in hosts:
+        try:
+            settings = from_data(view.data)
+        except SettingsError as exc:
+            for line in exc.problems:
+                if line not in problems:
+                    problems.append(line)
+            continue
+        first = first or settings
+        name = short_name(view.name)
+        plans[name] = HostPlan(
+            name=name,
+            settings=settings,
+            roles=roles_of(view.name, view.groups, settings),
+            gpu=settings.host(name).gpu,
+        )
+    if problems or first is None:
+        raise PreflightError(problems or ["inventory: no hosts"])
+
+    for plan in plans.values():
+        if GPU_HOSTS in plan.roles and plan.gpu is None:
+            problems.append(
+                f"hosts.{plan.name}.gpu: {plan.name} is in gpu_hosts but has no gpu settings"
+            )
+    names = [p.gpu.public_name for p in plans.values() if p.gpu]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"hosts.*.gpu.public_name: {dup} is used by two GPU hosts")
+    tunnel_keys = [p.gpu.tunnel_id_key for p in plans.values() if p.gpu]
+    for dup in sorted({k for k in tunnel_keys if tunnel_keys.count(k) > 1}):
+        problems.append(
+            f"hosts.*.gpu.tunnel_id_key: {dup} is shared by two GPU hosts; each GPU host "
+            "needs its own tunnel"
+        )
+
+    required = required_secrets(plans.values(), first)
+    try:
+        secrets = secrets_mod.load(
+            sources=first.secret_sources, esc_environment=first.esc_environment, environ=environ
+        )
+    except secrets_mod.SecretsError as exc:
+        raise PreflightError([*problems, str(exc)]) from None
+    missing = [key for key in required if key not in secrets]
+    for key in missing:
+        env = secrets_mod.env_name(key)
+        problems.append(
+            f"{key}: missing (needed for {', '.join(dict.fromkeys(required[key]))}); "
+            f"set it in ESC {first.esc_environment}, as {env}, or in SECRETS_FILE"
+        )
+
+    site = Site(hosts=plans, secrets=secrets, required=required)
+    if "cloudflareTunnelToken" in required:
+        site.cluster_tunnel_id, site.cluster_credential = _credential(
+            secrets, "cloudflareTunnelId", "cloudflareTunnelToken", problems
+        )
+    for plan in plans.values():
+        if plan.gpu is not None:
+            plan.node_tunnel_id, plan.node_credential = _credential(
+                secrets, plan.gpu.tunnel_id_key, plan.gpu.tunnel_credential_key, problems
+            )
+    if problems:
+        raise PreflightError(problems)
+    return site
+
+
+def views_from_inventory(inventory: Any) -> list[HostView]:
+    """HostViews from a pyinfra Inventory (CLI-loaded or the running state's)."""
+    return [
+        HostView(name=host.name, groups=frozenset(host.groups), data=host.data.dict())
+        for host in inventory
+    ]
+
+
+def load_inventory(path: str) -> Any:
+    """Load an inventory file and its group data exactly as the pyinfra CLI does."""
+    from pyinfra.api import Config, State
+    from pyinfra.context import ctx_config, ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    state = State()
+    state.cwd = os.getcwd()
+    ctx_state.set(state)
+    ctx_config.set(Config())
+    return make_inventory(path, cwd=state.cwd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`make check`: validate settings and secrets for an inventory, touching no host."""
+    args = sys.argv[1:] if argv is None else argv
+    path = args[0] if args else "inventory.py"
+    try:
+        site = check(views_from_inventory(load_inventory(path)))
+    except PreflightError as exc:
+        for line in exc.problems:
+            print(f"check: {line}", file=sys.stderr)
+        print(f"check: {len(exc.problems)} problem(s) in {path}", file=sys.stderr)
+        return 1
+    print(f"check: {path}: {site.summary()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

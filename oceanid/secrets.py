@@ -1,0 +1,210 @@
+"""Load the deploy's secrets from Pulumi ESC, the environment, or a local file.
+
+Production keeps secrets in the ESC environment `default/oceanid-cluster` under
+`pulumiConfig` as `oceanid-cluster:<key>`; the lab and CI have no ESC and use a file
+named by `SECRETS_FILE`; an operator may override one value with an environment
+variable. Keys have been written both camelCase and snake_case over the stack's life,
+so lookups compare keys with case and underscores ignored.
+
+Values are held in `Secrets` and never printed: its `repr` lists key names only, and
+every error names the key and the source, not the value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ESC_PREFIX = "oceanid-cluster:"
+
+#: Every key the deploy may read, as design.md §3 names it.
+KNOWN_KEYS = (
+    "cloudflareAccountId",
+    "cloudflareZoneId",
+    "cloudflareApiToken",
+    "cloudflareTunnelId",
+    "cloudflareTunnelToken",
+    "cloudflareNodeTunnelId",
+    "cloudflareNodeTunnelToken",
+    "cloudflareNodeTunnelHostname",
+    "cloudflareNodeTunnelTarget",
+    "k3s_token",
+    "labelStudioDbUrl",
+    "labelStudioApiToken",
+    "labelStudioAdminEmail",
+    "labelStudioAdminPassword",
+    "hfAccessToken",
+)
+
+SOURCES = ("esc", "env", "file")
+
+
+class SecretsError(RuntimeError):
+    """A source could not be read; the message says which and what to do."""
+
+
+def canonical(key: str) -> str:
+    """`cloudflare_api_token`, `cloudflareApiToken` and `CLOUDFLARE_API_TOKEN` are one key."""
+    return key.replace("_", "").replace("-", "").lower()
+
+
+def env_name(key: str) -> str:
+    """The environment variable that carries `key`: `cloudflareApiToken` -> CLOUDFLARE_API_TOKEN."""
+    out = []
+    for i, char in enumerate(key):
+        if char.isupper() and i and key[i - 1] != "_":
+            out.append("_")
+        out.append(char.upper())
+    return "".join(out)
+
+
+@dataclass
+class Secrets:
+    """Secret values by canonical key, with the source each came from."""
+
+    values: dict[str, str] = field(default_factory=dict, repr=False)
+    origins: dict[str, str] = field(default_factory=dict)
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(canonical(key))
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and canonical(key) in self.values
+
+    def origin(self, key: str) -> str | None:
+        return self.origins.get(canonical(key))
+
+    def all_values(self) -> list[str]:
+        """Every secret value, for redaction filters."""
+        return [v for v in self.values.values() if v]
+
+
+def _normalise(mapping: Mapping[str, object], origin: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in mapping.items():
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue  # an empty value is an unset one
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise SecretsError(
+                f"{origin}: key {key} holds a {type(value).__name__}; secrets are strings"
+            )
+        out[canonical(str(key))] = str(value)
+    return out
+
+
+def read_esc(environment: str, *, esc_binary: str = "esc", timeout: float = 60) -> dict[str, str]:
+    """Open the ESC environment with the `esc` CLI and return its `pulumiConfig` values."""
+    binary = shutil.which(esc_binary)
+    if binary is None:
+        raise SecretsError(
+            f"secrets: the Pulumi ESC CLI `{esc_binary}` is not on PATH. Install it and run "
+            "`esc login`, or leave ESC out (secret_sources: [env, file]) and provide secrets "
+            "through environment variables or SECRETS_FILE"
+        )
+    try:
+        done = subprocess.run(
+            [binary, "env", "open", environment, "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise SecretsError(
+            f"secrets: `esc env open {environment}` did not answer in {timeout:.0f}s"
+        ) from None
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
+        hint = " (run `esc login` first)" if "login" in reason.lower() or "auth" in reason else ""
+        raise SecretsError(
+            f"secrets: `esc env open {environment}` failed with exit {done.returncode}: "
+            f"{reason}{hint}"
+        )
+    try:
+        document = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise SecretsError(f"secrets: `esc env open {environment}` did not print JSON") from None
+    config = document.get("pulumiConfig") if isinstance(document, dict) else None
+    if not isinstance(config, dict):
+        raise SecretsError(
+            f"secrets: ESC environment {environment} has no pulumiConfig object; "
+            f"expected values under pulumiConfig as {ESC_PREFIX}<key>"
+        )
+    stripped = {
+        key.removeprefix(ESC_PREFIX): value for key, value in config.items() if isinstance(key, str)
+    }
+    return _normalise(stripped, f"ESC {environment}")
+
+
+def read_env(keys: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Values of `keys` from the environment, by their exact or upper-snake names."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    for key in keys:
+        for name in (key, env_name(key)):
+            if environ.get(name):
+                out[canonical(key)] = environ[name]
+                break
+    return out
+
+
+def read_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A YAML or JSON mapping of ESC key names to values (the lab's source)."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise SecretsError(f"secrets: SECRETS_FILE {file} cannot be read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SecretsError(f"secrets: SECRETS_FILE {file} is not YAML or JSON{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SecretsError(f"secrets: SECRETS_FILE {file} must hold a mapping of key: value")
+    if isinstance(data.get("pulumiConfig"), dict):
+        data = {k.removeprefix(ESC_PREFIX): v for k, v in data["pulumiConfig"].items()}
+    return _normalise(data, f"SECRETS_FILE {file}")
+
+
+def load(
+    *,
+    sources: Iterable[str],
+    esc_environment: str,
+    environ: Mapping[str, str] | None = None,
+    keys: Iterable[str] = KNOWN_KEYS,
+) -> Secrets:
+    """Merge the sources; the first source in `sources` that has a key wins."""
+    environ = os.environ if environ is None else environ
+    secrets = Secrets()
+    for source in sources:
+        if source == "esc":
+            found = read_esc(esc_environment)
+        elif source == "env":
+            found = read_env(keys, environ)
+        elif source == "file":
+            path = environ.get("SECRETS_FILE")
+            found = read_file(path) if path else {}
+        else:
+            raise SecretsError(f"secret_sources: unknown source {source!r}; use {SOURCES}")
+        for key, value in found.items():
+            if key not in secrets.values:
+                secrets.values[key] = value
+                secrets.origins[key] = source
+    return secrets

@@ -1,0 +1,236 @@
+"""The deploy's settings: one validated model of `group_data/` and the host data.
+
+Every value is checked here once, before any operation is queued, and every problem is
+reported at once as `key: what is wrong (got …)` so an operator fixes a typo in one go.
+Unknown keys are errors too: a misspelt flag silently keeping its default is how a
+"minimal" deploy ends up provisioning nodes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
+)
+LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+UNIX_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+DEB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+SSH_KEY_RE = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com)"
+    r" [A-Za-z0-9+/=]+( .*)?$"
+)
+IMAGE_RE = re.compile(
+    r"^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)+:[A-Za-z0-9._-]+(@sha256:[0-9a-f]{64})?$"
+)
+ADDRESS_RE = re.compile(r"^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|\[::1\]):\d{1,5}$")
+
+#: Host data keys that belong to pyinfra (connectors and global arguments), not to us.
+PYINFRA_KEY_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "local_", "chroot_", "terraform_")
+
+
+def _hostname(value: str) -> str:
+    if not HOSTNAME_RE.match(value):
+        raise ValueError("must be a lower-case DNS name such as boathou.se")
+    return value
+
+
+def _sha256(value: str) -> str:
+    if not SHA256_RE.match(value):
+        raise ValueError("must be 64 lower-case hex digits (a SHA-256)")
+    return value
+
+
+Hostname = Annotated[str, AfterValidator(_hostname)]
+Sha256 = Annotated[str, AfterValidator(_sha256)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Artifact(Strict):
+    """A pinned download: the version, where it comes from, and what it must hash to.
+
+    `url` is a template with `{version}` and `{arch}`; in production it names the
+    upstream release, an air-gapped site points it at its own mirror.
+    """
+
+    version: str = Field(min_length=1)
+    url: str
+    sha256: dict[Literal["amd64", "arm64"], Sha256] = Field(min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://", value):
+            raise ValueError("must be an http(s) URL template")
+        if "{version}" not in value:
+            raise ValueError("must contain {version}")
+        return value
+
+    def url_for(self, arch: str) -> str:
+        return self.url.format(version=self.version, arch=arch)
+
+
+class GpuService(Strict):
+    """What serves `gpu.<base>` on a GPU host."""
+
+    kind: Literal["triton", "http"] = "triton"
+    runtime: Literal["container", "host"] = "container"
+    image: str | None = None
+    port: int = Field(default=8000, ge=1, le=65535)
+    environment: dict[str, str] = Field(default_factory=dict)
+    docker_package: str = "docker.io"
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None and not IMAGE_RE.match(value):
+            raise ValueError("must be an image reference registry/name:tag[@sha256:…]")
+        return value
+
+    @model_validator(mode="after")
+    def _http_needs_image(self) -> GpuService:
+        if self.kind == "http" and self.image is None:
+            raise ValueError("kind http needs an image")
+        return self
+
+
+class GpuHost(Strict):
+    """What is particular to one GPU host: its public name, its tunnel, its GPUs."""
+
+    public_name: Annotated[str, AfterValidator(lambda v: _label(v))] = "gpu"
+    tunnel_id_key: str = "cloudflareNodeTunnelId"
+    tunnel_credential_key: str = "cloudflareNodeTunnelToken"
+    require_gpu: bool = True
+    gpus: list[Annotated[int, Field(ge=0)]] | None = None
+    service: GpuService = GpuService()
+    granite_model_dir: str | None = None
+
+
+def _label(value: str) -> str:
+    if not LABEL_RE.match(value):
+        raise ValueError("must be one DNS label such as gpu or gpu2")
+    return value
+
+
+class HostSettings(Strict):
+    """Per-host data, keyed by the host's inventory name in `hosts:`."""
+
+    gpu: GpuHost | None = None
+
+
+class Settings(Strict):
+    """Every setting the deploys read. Defaults live in group_data/all.py, not here."""
+
+    base_domain: Hostname
+    esc_environment: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+    secret_sources: list[Literal["esc", "env", "file"]] = Field(min_length=1)
+    enable_node_provisioning: bool
+    enable_control_plane_lb: bool
+    manage_dns: bool
+    admin_user: str = Field(pattern=UNIX_NAME_RE.pattern)
+    admin_ssh_keys: list[str]
+    base_packages: list[Annotated[str, Field(pattern=DEB_NAME_RE.pattern)]]
+    k3s: Artifact
+    cloudflared: Artifact
+    triton_image: str
+    tunnel_protocol: Literal["auto", "http2", "quic"]
+    cloudflared_metrics_address: str = Field(pattern=ADDRESS_RE.pattern)
+    cloudflare_api_base_url: str | None = None
+    cloudflare_takeover_records: list[str] = Field(default_factory=list)
+    hosts: dict[str, HostSettings] = Field(default_factory=dict)
+
+    @field_validator("admin_ssh_keys")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        for i, key in enumerate(value):
+            if not SSH_KEY_RE.match(key.strip()):
+                raise ValueError(f"item {i} is not an OpenSSH public key line")
+        return value
+
+    @field_validator("triton_image")
+    @classmethod
+    def _triton_image(cls, value: str) -> str:
+        if not IMAGE_RE.match(value):
+            raise ValueError("must be an image reference registry/name:tag[@sha256:…]")
+        return value
+
+    @model_validator(mode="after")
+    def _lb_needs_provisioning(self) -> Settings:
+        if self.enable_control_plane_lb and not self.enable_node_provisioning:
+            raise ValueError(
+                "enable_control_plane_lb needs enable_node_provisioning: the load balancer "
+                "fronts the k3s servers that provisioning installs"
+            )
+        return self
+
+    def host(self, name: str) -> HostSettings:
+        return self.hosts.get(name, HostSettings())
+
+
+class SettingsError(ValueError):
+    """All settings problems, one line each, ready to print."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_errors(exc: ValidationError, root: str = "") -> list[str]:
+    """One line per problem: `key.path: message (got value)`."""
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))
+        key = f"{root}{path}" if path else root.rstrip(".") or "settings"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            lines.append(f"{key}: missing; set it in group_data/all.py")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown setting")
+        else:
+            lines.append(f"{key}: {message} (got {_describe(err.get('input'))})")
+    return lines
+
+
+def settings_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a host's data that is ours, leaving pyinfra's own keys aside."""
+    return {k: v for k, v in data.items() if not k.startswith(PYINFRA_KEY_PREFIXES)}
+
+
+def from_data(data: Mapping[str, Any]) -> Settings:
+    """Validate a host's merged data (group_data + inventory) into Settings."""
+    ours = settings_keys(data)
+    problems: list[str] = []
+    known = set(Settings.model_fields)
+    for key in sorted(set(ours) - known):
+        hint = difflib.get_close_matches(key, known, n=1)
+        problems.append(f"{key}: unknown setting" + (f"; did you mean {hint[0]}?" if hint else ""))
+    try:
+        settings = Settings.model_validate({k: v for k, v in ours.items() if k in known})
+    except ValidationError as exc:
+        problems.extend(format_errors(exc))
+        raise SettingsError(problems) from None
+    if problems:
+        raise SettingsError(problems)
+    return settings

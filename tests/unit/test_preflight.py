@@ -1,0 +1,153 @@
+"""Preflight: required secrets follow the enabled features; every problem reported at once."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from oceanid.preflight import HostView, PreflightError, check
+from tests.unit.conftest import REPO, SHA
+
+GROUPS = {"tethys": {"k3s_servers"}, "styx": {"k3s_agents"}, "calypso": {"k3s_agents", "gpu_hosts"}}
+
+
+def views(data, names=("tethys", "styx", "calypso")):
+    return [HostView(n, frozenset(GROUPS[n]), data) for n in names]
+
+
+@pytest.fixture
+def secrets_file(tmp_path, lab_secrets):
+    def write(values):
+        path = tmp_path / "secrets.yaml"
+        path.write_text(yaml.safe_dump(values))
+        return {"SECRETS_FILE": str(path)}
+
+    return write
+
+
+def test_full_site_passes(data, secrets_file, lab_secrets):
+    data["secret_sources"] = ["file"]
+    site = check(views(data), environ=secrets_file(lab_secrets))
+    assert site.hosts["calypso"].node_credential.tunnel_id == lab_secrets["cloudflareNodeTunnelId"]
+    assert site.cluster_credential.shape == "token"
+    assert site.hosts["calypso"].node_credential.shape == "credentials-base64"
+    assert "k3s_token" not in site.required  # provisioning is off by default
+    assert site.summary().startswith("ok: 3 hosts")
+
+
+def test_missing_keys_are_reported_all_at_once(data, secrets_file):
+    data["secret_sources"] = ["file"]
+    with pytest.raises(PreflightError) as err:
+        check(views(data), environ=secrets_file({"hfAccessToken": "x"}))
+    keys = sorted(line.split(":")[0] for line in err.value.problems)
+    assert keys == sorted(
+        [
+            "cloudflareNodeTunnelId",
+            "cloudflareNodeTunnelToken",
+            "cloudflareTunnelId",
+            "cloudflareTunnelToken",
+            "cloudflareApiToken",
+            "cloudflareZoneId",
+            "cloudflareAccountId",
+        ]
+    )
+    assert "CLOUDFLARE_API_TOKEN" in "\n".join(err.value.problems)
+
+
+def test_only_enabled_features_need_keys(data, secrets_file, lab_secrets):
+    data.update(secret_sources=["file"], manage_dns=False)
+    values = {
+        k: v
+        for k, v in lab_secrets.items()
+        if not k.startswith(("cloudflareApi", "cloudflareZone", "cloudflareAccount"))
+    }
+    check(views(data, ["styx"]), environ=secrets_file({}))  # styx alone needs nothing yet
+    check(views(data), environ=secrets_file(values))
+    data["enable_node_provisioning"] = True
+    with pytest.raises(PreflightError) as err:
+        check(views(data), environ=secrets_file(values | {"k3s_token": ""}))
+    assert err.value.problems[0].startswith("k3s_token: missing (needed for node provisioning")
+
+
+def test_credential_for_another_tunnel_is_refused(data, secrets_file, lab_secrets):
+    data["secret_sources"] = ["file"]
+    lab_secrets["cloudflareNodeTunnelToken"] = lab_secrets["cloudflareTunnelToken"]
+    with pytest.raises(PreflightError) as err:
+        check(views(data), environ=secrets_file(lab_secrets))
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].startswith(
+        "cloudflareNodeTunnelToken: the credential is for tunnel"
+    )
+    assert lab_secrets["cloudflareTunnelToken"] not in err.value.problems[0]
+
+
+def test_two_gpu_hosts_may_not_share_a_tunnel_or_name(data, secrets_file, lab_secrets):
+    data["secret_sources"] = ["file"]
+    data["hosts"]["calypso2"] = {"gpu": dict(data["hosts"]["calypso"]["gpu"])}
+    GROUPS["calypso2"] = {"gpu_hosts"}
+    with pytest.raises(PreflightError) as err:
+        check(views(data, ["calypso", "calypso2"]), environ=secrets_file(lab_secrets))
+    joined = "\n".join(err.value.problems)
+    assert "gpu is used by two GPU hosts" in joined
+    assert "cloudflareNodeTunnelId is shared by two GPU hosts" in joined
+
+
+def test_gpu_group_member_without_gpu_settings(data, secrets_file, lab_secrets):
+    data["secret_sources"] = ["file"]
+    del data["hosts"]["calypso"]
+    with pytest.raises(PreflightError, match="calypso is in gpu_hosts but has no gpu settings"):
+        check(views(data), environ=secrets_file(lab_secrets))
+
+
+def _site_dir(tmp_path, group_data_extra=""):
+    site = tmp_path / "site"
+    (site / "group_data").mkdir(parents=True)
+    shutil.copy(REPO / "inventory.py", site / "inventory.py")
+    text = (REPO / "group_data" / "all.py").read_text().replace('"PLACEHOLDER"', f'"{SHA}"')
+    (site / "group_data" / "all.py").write_text(text + textwrap.dedent(group_data_extra))
+    return site
+
+
+def run_check(site, env):
+    return subprocess.run(
+        [sys.executable, "-m", "oceanid.preflight", "inventory.py"],
+        cwd=site,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_make_check_ok_is_one_line(tmp_path, lab_secrets):
+    site = _site_dir(tmp_path, 'secret_sources = ["file"]\n')
+    (tmp_path / "s.json").write_text(json.dumps(lab_secrets))
+    done = run_check(site, {"SECRETS_FILE": str(tmp_path / "s.json")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1 and done.stdout.startswith(
+        "check: inventory.py: ok: 3 hosts"
+    )
+    for value in lab_secrets.values():
+        assert value.strip() not in done.stdout + done.stderr
+
+
+def test_make_check_lists_each_problem(tmp_path):
+    site = _site_dir(tmp_path, 'base_domain = "bad domain"\nenable_node_provisioning = "yes"\n')
+    done = run_check(site, {})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("check: base_domain: must be a lower-case DNS name")
+    assert lines[1].startswith("check: enable_node_provisioning: Input should be a valid boolean")
+    assert lines[-1] == "check: 2 problem(s) in inventory.py"
+    assert "Traceback" not in done.stderr
+
+
+def test_make_check_without_esc_cli(tmp_path):
+    done = run_check(_site_dir(tmp_path), {})
+    assert done.returncode == 1
+    assert "the Pulumi ESC CLI `esc` is not on PATH" in done.stderr
+    assert "Traceback" not in done.stderr

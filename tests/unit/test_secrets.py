@@ -1,0 +1,142 @@
+"""Secret sources: ESC through its CLI, environment variables, SECRETS_FILE, in that order."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from oceanid import secrets
+from oceanid.secrets import SecretsError
+
+
+def fake_esc(tmp_path, *, stdout="", stderr="", rc=0):
+    """A stand-in `esc` executable on PATH (the real CLI needs Pulumi Cloud)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "out.json").write_text(stdout)
+    (bindir / "err.txt").write_text(stderr)
+    script = bindir / "esc"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" > "{bindir}/argv"\n'
+        f'cat "{bindir}/out.json"; cat "{bindir}/err.txt" >&2; exit {rc}\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return bindir
+
+
+@pytest.fixture
+def esc_path(monkeypatch, tmp_path):
+    def install(**kwargs):
+        bindir = fake_esc(tmp_path, **kwargs)
+        monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+        return bindir
+
+    return install
+
+
+def test_esc_values_in_both_spellings(esc_path):
+    bindir = esc_path(
+        stdout=json.dumps(
+            {
+                "pulumiConfig": {
+                    "oceanid-cluster:cloudflareApiToken": "s3cr3t-value",
+                    "oceanid-cluster:k3s_token": "K10abc",
+                    "oceanid-cluster:cloudflare_zone_id": "zone",
+                },
+                "environmentVariables": {},
+            }
+        )
+    )
+    found = secrets.load(sources=["esc"], esc_environment="default/oceanid-cluster", environ={})
+    assert found["cloudflareApiToken"] == "s3cr3t-value"
+    assert found["cloudflareZoneId"] == "zone"
+    assert found["k3s_token"] == "K10abc" and found["k3sToken"] == "K10abc"
+    assert (bindir / "argv").read_text().split() == [
+        "env",
+        "open",
+        "default/oceanid-cluster",
+        "--format",
+        "json",
+    ]
+    assert "s3cr3t-value" not in repr(found)
+
+
+def test_esc_missing_binary_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SecretsError, match="Pulumi ESC CLI `esc` is not on PATH"):
+        secrets.load(sources=["esc"], esc_environment="default/oceanid-cluster", environ={})
+
+
+def test_esc_failed_login_is_a_clear_error(esc_path):
+    esc_path(stderr="error: no credentials. Please run `esc login`\n", rc=255)
+    with pytest.raises(SecretsError) as err:
+        secrets.load(sources=["esc"], esc_environment="default/oceanid-cluster", environ={})
+    assert "failed with exit 255" in str(err.value)
+    assert "run `esc login` first" in str(err.value)
+
+
+def test_esc_without_pulumi_config(esc_path):
+    esc_path(stdout=json.dumps({"environmentVariables": {}}))
+    with pytest.raises(SecretsError, match="has no pulumiConfig object"):
+        secrets.load(sources=["esc"], esc_environment="a/b", environ={})
+
+
+def test_sources_in_order_first_wins(esc_path, tmp_path):
+    esc_path(stdout=json.dumps({"pulumiConfig": {"oceanid-cluster:cloudflareZoneId": "from-esc"}}))
+    file = tmp_path / "secrets.yaml"
+    file.write_text(
+        "cloudflareZoneId: from-file\ncloudflare_account_id: acct-file\nhfAccessToken: hf-file\n"
+    )
+    environ = {
+        "SECRETS_FILE": str(file),
+        "CLOUDFLARE_ACCOUNT_ID": "acct-env",
+        "CLOUDFLARE_ZONE_ID": "zone-env",
+    }
+    found = secrets.load(sources=["esc", "env", "file"], esc_environment="a/b", environ=environ)
+    assert found["cloudflareZoneId"] == "from-esc"
+    assert found["cloudflareAccountId"] == "acct-env"
+    assert found["hfAccessToken"] == "hf-file"
+    assert (found.origin("cloudflareZoneId"), found.origin("hfAccessToken")) == ("esc", "file")
+
+
+def test_exact_key_name_in_environment():
+    found = secrets.read_env(
+        ["k3s_token", "cloudflareApiToken"], {"k3s_token": "a", "CLOUDFLARE_API_TOKEN": "b"}
+    )
+    assert found == {"k3stoken": "a", "cloudflareapitoken": "b"}
+
+
+def test_json_file_and_esc_shaped_file(tmp_path):
+    plain = tmp_path / "s.json"
+    plain.write_text(json.dumps({"cloudflareApiToken": "x"}))
+    assert secrets.read_file(plain) == {"cloudflareapitoken": "x"}
+    shaped = tmp_path / "esc.yaml"
+    shaped.write_text("pulumiConfig:\n  oceanid-cluster:cloudflareApiToken: y\n")
+    assert secrets.read_file(shaped) == {"cloudflareapitoken": "y"}
+
+
+@pytest.mark.parametrize(
+    ("content", "expect"),
+    [
+        ("a: [1, 2", "is not YAML or JSON at line"),
+        ("- a\n- b\n", "must hold a mapping"),
+        ("cloudflareApiToken: [x]\n", "holds a list; secrets are strings"),
+    ],
+)
+def test_bad_files(tmp_path, content, expect):
+    file = tmp_path / "s.yaml"
+    file.write_text(content)
+    with pytest.raises(SecretsError, match=expect.replace("[", r"\[")):
+        secrets.read_file(file)
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(SecretsError, match="cannot be read"):
+        secrets.read_file(tmp_path / "absent.yaml")
+
+
+def test_env_names():
+    assert secrets.env_name("cloudflareNodeTunnelToken") == "CLOUDFLARE_NODE_TUNNEL_TOKEN"
+    assert secrets.env_name("k3s_token") == "K3S_TOKEN"
