@@ -73,3 +73,6 @@ bench: venv  ## with the lab up: boot, first and no-op converge, bare exec, rati
 
 clean: lab-down
 	rm -rf .lab
+
+tunnel:  ## the k3s API on localhost:16443 through SSH to tethys:6443 (Ctrl-C to close)
+	ssh -N -L 16443:127.0.0.1:6443 $(or $(HOST),tethys)

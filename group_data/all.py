@@ -33,12 +33,14 @@ base_packages = ["ca-certificates", "curl", "gnupg", "jq", "sudo"]
 k3s = {
     "version": "v1.33.4+k3s1",
     "url": "https://github.com/k3s-io/k3s/releases/download/{version}/k3s",
-    "sha256": {"amd64": "PLACEHOLDER"},
+    # from the release's sha256sum-amd64.txt
+    "sha256": {"amd64": "10da34c350ab8a02e4513a6021046db9e9afecc31bae77419bc6444cbd7b1400"},
 }
 cloudflared = {
     "version": "2025.8.1",
     "url": "https://github.com/cloudflare/cloudflared/releases/download/{version}/cloudflared-linux-{arch}",
-    "sha256": {"amd64": "PLACEHOLDER"},
+    # the release notes' SHA-256 (cloudflared also logs it at start: "Version … (Checksum …)")
+    "sha256": {"amd64": "a66353004197ee4c1fcb68549203824882bba62378ad4d00d234bdb8251f1114"},
 }
 triton_image = "nvcr.io/nvidia/tritonserver:25.08-py3"
 
