@@ -4,8 +4,10 @@ Every host gets the base; each role adds its part. Settings and secrets are vali
 for the whole inventory before the first operation is queued.
 """
 
-from deploys import base
+from deploys import base, gpu_host
 from oceanid.site import this_host
 
 plan = this_host()
 base.deploy(plan)
+if plan.gpu is not None:
+    gpu_host.deploy(plan)

@@ -42,8 +42,14 @@ def _script(
     packages: tuple[str, ...],
     users: tuple[str, ...],
     read: tuple[str, ...],
+    units: tuple[str, ...],
+    trees: tuple[str, ...],
 ) -> str:
-    lines = ["export LC_ALL=C"]
+    lines = [
+        "export LC_ALL=C",
+        f"echo '{MARK} host'; dpkg --print-architecture 2>/dev/null || uname -m; "
+        "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null || echo -",
+    ]
     for path in files:
         q = shlex.quote(path)
         lines.append(
@@ -68,6 +74,19 @@ def _script(
     for path in read:
         q = shlex.quote(path)
         lines.append(f"echo '{MARK} read {path}'; [ -f {q} ] && base64 -w0 {q} && echo || echo -")
+    for unit in units:
+        q = shlex.quote(unit)
+        lines.append(
+            f"echo '{MARK} unit {unit}'; e=$(systemctl is-enabled {q} 2>/dev/null); "
+            f"a=$(systemctl is-active {q} 2>/dev/null); "
+            'echo "${e:-not-found} ${a:-unknown}"'
+        )
+    for tree in trees:
+        q = shlex.quote(tree)
+        lines.append(
+            f"echo '{MARK} tree {tree}'; [ -d {q} ] && find {q} -mindepth 1 -printf '%y %P\\n'"
+            " | sort || true"
+        )
     lines.append(f"echo '{MARK} end'")
     return "\n".join(lines)
 
@@ -79,6 +98,9 @@ class ManagedState(FactBase):
     .. code:: python
 
         {
+            "arch": "amd64", "python": "3.11",
+            "units": {"ssh.service": {"enabled": "enabled", "active": "active"}},
+            "trees": {"/opt/triton/models": {"m/1/model.py": "file", "m": "directory"}},
             "paths": {"/etc/sudoers.d/oceanid": PathState(...), "/missing": None},
             "packages": {"curl": "7.88.1-10+deb12u12", "jq": None},
             "users": {"oceanid": Account(...), "nobody-yet": None},
@@ -89,6 +111,8 @@ class ManagedState(FactBase):
     + packages: Debian packages whose installed version is wanted
     + users: accounts to look up
     + read: small, non-secret files whose content is returned (for merges and diffs)
+    + units: systemd units whose enabled/active state is wanted
+    + trees: directories whose entries (relative paths) are listed, to find strays
     """
 
     def command(
@@ -97,11 +121,24 @@ class ManagedState(FactBase):
         packages: tuple[str, ...] = (),
         users: tuple[str, ...] = (),
         read: tuple[str, ...] = (),
+        units: tuple[str, ...] = (),
+        trees: tuple[str, ...] = (),
     ) -> str:
-        return _script(tuple(files), tuple(packages), tuple(users), tuple(read))
+        return _script(
+            tuple(files), tuple(packages), tuple(users), tuple(read), tuple(units), tuple(trees)
+        )
 
     def process(self, output: list[str]) -> dict:
-        result: dict = {"paths": {}, "packages": {}, "users": {}, "contents": {}}
+        result: dict = {
+            "arch": None,
+            "python": None,
+            "paths": {},
+            "packages": {},
+            "users": {},
+            "contents": {},
+            "units": {},
+            "trees": {},
+        }
         section: list[str] = []
         for line in output:
             if line.startswith(MARK):
@@ -118,7 +155,11 @@ class ManagedState(FactBase):
 def _consume(result: dict, section: list[str]) -> None:
     head, body = section[0], section[1:]
     kind, _, rest = head.partition(" ")
-    if kind == "path":
+    if kind == "host":
+        result["arch"] = body[0].strip() if body else None
+        python = body[1].strip() if len(body) > 1 else "-"
+        result["python"] = None if python == "-" else python
+    elif kind == "path":
         status = body[0] if body else "missing"
         if status == "missing":
             result["paths"][rest] = None
@@ -144,6 +185,16 @@ def _consume(result: dict, section: list[str]) -> None:
             result["users"][rest] = Account(
                 int(passwd[2]), int(passwd[3]), passwd[5], passwd[6], groups
             )
+    elif kind == "unit":
+        enabled, _, active = (body[0].strip() if body else "not-found unknown").partition(" ")
+        result["units"][rest] = {"enabled": enabled, "active": active or "unknown"}
+    elif kind == "tree":
+        entries = {}
+        for line in body:
+            ftype, _, relpath = line.partition(" ")
+            if relpath:
+                entries[relpath] = "directory" if ftype == "d" else "file"
+        result["trees"][rest] = entries
     elif kind == "read":
         value = body[0].strip() if body else "-"
         result["contents"][rest] = None if value == "-" else base64.b64decode(value)

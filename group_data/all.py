@@ -43,6 +43,15 @@ cloudflared = {
     "sha256": {"amd64": "a66353004197ee4c1fcb68549203824882bba62378ad4d00d234bdb8251f1114"},
 }
 triton_image = "nvcr.io/nvidia/tritonserver:25.08-py3"
+# Triton without Docker (runtime "host", and the lab): the tritonserver 2.51 that the
+# nvidia-pytriton wheel carries, installed with pip --require-hashes.
+triton_wheel = {
+    "version": "0.7.0",
+    # nvidia_pytriton-0.7.0-py3-none-manylinux_2_35_x86_64.whl on PyPI
+    "sha256": {"amd64": "21f063ff93bb426d0c06b7a55e7eb9efcfe62c0dddd9a908e9877e18710128df"},
+}
+# NVIDIA's libnvidia-container signing key (nvidia-container-toolkit's apt repository).
+nvidia_container_key_fingerprint = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
 
 # cloudflared: `auto` lets it pick QUIC; use `http2` where UDP/7844 is filtered.
 tunnel_protocol = "auto"

@@ -7,6 +7,11 @@ hosts are reached through the operator's; calypso, as in production, through its
 
 from pathlib import Path
 
+# The lab's addresses exist only on its bridge; without it they would be routed off this
+# machine, so refuse to load rather than send SSH anywhere.
+if not Path("/sys/class/net/ocl-br0").exists():
+    raise SystemExit("lab: the lab is down (no bridge ocl-br0); run `make lab` first")
+
 _ssh = {
     "ssh_config_file": str(Path(__file__).resolve().parent.parent / ".lab" / "ssh" / "config"),
 }

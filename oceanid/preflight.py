@@ -177,6 +177,9 @@ def check(hosts: Iterable[HostView], *, environ: Mapping[str, str] | None = None
     except secrets_mod.SecretsError as exc:
         raise PreflightError([*problems, str(exc)]) from None
     missing = [key for key in required if key not in secrets]
+    environ_now = os.environ if environ is None else environ
+    if missing and "file" in first.secret_sources and not environ_now.get("SECRETS_FILE"):
+        problems.append("SECRETS_FILE: not set, so no secrets file was read")
     for key in missing:
         env = secrets_mod.env_name(key)
         problems.append(

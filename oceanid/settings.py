@@ -87,6 +87,13 @@ class Artifact(Strict):
         return self.url.format(version=self.version, arch=arch)
 
 
+class PipPin(Strict):
+    """A wheel installed by pip with `--require-hashes`: its version and per-arch SHA-256."""
+
+    version: str = Field(min_length=1)
+    sha256: dict[Literal["amd64", "arm64"], Sha256] = Field(min_length=1)
+
+
 class GpuService(Strict):
     """What serves `gpu.<base>` on a GPU host."""
 
@@ -150,6 +157,8 @@ class Settings(Strict):
     k3s: Artifact
     cloudflared: Artifact
     triton_image: str
+    triton_wheel: PipPin
+    nvidia_container_key_fingerprint: str = Field(pattern=r"^[0-9A-F]{40}$")
     tunnel_protocol: Literal["auto", "http2", "quic"]
     cloudflared_metrics_address: str = Field(pattern=ADDRESS_RE.pattern)
     cloudflare_api_base_url: str | None = None

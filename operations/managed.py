@@ -61,16 +61,46 @@ class ManagedDirectory:
         return self.path
 
 
+@dataclass(frozen=True)
+class ManagedBinary:
+    """A pinned download: fetched beside its target, verified by SHA-256, then renamed.
+
+    `url` is a template with `{version}` and `{arch}`; `sha256` maps Debian architectures
+    to the pinned hash, resolved against the host's architecture from the role's fact.
+    """
+
+    path: str
+    url: str
+    version: str
+    sha256: dict[str, str]
+    mode: str = "0755"
+
+    def __str__(self) -> str:
+        return self.path
+
+    def pin(self, arch: str | None) -> tuple[str, str]:
+        """(url, sha256) for `arch`; an architecture without a pin is an error."""
+        if arch not in self.sha256:
+            raise OperationValueError(
+                f"{self.path}: no SHA-256 pinned for architecture {arch}; "
+                f"pinned: {', '.join(sorted(self.sha256))}"
+            )
+        return self.url.format(version=self.version, arch=arch), self.sha256[arch]
+
+
 @dataclass
 class Manifest:
     """Everything one role manages on a host, so its state is read in one command."""
 
     name: str
     files: list[ManagedFile] = field(default_factory=list)
+    binaries: list[ManagedBinary] = field(default_factory=list)
     directories: list[ManagedDirectory] = field(default_factory=list)
     packages: list[str] = field(default_factory=list)
     users: list[str] = field(default_factory=list)
     read: list[str] = field(default_factory=list)
+    units: list[str] = field(default_factory=list)
+    trees: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return self.name
@@ -79,12 +109,17 @@ class Manifest:
         return {
             "files": tuple(
                 dict.fromkeys(
-                    [d.path for d in self.directories] + [f.path for f in self.files] + self.read
+                    [d.path for d in self.directories]
+                    + [f.path for f in self.files]
+                    + [b.path for b in self.binaries]
+                    + self.read
                 )
             ),
             "packages": tuple(self.packages),
             "users": tuple(self.users),
             "read": tuple(self.read),
+            "units": tuple(self.units),
+            "trees": tuple(self.trees),
         }
 
     def state(self) -> dict:
@@ -94,6 +129,28 @@ class Manifest:
         if key not in _STATE_CACHE:
             _STATE_CACHE[key] = host.get_fact(ManagedState, **args)
         return _STATE_CACHE[key]
+
+    def will_change(self, paths: list[str]) -> bool:
+        """Whether the operations over this manifest will change any of `paths`.
+
+        Decided from the state read before anything runs, so a restart shown by `--dry` is
+        the restart that happens, and a service restarts only when what it reads changes.
+        """
+        current = self.state()["paths"]
+        for managed in self.files:
+            if managed.path in paths:
+                now = current.get(managed.path)
+                if now is None or now.sha256 != managed.sha256:
+                    return True
+                if _attributes_differ(now, managed.mode, managed.user, managed.group):
+                    return True
+        for binary in self.binaries:
+            if binary.path in paths:
+                now = current.get(binary.path)
+                _, sha256 = binary.pin(self.state()["arch"])
+                if now is None or now.sha256 != sha256 or now.mode != binary.mode.zfill(4):
+                    return True
+        return False
 
     def file(self, path: str) -> ManagedFile:
         for managed in self.files:
@@ -238,16 +295,18 @@ def directories(manifest: Manifest):
 
 
 @operation()
-def packages(manifest: Manifest):
+def packages(manifest: Manifest, names: list[str] | None = None):
     """
     Install the manifest's Debian packages that are missing (never upgrades or removes).
 
     + manifest: the role's Manifest
+    + names: only these of the manifest's packages (default: all)
     """
     installed = manifest.state()["packages"]
-    missing = [name for name in manifest.packages if not installed.get(name)]
+    wanted = manifest.packages if names is None else names
+    missing = [name for name in wanted if not installed.get(name)]
     if not missing:
-        host.noop(f"{len(manifest.packages)} package(s) of {manifest} are installed")
+        host.noop(f"{len(wanted)} package(s) of {manifest} are installed")
         return
     env = "DEBIAN_FRONTEND=noninteractive"
     yield StringCommand(env, "apt-get", "update", "-qq")
@@ -255,18 +314,110 @@ def packages(manifest: Manifest):
 
 
 @operation()
-def account(manifest: Manifest, user: str, shell: str = "/bin/bash"):
+def account(manifest: Manifest, user: str, shell: str = "/bin/bash", system: bool = False):
     """
-    Make sure a login account exists (created with a home and a shell; never removed).
+    Make sure an account exists (never removed or modified once there).
 
     + manifest: the role's Manifest (its users include `user`)
     + user: the account name
-    + shell: the login shell for a new account
+    + shell: the login shell for a new login account
+    + system: a system account for a service: no home, no login shell
     """
     if user not in manifest.users:
         raise OperationValueError(f"{user} is not in manifest {manifest}")
     current = manifest.state()["users"].get(user)
-    if current is None:
+    if current is None and system:
+        yield StringCommand(
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            user,
+        )
+    elif current is None:
         yield StringCommand("useradd", "--create-home", "--shell", shell, user)
     else:
         host.noop(f"account {user} exists (uid {current.uid}, home {current.home})")
+
+
+@operation()
+def binaries(manifest: Manifest):
+    """
+    Install the manifest's pinned binaries whose SHA-256 differs from the pin.
+
+    + manifest: the role's Manifest
+
+    The download lands beside the target and is checked before it is used; on a mismatch
+    it is deleted, the installed binary stays as it was, and the run fails naming both
+    hashes. Replacing is a rename, so a running service never sees a partial file.
+    """
+    current = manifest.state()["paths"]
+    changed = False
+    for binary in manifest.binaries:
+        url, sha256 = binary.pin(manifest.state()["arch"])
+        now = current.get(binary.path)
+        if now is not None and now.sha256 == sha256:
+            if now.mode != binary.mode.zfill(4):
+                yield StringCommand("chmod", binary.mode, QuoteString(binary.path))
+                changed = True
+            continue
+        changed = True
+        new = QuoteString(f"{binary.path}.oceanid-new")
+        yield StringCommand(
+            "curl",
+            "-fsSL",
+            "--retry",
+            "3",
+            "--proto",
+            "=https,http",
+            "-o",
+            new,
+            QuoteString(url),
+            "||",
+            "{",
+            "rm",
+            "-f",
+            new,
+            ";",
+            "echo",
+            QuoteString(f"download failed: {url}"),
+            ">&2",
+            ";",
+            "exit",
+            "1",
+            ";",
+            "}",
+        )
+        yield StringCommand(
+            "got=$(sha256sum",
+            new,
+            "|",
+            "cut",
+            "-d' '",
+            "-f1);",
+            "if",
+            "[",
+            '"$got"',
+            "!=",
+            sha256,
+            "];",
+            "then",
+            "rm",
+            "-f",
+            new,
+            ";",
+            "echo",
+            QuoteString(f"SHA-256 mismatch for {url}: expected {sha256},"),
+            '"got $got; the installed binary was left in place"',
+            ">&2;",
+            "exit",
+            "1;",
+            "fi",
+        )
+        yield StringCommand(
+            "chmod", binary.mode, new, "&&", "mv", "-f", new, QuoteString(binary.path)
+        )
+    if not changed:
+        host.noop(f"{len(manifest.binaries)} binar(ies) of {manifest} match their pins")

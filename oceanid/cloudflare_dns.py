@@ -1,0 +1,654 @@
+"""Cloudflare DNS records and tunnel ingress for Oceanid's public names, through the API.
+
+The public names (``label.<base>`` on the cluster tunnel, ``gpu.<base>``, ``gpu2.<base>`` … each on
+its own node tunnel) are proxied CNAMEs to ``<tunnel-id>.cfargotunnel.com``. This module is the
+pure part plus the SDK calls; ``operations/cloudflare.py`` wraps it for pyinfra.
+
+Ownership rules, because the zone is shared with people and other tools:
+
+- a record that already matches is adopted as it is (nothing written, its comment untouched);
+- records the deploy creates carry the comment ``managed-by: oceanid-deploys``; the deploy changes a
+  record only when it carries that comment or its name is in the operator's takeover list
+  (setting ``cloudflare_takeover_records``); anything else is a conflict that stops the run;
+- the deploy never deletes a record. Stale managed records are reported, not removed.
+
+Every run plans first (reads everything, checks every conflict) and writes only when the whole plan
+is clean, so a conflict or a bad token never leaves half the names changed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import cloudflare
+from cloudflare import Cloudflare
+
+MANAGED_COMMENT = "managed-by: oceanid-deploys"
+TAKEOVER_SETTING = "cloudflare_takeover_records"
+TUNNEL_DOMAIN = "cfargotunnel.com"
+DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
+# Bounded retries: the SDK retries 408/409/429/5xx and connection errors, honouring Retry-After up
+# to 60 s, otherwise backing off 0.5 s → 8 s. Three retries keep a stuck run under ~4 minutes.
+MAX_RETRIES = 3
+TIMEOUT_S = 30.0
+LIST_PAGE_SIZE = 100
+CATCH_ALL_SERVICE = "http_status:404"
+TOKEN_HINT = (
+    "check the API token (ESC cloudflareApiToken): it must be valid and allow Zone DNS Edit on the "
+    "zone and Account Cloudflare Tunnel Edit"
+)
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_CREATE_RACE_CODES = {81053, 81057, 81058}
+
+
+class CloudflareError(Exception):
+    """A one-line, operator-facing failure: what failed and what to do. Never holds a secret."""
+
+
+class CloudflareConflictError(CloudflareError):
+    """The zone holds records the deploy may not change; nothing was written."""
+
+
+# -- access ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CloudflareAccess:
+    """Where and as whom to talk to the API. The token never appears in repr/str (pyinfra prints
+    operation arguments), so pass this object, not the bare token, to operations."""
+
+    api_token: str = field(repr=False)
+    account_id: str
+    zone_id: str
+    base_url: str | None = None
+
+    def __post_init__(self) -> None:
+        token = self.api_token
+        if hasattr(token, "unmask"):  # pyinfra's HiddenValue
+            object.__setattr__(self, "api_token", token.unmask())
+        if not isinstance(self.api_token, str) or not self.api_token.strip():
+            raise CloudflareError(f"the Cloudflare API token is empty; {TOKEN_HINT}")
+        if any(ch.isspace() for ch in self.api_token.strip()):
+            raise CloudflareError(f"the Cloudflare API token contains whitespace; {TOKEN_HINT}")
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    def client(self) -> Cloudflare:
+        return make_client(self.api_token, self.base_url)
+
+
+def make_client(api_token: str, base_url: str | None = None) -> Cloudflare:
+    """Build an SDK client that authenticates with the token and nothing else.
+
+    The SDK sends only the first credential it has, in the order e-mail, global key, token, and
+    fills unset ones from ``CLOUDFLARE_EMAIL``/``CLOUDFLARE_API_KEY``; a stray variable in the
+    operator's shell would silently replace the token. Likewise ``CLOUDFLARE_BASE_URL`` would
+    redirect the token to another host, so the base URL is always explicit here.
+    """
+    client = Cloudflare(
+        api_token=api_token.strip(),
+        base_url=base_url or DEFAULT_BASE_URL,
+        max_retries=MAX_RETRIES,
+        timeout=TIMEOUT_S,
+    )
+    client.api_email = None
+    client.api_key = None
+    client.user_service_key = None
+    return client
+
+
+def _api_error(action: str, error: Exception, hint: str = "") -> CloudflareError:
+    """Turn an SDK exception into one line naming what failed and what to do."""
+    if isinstance(error, cloudflare.APIStatusError):
+        codes = [e.code for e in error.errors]
+        detail = "; ".join(f"{e.code} {e.message}".strip() for e in error.errors) or "no details"
+        status = error.status_code
+        if status == 429 or 971 in codes:
+            todo = (
+                f"the API kept rate-limiting after {MAX_RETRIES} retries; "
+                "wait a few minutes and rerun"
+            )
+        elif status in (401, 403) or {10000, 9109, 6003, 9106, 1000} & set(codes):
+            todo = TOKEN_HINT
+        elif {7003, 7000} & set(codes):
+            todo = (
+                hint or "check the account and zone ids (ESC cloudflareAccountId, cloudflareZoneId)"
+            )
+        elif status >= 500:
+            todo = "Cloudflare answered with a server error; rerun later"
+        else:
+            todo = hint or "fix what the Cloudflare error says, then rerun"
+        return CloudflareError(f"Cloudflare API: {action} failed (HTTP {status}: {detail}); {todo}")
+    if isinstance(error, cloudflare.APITimeoutError):
+        return CloudflareError(f"Cloudflare API: {action} timed out; check the network and rerun")
+    if isinstance(error, cloudflare.APIConnectionError):
+        return CloudflareError(
+            f"Cloudflare API: {action} failed, cannot reach the API ({error.__cause__ or error}); "
+            "check the network and the API base URL"
+        )
+    return CloudflareError(f"Cloudflare API: {action} failed: {error}")
+
+
+# -- desired state --------------------------------------------------------------------------------
+
+
+def tunnel_target(tunnel_id: str) -> str:
+    return f"{tunnel_id}.{TUNNEL_DOMAIN}"
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().rstrip(".")
+
+
+@dataclass(frozen=True)
+class DesiredRecord:
+    """A public name as a proxied CNAME (automatic TTL) to a tunnel."""
+
+    name: str
+    content: str
+    type: Literal["CNAME"] = "CNAME"
+    proxied: bool = True
+    ttl: int = 1
+
+    def describe(self) -> str:
+        ttl = "auto" if self.ttl == 1 else str(self.ttl)
+        proxy = "proxied" if self.proxied else "DNS only"
+        return f"{self.type} {self.name} → {self.content} ({proxy}, ttl {ttl})"
+
+
+def _check_tunnel_id(tunnel_id: str, what: str) -> str:
+    tunnel_id = tunnel_id.strip().lower()
+    if not _UUID.match(tunnel_id):
+        raise CloudflareError(f"{what}: tunnel id {tunnel_id!r} is not a tunnel UUID")
+    return tunnel_id
+
+
+def _public_name(name: str, base: str) -> str:
+    name = _norm(name)
+    if "." not in name:
+        name = f"{name}.{base}"
+    if not name.endswith("." + base) or not all(_LABEL.match(p) for p in name.split(".")):
+        raise CloudflareError(f"public name {name!r} is not a valid name under {base}")
+    return name
+
+
+def desired_records(
+    base_domain: str, cluster_tunnel_id: str, gpu_hosts: Mapping[str, str]
+) -> list[DesiredRecord]:
+    """``label.<base>`` on the cluster tunnel and each GPU name on its own node tunnel.
+
+    ``gpu_hosts`` maps a public name (``gpu.boathou.se`` or just ``gpu``) to that host's node tunnel
+    id. Two names on one tunnel are refused: Cloudflare would send each host's traffic to whichever
+    connector it likes.
+    """
+    base = _norm(base_domain)
+    cluster = _check_tunnel_id(cluster_tunnel_id, f"label.{base}")
+    records = [DesiredRecord(f"label.{base}", tunnel_target(cluster))]
+    owners: dict[str, str] = {cluster: f"label.{base}"}
+    for raw_name, raw_id in gpu_hosts.items():
+        name = _public_name(raw_name, base)
+        tunnel_id = _check_tunnel_id(raw_id, name)
+        if tunnel_id in owners:
+            raise CloudflareError(
+                f"{name} and {owners[tunnel_id]} use the same tunnel {tunnel_id}; every GPU host "
+                "needs its own node tunnel"
+            )
+        if any(r.name == name for r in records):
+            raise CloudflareError(f"public name {name} is given twice")
+        owners[tunnel_id] = name
+        records.append(DesiredRecord(name, tunnel_target(tunnel_id)))
+    return records
+
+
+# -- DNS plan -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CurrentRecord:
+    """A record as the API reports it (only the fields the plan looks at)."""
+
+    id: str
+    name: str
+    type: str
+    content: str
+    proxied: bool
+    ttl: int
+    comment: str | None
+
+    @property
+    def managed(self) -> bool:
+        return self.comment == MANAGED_COMMENT
+
+    def describe(self) -> str:
+        proxy = "proxied" if self.proxied else "DNS only"
+        ttl = "auto" if self.ttl == 1 else str(self.ttl)
+        owner = ", managed by this deploy" if self.managed else ""
+        return f"{self.type} {self.content} ({proxy}, ttl {ttl}{owner})"
+
+
+@dataclass(frozen=True)
+class RecordAction:
+    """What the deploy does with one desired name: adopt (nothing), create, or update one record."""
+
+    kind: Literal["adopt", "create", "update"]
+    desired: DesiredRecord
+    current: CurrentRecord | None = None
+    reason: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "create":
+            return f"create {self.desired.describe()}"
+        if self.kind == "update":
+            assert self.current is not None
+            return (
+                f"update {self.desired.name}: {self.current.describe()} → "
+                f"{self.desired.describe()} ({self.reason})"
+            )
+        return f"adopt {self.desired.describe()}"
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A desired name held by records the deploy may not change."""
+
+    desired: DesiredRecord
+    current: tuple[CurrentRecord, ...]
+
+    def message(self) -> str:
+        now = ", ".join(r.describe() for r in self.current)
+        if len(self.current) > 1:
+            return (
+                f"DNS name {self.desired.name} has {len(self.current)} records ({now}); the deploy "
+                f"wants one {self.desired.describe()} and never deletes records it did not create: "
+                "remove the extra records by hand, then rerun"
+            )
+        return (
+            f"DNS record {self.desired.name} points at {now}; the deploy wants "
+            f"{self.desired.describe()}; to let the deploy overwrite it, add "
+            f"'{self.desired.name}' to {TAKEOVER_SETTING}"
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The DNS side of a run, computed from one read of the zone."""
+
+    zone_id: str
+    actions: tuple[RecordAction, ...]
+    conflicts: tuple[Conflict, ...] = ()
+    orphans: tuple[CurrentRecord, ...] = ()
+    unused_takeover: tuple[str, ...] = ()
+
+    @property
+    def changes(self) -> tuple[RecordAction, ...]:
+        return tuple(a for a in self.actions if a.kind != "adopt")
+
+    def check(self) -> None:
+        """Raise one error listing every conflict; the plan must not be applied then."""
+        if self.conflicts:
+            raise CloudflareConflictError(
+                "Cloudflare DNS: nothing changed, "
+                + " | ".join(c.message() for c in self.conflicts)
+            )
+
+
+def _current(record: Any) -> CurrentRecord:
+    return CurrentRecord(
+        id=str(record.id),
+        name=_norm(str(record.name)),
+        type=str(record.type),
+        content=_norm(str(record.content or "")) if record.type == "CNAME" else str(record.content),
+        proxied=bool(getattr(record, "proxied", False)),
+        ttl=int(getattr(record, "ttl", 1) or 1),
+        comment=getattr(record, "comment", None),
+    )
+
+
+def list_records(client: Cloudflare, zone_id: str) -> list[CurrentRecord]:
+    """Every record in the zone. The SDK's iterator fetches page after page until a page is empty
+    (it ignores ``total_pages``), so a zone of N records costs N/100 + 1 requests."""
+    try:
+        pages = client.dns.records.list(zone_id=zone_id, per_page=LIST_PAGE_SIZE)
+        return [_current(record) for record in pages]
+    except cloudflare.APIError as error:
+        raise _api_error(
+            f"reading DNS records of zone {zone_id}",
+            error,
+            "check the zone id (ESC cloudflareZoneId) and that the token can read that zone",
+        ) from None
+
+
+def _decide(
+    desired: DesiredRecord, found: list[CurrentRecord], takeover: set[str]
+) -> RecordAction | Conflict:
+    """Adopt a match; change only a managed or taken-over single record; else conflict."""
+    if not found:
+        return RecordAction("create", desired)
+    if len(found) > 1:
+        return Conflict(desired, tuple(found))
+    current = found[0]
+    same_target = current.type == desired.type and current.content == _norm(desired.content)
+    same_settings = current.proxied == desired.proxied and current.ttl == desired.ttl
+    if same_target and same_settings:
+        return RecordAction("adopt", desired, current)
+    if current.managed:
+        return RecordAction("update", desired, current, "record created by this deploy")
+    if desired.name in takeover:
+        return RecordAction("update", desired, current, f"listed in {TAKEOVER_SETTING}")
+    return Conflict(desired, (current,))
+
+
+def plan(
+    client: Cloudflare,
+    zone_id: str,
+    desired: Sequence[DesiredRecord],
+    takeover: Iterable[str] = (),
+) -> Plan:
+    """Compare the zone with ``desired``; reads only. ``takeover`` holds full names the operator
+    lets the deploy overwrite."""
+    takeover_set = {_norm(name) for name in takeover}
+    records = list_records(client, zone_id)
+    by_name: dict[str, list[CurrentRecord]] = {}
+    for record in records:
+        by_name.setdefault(record.name, []).append(record)
+    actions: list[RecordAction] = []
+    conflicts: list[Conflict] = []
+    for want in desired:
+        decision = _decide(want, by_name.get(_norm(want.name), []), takeover_set)
+        (conflicts if isinstance(decision, Conflict) else actions).append(decision)
+    wanted = {_norm(d.name) for d in desired}
+    orphans = tuple(r for r in records if r.managed and r.name not in wanted)
+    return Plan(
+        zone_id=zone_id,
+        actions=tuple(actions),
+        conflicts=tuple(conflicts),
+        orphans=orphans,
+        unused_takeover=tuple(sorted(takeover_set - wanted)),
+    )
+
+
+def _record_body(desired: DesiredRecord) -> dict[str, Any]:
+    return {
+        "name": desired.name,
+        "type": desired.type,
+        "content": desired.content,
+        "proxied": desired.proxied,
+        "ttl": desired.ttl,
+        "comment": MANAGED_COMMENT,
+    }
+
+
+def _matches_now(client: Cloudflare, zone_id: str, desired: DesiredRecord) -> bool:
+    found = [r for r in list_records(client, zone_id) if r.name == _norm(desired.name)]
+    decision = _decide(desired, found, set())
+    return isinstance(decision, RecordAction) and decision.kind == "adopt"
+
+
+def apply_action(client: Cloudflare, zone_id: str, action: RecordAction) -> None:
+    """Write one planned change. A create that answers "already exists" is checked again: the SDK
+    retries a POST whose first answer was lost, and the record may be the one just made."""
+    body = _record_body(action.desired)
+    try:
+        if action.kind == "create":
+            client.dns.records.create(zone_id=zone_id, **body)
+        elif action.kind == "update":
+            assert action.current is not None
+            client.dns.records.update(action.current.id, zone_id=zone_id, **body)
+    except cloudflare.APIStatusError as error:
+        codes = {e.code for e in error.errors}
+        lost_answer = action.kind == "create" and codes & _CREATE_RACE_CODES
+        if lost_answer and _matches_now(client, zone_id, action.desired):
+            return
+        raise _api_error(action.describe(), error) from None
+    except cloudflare.APIError as error:
+        raise _api_error(action.describe(), error) from None
+
+
+def apply(client: Cloudflare, zone_id: str, plan: Plan) -> list[str]:
+    """Apply a conflict-free plan; returns one line per change made. On a failure the error says
+    which changes were made already (rerunning is safe: the next plan starts from there)."""
+    plan.check()
+    done: list[str] = []
+    for action in plan.changes:
+        try:
+            apply_action(client, zone_id, action)
+        except CloudflareError as error:
+            made = "; ".join(done) if done else "none"
+            raise CloudflareError(f"{error} (changes already made: {made})") from None
+        done.append(action.describe())
+    return done
+
+
+# -- tunnel ingress -------------------------------------------------------------------------------
+
+
+def desired_ingress(
+    routes: Mapping[str, str] | Iterable[tuple[str, str]],
+    catch_all: str = CATCH_ALL_SERVICE,
+) -> list[dict[str, Any]]:
+    """Ingress rules in order, hostname → service, closed by the catch-all rule cloudflared requires
+    last (a rule without hostname or path)."""
+    items = routes.items() if isinstance(routes, Mapping) else routes
+    rules: list[dict[str, Any]] = []
+    for hostname, service in items:
+        if not hostname or not service:
+            raise CloudflareError(f"ingress rule {hostname!r} → {service!r} needs both parts")
+        rules.append({"hostname": _norm(hostname), "service": service})
+    rules.append({"service": catch_all})
+    return rules
+
+
+def _norm_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop empty fields so that a rule read back (with ``originRequest: {}`` and the like) equals
+    the rule that was written."""
+    out: dict[str, Any] = {}
+    for key, value in rule.items():
+        if value in (None, "", {}, []):
+            continue
+        out[key] = _norm(value) if key == "hostname" else value
+    return out
+
+
+def _norm_ingress(rules: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [_norm_rule(rule) for rule in rules]
+
+
+def _describe_rule(rule: Mapping[str, Any]) -> str:
+    return f"{rule.get('hostname') or '*'}{rule.get('path') or ''} → {rule.get('service')}"
+
+
+@dataclass(frozen=True)
+class TunnelConfigPlan:
+    """The ingress of one tunnel: ``update`` (remote-managed, differs), ``noop`` or ``local``."""
+
+    tunnel_id: str
+    tunnel_name: str
+    kind: Literal["update", "noop", "local"]
+    current: tuple[dict[str, Any], ...] = ()
+    desired: tuple[dict[str, Any], ...] = ()
+    new_config: dict[str, Any] | None = None
+
+    def describe(self) -> str:
+        label = f"tunnel {self.tunnel_name} ({self.tunnel_id})"
+        if self.kind == "local":
+            return f"{label} is locally managed: ingress comes from its config file"
+        if self.kind == "noop":
+            return f"{label} ingress is {', '.join(_describe_rule(r) for r in self.desired)}"
+        before = ", ".join(_describe_rule(r) for r in self.current) or "none"
+        after = ", ".join(_describe_rule(r) for r in self.desired)
+        return f"set ingress of {label}: {before} ⇒ {after}"
+
+
+def _get_tunnel(client: Cloudflare, account_id: str, tunnel_id: str) -> Any:
+    try:
+        return client.zero_trust.tunnels.cloudflared.get(tunnel_id, account_id=account_id)
+    except cloudflare.APIError as error:
+        raise _api_error(
+            f"reading tunnel {tunnel_id}",
+            error,
+            "check the tunnel id (ESC cloudflareTunnelId / cloudflareNodeTunnelId) and the account "
+            "id (ESC cloudflareAccountId)",
+        ) from None
+
+
+def plan_tunnel_config(
+    client: Cloudflare, account_id: str, tunnel_id: str, ingress: Sequence[Mapping[str, Any]]
+) -> TunnelConfigPlan:
+    """Compare a remotely-managed tunnel's ingress with ``ingress``; reads only. A locally-managed
+    tunnel (``config_src`` "local") takes its ingress from the file on the host, so it is left
+    alone here."""
+    wanted = _norm_ingress(ingress)
+    if not wanted or "hostname" in wanted[-1] or "path" in wanted[-1]:
+        raise CloudflareError(
+            f"tunnel {tunnel_id}: the last ingress rule must be a catch-all (no hostname, no path)"
+        )
+    tunnel = _get_tunnel(client, account_id, tunnel_id)
+    name = tunnel.name or tunnel_id
+    if tunnel.config_src != "cloudflare":
+        return TunnelConfigPlan(tunnel_id, name, "local", desired=tuple(wanted))
+    try:
+        answer = client.zero_trust.tunnels.cloudflared.configurations.get(
+            tunnel_id, account_id=account_id
+        )
+    except cloudflare.APIError as error:
+        raise _api_error(f"reading the configuration of tunnel {name}", error) from None
+    config: dict[str, Any] = {}
+    if answer is not None and answer.config is not None:
+        config = answer.config.to_dict(mode="json")
+    current = _norm_ingress(config.get("ingress") or [])
+    if current == wanted:
+        return TunnelConfigPlan(tunnel_id, name, "noop", tuple(current), tuple(wanted))
+    new_config = {**config, "ingress": [dict(rule) for rule in ingress]}
+    return TunnelConfigPlan(tunnel_id, name, "update", tuple(current), tuple(wanted), new_config)
+
+
+def apply_tunnel_config(client: Cloudflare, account_id: str, tunnel_plan: TunnelConfigPlan) -> None:
+    """Put the planned configuration (whole config replaced, other keys kept as read)."""
+    if tunnel_plan.kind != "update":
+        return
+    try:
+        client.zero_trust.tunnels.cloudflared.configurations.update(
+            tunnel_plan.tunnel_id,
+            account_id=account_id,
+            config=tunnel_plan.new_config,  # type: ignore[arg-type]
+        )
+    except cloudflare.APIError as error:
+        raise _api_error(tunnel_plan.describe(), error) from None
+
+
+# -- tunnel status --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TunnelStatus:
+    """A tunnel's health as Cloudflare sees it, for smoke and status commands."""
+
+    tunnel_id: str
+    name: str
+    status: str  # healthy, degraded, down, inactive
+    config_src: str
+    connectors: int
+    connections: int
+    versions: tuple[str, ...] = ()
+
+    @property
+    def serving(self) -> bool:
+        return self.status in ("healthy", "degraded") and self.connections > 0
+
+    def describe(self) -> str:
+        versions = f", cloudflared {', '.join(self.versions)}" if self.versions else ""
+        return (
+            f"tunnel {self.name} ({self.tunnel_id}): {self.status}, "
+            f"{self.connectors} connector(s), {self.connections} connection(s){versions}"
+        )
+
+
+def tunnel_status(client: Cloudflare, account_id: str, tunnel_id: str) -> TunnelStatus:
+    """Status from the tunnel object; counts from ``/connections`` (the tunnel object's own
+    ``connections`` list is deprecated). Pending-reconnect connections are not counted."""
+    tunnel = _get_tunnel(client, account_id, tunnel_id)
+    try:
+        clients = list(
+            client.zero_trust.tunnels.cloudflared.connections.get(tunnel_id, account_id=account_id)
+        )
+    except cloudflare.APIError as error:
+        raise _api_error(f"reading connections of tunnel {tunnel_id}", error) from None
+    live = [
+        [c for c in (connector.conns or []) if not c.is_pending_reconnect] for connector in clients
+    ]
+    return TunnelStatus(
+        tunnel_id=tunnel_id,
+        name=tunnel.name or tunnel_id,
+        status=tunnel.status or "unknown",
+        config_src=tunnel.config_src or "unknown",
+        connectors=sum(1 for conns in live if conns),
+        connections=sum(len(conns) for conns in live),
+        versions=tuple(sorted({c.version for c in clients if c.version})),
+    )
+
+
+# -- the whole run --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoutesPlan:
+    """DNS and tunnel ingress together, so that a run writes nothing unless all of it is clean."""
+
+    dns: Plan
+    tunnels: tuple[TunnelConfigPlan, ...] = ()
+
+    @property
+    def changes(self) -> list[str]:
+        """One line per write, in the order ``apply_routes`` makes them."""
+        lines = [t.describe() for t in self.tunnels if t.kind == "update"]
+        return lines + [action.describe() for action in self.dns.changes]
+
+    def settled(self) -> str:
+        names = ", ".join(a.desired.name for a in self.dns.actions) or "no names"
+        return f"Cloudflare DNS records {names} and tunnel ingress are as wanted"
+
+
+def plan_routes(
+    client: Cloudflare,
+    access: CloudflareAccess,
+    records: Sequence[DesiredRecord],
+    ingress: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    takeover: Iterable[str] = (),
+) -> RoutesPlan:
+    """Read the zone and every tunnel, then decide; raises CloudflareConflictError on conflicts."""
+    dns = plan(client, access.zone_id, records, takeover) if records else Plan(access.zone_id, ())
+    tunnels = tuple(
+        plan_tunnel_config(client, access.account_id, tunnel_id, rules)
+        for tunnel_id, rules in (ingress or {}).items()
+    )
+    dns.check()
+    return RoutesPlan(dns, tunnels)
+
+
+def apply_routes(client: Cloudflare, access: CloudflareAccess, routes: RoutesPlan) -> list[str]:
+    """Tunnel ingress first, then DNS: a name never points at a tunnel that has no rule for it
+    yet. Returns the changes made; on a failure the error lists the ones already made."""
+    routes.dns.check()
+    done: list[str] = []
+    for tunnel_plan in routes.tunnels:
+        if tunnel_plan.kind != "update":
+            continue
+        try:
+            apply_tunnel_config(client, access.account_id, tunnel_plan)
+        except CloudflareError as error:
+            made = "; ".join(done) if done else "none"
+            raise CloudflareError(f"{error} (changes already made: {made})") from None
+        done.append(tunnel_plan.describe())
+    for action in routes.dns.changes:
+        try:
+            apply_action(client, access.zone_id, action)
+        except CloudflareError as error:
+            made = "; ".join(done) if done else "none"
+            raise CloudflareError(f"{error} (changes already made: {made})") from None
+        done.append(action.describe())
+    return done

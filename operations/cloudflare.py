@@ -1,0 +1,146 @@
+"""
+Manage Oceanid's Cloudflare routes (DNS records, remotely-managed tunnel ingress) through the API.
+
+These operations talk to the Cloudflare API from the machine running pyinfra, not from the target
+host: call them once per run (``_run_once=True``, or against ``@local``). The API is read while the
+operation is generated, so ``--dry`` shows each change it would make and makes none; the writes
+happen in a Python callback when the operation executes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import FunctionCommand, OperationError, OperationValueError, operation
+from pyinfra.api.host import Host
+from pyinfra.api.state import State
+
+from oceanid.cloudflare_dns import (
+    CloudflareAccess,
+    CloudflareError,
+    DesiredRecord,
+    RoutesPlan,
+    apply_routes,
+    plan_routes,
+)
+
+
+def _apply(state: State, host: Host, access: CloudflareAccess, routes: RoutesPlan) -> bool:
+    """Callback run at execution: write the plan made moments before, log each change made.
+
+    A failure is logged as one line and reported by returning False (pyinfra then marks the
+    operation failed) instead of raising, which pyinfra would print with a full traceback.
+    """
+    try:
+        done = apply_routes(access.client(), access, routes)
+    except CloudflareError as error:
+        host.log_styled(str(error), fg="red", log_func=logger.error)
+        return False
+    for line in done:
+        host.log(f"Cloudflare: {line}")
+    return True
+
+
+@operation()
+def routes(
+    access: CloudflareAccess,
+    records: Sequence[DesiredRecord] = (),
+    ingress: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    takeover: Iterable[str] = (),
+):
+    """
+    Point public names at their tunnels and set remotely-managed tunnels' ingress, all or nothing.
+
+    + access: ``CloudflareAccess`` (API token, account id, zone id, optional base URL); the token
+      never appears in pyinfra's output
+    + records: desired proxied CNAMEs, from ``oceanid.cloudflare_dns.desired_records``
+    + ingress: tunnel id -> ingress rules (``desired_ingress``); only tunnels whose configuration
+      is managed by Cloudflare are changed, locally-managed ones are left to their config file
+    + takeover: full names of existing records the deploy may overwrite (the
+      ``cloudflare_takeover_records`` setting)
+
+    A matching record is adopted unchanged. A record with other content or type, not created by
+    this deploy and not in ``takeover``, stops the run before anything is written; no record is
+    ever deleted.
+
+    **Example:**
+
+    .. code:: python
+
+        cloudflare.routes(
+            name="Cloudflare routes",
+            access=CloudflareAccess(api_token=token, account_id=acct, zone_id=zone),
+            records=desired_records("boathou.se", cluster_tunnel, {"gpu": node_tunnel}),
+            ingress={node_tunnel: desired_ingress({"gpu.boathou.se": "http://localhost:8000"})},
+            _run_once=True,
+        )
+    """
+    if not isinstance(access, CloudflareAccess):
+        raise OperationValueError("access must be a CloudflareAccess (keeps the token out of logs)")
+    if isinstance(takeover, str):
+        raise OperationValueError("takeover must be a list of names, not one string")
+
+    try:
+        planned = plan_routes(access.client(), access, records, ingress, takeover)
+    except CloudflareError as error:
+        raise OperationError(str(error)) from None
+
+    for orphan in planned.dns.orphans:
+        host.log(
+            f"Cloudflare: {orphan.name} ({orphan.describe()}) carries this deploy's comment but is "
+            "no longer wanted; left in place, delete it by hand if it is stale",
+            log_func=logger.warning,
+        )
+    for name in planned.dns.unused_takeover:
+        host.log(
+            f"Cloudflare: {name} is in cloudflare_takeover_records but is not a name this deploy "
+            "manages",
+            log_func=logger.warning,
+        )
+    for tunnel_plan in planned.tunnels:
+        if tunnel_plan.kind == "local":
+            host.log(f"Cloudflare: {tunnel_plan.describe()}", log_func=logger.debug)
+
+    if not planned.changes:
+        host.noop(planned.settled())
+        return
+
+    if not host.state.is_executing:
+        for line in planned.changes:
+            host.log(f"Cloudflare: would {line}")
+
+    yield FunctionCommand(_apply, (access, planned), {})
+
+
+@operation()
+def dns_records(
+    access: CloudflareAccess,
+    records: Sequence[DesiredRecord],
+    takeover: Iterable[str] = (),
+):
+    """
+    Make sure public names are proxied CNAMEs to their tunnels (DNS only; see ``routes``).
+
+    + access: ``CloudflareAccess`` (API token, account id, zone id, optional base URL)
+    + records: desired proxied CNAMEs, from ``oceanid.cloudflare_dns.desired_records``
+    + takeover: full names of existing records the deploy may overwrite
+    """
+    yield from routes._inner(access=access, records=records, takeover=takeover)
+
+
+@operation()
+def tunnel_ingress(
+    access: CloudflareAccess,
+    tunnel_id: str,
+    ingress: Sequence[Mapping[str, Any]],
+):
+    """
+    Set a remotely-managed tunnel's ingress rules (a locally-managed tunnel is left alone).
+
+    + access: ``CloudflareAccess`` (API token, account id, optional base URL)
+    + tunnel_id: the tunnel's UUID
+    + ingress: the rules, last one a catch-all, from ``oceanid.cloudflare_dns.desired_ingress``
+    """
+    yield from routes._inner(access=access, ingress={tunnel_id: ingress})

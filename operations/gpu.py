@@ -1,0 +1,38 @@
+"""Refuse to deploy a GPU service on a host that must have a GPU and has none.
+
+The stack we replace let Triton fall back to the CPU when its GPU probe failed, and
+production served slowly for days. A host marked `require_gpu` now stops here, before
+anything on it changes.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import OperationError, operation
+
+from facts.gpu import GpuDevices
+
+
+@operation(is_idempotent=True)
+def require(gpus: list[int] | None = None):
+    """
+    Fail unless nvidia-smi sees a usable NVIDIA GPU (each of `gpus`, when given).
+
+    + gpus: GPU indexes the host's services are pinned to
+    """
+    devices = host.get_fact(GpuDevices)
+    if not devices:
+        raise OperationError(
+            f"{host.name}: no usable NVIDIA GPU (nvidia-smi is missing or sees no device). "
+            "This host is marked require_gpu, so nothing was deployed instead of falling back "
+            "to the CPU. Install the NVIDIA driver, or set hosts.<name>.gpu.require_gpu: false."
+        )
+    present = {device["index"] for device in devices}
+    missing = sorted(set(gpus or []) - present)
+    if missing:
+        raise OperationError(
+            f"{host.name}: GPU index(es) {missing} are configured in hosts.<name>.gpu.gpus but "
+            f"nvidia-smi lists only {sorted(present)}"
+        )
+    names = ", ".join(f"{d['index']}: {d['name']}" for d in devices)
+    host.noop(f"GPU present ({names})")

@@ -1,0 +1,745 @@
+"""A stand-in for the Cloudflare v4 API: DNS records and cloudflared tunnels. NOT Cloudflare.
+
+Nothing reachable from the lab or CI is Cloudflare, so the deploy's Cloudflare code is driven
+through the real ``cloudflare`` SDK against this server instead. It speaks the documented v4
+envelope (``success``, ``errors``, ``messages``, ``result``, ``result_info``) and checks what the
+real API checks, so that a bug the real API would reject is rejected here too:
+
+- ``Authorization: Bearer <token>``: missing header 400/9106, malformed 400/6003, wrong token
+  403/10000 "Authentication error";
+- unknown zone, account or route: 400 with 7003 "Could not route to ..." and 7000 "No route for that
+  URI"; unknown record 404/81044; unknown tunnel 404/1003;
+- record validity: type, name inside the zone, A/AAAA/CNAME content (9005/9006/9007), TTL (9021),
+  proxying only for A/AAAA/CNAME (9004); a CNAME next to any other record at the same name 400/81053
+  "An A, AAAA, or CNAME record with that host already exists."; an identical record 400/81058;
+- page/per_page pagination with ``total_pages``; a page past the end is empty (the SDK pages
+  until it sees an empty page);
+- tunnel configurations: ingress must be non-empty and end in a catch-all rule (400/1056), PUT
+  replaces the whole config, bumps ``version`` and defaults ``warp-routing``;
+- injected faults (``faults`` in the seed or ``POST /__standin__/faults``), e.g. HTTP 429 with code
+  971 and ``Retry-After``, so retry handling can be tested.
+
+Run it for the lab::
+
+    python -m tests.standins.cloudflare_api --host 127.0.0.1 --port 8788 \\
+        --seed lab/cloudflare-seed.yaml --state .lab/cloudflare-state.json \\
+        --token-file .lab/cf-token
+
+``--port 0`` picks a free port; the first line on stdout is ``listening on <base-url>``, where the
+base URL ends in ``/client/v4`` like the real one. Seed file (JSON or YAML)::
+
+    account_id: 3f1a...            # 32 hex
+    token: "..."                   # optional; --token-file wins
+    zones:
+      - {id: 9c2e... (32 hex), name: boathou.se,
+         records: [{type: A, name: www.boathou.se, content: 203.0.113.7, proxied: true}]}
+    tunnels:
+      - {id: <uuid>, name: oceanid-cluster, config_src: cloudflare,
+         config: {ingress: [{service: "http_status:404"}]},      # optional
+         connectors: [{conns: 4, version: "2025.8.1"}],            # optional: connected replicas
+         ever_connected: false, status: degraded}                  # optional overrides
+    faults:
+      - {method: POST, path: /dns_records, status: 429, code: 971, retry_after: 1, times: 1,
+         skip: 0, after_apply: false}
+
+``--state FILE`` holds the live state as JSON (never the token), rewritten after every change; when
+it exists at start it is loaded instead of the seed (``--reset`` starts from the seed again).
+Control endpoints (same bearer token): ``GET /__standin__/state``, ``GET /__standin__/requests``,
+``POST /__standin__/faults`` (a fault object), ``PUT /__standin__/tunnels/<id>/connectors``
+(``{"connectors": [...]}``: connect or, with an empty list, disconnect cloudflared replicas).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ipaddress
+import json
+import re
+import secrets
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+API_PREFIX = "/client/v4"
+CONTROL_PREFIX = "/__standin__"
+DNS_PER_PAGE_DEFAULT = 100
+DNS_PER_PAGE_MAX = 5_000_000
+TUNNEL_PER_PAGE_DEFAULT = 1000
+RECORD_TYPES = {
+    "A", "AAAA", "CAA", "CERT", "CNAME", "DNSKEY", "DS", "HTTPS", "LOC", "MX", "NAPTR", "NS",
+    "OPENPGPKEY", "PTR", "SMIMEA", "SRV", "SSHFP", "SVCB", "TLSA", "TXT", "URI",
+}  # fmt: skip
+PROXIABLE = {"A", "AAAA", "CNAME"}
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)(\.[a-z0-9_-]{1,63})+$"
+)
+DNS_LIST_QUERY = {
+    "page", "per_page", "name", "name.exact", "type", "content", "content.exact", "comment.exact",
+    "order", "direction", "match", "proxied",
+}  # fmt: skip
+
+Json = dict[str, Any]
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status plus v4 ``errors`` entries."""
+
+    def __init__(
+        self, status: int, *errors: tuple[int, str], headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(errors[0][1] if errors else str(status))
+        self.status = status
+        self.errors = [{"code": code, "message": message} for code, message in errors]
+        self.headers = headers or {}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _no_route(path: str) -> ApiError:
+    return ApiError(
+        400,
+        (7003, f"Could not route to {path}, perhaps your object identifier is invalid?"),
+        (7000, "No route for that URI"),
+    )
+
+
+def _norm_name(name: str, zone: str) -> str:
+    """Lower-case, drop the trailing dot and place the name inside the zone, as Cloudflare does."""
+    name = name.strip().lower().rstrip(".")
+    if name in ("@", ""):
+        return zone
+    if name == zone or name.endswith("." + zone):
+        return name
+    return f"{name}.{zone}"
+
+
+class StandinState:
+    """The stand-in's whole world, guarded by one lock and optionally persisted as JSON."""
+
+    def __init__(self, data: Json, token: str, state_file: Path | None = None) -> None:
+        self.lock = threading.RLock()
+        self.data = data
+        self.token = token
+        self.state_file = state_file
+        self.requests: list[Json] = []
+        self.data.setdefault("faults", [])
+        self.data.setdefault("zones", {})
+        self.data.setdefault("tunnels", {})
+
+    @classmethod
+    def from_seed(
+        cls, seed: Json, token: str | None = None, state_file: Path | None = None
+    ) -> StandinState:
+        """Build the state from the seed format described in the module docstring."""
+        token = token or seed.get("token")
+        if not token:
+            raise ValueError("the stand-in needs an API token (seed 'token' or --token-file)")
+        data: Json = {
+            "account_id": seed.get("account_id") or secrets.token_hex(16),
+            "zones": {},
+            "tunnels": {},
+            "faults": list(seed.get("faults", [])),
+        }
+        for zone in seed.get("zones", []):
+            zone_id = zone.get("id") or secrets.token_hex(16)
+            data["zones"][zone_id] = {"name": zone["name"].lower().rstrip("."), "records": []}
+        state = cls(data, token, state_file)
+        for zone_id, zone in zip(data["zones"], seed.get("zones", []), strict=True):
+            for record in zone.get("records", []):
+                state.create_record(zone_id, dict(record))
+        for tunnel in seed.get("tunnels", []):
+            tunnel_id = tunnel.get("id") or str(uuid.uuid4())
+            data["tunnels"][tunnel_id] = {
+                "name": tunnel.get("name", tunnel_id),
+                "config_src": tunnel.get("config_src", "local"),
+                "config": tunnel.get("config"),
+                "config_version": 1 if tunnel.get("config") else 0,
+                "connectors": [],
+                "ever_connected": bool(tunnel.get("ever_connected", False)),
+                "status": tunnel.get("status"),
+                "created_at": _now(),
+            }
+            state.set_connectors(tunnel_id, tunnel.get("connectors", []))
+        return state
+
+    def save(self) -> None:
+        if self.state_file is None:
+            return
+        tmp = self.state_file.with_suffix(self.state_file.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
+        tmp.replace(self.state_file)
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def take_fault(self, method: str, path: str) -> tuple[ApiError, bool] | None:
+        """Consume the first injected fault matching this request, if any.
+
+        A fault matches on ``method`` and a ``path`` substring; it lets ``skip`` matching requests
+        through first, then fires ``times`` times. With ``after_apply`` the request is carried out
+        and only its answer is replaced by the error, like a response lost on the way back.
+        Returns the error and the ``after_apply`` flag.
+        """
+        for fault in self.data["faults"]:
+            if fault.get("method", method).upper() != method or fault.get("path", "") not in path:
+                continue
+            if fault.get("skip", 0) > 0:
+                fault["skip"] -= 1
+                continue
+            if fault.get("times", 1) <= 0:
+                continue
+            fault["times"] = fault.get("times", 1) - 1
+            headers = {}
+            if "retry_after" in fault:
+                headers["Retry-After"] = str(fault["retry_after"])
+            status = int(fault.get("status", 429))
+            default = "Please wait and consider throttling your request speed"
+            error = ApiError(
+                status,
+                (int(fault.get("code", 971)), fault.get("message", default)),
+                headers=headers,
+            )
+            return error, bool(fault.get("after_apply", False))
+        return None
+
+    # -- DNS ------------------------------------------------------------------------------------
+
+    def zone(self, zone_id: str, path: str) -> Json:
+        zone = self.data["zones"].get(zone_id)
+        if zone is None:
+            raise _no_route(path)
+        return zone
+
+    def _validate_record(self, zone: Json, body: Json) -> Json:
+        """Check a record body the way the API does; return the normalised record fields."""
+        rtype = str(body.get("type") or "").upper()
+        if not rtype or not body.get("name") or body.get("content") in (None, ""):
+            raise ApiError(400, (1004, "DNS Validation Error"))
+        if rtype not in RECORD_TYPES:
+            raise ApiError(400, (1004, "DNS Validation Error"))
+        name = _norm_name(str(body["name"]), zone["name"])
+        if not _HOSTNAME.match(name):
+            raise ApiError(400, (9000, "DNS name is invalid."))
+        content = str(body["content"])
+        if rtype == "A":
+            try:
+                ipaddress.IPv4Address(content)
+            except ValueError:
+                raise ApiError(
+                    400, (9005, "Content for A record must be a valid IPv4 address.")
+                ) from None
+        elif rtype == "AAAA":
+            try:
+                ipaddress.IPv6Address(content)
+            except ValueError:
+                raise ApiError(
+                    400, (9006, "Content for AAAA record must be a valid IPv6 address.")
+                ) from None
+        elif rtype == "CNAME":
+            content = content.lower().rstrip(".")
+            if not _HOSTNAME.match(content) or content == name:
+                raise ApiError(400, (9007, "Content for CNAME record is invalid."))
+        proxied = bool(body.get("proxied", False))
+        if proxied and rtype not in PROXIABLE:
+            raise ApiError(400, (9004, "This record type cannot be proxied."))
+        ttl = body.get("ttl", 1)
+        if (
+            not isinstance(ttl, int)
+            or isinstance(ttl, bool)
+            or not (ttl == 1 or 60 <= ttl <= 86400)
+        ):
+            raise ApiError(
+                400,
+                (9021, "Invalid TTL. Must be between 60 and 86400 seconds, or 1 for Automatic."),
+            )
+        comment = body.get("comment")
+        if comment is not None and len(str(comment)) > 100:
+            raise ApiError(400, (9101, "DNS record comment is too long (maximum 100 characters)."))
+        return {
+            "type": rtype,
+            "name": name,
+            "content": content,
+            "proxied": proxied,
+            "proxiable": rtype in PROXIABLE,
+            # Cloudflare answers ttl 1 (automatic) for every proxied record.
+            "ttl": 1 if proxied else ttl,
+            "comment": comment,
+            "tags": list(body.get("tags") or []),
+            "settings": dict(body.get("settings") or {}),
+        }
+
+    def _check_clash(self, zone: Json, record: Json, ignore_id: str | None = None) -> None:
+        for other in zone["records"]:
+            if other["id"] == ignore_id or other["name"] != record["name"]:
+                continue
+            if "CNAME" in (other["type"], record["type"]):
+                raise ApiError(
+                    400, (81053, "An A, AAAA, or CNAME record with that host already exists.")
+                )
+            if other["type"] == record["type"] and other["content"] == record["content"]:
+                raise ApiError(400, (81058, "An identical record already exists."))
+
+    def create_record(self, zone_id: str, body: Json, path: str = "") -> Json:
+        zone = self.zone(zone_id, path)
+        record = self._validate_record(zone, body)
+        self._check_clash(zone, record)
+        stamp = _now()
+        record.update(
+            id=secrets.token_hex(16), created_on=stamp, modified_on=stamp, meta={}, zone_id=zone_id
+        )
+        zone["records"].append(record)
+        return record
+
+    def find_record(self, zone_id: str, record_id: str, path: str) -> Json:
+        for record in self.zone(zone_id, path)["records"]:
+            if record["id"] == record_id:
+                return record
+        raise ApiError(404, (81044, "Record does not exist."))
+
+    def replace_record(
+        self, zone_id: str, record_id: str, body: Json, path: str, merge: bool
+    ) -> Json:
+        zone = self.zone(zone_id, path)
+        current = self.find_record(zone_id, record_id, path)
+        if merge:  # PATCH: unspecified fields keep their value
+            kept = ("type", "name", "content", "proxied", "ttl", "comment", "tags", "settings")
+            body = {**{key: current[key] for key in kept}, **body}
+        record = self._validate_record(zone, body)
+        self._check_clash(zone, record, ignore_id=record_id)
+        current.update(record, modified_on=_now())
+        return current
+
+    def delete_record(self, zone_id: str, record_id: str, path: str) -> Json:
+        record = self.find_record(zone_id, record_id, path)
+        self.zone(zone_id, path)["records"].remove(record)
+        return {"id": record_id}
+
+    # -- tunnels --------------------------------------------------------------------------------
+
+    def tunnel(self, account_id: str, tunnel_id: str, path: str) -> Json:
+        if account_id != self.data["account_id"]:
+            raise _no_route(path)
+        tunnel = self.data["tunnels"].get(tunnel_id)
+        if tunnel is None:
+            raise ApiError(404, (1003, "Tunnel not found"))
+        return tunnel
+
+    def set_connectors(self, tunnel_id: str, connectors: list[Json]) -> None:
+        tunnel = self.data["tunnels"][tunnel_id]
+        clients = []
+        for spec in connectors:
+            client_id = spec.get("id") or str(uuid.uuid4())
+            version = spec.get("version", "2025.8.1")
+            conns = [
+                {
+                    "id": str(uuid.uuid4()),
+                    "uuid": str(uuid.uuid4()),
+                    "colo_name": ("fra08", "ams01", "fra10", "ams06")[i % 4],
+                    "is_pending_reconnect": False,
+                    "origin_ip": "203.0.113.10",
+                    "opened_at": _now(),
+                    "client_id": client_id,
+                    "client_version": version,
+                }
+                for i in range(int(spec.get("conns", 4)))
+            ]
+            clients.append(
+                {
+                    "id": client_id,
+                    "arch": spec.get("arch", "linux_amd64"),
+                    "version": version,
+                    "config_version": tunnel["config_version"],
+                    "run_at": _now(),
+                    "features": ["allow_remote_config", "serialized_headers"],
+                    "conns": conns,
+                }
+            )
+        tunnel["connectors"] = clients
+        if any(c["conns"] for c in clients):
+            tunnel["ever_connected"] = True
+
+    def tunnel_json(self, tunnel_id: str) -> Json:
+        tunnel = self.data["tunnels"][tunnel_id]
+        connected = any(c["conns"] for c in tunnel["connectors"])
+        status = tunnel.get("status") or (
+            "healthy" if connected else "down" if tunnel["ever_connected"] else "inactive"
+        )
+        return {
+            "id": tunnel_id,
+            "account_tag": self.data["account_id"],
+            "name": tunnel["name"],
+            "tun_type": "cfd_tunnel",
+            "config_src": tunnel["config_src"],
+            "remote_config": tunnel["config_src"] == "cloudflare",
+            "status": status,
+            "created_at": tunnel["created_at"],
+            "deleted_at": None,
+            "conns_active_at": tunnel["created_at"] if connected else None,
+            "conns_inactive_at": None if connected else tunnel["created_at"],
+            "metadata": {},
+            "connections": [conn for c in tunnel["connectors"] for conn in c["conns"]],
+        }
+
+    def config_json(self, tunnel_id: str) -> Json:
+        tunnel = self.data["tunnels"][tunnel_id]
+        return {
+            "tunnel_id": tunnel_id,
+            "version": tunnel["config_version"],
+            "config": tunnel["config"],
+            "source": tunnel["config_src"],
+            "created_at": tunnel["created_at"],
+        }
+
+    def put_config(self, tunnel_id: str, body: Json) -> Json:
+        config = body.get("config")
+        if not isinstance(config, dict):
+            raise ApiError(400, (1056, "Bad Configuration: config is required"))
+        ingress = config.get("ingress")
+        if not isinstance(ingress, list) or not ingress:
+            raise ApiError(
+                400,
+                (1056, "Bad Configuration: Validation failed: "
+                       "The config file doesn't contain any ingress rules"),
+            )  # fmt: skip
+        for index, rule in enumerate(ingress):
+            if not isinstance(rule, dict) or not rule.get("service"):
+                raise ApiError(400, (1056, f"Bad Configuration: rule #{index + 1} has no service"))
+            last = index == len(ingress) - 1
+            if not last and not rule.get("hostname") and not rule.get("path"):
+                raise ApiError(
+                    400,
+                    (1056, f"Bad Configuration: Validation failed: Rule #{index + 1} matches "
+                           "every hostname, so the rules which follow it will never be triggered"),
+                )  # fmt: skip
+            if last and (rule.get("hostname") or rule.get("path")):
+                raise ApiError(
+                    400,
+                    (1056, "Bad Configuration: Validation failed: The last ingress rule must "
+                           "match all URLs (i.e. it should not have a hostname or path filter)"),
+                )  # fmt: skip
+        config = copy.deepcopy(config)
+        config.setdefault("warp-routing", {"enabled": False})
+        tunnel = self.data["tunnels"][tunnel_id]
+        tunnel["config"] = config
+        tunnel["config_version"] += 1
+        return self.config_json(tunnel_id)
+
+
+def _page(items: list[Json], query: dict[str, str], default: int, maximum: int) -> tuple:
+    try:
+        page = int(query.get("page", 1))
+        per_page = int(query.get("per_page", default))
+    except ValueError:
+        raise ApiError(400, (1004, "page and per_page must be integers")) from None
+    if page < 1 or per_page < 1 or per_page > maximum:
+        raise ApiError(400, (1004, f"per_page must be between 1 and {maximum}"))
+    total_pages = max(1, -(-len(items) // per_page))
+    chunk = items[(page - 1) * per_page : page * per_page]
+    info = {
+        "page": page,
+        "per_page": per_page,
+        "count": len(chunk),
+        "total_count": len(items),
+        "total_pages": total_pages,
+    }
+    return chunk, info
+
+
+Route = Callable[["StandinState", "re.Match[str]", dict[str, str], Json, str], Any]
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Routes v4 paths onto :class:`StandinState`; every answer is a v4 envelope."""
+
+    server_version = "cloudflare-api-standin/1"
+    state: StandinState  # set on the subclass made by make_server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _send(self, status: int, payload: Json, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _authenticate(self) -> None:
+        header = self.headers.get("Authorization")
+        if header is None:
+            raise ApiError(400, (9106, "Missing X-Auth-Key, X-Auth-Email or Authorization headers"))
+        scheme, _, token = header.partition(" ")
+        if scheme != "Bearer" or not token.strip():
+            error = ApiError(400, (6003, "Invalid request headers"))
+            error.errors[0]["error_chain"] = [
+                {"code": 6111, "message": "Invalid format for Authorization header"}
+            ]
+            raise error
+        if not secrets.compare_digest(token.strip(), self.state.token):
+            raise ApiError(403, (10000, "Authentication error"))
+
+    def _body(self) -> Json:
+        length = int(self.headers.get("Content-Length") or 0)
+        if not length:
+            return {}
+        try:
+            body = json.loads(self.rfile.read(length))
+        except json.JSONDecodeError:
+            raise ApiError(400, (9207, "Request body is invalid.")) from None
+        if not isinstance(body, dict):
+            raise ApiError(400, (9207, "Request body is invalid."))
+        return body
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        path = url.path[len(API_PREFIX) :] if url.path.startswith(API_PREFIX) else url.path
+        path = path.rstrip("/") or "/"
+        query = {key: values[-1] for key, values in parse_qs(url.query).items()}
+        state = self.state
+        try:
+            body = self._body() if method in ("POST", "PUT", "PATCH") else {}
+            self._authenticate()
+            with state.lock:
+                state.requests.append({"method": method, "path": path, "query": query})
+                fault = None if path.startswith(CONTROL_PREFIX) else state.take_fault(method, path)
+                if fault is not None and not fault[1]:
+                    raise fault[0]
+                for route_method, pattern, handler in ROUTES:
+                    match = pattern.fullmatch(path)
+                    if match and route_method == method:
+                        result = handler(state, match, query, body, API_PREFIX + path)
+                        if method != "GET":
+                            state.save()
+                        break
+                else:
+                    raise _no_route(API_PREFIX + path)
+                if fault is not None:
+                    raise fault[0]
+        except ApiError as error:
+            payload = {"success": False, "errors": error.errors, "messages": [], "result": None}
+            self._send(error.status, payload, error.headers)
+            return
+        if isinstance(result, tuple):
+            result, info = result
+            payload = {"success": True, "errors": [], "messages": [], "result": result}
+            payload["result_info"] = info
+        else:
+            payload = {"success": True, "errors": [], "messages": [], "result": result}
+        self._send(HTTPStatus.OK, payload)
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+def _zone_get(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    zone = s.zone(m["zone"], path)
+    return {"id": m["zone"], "name": zone["name"], "status": "active", "type": "full"}
+
+
+def _records_list(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> tuple:
+    zone = s.zone(m["zone"], path)
+    unknown = set(q) - DNS_LIST_QUERY
+    if unknown:  # refuse rather than silently answer unfiltered
+        raise ApiError(400, (99998, f"stand-in: list filter {sorted(unknown)} is not emulated"))
+    if q.get("match", "all") != "all":
+        raise ApiError(400, (99998, "stand-in: match=any is not emulated"))
+    items = zone["records"]
+    name = q.get("name.exact", q.get("name"))
+    if name is not None:
+        items = [r for r in items if r["name"] == _norm_name(name, zone["name"])]
+    if "type" in q:
+        items = [r for r in items if r["type"] == q["type"].upper()]
+    content = q.get("content.exact", q.get("content"))
+    if content is not None:
+        items = [r for r in items if r["content"].lower() == content.lower()]
+    if "comment.exact" in q:
+        items = [r for r in items if r["comment"] == q["comment.exact"]]
+    if "proxied" in q:
+        items = [r for r in items if r["proxied"] == (q["proxied"] == "true")]
+    return _page(list(items), q, DNS_PER_PAGE_DEFAULT, DNS_PER_PAGE_MAX)
+
+
+def _record_create(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    return s.create_record(m["zone"], b, path)
+
+
+def _record_get(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    return s.find_record(m["zone"], m["record"], path)
+
+
+def _record_put(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    return s.replace_record(m["zone"], m["record"], b, path, merge=False)
+
+
+def _record_patch(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    return s.replace_record(m["zone"], m["record"], b, path, merge=True)
+
+
+def _record_delete(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    return s.delete_record(m["zone"], m["record"], path)
+
+
+def _tunnels_list(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> tuple:
+    if m["account"] != s.data["account_id"]:
+        raise _no_route(path)
+    items = [s.tunnel_json(tid) for tid in s.data["tunnels"]]
+    if "name" in q:
+        items = [t for t in items if t["name"] == q["name"]]
+    if "uuid" in q:
+        items = [t for t in items if t["id"] == q["uuid"]]
+    query = {k: v for k, v in q.items() if k in ("page", "per_page")}
+    return _page(items, query, TUNNEL_PER_PAGE_DEFAULT, TUNNEL_PER_PAGE_DEFAULT)
+
+
+def _tunnel_get(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.tunnel(m["account"], m["tunnel"], path)
+    return s.tunnel_json(m["tunnel"])
+
+
+def _tunnel_connections(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> list:
+    return copy.deepcopy(s.tunnel(m["account"], m["tunnel"], path)["connectors"])
+
+
+def _config_get(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.tunnel(m["account"], m["tunnel"], path)
+    return s.config_json(m["tunnel"])
+
+
+def _config_put(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.tunnel(m["account"], m["tunnel"], path)
+    return s.put_config(m["tunnel"], b)
+
+
+def _control_state(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    return copy.deepcopy(s.data)
+
+
+def _control_requests(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> list:
+    return list(s.requests)
+
+
+def _control_fault(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.data["faults"].append(b)
+    return b
+
+
+def _control_connectors(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    if m["tunnel"] not in s.data["tunnels"]:
+        raise ApiError(404, (1003, "Tunnel not found"))
+    s.set_connectors(m["tunnel"], list(b.get("connectors", [])))
+    return s.tunnel_json(m["tunnel"])
+
+
+_ID = r"[^/]+"
+_ZONE = rf"/zones/(?P<zone>{_ID})"
+_TUNNEL = rf"/accounts/(?P<account>{_ID})/cfd_tunnel/(?P<tunnel>{_ID})"
+ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
+    (method, re.compile(pattern), handler)
+    for method, pattern, handler in [
+        ("GET", _ZONE, _zone_get),
+        ("GET", _ZONE + "/dns_records", _records_list),
+        ("POST", _ZONE + "/dns_records", _record_create),
+        ("GET", _ZONE + rf"/dns_records/(?P<record>{_ID})", _record_get),
+        ("PUT", _ZONE + rf"/dns_records/(?P<record>{_ID})", _record_put),
+        ("PATCH", _ZONE + rf"/dns_records/(?P<record>{_ID})", _record_patch),
+        ("DELETE", _ZONE + rf"/dns_records/(?P<record>{_ID})", _record_delete),
+        ("GET", rf"/accounts/(?P<account>{_ID})/cfd_tunnel", _tunnels_list),
+        ("GET", _TUNNEL, _tunnel_get),
+        ("GET", _TUNNEL + "/connections", _tunnel_connections),
+        ("GET", _TUNNEL + "/configurations", _config_get),
+        ("PUT", _TUNNEL + "/configurations", _config_put),
+        ("GET", CONTROL_PREFIX + "/state", _control_state),
+        ("GET", CONTROL_PREFIX + "/requests", _control_requests),
+        ("POST", CONTROL_PREFIX + "/faults", _control_fault),
+        ("PUT", CONTROL_PREFIX + rf"/tunnels/(?P<tunnel>{_ID})/connectors", _control_connectors),
+    ]
+]
+
+
+def make_server(state: StandinState, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    """Bind the stand-in (``port=0``: any free port); the caller runs ``serve_forever``."""
+    handler = type("BoundHandler", (Handler,), {"state": state})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def base_url(server: ThreadingHTTPServer) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}{API_PREFIX}"
+
+
+def load_seed(path: Path) -> Json:
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Cloudflare v4 API stand-in (DNS records, cloudflared tunnels). Not Cloudflare."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--seed", type=Path, help="JSON or YAML seed file")
+    parser.add_argument("--state", type=Path, help="JSON file holding the live state")
+    parser.add_argument("--token-file", type=Path, help="file whose content is the API token")
+    parser.add_argument("--reset", action="store_true", help="ignore an existing --state file")
+    args = parser.parse_args(argv)
+
+    token = args.token_file.read_text().strip() if args.token_file else None
+    if args.state and args.state.exists() and not args.reset:
+        data = json.loads(args.state.read_text())
+        state = StandinState(data, token or data.get("token", ""), args.state)
+        if not state.token:
+            parser.error("--token-file is required")
+    else:
+        seed = load_seed(args.seed) if args.seed else {}
+        try:
+            state = StandinState.from_seed(seed, token, args.state)
+        except ValueError as error:
+            parser.error(str(error))
+    state.save()
+    server = make_server(state, args.host, args.port)
+    print(f"listening on {base_url(server)}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
