@@ -18,4 +18,4 @@ _ssh = {
 
 k3s_servers = [("tethys", dict(_ssh))]
 k3s_agents = [("styx", dict(_ssh)), ("calypso", {**_ssh, "_sudo": True})]
-gpu_hosts = ["calypso"]
+gpu_hosts = ["calypso", ("calypso2", dict(_ssh))]

@@ -17,7 +17,8 @@ import time
 from contextlib import contextmanager
 
 from lab import fake_secrets, hosts, keys, mirror, network, processes, rootfs, services
-from lab.topology import HOSTS, HOSTS_DIR, LAB_DIR, REPO, SECRETS_FILE, SSH_DIR
+from lab.converge import lab_env, pyinfra, verify_argv
+from lab.topology import HOSTS, HOSTS_DIR, LAB_DIR, REPO
 
 TIMINGS: dict[str, float] = {}
 
@@ -62,28 +63,8 @@ def down(*, quiet: bool = False) -> list[str]:
     return removed
 
 
-def lab_env() -> dict[str, str]:
-    return {**os.environ, "SECRETS_FILE": str(SECRETS_FILE)}
-
-
-def pyinfra(*args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
-    argv = [str(REPO / ".venv/bin/pyinfra"), "-y", "inventories/lab.py", *args]
-    return subprocess.run(
-        argv, cwd=REPO, env=lab_env(), check=False, text=True, capture_output=capture
-    )
-
-
 def testinfra() -> int:
-    argv = [
-        str(REPO / ".venv/bin/pytest"),
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "tests/hosts",
-        f"--ssh-config={SSH_DIR / 'config'}",
-        "--hosts=" + ",".join(f"ssh://{h.name}" for h in HOSTS),
-    ]
-    return subprocess.run(argv, cwd=REPO, env=lab_env(), check=False).returncode
+    return subprocess.run(verify_argv(), cwd=REPO, env=lab_env(), check=False).returncode
 
 
 def boot() -> None:
@@ -178,7 +159,7 @@ def up(deploy: bool) -> int:
         boot()
         if deploy:
             with step("deploy"):
-                if pyinfra("deploys/site.py").returncode != 0:
+                if pyinfra("deploys/site.py", json_output=False).returncode != 0:
                     log(
                         "deploy failed; the hosts stay up for a look (`make lab-down` removes them)"
                     )

@@ -8,7 +8,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from lab.topology import REPO, SECRETS_FILE
+from lab.topology import GPU_HOSTS, HOSTS, REPO, SECRETS_FILE, SSH_DIR
 
 
 @dataclass
@@ -22,7 +22,25 @@ class Run:
 
 
 def lab_env() -> dict[str, str]:
-    return {**os.environ, "SECRETS_FILE": str(SECRETS_FILE), "PYINFRA_PROGRESS": "off"}
+    return {
+        **os.environ,
+        "SECRETS_FILE": str(SECRETS_FILE),
+        "PYINFRA_PROGRESS": "off",
+        "OCEANID_GPU_HOSTS": ",".join(f"ssh://{name}" for name in GPU_HOSTS),
+    }
+
+
+def verify_argv() -> list[str]:
+    """testinfra over the lab's SSH config: every host, the GPU checks on the GPU hosts."""
+    return [
+        str(REPO / ".venv/bin/pytest"),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/hosts",
+        f"--ssh-config={SSH_DIR / 'config'}",
+        "--hosts=" + ",".join(f"ssh://{h.name}" for h in HOSTS),
+    ]
 
 
 def pyinfra(*args: str, json_output: bool = True, timeout: float = 1800) -> Run:
@@ -43,4 +61,6 @@ def pyinfra(*args: str, json_output: bool = True, timeout: float = 1800) -> Run:
         changed = {
             op["name"]: op["success"] for op in results.get("operations", []) if op["success"]
         }
-    return Run(done.returncode, seconds, totals, failed, changed, done.stdout + done.stderr)
+    return Run(
+        done.returncode, seconds, totals, failed, changed, (done.stdout or "") + (done.stderr or "")
+    )

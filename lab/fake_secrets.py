@@ -31,7 +31,7 @@ def _credentials_json(account: str, tunnel: str, secret: str) -> str:
 
 def generate() -> dict[str, str]:
     account = secrets.token_hex(16)
-    cluster, node = str(uuid.uuid4()), str(uuid.uuid4())
+    cluster, node, node2 = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
 
     def secret() -> str:
         return base64.b64encode(secrets.token_bytes(32)).decode()
@@ -49,6 +49,8 @@ def generate() -> dict[str, str]:
         "cloudflareTunnelToken": _token(account, cluster, secret()),
         "cloudflareNodeTunnelId": node,
         "cloudflareNodeTunnelToken": wrapped + "\n",
+        "cloudflareNode2TunnelId": node2,
+        "cloudflareNode2TunnelToken": _credentials_json(account, node2, secret()),
         "cloudflareNodeTunnelHostname": "gpu.boathou.se",
         "cloudflareNodeTunnelTarget": "http://localhost:8000",
         "k3s_token": "K10" + secrets.token_hex(24) + "::server:" + secrets.token_hex(16),
@@ -61,11 +63,16 @@ def generate() -> dict[str, str]:
 
 
 def ensure() -> dict[str, str]:
+    """The lab's secrets, made anew when the file lacks a key the lab now uses."""
     if SECRETS_FILE.exists():
-        return yaml.safe_load(SECRETS_FILE.read_text())
+        existing = yaml.safe_load(SECRETS_FILE.read_text()) or {}
+        if set(existing) >= set(generate()):
+            return existing
     SECRETS_FILE.parent.mkdir(parents=True, exist_ok=True)
     values = generate()
-    fd = os.open(SECRETS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = SECRETS_FILE.with_suffix(".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         yaml.safe_dump(values, out, sort_keys=True)
+    tmp.replace(SECRETS_FILE)
     return values

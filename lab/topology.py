@@ -67,7 +67,9 @@ HOSTS = (
     LabHost("tethys", 11, "k3s server"),
     LabHost("styx", 12, "k3s agent"),
     LabHost("calypso", 13, "gpu host, k3s agent", ssh_user="oceanid"),
+    LabHost("calypso2", 14, "gpu host (second tunnel)"),
 )
+GPU_HOSTS = ("calypso", "calypso2")
 
 
 def host(name: str) -> LabHost:

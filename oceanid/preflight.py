@@ -172,7 +172,10 @@ def check(hosts: Iterable[HostView], *, environ: Mapping[str, str] | None = None
     required = required_secrets(plans.values(), first)
     try:
         secrets = secrets_mod.load(
-            sources=first.secret_sources, esc_environment=first.esc_environment, environ=environ
+            sources=first.secret_sources,
+            esc_environment=first.esc_environment,
+            environ=environ,
+            keys=[*secrets_mod.KNOWN_KEYS, *required],
         )
     except secrets_mod.SecretsError as exc:
         raise PreflightError([*problems, str(exc)]) from None

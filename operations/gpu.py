@@ -36,3 +36,4 @@ def require(gpus: list[int] | None = None):
         )
     names = ", ".join(f"{d['index']}: {d['name']}" for d in devices)
     host.noop(f"GPU present ({names})")
+    yield from ()  # an operation is a generator; pyinfra iterates what it returns

@@ -100,6 +100,7 @@ def load(models: list[str], port: int = 8000):
     yield StringCommand(
         "for",
         "i",
+        "in",
         "$(seq",
         str(READY_WAIT) + ");",
         "do",

@@ -41,4 +41,14 @@ hosts = {
             "service": {"kind": "triton", "runtime": "host", "port": 8000},
         },
     },
+    # A second GPU host: one inventory line, this entry, and its two ESC keys.
+    "calypso2": {
+        "gpu": {
+            "public_name": "gpu2",
+            "tunnel_id_key": "cloudflareNode2TunnelId",
+            "tunnel_credential_key": "cloudflareNode2TunnelToken",
+            "require_gpu": False,
+            "service": {"kind": "triton", "runtime": "host", "port": 8000},
+        },
+    },
 }

@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lab import network, processes
-from lab.converge import lab_env, pyinfra
-from lab.topology import HOSTS, REPO, SSH_DIR
+from lab.converge import lab_env, pyinfra, verify_argv
+from lab.topology import GPU_HOSTS, HOSTS, REPO
+from oceanid import tunnel_credentials
 
 pytestmark = pytest.mark.lab
 
@@ -42,13 +44,64 @@ def lab():
     assert down.returncode == 0, down.stderr
 
 
+def ssh(name: str, command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", "-F", str(REPO / ".lab/ssh/config"), "-o", "BatchMode=yes", name, command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+SECRET_KEYS = (
+    "cloudflareApiToken",
+    "cloudflareTunnelToken",
+    "cloudflareNodeTunnelToken",
+    "cloudflareNode2TunnelToken",
+    "k3s_token",
+    "labelStudioDbUrl",
+    "labelStudioApiToken",
+    "labelStudioAdminPassword",
+    "hfAccessToken",
+)
+
+
+def lab_secret_lines() -> list[tuple[str, str]]:
+    """Each lab secret (every line of it), and each tunnel secret inside a credential.
+
+    Tunnel IDs and account IDs are not among them: they are public in every CNAME target.
+    """
+    values = yaml.safe_load((REPO / ".lab" / "secrets.yaml").read_text())
+    found = []
+    for key in SECRET_KEYS:
+        found += [(key, line.strip()) for line in values[key].strip().splitlines()]
+        if "Tunnel" in key:
+            found.append((key, tunnel_credentials.parse(values[key], key=key).tunnel_secret))
+    return found
+
+
 @pytest.fixture(scope="module")
-def converged(lab):
+def dry_run(lab):
+    """Before anything is deployed: --dry --diff shows every change and makes none."""
+    return pyinfra("deploys/site.py", "--dry", "--diff", "-vv", json_output=False)
+
+
+@pytest.fixture(scope="module")
+def converged(lab, dry_run):
     first = pyinfra("deploys/site.py")
     assert first.returncode == 0, first.output[-6000:]
     assert first.totals["error"] == 0 and not first.failed_hosts
     assert first.totals["success"] > 0, "the first converge changed nothing on fresh hosts"
     return first
+
+
+def test_dry_run_changes_nothing_and_shows_no_secret(dry_run):
+    assert dry_run.returncode == 0, dry_run.output[-4000:]
+    assert "cloudflared-node" in dry_run.output
+    for key, line in lab_secret_lines():
+        assert line not in dry_run.output, f"{key} appears in --dry --diff -vv output"
+    assert ssh("calypso", "test -e /etc/cloudflared").returncode == 1, "--dry wrote files"
 
 
 def test_second_converge_changes_nothing(converged):
@@ -59,36 +112,64 @@ def test_second_converge_changes_nothing(converged):
     assert second.totals["success"] == 0
 
 
-def test_dry_diff_run_shows_no_secret(converged):
-    dry = pyinfra("deploys/site.py", "--dry", "--diff", "-vv", json_output=False)
-    assert dry.returncode == 0, dry.output[-4000:]
-    secrets = (REPO / ".lab" / "secrets.yaml").read_text()
-    import yaml
+def test_secrets_stay_out_of_units_and_process_arguments(converged):
+    for name in GPU_HOSTS:
+        seen = ssh(name, "sudo cat /etc/systemd/system/*.service; ps -eo args").stdout
+        assert "ExecStart" in seen
+        for key, line in lab_secret_lines():
+            assert line not in seen, f"{key} is in a unit file or a process argument on {name}"
 
-    for key, value in yaml.safe_load(secrets).items():
-        for line in str(value).strip().splitlines():
-            assert line not in dry.output, f"{key} appears in --dry --diff -vv output"
+
+def test_checksum_mismatch_fails_and_keeps_the_installed_binary(converged):
+    served = next((REPO / ".lab/mirror/cloudflare").rglob("cloudflared-linux-amd64"))
+    original = served.read_bytes()
+    # the host's binary drifted, and the mirror now serves something else than the pin
+    ssh("calypso", "echo '# local' | sudo tee -a /usr/local/bin/cloudflared >/dev/null")
+    drifted = ssh("calypso", "sha256sum /usr/local/bin/cloudflared").stdout
+    try:
+        served.write_bytes(original + b"# tampered\n")
+        run = pyinfra("deploys/gpu.py", "--limit", "calypso", json_output=False)
+    finally:
+        served.write_bytes(original)
+    assert run.returncode != 0
+    assert "SHA-256 mismatch" in run.output and "installed binary was left in place" in run.output
+    assert ssh("calypso", "sha256sum /usr/local/bin/cloudflared").stdout == drifted
+    assert ssh("calypso", "test -e /usr/local/bin/cloudflared.oceanid-new").returncode == 1
+    repaired = pyinfra("deploys/gpu.py", "--limit", "calypso")
+    assert repaired.returncode == 0, repaired.output[-4000:]
+    assert "cloudflared-node" in repaired.changed  # restarted for the new binary
+    assert ssh("calypso", "sha256sum /usr/local/bin/cloudflared").stdout != drifted
+
+
+def test_model_change_reloads_without_restarting_triton(converged):
+    model = "/opt/triton/models/docling_granite_python"
+    pid = ssh("calypso", "systemctl show -p MainPID --value tritonserver").stdout.strip()
+    ssh(
+        "calypso",
+        f"echo '# drift' | sudo tee -a {model}/1/model.py >/dev/null; "
+        f"sudo touch {model}/stray.txt; sudo mkdir -p /opt/triton/models/local_model; "
+        "sudo touch /opt/triton/models/local_model/keep.txt",
+    )
+    run = pyinfra("deploys/site.py", "--limit", "calypso")
+    assert run.returncode == 0, run.output[-4000:]
+    assert "Load changed models" in run.changed and "tritonserver" not in run.changed
+    after = ssh("calypso", "systemctl show -p MainPID --value tritonserver").stdout.strip()
+    assert after == pid, "Triton was restarted for a model change"
+    assert ssh("calypso", f"test -e {model}/stray.txt").returncode == 1
+    assert ssh("calypso", "test -e /opt/triton/models/local_model/keep.txt").returncode == 0
+    assert "# drift" not in ssh("calypso", f"cat {model}/1/model.py").stdout
+    ready = ssh(
+        "calypso",
+        "curl -s -o /dev/null -w '%{http_code}' "
+        "localhost:8000/v2/models/docling_granite_python/ready",
+    ).stdout
+    assert ready == "200"
+    ssh("calypso", "sudo rm -rf /opt/triton/models/local_model")
 
 
 def test_testinfra_checks_pass(converged):
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/hosts",
-            f"--ssh-config={SSH_DIR / 'config'}",
-            "--hosts=" + ",".join(f"ssh://{h.name}" for h in HOSTS),
-        ],
-        cwd=REPO,
-        env=lab_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+        verify_argv(), cwd=REPO, env=lab_env(), capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stdout[-6000:]
     assert " passed" in done.stdout

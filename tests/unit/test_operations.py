@@ -1,0 +1,819 @@
+"""
+Our operations (``operations/``) against fact values, through pyinfra-testing where it can say it.
+
+Two halves:
+
+- Generated, one test per file in ``fixtures/operations/<module>.<operation>/`` (pyinfra's own
+  layout: ``kwargs``, ``facts``, ``commands``, ``noop_description``, ``exception``). The harness
+  builds dataclass arguments (our ``Manifest``, ``ManagedBinary``...) from plain YAML, so every
+  operation whose inputs are text is tested that way. Every expected command is also checked
+  with ``sh -n``: a command that would not even parse on the host is a failure here.
+- Hand-written below, for what its YAML cannot express: file content is ``bytes`` (the harness
+  leaves it a ``str``, which ``ManagedFile.sha256`` cannot hash), the Triton stamp is ``bytes``,
+  an empty fact list must be falsy (the harness wraps fact values in an object that is always
+  true), and ``--diff`` needs ``host.log``, which its fake host lacks. These use the same fake
+  state and host, with the fact layer (``host.get_fact``) the only thing replaced: it returns
+  real fact values (``PathState``, ``GpuDevices().process(<real H200 output>)``).
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import inspect
+import json
+import logging
+import os
+import pwd
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from unittest import TestCase
+
+import pytest
+from pyinfra import logger as pyinfra_logger
+from pyinfra.api import OperationError, OperationValueError, StringCommand
+from pyinfra.api.arguments import all_argument_meta
+from pyinfra.api.operation import attach_args
+from pyinfra.context import ctx_host, ctx_state
+from pyinfra_testing.operations import make_operation_tests, parse_commands
+from pyinfra_testing.util import FakeHost, FakeState
+
+from facts.gpu import GpuDevices
+from facts.managed import Account, ManagedState, PathState
+from operations import apt_repo, gpu, managed, services
+from operations import triton as triton_ops
+from operations.managed import (
+    STAGING,
+    ManagedBinary,
+    ManagedDirectory,
+    ManagedFile,
+    Manifest,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).parent / "fixtures" / "operations"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared checks
+
+
+def shell_syntax_errors(commands: list[Any]) -> list[str]:
+    """`sh -n` on every shell command of a parsed command list: what would not parse."""
+    errors = []
+    for command in commands:
+        text = command.get("command") if isinstance(command, dict) else command
+        if isinstance(text, dict):  # masked: {"raw": ..., "masked": ...}
+            text = text["raw"]
+        if not isinstance(text, str):  # an upload: ["upload", data, dest]
+            continue
+        result = subprocess.run(["sh", "-n", "-c", text], capture_output=True, text=True)
+        if result.returncode != 0:
+            errors.append(f"{text!r}: {result.stderr.strip()}")
+    return errors
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state_cache():
+    """`Manifest.state()` memoises per host and manifest for a pyinfra run; each test is a run."""
+    managed._STATE_CACHE.clear()
+    yield
+    managed._STATE_CACHE.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# Generated: one test per fixture file
+
+
+def _with_fresh_cache_and_shell_check(case: type[TestCase]) -> type[TestCase]:
+    generated = case._test  # type: ignore[attr-defined]
+
+    def _test(self: TestCase, test_name: str, test_data: dict[str, Any]) -> None:
+        managed._STATE_CACHE.clear()
+        try:
+            generated(self, test_name, test_data)
+        finally:
+            managed._STATE_CACHE.clear()
+        # Reached only when the yielded commands equal the fixture's, so this checks them.
+        assert shell_syntax_errors(test_data.get("commands", [])) == []
+
+    case._test = _test  # type: ignore[attr-defined]
+    return case
+
+
+for _op_dir in sorted(path for path in FIXTURES.iterdir() if path.is_dir()):
+    _case = _with_fresh_cache_and_shell_check(
+        make_operation_tests("operations", _op_dir.name, _op_dir)
+    )
+    globals()[f"TestOperation_{_op_dir.name.replace('.', '_')}"] = _case
+del _op_dir, _case
+
+
+def test_every_fixture_folder_names_an_operation_and_has_cases() -> None:
+    """A misnamed folder would import nothing and so test nothing."""
+    folders = sorted(path.name for path in FIXTURES.iterdir() if path.is_dir())
+    assert folders, "no operation fixtures found"
+    for name in folders:
+        cases = list((FIXTURES / name).glob("*.yaml")) + list((FIXTURES / name).glob("*.json"))
+        assert cases, f"{name}: no cases"
+
+
+@pytest.mark.parametrize(
+    "module", [apt_repo, gpu, managed, services, triton_ops], ids=lambda m: m.__name__
+)
+def test_every_operation_is_a_generator(module) -> None:
+    """pyinfra iterates an operation's body; one that only raises or noops must still yield."""
+    ops = [value for value in vars(module).values() if hasattr(value, "_inner")]
+    assert ops
+    for op in ops:
+        assert inspect.isgeneratorfunction(op._inner), f"{module.__name__}.{op.__name__}"
+
+
+# --------------------------------------------------------------------------------------------
+# Hand-written: a fake host whose facts are real Python values
+
+
+class _Host(FakeHost):
+    """pyinfra-testing's fake host, plus `log`, which the real `Host` has and `--diff` uses."""
+
+    def log(self, message: str, log_func=pyinfra_logger.info) -> None:
+        log_func(f"{self.print_prefix}{message}")
+
+
+@dataclass
+class Run:
+    commands: list[Any]  # as pyinfra-testing compares them: str, {"_sudo": ..., "command": ...}
+    raw: list[Any]  # what the operation yielded
+    noop: str | None
+    facts: list[tuple[type, dict]]
+
+    @property
+    def strings(self) -> list[str]:
+        """Every shell command as text (uploads left out)."""
+        out = []
+        for command in self.commands:
+            text = command.get("command") if isinstance(command, dict) else command
+            if isinstance(text, str):
+                out.append(text)
+        return out
+
+
+def run_op(op, *args, facts: dict[type, Any], diff: bool = False, name="calypso", **kwargs) -> Run:
+    """Run an operation's body on a fake host; `facts` maps fact class -> its value."""
+    state = FakeState()
+    state.config.DIFF = diff
+    host = _Host(state, name, facts={}, data={})
+    calls: list[tuple[type, dict]] = []
+
+    def get_fact(fact_cls, *fact_args, **fact_kwargs):
+        fact_kwargs = {k: v for k, v in fact_kwargs.items() if k not in all_argument_meta}
+        fact_cls().command(*fact_args, **fact_kwargs)  # real fact arguments, or a TypeError
+        calls.append((fact_cls, fact_kwargs))
+        return facts[fact_cls]
+
+    host.get_fact = get_fact  # type: ignore[method-assign]
+    with ctx_state.use(state), ctx_host.use(host):
+        raw = list(op._inner(*args, **kwargs))
+    commands = parse_commands(list(raw))  # the form pyinfra-testing compares
+    return Run(commands, raw, host.noop_description, calls)
+
+
+def managed_state(
+    *,
+    arch: str | None = "amd64",
+    paths: dict | None = None,
+    packages: dict | None = None,
+    users: dict | None = None,
+    contents: dict | None = None,
+    units: dict | None = None,
+    trees: dict | None = None,
+) -> dict:
+    """A `ManagedState` value, in the shape its `process` returns."""
+    return {
+        "arch": arch,
+        "python": "3.11",
+        "paths": paths or {},
+        "packages": packages or {},
+        "users": users or {},
+        "contents": contents or {},
+        "units": units or {},
+        "trees": trees or {},
+    }
+
+
+def file_state(managed_file: ManagedFile, **changes) -> PathState:
+    """The PathState a host reports when `managed_file` is exactly in place (or as changed)."""
+    values = {
+        "kind": "file",
+        "mode": managed_file.mode.zfill(4),
+        "user": managed_file.user,
+        "group": managed_file.group,
+        "sha256": managed_file.sha256,
+    }
+    return PathState(**{**values, **changes})
+
+
+SUDOERS = ManagedFile(
+    "/etc/sudoers.d/oceanid",
+    b"oceanid ALL=(ALL) NOPASSWD:ALL\n",
+    mode="0440",
+    validate="visudo -cq -f {path}",
+)
+CONFIG = ManagedFile("/etc/cloudflared/config.yaml", b"tunnel: 1\nprotocol: auto\n")
+STAGED_CONFIG = f"{STAGING}/{CONFIG.sha256[:16]}"
+
+
+def base_manifest(*files: ManagedFile) -> Manifest:
+    return Manifest(name="base calypso", files=list(files or (SUDOERS, CONFIG)))
+
+
+# ---- managed.files
+
+
+def test_files_up_to_date_is_a_noop_and_reads_one_fact() -> None:
+    manifest = base_manifest()
+    state = managed_state(paths={f.path: file_state(f) for f in manifest.files})
+    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    assert run.commands == []
+    assert run.noop == "2 file(s) of base calypso are up to date"
+    assert run.facts == [(ManagedState, manifest.fact_args())]
+
+
+def test_changed_file_is_staged_copied_owned_and_renamed() -> None:
+    manifest = base_manifest()
+    state = managed_state(
+        paths={SUDOERS.path: file_state(SUDOERS), CONFIG.path: file_state(CONFIG, sha256="0" * 64)}
+    )
+    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    new = "/etc/cloudflared/config.yaml.oceanid-new"
+    assert run.commands == [
+        {"_sudo": False, "command": f"mkdir -p -m 0700 {STAGING}"},
+        {"_sudo": False, "command": ["upload", CONFIG.content.decode(), STAGED_CONFIG]},
+        f"( umask 077 && cp {STAGED_CONFIG} {new} && chown root:root {new} && chmod 0644 {new} "
+        f"&& mv -f {new} {CONFIG.path} ) || {{ rm -f {new} ; rm -f {STAGED_CONFIG} ; exit 1 ; }}",
+        {"_sudo": False, "command": f"rm -f {STAGED_CONFIG}"},
+    ]
+    assert run.noop is None
+    assert shell_syntax_errors(run.commands) == []
+
+
+def test_missing_file_is_created_the_same_way() -> None:
+    manifest = base_manifest(CONFIG)
+    run = run_op(
+        managed.files, manifest, facts={ManagedState: managed_state(paths={CONFIG.path: None})}
+    )
+    assert run.commands[1] == {
+        "_sudo": False,
+        "command": ["upload", CONFIG.content.decode(), STAGED_CONFIG],
+    }
+    assert f"mv -f {CONFIG.path}.oceanid-new {CONFIG.path}" in run.strings[1]
+
+
+def test_validate_runs_on_the_new_copy_before_it_replaces_the_old() -> None:
+    manifest = base_manifest(SUDOERS)
+    state = managed_state(paths={SUDOERS.path: file_state(SUDOERS, sha256="1" * 64)})
+    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    chain = run.strings[1]
+    new = "/etc/sudoers.d/oceanid.oceanid-new"
+    steps = [
+        "umask 077",
+        f"cp {STAGING}/",
+        f"visudo -cq -f {new}",
+        f"chown root:root {new}",
+        f"chmod 0440 {new}",
+        f"mv -f {new} /etc/sudoers.d/oceanid",
+    ]
+    positions = [chain.index(step) for step in steps]
+    assert positions == sorted(positions), chain
+    assert shell_syntax_errors(run.commands) == []
+
+
+def test_only_attributes_changed_fixes_them_in_place() -> None:
+    manifest = base_manifest(SUDOERS)
+    state = managed_state(paths={SUDOERS.path: file_state(SUDOERS, mode="0644", user="oceanid")})
+    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    assert run.commands == [
+        "chown root:root /etc/sudoers.d/oceanid",
+        "chmod 0440 /etc/sudoers.d/oceanid",
+    ]
+
+
+def test_files_paths_narrows_to_the_named_files() -> None:
+    manifest = base_manifest()
+    state = managed_state(
+        paths={SUDOERS.path: file_state(SUDOERS, sha256="1" * 64), CONFIG.path: None}
+    )
+    run = run_op(managed.files, manifest, paths=[CONFIG.path], facts={ManagedState: state})
+    assert all("sudoers" not in text for text in run.strings)
+    with pytest.raises(OperationValueError, match="/etc/nope is not in manifest base calypso"):
+        run_op(managed.files, manifest, paths=["/etc/nope"], facts={ManagedState: state})
+
+
+def test_something_else_where_a_file_belongs_is_refused() -> None:
+    manifest = base_manifest(CONFIG)
+    state = managed_state(paths={CONFIG.path: PathState("directory", "0755", "root", "root")})
+    with pytest.raises(OperationValueError, match="config.yaml exists but is a directory"):
+        run_op(managed.files, manifest, facts={ManagedState: state})
+
+
+def _execute(commands: list[Any], cwd: Path) -> subprocess.CompletedProcess | None:
+    """Run parsed commands the way the SSH connector would (an upload writes the file)."""
+    for command in commands:
+        body = command["command"] if isinstance(command, dict) else command
+        if isinstance(body, list) and body[0] == "upload":
+            (cwd / body[2]).write_text(body[1])
+            continue
+        result = subprocess.run(["sh", "-c", body], cwd=cwd, capture_output=True, text=True)
+        if result.returncode != 0:
+            return result
+    return None
+
+
+def _me() -> tuple[str, str]:
+    return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_replace_chain_runs_atomically_and_validate_protects_the_old_file(
+    tmp_path: Path, valid: bool
+) -> None:
+    """The real commands, run by sh in a scratch home: a failed check leaves no trace."""
+    home, etc = tmp_path / "home", tmp_path / "etc"
+    home.mkdir()
+    etc.mkdir()
+    target = etc / "rule"
+    target.write_text("old\n")
+    user, group = _me()
+    rule = ManagedFile(
+        str(target),
+        b"VALID new rule\n" if valid else b"broken rule\n",
+        mode="0640",
+        user=user,
+        group=group,
+        validate="grep -q VALID {path}",
+    )
+    state = managed_state(paths={rule.path: file_state(rule, sha256="2" * 64)})
+    run = run_op(managed.files, base_manifest(rule), facts={ManagedState: state})
+    failed = _execute(run.commands, home)
+    staged = home / STAGING / rule.sha256[:16]
+    assert not staged.exists()
+    assert not (etc / "rule.oceanid-new").exists()
+    if valid:
+        assert failed is None
+        assert target.read_bytes() == rule.content
+        assert oct(target.stat().st_mode & 0o777) == "0o640"
+    else:
+        assert failed is not None and failed.returncode == 1
+        assert target.read_text() == "old\n"
+
+
+# ---- secrets
+
+
+TUNNEL_SECRET = "c2VjcmV0LXR1bm5lbC1zZWNyZXQtdmFsdWUtMTIzNDU2Nzg5MA=="
+
+
+def _secret_manifest() -> tuple[Manifest, ManagedFile]:
+    credential = ManagedFile(
+        "/etc/cloudflared/0b1c6d3e-6f26-4c8a-9e70-5a8d3c1f2a4b.json",
+        json.dumps({"TunnelSecret": TUNNEL_SECRET}).encode(),
+        mode="0600",
+        secret=True,
+    )
+    return base_manifest(CONFIG, credential), credential
+
+
+def test_secret_content_is_never_in_a_command_or_an_operation_argument() -> None:
+    manifest, credential = _secret_manifest()
+    state = managed_state(paths={CONFIG.path: None, credential.path: None})
+    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    uploads = [
+        c["command"] for c in run.commands if isinstance(c, dict) and c["command"][0] == "upload"
+    ]
+    # The secret travels only as the upload's content, into the private staging folder
+    secret_uploads = [u for u in uploads if TUNNEL_SECRET in u[1]]
+    assert [u[2] for u in secret_uploads] == [f"{STAGING}/{credential.sha256[:16]}"]
+    for command in run.raw:
+        if isinstance(command, StringCommand):
+            assert TUNNEL_SECRET not in command.get_raw_value()
+            assert TUNNEL_SECRET not in command.get_masked_value()
+    # How pyinfra prints an unnamed operation: str() of each argument
+    meta = attach_args(SimpleNamespace(args=[]), (manifest,), {"manifest": manifest})
+    assert meta.args and all(TUNNEL_SECRET not in arg for arg in meta.args)
+    assert TUNNEL_SECRET not in repr(manifest)
+    assert TUNNEL_SECRET not in repr(manifest.fact_args())
+
+
+def test_diff_shows_non_secret_changes_and_hides_secret_ones(caplog) -> None:
+    manifest, credential = _secret_manifest()
+    manifest.read.append(CONFIG.path)
+    state = managed_state(
+        paths={
+            CONFIG.path: file_state(CONFIG, sha256="3" * 64),
+            credential.path: file_state(credential, sha256="4" * 64),
+        },
+        contents={CONFIG.path: b"tunnel: 1\nprotocol: quic\n"},
+    )
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        run_op(managed.files, manifest, diff=True, facts={ManagedState: state})
+    text = ANSI.sub("", caplog.text)
+    assert "- protocol: quic" in text
+    assert "+ protocol: auto" in text
+    assert f"{credential.path}: secret content changes (not shown)" in text
+    assert TUNNEL_SECRET not in text
+
+
+def test_without_diff_nothing_is_logged(caplog) -> None:
+    manifest, credential = _secret_manifest()
+    state = managed_state(paths={CONFIG.path: None, credential.path: None})
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        run_op(managed.files, manifest, facts={ManagedState: state})
+    assert "protocol" not in caplog.text
+    assert "not shown" not in caplog.text
+
+
+# ---- managed.binaries, run for real
+
+
+def test_binary_checksum_mismatch_keeps_the_installed_one(tmp_path: Path) -> None:
+    """The real verify and rename commands, with the download already in place."""
+    target = tmp_path / "cloudflared"
+    target.write_text("installed\n")
+    download = tmp_path / "cloudflared.oceanid-new"
+    good = b"#!/bin/sh\necho pinned\n"
+    pin = hashlib.sha256(good).hexdigest()
+    binary = ManagedBinary(
+        str(target), "https://mirror.example/{version}/{arch}", "1", {"amd64": pin}
+    )
+    manifest = Manifest(name="node", binaries=[binary])
+    run = run_op(managed.binaries, manifest, facts={ManagedState: managed_state()})
+    assert len(run.strings) == 3 and run.strings[0].startswith("curl ")
+    assert pin in run.strings[1] and "the installed binary was left in place" in run.strings[1]
+    verify_and_rename = run.strings[1:]
+
+    download.write_bytes(b"tampered\n")
+    failed = _execute(verify_and_rename, tmp_path)
+    assert failed is not None and failed.returncode == 1
+    assert f"expected {pin}" in failed.stderr and "left in place" in failed.stderr
+    assert target.read_text() == "installed\n" and not download.exists()
+
+    download.write_bytes(good)
+    assert _execute(verify_and_rename, tmp_path) is None
+    assert target.read_bytes() == good and os.access(target, os.X_OK)
+
+
+# ---- services.unit / services.actions
+
+UNIT = "cloudflared-node.service"
+UNIT_FILE = ManagedFile(f"/etc/systemd/system/{UNIT}", b"[Service]\nExecStart=/bin/true\n")
+
+
+def _unit_run(*, unit_file_changed=False, input_changed=False, enabled="enabled", active="active"):
+    """(what `unit` yields, what `actions` decides) for one state of the unit and its files."""
+    manifest = Manifest(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
+    unit_sha = "5" * 64 if unit_file_changed else UNIT_FILE.sha256
+    config_sha = "6" * 64 if input_changed else CONFIG.sha256
+    state = managed_state(
+        paths={
+            UNIT_FILE.path: file_state(UNIT_FILE, sha256=unit_sha),
+            CONFIG.path: file_state(CONFIG, sha256=config_sha),
+        },
+        units={UNIT: {"enabled": enabled, "active": active}},
+    )
+    facts = {ManagedState: state}
+    run = run_op(services.unit, manifest, UNIT, UNIT_FILE.path, [CONFIG.path], facts=facts)
+    managed._STATE_CACHE.clear()
+    with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with(facts)):
+        todo = services.actions(manifest, UNIT, UNIT_FILE.path, [CONFIG.path])
+    return run, todo
+
+
+def _fake_host_with(facts: dict[type, Any]) -> _Host:
+    host = _Host(FakeState(), "calypso", facts={}, data={})
+    host.get_fact = lambda cls, *a, **k: facts[cls]  # type: ignore[method-assign]
+    return host
+
+
+def _alive(verb: str) -> str:
+    return (
+        f"systemctl {verb} {UNIT} && sleep 2 && systemctl is-active --quiet {UNIT} || "
+        f"{{ echo '{UNIT} did not stay active; its last log lines:' >&2; "
+        f"journalctl -u {UNIT} -n 25 --no-pager >&2; exit 1; }}"
+    )
+
+
+def test_unit_file_changed_reloads_and_restarts() -> None:
+    run, todo = _unit_run(unit_file_changed=True)
+    assert todo == ["daemon-reload", "restart"]
+    assert run.commands == ["systemctl daemon-reload", _alive("restart")]
+    assert shell_syntax_errors(run.commands) == []
+
+
+def test_input_changed_restarts_only() -> None:
+    run, todo = _unit_run(input_changed=True)
+    assert todo == ["restart"]
+    assert run.commands == [_alive("restart")]
+
+
+def test_inactive_unit_is_started_not_restarted() -> None:
+    run, todo = _unit_run(input_changed=True, active="failed")
+    assert todo == ["start"]
+    assert run.commands == [_alive("start")]
+
+
+def test_disabled_unit_is_enabled() -> None:
+    run, todo = _unit_run(enabled="disabled")
+    assert todo == ["enable"]
+    assert run.commands == [f"systemctl enable {UNIT}"]
+
+
+def test_unknown_unit_is_reloaded_enabled_and_started() -> None:
+    run, todo = _unit_run(enabled="not-found", active="inactive")
+    assert todo == ["daemon-reload", "enable", "start"]
+    assert run.commands == ["systemctl daemon-reload", f"systemctl enable {UNIT}", _alive("start")]
+
+
+def test_settled_unit_is_a_noop() -> None:
+    run, todo = _unit_run()
+    assert todo == []
+    assert run.commands == []
+    assert run.noop == f"{UNIT} is enabled and active, and nothing it reads changed"
+
+
+def test_start_fails_the_run_with_the_journal_when_the_unit_dies(tmp_path: Path) -> None:
+    """Run the real start command with fake systemctl/journalctl on PATH."""
+    run, _ = _unit_run(active="inactive")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(
+        '#!/bin/sh\n[ "$1" = is-active ] && exit 3\nexit 0\n'
+    )  # starts, then is not active
+    (bin_dir / "journalctl").write_text("#!/bin/sh\necho 'cloudflared: Invalid tunnel secret'\n")
+    (bin_dir / "sleep").write_text("#!/bin/sh\nexit 0\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(["sh", "-c", run.strings[-1]], env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert f"{UNIT} did not stay active" in result.stderr
+    assert "Invalid tunnel secret" in result.stderr
+
+
+# ---- triton.environment
+
+
+STAMP_PATH = "/opt/triton/venv/.oceanid-stamp"
+STAMP = b"0.7.0 " + b"a" * 64 + b"\n"
+
+
+def _environment(current: bytes | None, wheel: str | None = "/opt/triton/wheel-requirements.txt"):
+    manifest = Manifest(name="gpu host calypso", read=[STAMP_PATH])
+    state = managed_state(contents={STAMP_PATH: current})
+    return run_op(
+        triton_ops.environment,
+        manifest,
+        venv="/opt/triton/venv",
+        stamp_path=STAMP_PATH,
+        stamp=STAMP,
+        wheel_requirements=wheel,
+        model_requirements="/opt/triton/model-requirements.txt",
+        finish="ln -sfn /x /opt/triton/dist",
+        facts={ManagedState: state},
+    )
+
+
+def test_environment_with_matching_stamp_is_a_noop() -> None:
+    run = _environment(STAMP)
+    assert run.commands == []
+    assert run.noop == "Triton's environment in /opt/triton/venv is built from the pinned inputs"
+
+
+@pytest.mark.parametrize("current", [None, b"0.6.0 " + b"a" * 64 + b"\n"])
+def test_environment_is_rebuilt_and_stamped_last(current: bytes | None) -> None:
+    run = _environment(current)
+    pip = "/opt/triton/venv/bin/pip"
+    assert run.commands == [
+        "python3 -m venv --clear /opt/triton/venv",
+        f"{pip} install -q --disable-pip-version-check --upgrade pip",
+        f"{pip} install -q --no-deps --require-hashes -r /opt/triton/wheel-requirements.txt",
+        f"{pip} install -q -r /opt/triton/model-requirements.txt",
+        "ln -sfn /x /opt/triton/dist",
+        f"printf %s '{STAMP.decode()}' > {STAMP_PATH}",
+    ]
+    assert shell_syntax_errors(run.commands) == []
+
+
+def test_environment_without_wheel_skips_the_hashed_install() -> None:
+    run = _environment(None, wheel=None)
+    assert not any("--require-hashes" in text for text in run.strings)
+    assert run.strings[-1].startswith("printf %s ")
+
+
+def test_stamp_command_writes_exactly_the_stamp(tmp_path: Path) -> None:
+    run = _environment(None)
+    target = tmp_path / "stamp"
+    command = run.strings[-1].replace(STAMP_PATH, str(target))
+    subprocess.run(["sh", "-c", command], check=True)
+    assert target.read_bytes() == STAMP
+
+
+# ---- triton.strays (what prune removes; prune's commands are in the YAML fixtures)
+
+
+def test_strays_keep_unmanaged_models_and_go_deepest_first() -> None:
+    root = "/opt/triton/models"
+    manifest = Manifest(
+        name="gpu host calypso",
+        files=[
+            ManagedFile(f"{root}/m/config.pbtxt", b"name: 'm'"),
+            ManagedFile(f"{root}/m/1/a.py", b""),
+        ],
+        trees=[root],
+    )
+    found = {
+        "m": "directory",
+        "m/config.pbtxt": "file",
+        "m/1": "directory",
+        "m/1/a.py": "file",
+        "m/1/b.py": "file",
+        "m/3": "directory",
+        "m/3/sub": "directory",
+        "m/3/sub/c.py": "file",
+        "unmanaged": "directory",
+        "unmanaged/config.pbtxt": "file",
+    }
+    state = managed_state(trees={root: found})
+    with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with({ManagedState: state})):
+        extra = triton_ops.strays(manifest, root, {"m"})
+    assert set(extra) == {"m/1/b.py", "m/3", "m/3/sub", "m/3/sub/c.py"}
+    depths = [rel.count("/") for rel in extra]
+    assert depths == sorted(depths, reverse=True)
+
+
+# ---- gpu.require, against the real H200's nvidia-smi output
+
+
+def _h200_devices() -> list[dict]:
+    path = SHARED_FIXTURES / "nvidia-smi" / "h200" / "query-gpu-noheader-nounits.csv"
+    if not path.is_file():
+        raise AssertionError(f"shared fixture {path} is missing (real H200 output is needed)")
+    return GpuDevices().process(path.read_text().splitlines())
+
+
+def test_require_gpu_passes_on_the_h200() -> None:
+    devices = _h200_devices()
+    assert [d["index"] for d in devices] == [0]
+    run = run_op(gpu.require, gpus=[0], facts={GpuDevices: devices})
+    assert run.commands == []
+    assert run.noop == "GPU present (0: NVIDIA H200)"
+    assert run.facts == [(GpuDevices, {})]
+    assert run_op(gpu.require, facts={GpuDevices: devices}).noop == run.noop
+
+
+def test_require_gpu_fails_without_a_gpu() -> None:
+    devices = GpuDevices().process(["No devices were found"])
+    assert devices == []
+    with pytest.raises(OperationError) as err:
+        run_op(gpu.require, gpus=[0], facts={GpuDevices: devices})
+    message = str(err.value)
+    assert message.startswith("calypso: no usable NVIDIA GPU")
+    assert "require_gpu" in message
+    assert "fall" in message and "CPU" in message
+
+
+def test_require_gpu_names_configured_indexes_that_are_absent() -> None:
+    with pytest.raises(OperationError) as err:
+        run_op(gpu.require, gpus=[0, 1, 3], facts={GpuDevices: _h200_devices()})
+    message = str(err.value)
+    assert "GPU index(es) [1, 3] are configured" in message
+    assert "nvidia-smi lists only [0]" in message
+
+
+# ---- apt_repo.signed_repository
+
+
+FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
+KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+SOURCES = ManagedFile(
+    "/etc/apt/sources.list.d/nvidia-container-toolkit.list",
+    (
+        f"deb [signed-by={KEYRING}] "
+        "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n"
+    ).encode(),
+)
+KEY_URL = "https://nvidia.github.io/libnvidia-container/gpgkey"
+
+
+def _repo(*, have_key: bool, sources_changed: bool = False) -> Run:
+    manifest = Manifest(name="gpu host calypso", files=[SOURCES], read=[KEYRING])
+    sources = file_state(SOURCES, sha256="7" * 64) if sources_changed else file_state(SOURCES)
+    keyring = PathState("file", "0644", "root", "root", "8" * 64) if have_key else None
+    state = managed_state(paths={SOURCES.path: sources, KEYRING: keyring})
+    return run_op(
+        apt_repo.signed_repository,
+        manifest,
+        key_url=KEY_URL,
+        fingerprint=FINGERPRINT,
+        keyring=KEYRING,
+        sources_list=SOURCES.path,
+        facts={ManagedState: state},
+    )
+
+
+def test_repository_in_place_is_a_noop() -> None:
+    run = _repo(have_key=True)
+    assert run.commands == []
+    assert run.noop == "repository key DDCAE044F796ECB0 trusted and sources in place"
+
+
+def test_new_sources_only_refresh_apt() -> None:
+    assert _repo(have_key=True, sources_changed=True).commands == [
+        "DEBIAN_FRONTEND=noninteractive apt-get update -qq"
+    ]
+
+
+def test_missing_key_is_checked_against_the_pin_before_it_is_trusted() -> None:
+    run = _repo(have_key=False)
+    assert len(run.strings) == 2
+    fetch, update = run.strings
+    assert update == "DEBIAN_FRONTEND=noninteractive apt-get update -qq"
+    steps = [
+        f'curl -fsSL -o "$key" {KEY_URL}',
+        "gpg --show-keys --with-colons",
+        f'[ "$got" != {FINGERPRINT} ]',
+        "exit 1",
+        "gpg --dearmor",
+        f"mv -f {KEYRING}.oceanid-new {KEYRING}",
+    ]
+    positions = [fetch.index(step) for step in steps]
+    assert positions == sorted(positions), fetch
+    assert shell_syntax_errors(run.commands) == []
+
+
+def test_key_with_another_fingerprint_is_refused(tmp_path: Path) -> None:
+    """The real fetch command, with curl and gpg replaced by stand-ins that print a key."""
+    run = _repo(have_key=False)
+    keyring = tmp_path / "keyring.gpg"
+    fetch = run.strings[0].replace(KEYRING, str(keyring))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text(
+        '#!/bin/sh\nwhile [ "$1" != -o ]; do shift; done\necho k > "$2"\n'
+    )
+    (bin_dir / "gpg").write_text(
+        '#!/bin/sh\ncase "$1" in\n'
+        '  --show-keys) echo "fpr:::::::::$FPR:" ;;\n'
+        '  --dearmor) shift 2; shift; echo dearmored > "$1" ;;\n'
+        "esac\n"
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    path = f"{bin_dir}:{os.environ['PATH']}"
+
+    wrong = "0" * 40
+    result = subprocess.run(
+        ["sh", "-c", fetch],
+        env={**os.environ, "PATH": path, "FPR": wrong},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert f"expected key {FINGERPRINT}" in result.stderr and f"got {wrong}" in result.stderr
+    assert not keyring.exists()
+
+    result = subprocess.run(
+        ["sh", "-c", fetch],
+        env={**os.environ, "PATH": path, "FPR": FINGERPRINT},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert keyring.read_text() == "dearmored\n"
+
+
+# ---- account facts used by other roles: a real Account value
+
+
+def test_account_noop_reads_a_real_account_value() -> None:
+    manifest = Manifest(name="base calypso", users=["oceanid"])
+    account = Account(1000, 1000, "/home/oceanid", "/bin/bash", ("oceanid", "sudo"))
+    run = run_op(
+        managed.account,
+        manifest,
+        "oceanid",
+        facts={ManagedState: managed_state(users={"oceanid": account})},
+    )
+    assert run.noop == "account oceanid exists (uid 1000, home /home/oceanid)"
+
+
+def test_directories_noop_with_real_path_state() -> None:
+    manifest = Manifest(name="base calypso", directories=[ManagedDirectory("/etc/oceanid")])
+    state = managed_state(paths={"/etc/oceanid": PathState("directory", "0755", "root", "root")})
+    run = run_op(managed.directories, manifest, facts={ManagedState: state})
+    assert run.noop == "1 director(ies) of base calypso are in place"
