@@ -5,13 +5,15 @@ inventory file the host's data comes from group_data/ plus its entry in `hosts:`
 by the host's name.
 """
 
-import sys
+from pyinfra.api.exceptions import PyinfraError
 
-from deploys import base, gpu_host
-from oceanid.site import this_host
+from deploys import base, dns, gpu_host
+from oceanid.site import site, this_host
 
 plan = this_host()
 if plan.gpu is None:
-    sys.exit(f"{plan.name}: no hosts.{plan.name}.gpu entry in group_data; not a GPU host")
+    raise PyinfraError(f"{plan.name}: not a GPU host (no hosts.{plan.name}.gpu in group_data)")
+gpu_host.check(plan)
 base.deploy(plan)
 gpu_host.deploy(plan)
+dns.deploy(plan, site())

@@ -4,10 +4,12 @@ Every host gets the base; each role adds its part. Settings and secrets are vali
 for the whole inventory before the first operation is queued.
 """
 
-from deploys import base, gpu_host
-from oceanid.site import this_host
+from deploys import base, dns, gpu_host
+from oceanid.site import site, this_host
 
 plan = this_host()
+gpu_host.check(plan)
 base.deploy(plan)
 if plan.gpu is not None:
     gpu_host.deploy(plan)
+dns.deploy(plan, site())

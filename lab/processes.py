@@ -37,7 +37,9 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def start(name: str, argv: list[str], *, env: dict[str, str] | None = None) -> int:
+def start(
+    name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> int:
     """Start `argv` in its own session, logging to .lab/logs/<name>.log."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -49,6 +51,7 @@ def start(name: str, argv: list[str], *, env: dict[str, str] | None = None) -> i
         stderr=subprocess.STDOUT,
         start_new_session=True,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
     log.close()
     _record(name).write_text(json.dumps({"pid": proc.pid, "argv": argv}))

@@ -6,9 +6,14 @@ mirror is Python's own static HTTP server over .lab/mirror.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import sys
 import time
+from pathlib import Path
+
+import yaml
 
 from lab import processes
 from lab.topology import (
@@ -19,10 +24,68 @@ from lab.topology import (
     PREFIXLEN,
     PROXY_PORT,
     REGISTRY_HOSTS,
+    REPO,
+    SECRETS_FILE,
     SUBNET,
 )
 
-PROXY, MIRROR = "proxy", "mirror"
+PROXY, MIRROR, CLOUDFLARE = "proxy", "mirror", "cloudflare-api"
+CLOUDFLARE_PORT = 18787
+CLOUDFLARE_URL = f"http://127.0.0.1:{CLOUDFLARE_PORT}/client/v4"
+
+
+def _cloudflare_seed() -> tuple[Path, Path]:
+    """The stand-in's zone and tunnels, from the lab's secrets.
+
+    `label.` already exists and matches (the deploy adopts it), an unrelated `www` record
+    must survive every run, and calypso's node tunnel is remotely managed, so its ingress
+    goes through the API.
+    """
+    values = yaml.safe_load(SECRETS_FILE.read_text())
+    base = "boathou.se"
+    cluster = values["cloudflareTunnelId"]
+
+    def tunnel(key: str, name: str, source: str) -> dict:
+        return {
+            "id": values[key],
+            "name": name,
+            "config_src": source,
+            "connectors": [{"conns": 4, "version": "2025.8.1"}],
+        }
+
+    seed = {
+        "account_id": values["cloudflareAccountId"],
+        "zones": [
+            {
+                "id": values["cloudflareZoneId"],
+                "name": base,
+                "records": [
+                    {
+                        "type": "CNAME",
+                        "name": f"label.{base}",
+                        "proxied": True,
+                        "ttl": 1,
+                        "content": f"{cluster}.cfargotunnel.com",
+                    },
+                    {"type": "A", "name": f"www.{base}", "content": "192.0.2.80", "proxied": True},
+                ],
+            }
+        ],
+        "tunnels": [
+            tunnel("cloudflareTunnelId", "oceanid-cluster", "local"),
+            tunnel("cloudflareNodeTunnelId", "calypso", "cloudflare"),
+            tunnel("cloudflareNode2TunnelId", "calypso2", "local"),
+        ],
+    }
+    seed_file, token_file = LAB_DIR / "cloudflare-seed.json", LAB_DIR / "cloudflare-token"
+    for path, text in (
+        (seed_file, json.dumps(seed, indent=2)),
+        (token_file, values["cloudflareApiToken"]),
+    ):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+    return seed_file, token_file
 
 
 def _proxy_config() -> str:
@@ -54,15 +117,15 @@ def _proxy_config() -> str:
     return str(config)
 
 
-def _wait_port(port: int, timeout: float = 10.0) -> None:
+def _wait_port(port: int, address: str = GATEWAY, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            socket.create_connection((GATEWAY, port), timeout=0.5).close()
+            socket.create_connection((address, port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {GATEWAY}:{port}")
+    raise TimeoutError(f"nothing listens on {address}:{port}")
 
 
 def start() -> None:
@@ -80,10 +143,33 @@ def start() -> None:
             str(MIRROR_PORT),
         ],
     )
+    seed, token = _cloudflare_seed()
+    processes.start(
+        CLOUDFLARE,
+        [
+            sys.executable,
+            "-m",
+            "tests.standins.cloudflare_api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(CLOUDFLARE_PORT),
+            "--seed",
+            str(seed),
+            "--token-file",
+            str(token),
+            "--state",
+            str(LAB_DIR / "cloudflare-state.json"),
+            "--reset",
+        ],
+        cwd=REPO,
+    )
     _wait_port(PROXY_PORT)
     _wait_port(MIRROR_PORT)
+    _wait_port(CLOUDFLARE_PORT, "127.0.0.1")
 
 
 def stop() -> None:
     processes.stop(PROXY)
     processes.stop(MIRROR)
+    processes.stop(CLOUDFLARE)

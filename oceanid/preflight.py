@@ -11,13 +11,15 @@ import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from oceanid import secrets as secrets_mod
-from oceanid import tunnel_credentials
+from oceanid import triton_repo, tunnel_credentials
 from oceanid.settings import GpuHost, Settings, SettingsError, from_data
 
 K3S_SERVERS, K3S_AGENTS, GPU_HOSTS = "k3s_servers", "k3s_agents", "gpu_hosts"
+MODEL_SOURCE = Path(__file__).resolve().parent.parent / "triton-models"
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,18 @@ def _credential(
     return tunnel_id.strip().lower(), cred
 
 
+def models_problems(source: Path) -> list[str]:
+    """Every model folder is checked before anything is uploaded."""
+    models = sorted(
+        child
+        for child in source.iterdir()
+        if child.is_dir() and not child.name.startswith((".", "__"))
+    )
+    if not models:
+        return [f"triton-models: no model folder under {source}"]
+    return [f"triton-models: {p}" for m in models for p in triton_repo.validate_model_dir(m)]
+
+
 def check(hosts: Iterable[HostView], *, environ: Mapping[str, str] | None = None) -> Site:
     """Validate every host's settings, then the secrets they need; raise all problems."""
     problems: list[str] = []
@@ -168,6 +182,9 @@ def check(hosts: Iterable[HostView], *, environ: Mapping[str, str] | None = None
             f"hosts.*.gpu.tunnel_id_key: {dup} is shared by two GPU hosts; each GPU host "
             "needs its own tunnel"
         )
+
+    if any(p.gpu and p.gpu.service.kind == "triton" for p in plans.values()):
+        problems += models_problems(MODEL_SOURCE)
 
     required = required_secrets(plans.values(), first)
     try:

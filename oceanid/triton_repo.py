@@ -79,14 +79,13 @@ def render_config(
 ) -> str:
     """config.pbtxt text for one host: its instance_group replaced, its parameters filled.
 
-    KIND_GPU with gpus [0, 1] gives `count` instances on each listed GPU; KIND_CPU gives `count`
-    CPU instances. Only parameters the template declares can be filled, so a misspelt key in
-    host data is an error here instead of a setting the model silently never reads.
+    KIND_GPU with gpus [0, 1] gives `count` instances on each listed GPU, and with no gpus
+    `count` instances on every GPU Triton sees; KIND_CPU gives `count` CPU instances. Only
+    parameters the template declares can be filled, so a misspelt key in host data is an
+    error here instead of a setting the model silently never reads.
     """
     if instance_kind not in INSTANCE_KINDS:
         raise ValueError(f"instance_kind must be one of {INSTANCE_KINDS}, not {instance_kind!r}")
-    if instance_kind == "KIND_GPU" and not gpus:
-        raise ValueError("instance_kind KIND_GPU needs at least one GPU index in gpus")
     if instance_kind == "KIND_CPU" and gpus:
         raise ValueError(f"instance_kind KIND_CPU takes no gpus (got {list(gpus)})")
     if gpus and any(not isinstance(gpu, int) or gpu < 0 for gpu in gpus):
@@ -104,8 +103,8 @@ def render_config(
     kept.append(text[position:])
     body = "".join(kept).rstrip() + "\n"
     group = f"    count: {count}\n    kind: {instance_kind}\n"
-    if instance_kind == "KIND_GPU":
-        group += f"    gpus: [ {', '.join(str(gpu) for gpu in gpus or ())} ]\n"
+    if instance_kind == "KIND_GPU" and gpus:
+        group += f"    gpus: [ {', '.join(str(gpu) for gpu in gpus)} ]\n"
     return body + "\ninstance_group [\n  {\n" + group + "  }\n]\n"
 
 

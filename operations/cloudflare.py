@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, OperationError, OperationValueError, operation
+from pyinfra.api import FunctionCommand, OperationValueError, operation
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
@@ -25,6 +25,7 @@ from oceanid.cloudflare_dns import (
     apply_routes,
     plan_routes,
 )
+from operations.failure import refuse
 
 
 def _apply(state: State, host: Host, access: CloudflareAccess, routes: RoutesPlan) -> bool:
@@ -49,6 +50,7 @@ def routes(
     records: Sequence[DesiredRecord] = (),
     ingress: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     takeover: Iterable[str] = (),
+    others: Iterable[str] = (),
 ):
     """
     Point public names at their tunnels and set remotely-managed tunnels' ingress, all or nothing.
@@ -60,6 +62,8 @@ def routes(
       is managed by Cloudflare are changed, locally-managed ones are left to their config file
     + takeover: full names of existing records the deploy may overwrite (the
       ``cloudflare_takeover_records`` setting)
+    + others: names that other hosts of the site manage in their own runs of this operation;
+      they are neither stale records nor unused takeover names here
 
     A matching record is adopted unchanged. A record with other content or type, not created by
     this deploy and not in ``takeover``, stops the run before anything is written; no record is
@@ -85,15 +89,21 @@ def routes(
     try:
         planned = plan_routes(access.client(), access, records, ingress, takeover)
     except CloudflareError as error:
-        raise OperationError(str(error)) from None
+        yield from refuse(str(error))
+        return
 
+    others = {name.lower() for name in others}
     for orphan in planned.dns.orphans:
+        if orphan.name.lower() in others:
+            continue
         host.log(
             f"Cloudflare: {orphan.name} ({orphan.describe()}) carries this deploy's comment but is "
             "no longer wanted; left in place, delete it by hand if it is stale",
             log_func=logger.warning,
         )
     for name in planned.dns.unused_takeover:
+        if name.lower() in others:
+            continue
         host.log(
             f"Cloudflare: {name} is in cloudflare_takeover_records but is not a name this deploy "
             "manages",

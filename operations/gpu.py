@@ -8,9 +8,10 @@ anything on it changes.
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import OperationError, operation
+from pyinfra.api import operation
 
 from facts.gpu import GpuDevices
+from operations.failure import refuse
 
 
 @operation(is_idempotent=True)
@@ -21,19 +22,20 @@ def require(gpus: list[int] | None = None):
     + gpus: GPU indexes the host's services are pinned to
     """
     devices = host.get_fact(GpuDevices)
+    present = {device["index"] for device in devices}
+    missing = sorted(set(gpus or []) - present)
     if not devices:
-        raise OperationError(
+        yield from refuse(
             f"{host.name}: no usable NVIDIA GPU (nvidia-smi is missing or sees no device). "
             "This host is marked require_gpu, so nothing was deployed instead of falling back "
             "to the CPU. Install the NVIDIA driver, or set hosts.<name>.gpu.require_gpu: false."
         )
-    present = {device["index"] for device in devices}
-    missing = sorted(set(gpus or []) - present)
-    if missing:
-        raise OperationError(
+    elif missing:
+        yield from refuse(
             f"{host.name}: GPU index(es) {missing} are configured in hosts.<name>.gpu.gpus but "
             f"nvidia-smi lists only {sorted(present)}"
         )
-    names = ", ".join(f"{d['index']}: {d['name']}" for d in devices)
-    host.noop(f"GPU present ({names})")
-    yield from ()  # an operation is a generator; pyinfra iterates what it returns
+    else:
+        names = ", ".join(f"{d['index']}: {d['name']}" for d in devices)
+        host.noop(f"GPU present ({names})")
+        yield from ()  # an operation is a generator; pyinfra iterates what it returns

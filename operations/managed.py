@@ -26,6 +26,7 @@ from pyinfra.api import (
 from pyinfra.operations.util.files import generate_color_diff
 
 from facts.managed import ManagedState, PathState
+from operations.failure import refuse
 
 STAGING = ".oceanid-staging"
 
@@ -243,7 +244,11 @@ def files(manifest: Manifest, paths: list[str] | None = None):
     for managed in wanted:
         current = current_paths.get(managed.path)
         if current is not None and current.kind != "file":
-            raise OperationValueError(f"{managed.path} exists but is a {current.kind}, not a file")
+            yield from refuse(
+                f"{managed.path} exists but is a {current.kind}, not a file; "
+                "move it away, the deploy will not replace it"
+            )
+            return
         if current is None or current.sha256 != managed.sha256:
             _show_diff(managed, manifest, current)
             yield from _replace_commands(managed)
@@ -283,7 +288,11 @@ def directories(manifest: Manifest):
             )
             changed = True
         elif current.kind != "directory":
-            raise OperationValueError(f"{managed.path} exists but is a {current.kind}")
+            yield from refuse(
+                f"{managed.path} exists but is a {current.kind}, not a directory; "
+                "move it away, the deploy will not replace it"
+            )
+            return
         elif _attributes_differ(current, managed.mode, managed.user, managed.group):
             yield StringCommand(
                 "chown", f"{managed.user}:{managed.group}", QuoteString(managed.path)

@@ -55,7 +55,8 @@ def environment(
 
 def strays(manifest: Manifest, root: str, models: set[str]) -> list[str]:
     """Entries under `root` inside managed models that the repository no longer has."""
-    wanted = {f.path.removeprefix(root + "/") for f in manifest.files if f.path.startswith(root)}
+    prefix = root.rstrip("/") + "/"
+    wanted = {f.path.removeprefix(prefix) for f in manifest.files if f.path.startswith(prefix)}
     parents = {p.rsplit("/", n)[0] for p in wanted for n in range(1, p.count("/") + 1)}
     found = manifest.state()["trees"].get(root, {})
     return sorted(

@@ -43,6 +43,12 @@ def _container_prerequisites(manifest: Manifest) -> None:
     manifest.units.append("docker.service")
 
 
+def check(plan: HostPlan) -> None:
+    """Run first on a GPU host: stop before anything changes if its GPU is missing."""
+    if plan.gpu is not None and plan.gpu.require_gpu:
+        gpu.require(name="A usable NVIDIA GPU", gpus=plan.gpu.gpus)
+
+
 def deploy(plan: HostPlan) -> Manifest:
     service = plan.gpu.service
     manifest = Manifest(name=f"gpu host {plan.name}")
@@ -55,8 +61,6 @@ def deploy(plan: HostPlan) -> Manifest:
     else:
         http_inputs = http_service.add_to(manifest, plan)
 
-    if plan.gpu.require_gpu:
-        gpu.require(name="A usable NVIDIA GPU", gpus=plan.gpu.gpus)
     distro_packages = [p for p in manifest.packages if p not in triton.CONTAINER_PACKAGES]
     managed.packages(name="GPU host packages", manifest=manifest, names=distro_packages)
     managed.directories(name="GPU host directories", manifest=manifest)

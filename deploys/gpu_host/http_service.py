@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from string import Template
 
+from deploys.gpu_host.triton import docker_gpus
 from oceanid.preflight import HostPlan
 from operations.managed import ManagedDirectory, ManagedFile, Manifest
 
@@ -21,10 +22,8 @@ ENV_FILE = "/etc/oceanid/gpu-http.env"
 
 def add_to(manifest: Manifest, plan: HostPlan) -> list[str]:
     service = plan.gpu.service
-    gpus = plan.gpu.gpus
-    device = "all" if gpus is None else '"device=' + ",".join(map(str, gpus)) + '"'
     unit = Template((HERE / "gpu-http.service").read_text()).substitute(
-        image=service.image, gpus=device, port=service.port, env_file=ENV_FILE
+        image=service.image, gpus=docker_gpus(plan.gpu.gpus), port=service.port, env_file=ENV_FILE
     )
     env = "".join(f"{key}={value}\n" for key, value in sorted(service.environment.items()))
     manifest.packages.append(service.docker_package)

@@ -40,14 +40,14 @@ CONTAINER_PACKAGES = ["nvidia-container-toolkit"]
 def model_files(plan: HostPlan) -> dict[str, bytes]:
     """The repository as this host serves it: instance_group and parameters filled in."""
     gpu = plan.gpu
-    on_gpu = gpu.require_gpu and gpu.gpus is not None
+    on_gpu = gpu.require_gpu  # a GPU host never falls back to the CPU
     parameters = {}
     if gpu.granite_model_dir:
         parameters["docling_granite_python"] = {"granite_model_dir": gpu.granite_model_dir}
     return triton_repo.render_repository(
         MODEL_SOURCE,
         instance_kind="KIND_GPU" if on_gpu else "KIND_CPU",
-        gpus=list(gpu.gpus) if on_gpu else None,
+        gpus=list(gpu.gpus) if on_gpu and gpu.gpus is not None else None,
         parameters_by_model=parameters,
     )
 
@@ -89,12 +89,19 @@ def host_unit() -> str:
     )
 
 
+def docker_gpus(gpus: list[int] | None) -> str:
+    """`docker run --gpus` as a unit file must spell it.
+
+    docker reads the value as CSV, so a device list needs its double quotes, and systemd
+    strips one level of quoting: single quotes keep them.
+    """
+    return "all" if gpus is None else "'\"device=" + ",".join(map(str, gpus)) + "\"'"
+
+
 def container_unit(plan: HostPlan) -> str:
-    gpus = plan.gpu.gpus
-    device = "all" if gpus is None else '"device=' + ",".join(map(str, gpus)) + '"'
     return Template((HERE / "tritonserver-container.service").read_text()).substitute(
         image=plan.settings.triton_image,
-        gpus=device,
+        gpus=docker_gpus(plan.gpu.gpus),
         shm_size="1g",
         models=MODELS,
         model_env=VENV,

@@ -11,6 +11,7 @@ from pathlib import Path
 __all__ = [
     "secret_sources",
     "manage_dns",
+    "cloudflare_api_base_url",
     "k3s",
     "cloudflared",
     "admin_ssh_keys",
@@ -26,7 +27,8 @@ except FileNotFoundError:
     ) from None
 
 secret_sources = ["file"]
-manage_dns = False
+manage_dns = True
+cloudflare_api_base_url = "http://127.0.0.1:18787/client/v4"  # the lab's API stand-in
 k3s = _pins["k3s"]
 cloudflared = _pins["cloudflared"]
 admin_ssh_keys = [(_lab / "ssh" / "id_ed25519.pub").read_text().strip()]

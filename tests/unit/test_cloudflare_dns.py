@@ -18,7 +18,7 @@ from typing import Any
 
 import cloudflare
 import pytest
-from pyinfra.api import Config, Inventory, OperationError, State
+from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operation import add_op
@@ -404,12 +404,17 @@ def test_single_purpose_operations(standin: Standin):
     assert standin.state.data["tunnels"][CLUSTER]["config"] is None
 
 
-def test_operation_conflict_is_an_operation_error(start_standin):
+def test_operation_conflict_fails_the_operation_with_one_line(start_standin, caplog):
+    caplog.set_level(logging.INFO, logger="pyinfra")
     standin = start_standin(
         default_seed([{"type": "CNAME", "name": "gpu", "content": "elsewhere.example.net"}])
     )
-    with pytest.raises(OperationError, match="cloudflare_takeover_records"):
-        _add_routes(_pyinfra_state(), standin)
+    refused = _pyinfra_state()
+    _add_routes(refused, standin)
+    assert "cloudflare_takeover_records" in caplog.text  # shown while preparing: --dry too
+    refused.set_stage(StateStage.Execute)
+    with pytest.raises(PyinfraError, match="No hosts remaining"):  # the only host failed
+        run_ops(refused)
     assert standin.writes() == []
 
     state = _pyinfra_state()

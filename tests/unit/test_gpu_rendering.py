@@ -207,11 +207,6 @@ def test_model_files_render_kind_gpu_on_the_configured_gpus(make_plan):
         assert text.count("instance_group [") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: require_gpu with gpus unset (= all GPUs, `--gpus all` in the unit) renders "
-    "KIND_CPU models, the silent CPU fallback require_gpu exists to prevent",
-)
 def test_model_files_use_the_gpu_when_required_and_gpus_unset(make_plan):
     plan = make_plan(gpu={"require_gpu": True, "gpus": None})
     for text in _configs(triton.model_files(plan)).values():
@@ -243,7 +238,7 @@ def test_host_unit_runs_tritonserver_locally_with_explicit_model_control():
     assert "Environment=LD_LIBRARY_PATH=/opt/triton/dist/nvidia_pytriton.libs" in unit
 
 
-@pytest.mark.parametrize(("gpus", "device"), [([0], '"device=0"'), (None, "all")])
+@pytest.mark.parametrize(("gpus", "device"), [([0], "'\"device=0\"'"), (None, "all")])
 def test_container_unit_passes_the_gpu_ports_models_and_pinned_image(make_plan, gpus, device):
     plan = make_plan(gpu={"gpus": gpus})
     unit = triton.container_unit(plan)
@@ -277,11 +272,6 @@ def test_one_gpu_reaches_docker_as_one_device_request(make_plan):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='bug: systemd strips the quotes of --gpus "device=0,1", so docker splits it at the '
-    "comma (docker run needs '\"device=0,1\"')",
-)
 def test_two_gpus_reach_docker_as_one_device_request(make_plan):
     assert _docker_gpu_fields(triton.container_unit(make_plan(gpu={"gpus": [0, 1]}))) == [
         "device=0,1"

@@ -35,7 +35,7 @@ from unittest import TestCase
 
 import pytest
 from pyinfra import logger as pyinfra_logger
-from pyinfra.api import OperationError, OperationValueError, StringCommand
+from pyinfra.api import FunctionCommand, OperationValueError, StringCommand
 from pyinfra.api.arguments import all_argument_meta
 from pyinfra.api.operation import attach_args
 from pyinfra.context import ctx_host, ctx_state
@@ -44,7 +44,7 @@ from pyinfra_testing.util import FakeHost, FakeState
 
 from facts.gpu import GpuDevices
 from facts.managed import Account, ManagedState, PathState
-from operations import apt_repo, gpu, managed, services
+from operations import apt_repo, failure, gpu, managed, services
 from operations import triton as triton_ops
 from operations.managed import (
     STAGING,
@@ -140,10 +140,23 @@ def test_every_operation_is_a_generator(module) -> None:
 
 
 class _Host(FakeHost):
-    """pyinfra-testing's fake host, plus `log`, which the real `Host` has and `--diff` uses."""
+    """pyinfra-testing's fake host, plus `log` and `log_styled`, which the real `Host` has."""
 
     def log(self, message: str, log_func=pyinfra_logger.info) -> None:
         log_func(f"{self.print_prefix}{message}")
+
+    def log_styled(self, message: str, log_func=pyinfra_logger.info, **_style) -> None:
+        log_func(f"{self.print_prefix}{message}")
+
+
+def assert_refused(run: Run, caplog, text: str) -> str:
+    """The operation failed the way `operations.failure.refuse` fails it: one logged line
+    (shown in --dry too), then a command that fails, and nothing else."""
+    assert len(run.raw) == 1 and isinstance(run.raw[0], FunctionCommand), run.raw
+    assert run.raw[0].function is failure._failed
+    assert run.raw[0].function(None, None) is False
+    message = next(r.getMessage() for r in caplog.records if text in r.getMessage())
+    return message
 
 
 @dataclass
@@ -315,11 +328,18 @@ def test_files_paths_narrows_to_the_named_files() -> None:
         run_op(managed.files, manifest, paths=["/etc/nope"], facts={ManagedState: state})
 
 
-def test_something_else_where_a_file_belongs_is_refused() -> None:
+def test_something_else_where_a_file_belongs_is_refused(caplog) -> None:
     manifest = base_manifest(CONFIG)
     state = managed_state(paths={CONFIG.path: PathState("directory", "0755", "root", "root")})
-    with pytest.raises(OperationValueError, match="config.yaml exists but is a directory"):
-        run_op(managed.files, manifest, facts={ManagedState: state})
+    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    assert_refused(run, caplog, "config.yaml exists but is a directory, not a file")
+
+
+def test_a_file_where_a_directory_belongs_is_refused(caplog) -> None:
+    manifest = Manifest(name="gpu host calypso", directories=[ManagedDirectory("/etc/cloudflared")])
+    state = managed_state(paths={"/etc/cloudflared": PathState("file", "0644", "root", "root")})
+    run = run_op(managed.directories, manifest, facts={ManagedState: state})
+    assert_refused(run, caplog, "/etc/cloudflared exists but is a file, not a directory")
 
 
 def _execute(commands: list[Any], cwd: Path) -> subprocess.CompletedProcess | None:
@@ -676,21 +696,19 @@ def test_require_gpu_passes_on_the_h200() -> None:
     assert run_op(gpu.require, facts={GpuDevices: devices}).noop == run.noop
 
 
-def test_require_gpu_fails_without_a_gpu() -> None:
+def test_require_gpu_fails_without_a_gpu(caplog) -> None:
     devices = GpuDevices().process(["No devices were found"])
     assert devices == []
-    with pytest.raises(OperationError) as err:
-        run_op(gpu.require, gpus=[0], facts={GpuDevices: devices})
-    message = str(err.value)
-    assert message.startswith("calypso: no usable NVIDIA GPU")
+    run = run_op(gpu.require, gpus=[0], facts={GpuDevices: devices})
+    message = assert_refused(run, caplog, "no usable NVIDIA GPU")
+    assert "calypso: no usable NVIDIA GPU" in message
     assert "require_gpu" in message
     assert "fall" in message and "CPU" in message
 
 
-def test_require_gpu_names_configured_indexes_that_are_absent() -> None:
-    with pytest.raises(OperationError) as err:
-        run_op(gpu.require, gpus=[0, 1, 3], facts={GpuDevices: _h200_devices()})
-    message = str(err.value)
+def test_require_gpu_names_configured_indexes_that_are_absent(caplog) -> None:
+    run = run_op(gpu.require, gpus=[0, 1, 3], facts={GpuDevices: _h200_devices()})
+    message = assert_refused(run, caplog, "are configured")
     assert "GPU index(es) [1, 3] are configured" in message
     assert "nvidia-smi lists only [0]" in message
 

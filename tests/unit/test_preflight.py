@@ -151,3 +151,21 @@ def test_make_check_without_esc_cli(tmp_path):
     assert done.returncode == 1
     assert "the Pulumi ESC CLI `esc` is not on PATH" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_model_folders_are_checked_before_anything(
+    data, secrets_file, lab_secrets, tmp_path, monkeypatch
+):
+    from oceanid import preflight
+
+    source = tmp_path / "models"
+    shutil.copytree(REPO / "triton-models", source)
+    (source / "docling_granite_python").rename(source / "docling")
+    (source / "empty_model").mkdir()
+    monkeypatch.setattr(preflight, "MODEL_SOURCE", source)
+    data["secret_sources"] = ["file"]
+    with pytest.raises(PreflightError) as err:
+        check(views(data), environ=secrets_file(lab_secrets))
+    joined = "\n".join(err.value.problems)
+    assert "model 'docling':" in joined and "'docling_granite_python'" in joined
+    assert "model 'empty_model':" in joined and "config.pbtxt is missing" in joined

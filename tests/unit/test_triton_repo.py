@@ -151,8 +151,6 @@ def test_render_refuses_undeclared_parameter() -> None:
     ("kind", "gpus", "message"),
     [
         ("KIND_TPU", None, "instance_kind must be one of"),
-        ("KIND_GPU", None, "needs at least one GPU index"),
-        ("KIND_GPU", [], "needs at least one GPU index"),
         ("KIND_CPU", [0], "takes no gpus"),
         ("KIND_GPU", [-1], "must be GPU indexes"),
     ],
@@ -220,3 +218,11 @@ def test_render_repository_lists_every_problem(tmp_path: Path) -> None:
 def test_model_requirements() -> None:
     requirements = model_requirements(REPO)
     assert requirements["docling_granite_python"] == ["numpy>=1.26,<2", "pypdf==7.1.1"]
+
+
+@pytest.mark.parametrize("gpus", [None, []])
+def test_gpu_without_indexes_means_every_gpu(gpus):
+    text = render_config(TEMPLATE, instance_kind="KIND_GPU", gpus=gpus, parameters={})
+    group = text[text.index("instance_group") :]
+    assert "kind: KIND_GPU" in group
+    assert "gpus:" not in group

@@ -1,0 +1,65 @@
+"""Public names: each host makes sure its own name points at its own tunnel.
+
+The k3s server owns `label.<base>` (the cluster tunnel), each GPU host its
+`<public_name>.<base>` (its node tunnel). The Cloudflare API is called from the machine
+running pyinfra; the operation reads the zone while it is prepared, so `--dry` lists
+what would change, and it writes nothing when there is a conflict anywhere in its plan.
+"""
+
+from __future__ import annotations
+
+from oceanid.cloudflare_dns import (
+    CloudflareAccess,
+    DesiredRecord,
+    desired_ingress,
+    tunnel_target,
+)
+from oceanid.preflight import K3S_SERVERS, HostPlan, Site
+from operations import cloudflare
+
+
+def records(plan: HostPlan, site: Site) -> tuple[list[DesiredRecord], dict]:
+    """This host's records, and the ingress of its node tunnel (if Cloudflare manages it)."""
+    base = plan.settings.base_domain
+    wanted: list[DesiredRecord] = []
+    ingress: dict = {}
+    if K3S_SERVERS in plan.roles and site.cluster_tunnel_id:
+        wanted.append(DesiredRecord(f"label.{base}", tunnel_target(site.cluster_tunnel_id)))
+    if plan.gpu is not None and plan.node_tunnel_id:
+        name = f"{plan.gpu.public_name}.{base}"
+        wanted.append(DesiredRecord(name, tunnel_target(plan.node_tunnel_id)))
+        ingress[plan.node_tunnel_id] = desired_ingress(
+            {name: f"http://localhost:{plan.gpu.service.port}"}
+        )
+    return wanted, ingress
+
+
+def site_names(plan: HostPlan) -> set[str]:
+    """Every public name the site's settings give: label and each GPU host's name."""
+    base = plan.settings.base_domain
+    names = {f"label.{base}"}
+    names |= {f"{h.gpu.public_name}.{base}" for h in plan.settings.hosts.values() if h.gpu}
+    return names
+
+
+def deploy(plan: HostPlan, site: Site) -> None:
+    settings = plan.settings
+    if not settings.manage_dns:
+        return
+    wanted, ingress = records(plan, site)
+    if not wanted:
+        return
+    access = CloudflareAccess(
+        api_token=site.secrets["cloudflareApiToken"],
+        account_id=site.secrets["cloudflareAccountId"],
+        zone_id=site.secrets["cloudflareZoneId"],
+        base_url=settings.cloudflare_api_base_url,
+    )
+    cloudflare.routes(
+        name="Cloudflare DNS records and tunnel routes",
+        access=access,
+        records=wanted,
+        ingress=ingress,
+        takeover=settings.cloudflare_takeover_records,
+        others=sorted(site_names(plan) - {record.name for record in wanted}),
+    )
