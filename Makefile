@@ -8,7 +8,7 @@ LAB_INVENTORY := inventories/lab.py
 LAB_ENV := SECRETS_FILE=$(CURDIR)/.lab/secrets.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lab-deps check deploy deploy-simple diff gpu smoke verify tunnel lab lab-down \
+.PHONY: venv lab-deps check deploy deploy-simple diff gpu smoke status verify tunnel lab lab-down \
         lab-status lab-diff test test-unit test-lab lint bench clean
 
 venv: $(STAMP)
@@ -76,3 +76,9 @@ clean: lab-down
 
 tunnel:  ## the k3s API on localhost:16443 through SSH to tethys:6443 (Ctrl-C to close)
 	ssh -N -L 16443:127.0.0.1:6443 $(or $(HOST),tethys)
+
+smoke: venv  ## the public URLs and the tunnels, from outside; a failed check fails the command
+	$(PY) -m oceanid.smoke $(INVENTORY)
+
+status: venv  ## each tunnel's status and connections, from the Cloudflare API
+	$(PY) -m oceanid.smoke --status-only $(INVENTORY)

@@ -48,9 +48,7 @@ def require_root() -> None:
 def down(*, quiet: bool = False) -> list[str]:
     """Stop everything the lab started and remove what it created."""
     removed = []
-    for lab_host in HOSTS:
-        if hosts.stop(lab_host):
-            removed.append(f"host {lab_host.name}")
+    removed += [f"host {name}" for name in hosts.stop(list(HOSTS))]
     services.stop()
     for name in processes.names():
         if processes.stop(name):

@@ -71,24 +71,24 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def stop(lab_host: LabHost, timeout: float = 10.0) -> bool:
-    """Halt the container cleanly; kill its PID 1 if the halt hangs."""
-    supervisor = processes.running(record_name(lab_host))
-    if supervisor is None:
-        return False
+def stop(lab_hosts: list[LabHost], timeout: float = 10.0) -> list[str]:
+    """Halt the containers together; kill a PID 1 whose halt hangs. Returns the names stopped."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    (RUN_DIR / f"{lab_host.name}.stop").touch()
-    nspawn = [
-        p
-        for p in _descendants(supervisor)
-        if (processes.cmdline(p) or [""])[0].endswith("systemd-nspawn")
-    ]
-    inits = [c for n in nspawn for c in processes.children(n)]
-    for pid in nspawn:
-        os.kill(pid, signal.SIGTERM)
+    stopped, inits = [], []
+    for lab_host in lab_hosts:
+        supervisor = processes.running(record_name(lab_host))
+        if supervisor is None:
+            continue
+        stopped.append(lab_host.name)
+        (RUN_DIR / f"{lab_host.name}.stop").touch()  # the supervisor must not boot it again
+        for pid in _descendants(supervisor):
+            if (processes.cmdline(pid) or [""])[0].endswith("systemd-nspawn"):
+                inits += processes.children(pid)
+                os.kill(pid, signal.SIGTERM)  # nspawn asks the container's systemd to halt
     for pid in processes.wait_gone(inits, timeout):
         os.kill(pid, signal.SIGKILL)
     processes.wait_gone(inits, 5.0)
-    processes.stop(record_name(lab_host), timeout=5.0)
-    (RUN_DIR / f"{lab_host.name}.stop").unlink(missing_ok=True)
-    return True
+    for lab_host in lab_hosts:
+        processes.stop(record_name(lab_host), timeout=5.0)
+        (RUN_DIR / f"{lab_host.name}.stop").unlink(missing_ok=True)
+    return stopped

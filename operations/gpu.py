@@ -21,18 +21,19 @@ def require(gpus: list[int] | None = None):
 
     + gpus: GPU indexes the host's services are pinned to
     """
+    name = host.name.rsplit("/", 1)[-1]  # "@ssh/calypso" is calypso to its settings
     devices = host.get_fact(GpuDevices)
     present = {device["index"] for device in devices}
     missing = sorted(set(gpus or []) - present)
     if not devices:
         yield from refuse(
-            f"{host.name}: no usable NVIDIA GPU (nvidia-smi is missing or sees no device). "
+            f"{name}: no usable NVIDIA GPU (nvidia-smi is missing or sees no device). "
             "This host is marked require_gpu, so nothing was deployed instead of falling back "
-            "to the CPU. Install the NVIDIA driver, or set hosts.<name>.gpu.require_gpu: false."
+            f"to the CPU. Install the NVIDIA driver, or set hosts.{name}.gpu.require_gpu: false."
         )
     elif missing:
         yield from refuse(
-            f"{host.name}: GPU index(es) {missing} are configured in hosts.<name>.gpu.gpus but "
+            f"{name}: GPU index(es) {missing} are configured in hosts.{name}.gpu.gpus but "
             f"nvidia-smi lists only {sorted(present)}"
         )
     else:

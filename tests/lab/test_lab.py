@@ -6,6 +6,7 @@ Needs root, systemd-nspawn and mmdebstrap (`make lab-deps`); CI installs them.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,34 @@ def test_second_converge_changes_nothing(converged):
     assert second.totals["error"] == 0
     assert second.changed == {}, f"the second converge changed: {second.changed}"
     assert second.totals["success"] == 0
+
+
+def pyinfra_ssh(*args: str) -> subprocess.CompletedProcess[str]:
+    """`pyinfra @ssh/calypso deploys/gpu.py`: no inventory file, the host's data by its name."""
+    argv = [str(REPO / ".venv/bin/pyinfra"), "-y", "--sudo",
+            f"--data=ssh_config_file={REPO / '.lab/ssh/config'}", *args,
+            "@ssh/calypso", "deploys/gpu.py"]  # fmt: skip
+    return subprocess.run(argv, cwd=REPO, env=lab_env(), capture_output=True, text=True,
+                          timeout=600, check=False)  # fmt: skip
+
+
+def test_one_gpu_host_without_the_inventory_file(converged):
+    done = pyinfra_ssh("--json", "--group-data=inventories/group_data")
+    assert done.returncode == 0, done.stderr[-4000:]
+    totals = json.loads(done.stdout)["results"]["totals"]
+    assert totals["success"] == 0 and totals["error"] == 0 and totals["no_change"] >= 10, totals
+
+
+def test_gpu_required_host_without_a_gpu_fails_before_any_change(converged):
+    """Production's settings say calypso must have a GPU; the lab's calypso has none."""
+    before = ssh("calypso", "sudo find /etc /opt /usr/local -newer /etc/hostname | wc -l").stdout
+    done = pyinfra_ssh('--data=secret_sources=["file"]')
+    assert done.returncode != 0
+    assert "calypso: no usable NVIDIA GPU" in done.stderr
+    assert "set hosts.calypso.gpu.require_gpu: false" in done.stderr
+    assert "Traceback" not in done.stderr
+    after = ssh("calypso", "sudo find /etc /opt /usr/local -newer /etc/hostname | wc -l").stdout
+    assert after == before
 
 
 def test_secrets_stay_out_of_units_and_process_arguments(converged):

@@ -1,0 +1,472 @@
+"""`make smoke` and `make status`: the public URLs and the tunnels, checked from outside.
+
+A deploy that converged can still leave the site unreachable (a tunnel without a connector, a
+Triton that never loaded its models, a DNS name on the wrong tunnel), and only a request from
+outside shows that. This command asks what a user would ask, through the same names:
+
+- each tunnel's health from the Cloudflare API (when ``manage_dns`` gives API access);
+- ``https://<public_name>.<base>/v2/health/ready``, every model's readiness and one real inference
+  on each GPU host (``tritonclient.http``, as a client would call it);
+- ``https://label.<base>/health`` (Label Studio) when the inventory has a k3s server.
+
+Every request is made once, with a timeout: a smoke check reports the site as it is, it does not
+wait for it to get better. ``--url NAME=URL`` sends a public name's checks elsewhere (a lab
+port-forward) without touching DNS. Output is one ``PASS|FAIL what — detail`` line per check and a
+summary; any failure exits 1, a bad inventory or bad arguments exit 2. No secret is printed: the
+API token only travels inside ``CloudflareAccess``, whose repr hides it. Tunnel IDs are printed;
+they are public anyway, as the targets of the CNAMEs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from oceanid import preflight
+from oceanid.preflight import K3S_SERVERS, Site
+from oceanid.settings import GpuService, Settings
+
+if TYPE_CHECKING:  # imported where used: they load ssl, which must wait for gevent (see main)
+    import requests
+
+    from oceanid.cloudflare_dns import CloudflareAccess
+
+DEFAULT_TIMEOUT_S = 20.0
+SMOKE_MODEL = "docling_granite_python"
+LABEL_HEALTH = "/health"
+TRITON_READY = "/v2/health/ready"
+Kind = Literal["label", "gpu"]
+
+
+class UsageError(Exception):
+    """Bad arguments for this inventory (an unknown ``--url`` name…): exit 2, one line."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """One check's outcome, printed as one line."""
+
+    ok: bool
+    what: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{'PASS' if self.ok else 'FAIL'} {self.what} — {self.detail}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A public name to check and where its requests go (``https://<name>`` or an override)."""
+
+    kind: Kind
+    name: str
+    url: str
+    service: GpuService | None = None
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """A tunnel to read from the API, with the public name it carries (for the reader)."""
+
+    kind: Kind
+    what: str
+    tunnel_id: str
+
+
+# -- what to check, from the validated site -------------------------------------------------------
+
+
+def _settings(site: Site) -> Settings:
+    """Site-wide settings: group data, so every host's copy holds the same values."""
+    return next(iter(site.hosts.values())).settings
+
+
+def _base(site: Site) -> str:
+    return _settings(site).base_domain
+
+
+def _full_name(name: str, base: str) -> str:
+    name = name.strip().lower().rstrip(".")
+    return name if "." in name else f"{name}.{base}"
+
+
+def parse_overrides(values: Sequence[str], base: str) -> dict[str, str]:
+    """``NAME=URL`` pairs; a bare label (``gpu``) means ``gpu.<base>``."""
+    overrides: dict[str, str] = {}
+    for value in values:
+        name, sep, url = value.partition("=")
+        if not sep or not name.strip() or urlsplit(url).scheme not in ("http", "https"):
+            raise UsageError(f"--url {value!r}: expected NAME=http(s)://HOST[:PORT][/PATH]")
+        if not urlsplit(url).hostname:
+            raise UsageError(f"--url {value!r}: the URL has no host")
+        overrides[_full_name(name, base)] = url.rstrip("/")
+    return overrides
+
+
+def targets(site: Site, overrides: dict[str, str], only: Kind | None = None) -> list[Target]:
+    """label.<base> when there is a k3s server, then each GPU host's public name."""
+    base = _base(site)
+    found: list[Target] = []
+    plans = sorted(site.hosts.values(), key=lambda plan: plan.name)
+    if any(K3S_SERVERS in plan.roles for plan in plans):
+        name = f"label.{base}"
+        found.append(Target("label", name, overrides.get(name, f"https://{name}")))
+    for plan in plans:
+        if plan.gpu is not None:
+            name = f"{plan.gpu.public_name}.{base}"
+            url = overrides.get(name, f"https://{name}")
+            found.append(Target("gpu", name, url, plan.gpu.service))
+    unknown = sorted(set(overrides) - {target.name for target in found})
+    if unknown:
+        known = ", ".join(target.name for target in found) or "none"
+        raise UsageError(f"--url {unknown[0]}: not a public name of this inventory ({known})")
+    return [target for target in found if only in (None, target.kind)]
+
+
+def tunnels(site: Site, only: Kind | None = None) -> list[Tunnel]:
+    """The cluster tunnel (label) and each GPU host's own node tunnel."""
+    base = _base(site)
+    found: list[Tunnel] = []
+    if site.cluster_tunnel_id:
+        found.append(Tunnel("label", f"cluster tunnel (label.{base})", site.cluster_tunnel_id))
+    for plan in sorted(site.hosts.values(), key=lambda plan: plan.name):
+        if plan.gpu is not None and plan.node_tunnel_id:
+            name = f"{plan.gpu.public_name}.{base}"
+            found.append(Tunnel("gpu", f"{plan.name}'s node tunnel ({name})", plan.node_tunnel_id))
+    return [tunnel for tunnel in found if only in (None, tunnel.kind)]
+
+
+def api_access(site: Site) -> CloudflareAccess | None:
+    """API access exactly as the DNS deploy builds it; None when ``manage_dns`` is off."""
+    from oceanid.cloudflare_dns import CloudflareAccess
+
+    settings = _settings(site)
+    if not settings.manage_dns:
+        return None
+    return CloudflareAccess(
+        api_token=site.secrets["cloudflareApiToken"],
+        account_id=site.secrets["cloudflareAccountId"],
+        zone_id=site.secrets["cloudflareZoneId"],
+        base_url=settings.cloudflare_api_base_url,
+    )
+
+
+# -- the checks -----------------------------------------------------------------------------------
+
+
+def check_tunnels(site: Site, wanted: Sequence[Tunnel], timeout: float) -> Iterator[Result]:
+    """Each tunnel must be serving: healthy or degraded, with at least one live connection."""
+    from oceanid.cloudflare_dns import CloudflareError, tunnel_status
+
+    try:
+        access = api_access(site)
+        if access is None:  # manage_dns off: no API access to ask with
+            return
+        client = access.client()
+    except CloudflareError as error:
+        for tunnel in wanted:
+            yield Result(False, tunnel.what, str(error))
+        return
+    # One retry at most, within --timeout: the SDK's own 3 retries with back-off are for deploys.
+    client.timeout = timeout
+    client.max_retries = 1
+    for tunnel in wanted:
+        try:
+            status = tunnel_status(client, access.account_id, tunnel.tunnel_id)
+        except CloudflareError as error:
+            yield Result(False, tunnel.what, str(error))
+            continue
+        detail = status.describe()
+        if not status.serving:
+            detail += "; not serving: no live connection (is its cloudflared running?)"
+        yield Result(status.serving, tunnel.what, detail)
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause of a connection failure, e.g. ``Connection refused``, not the whole
+    urllib3 retry chain with object addresses in it."""
+    seen: set[int] = set()
+    deepest: BaseException = error
+    todo: list[BaseException] = [error]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        deepest = current
+        nested = [getattr(current, "reason", None), current.__cause__, current.__context__]
+        nested += list(current.args[:1])
+        todo += [n for n in nested if isinstance(n, BaseException)]
+    return f"{type(deepest).__name__}: {deepest}".splitlines()[0]
+
+
+def _get(url: str, timeout: float) -> tuple[requests.Response | None, str]:
+    """One GET, no redirects (a redirect to a login page is not the service), no retries."""
+    import requests
+
+    started = time.monotonic()
+    try:
+        answer = requests.get(url, timeout=timeout, allow_redirects=False)
+    except requests.Timeout:
+        return None, f"no answer in {timeout:g}s"
+    except requests.RequestException as error:
+        return None, _reason(error)
+    took = time.monotonic() - started
+    detail = f"HTTP {answer.status_code} in {took:.2f}s"
+    if answer.is_redirect:
+        detail += f", redirected to {answer.headers.get('location', '?')}"
+    return answer, detail
+
+
+def check_label(target: Target, timeout: float) -> Result:
+    """Label Studio's own health endpoint must answer 200."""
+    url = target.url + LABEL_HEALTH
+    answer, detail = _get(url, timeout)
+    ok = answer is not None and answer.status_code == 200
+    return Result(ok, f"{target.name} Label Studio", f"GET {url}: {detail}")
+
+
+def check_http_service(target: Target, timeout: float) -> Result:
+    """A GPU host serving something else than Triton: the tunnel reaches an answering server
+    (Cloudflare itself answers 502/530 when the origin is down)."""
+    answer, detail = _get(target.url + "/", timeout)
+    ok = answer is not None and answer.status_code < 500
+    return Result(ok, f"{target.name} service", f"GET {target.url}/: {detail}")
+
+
+def model_names(source: Path = preflight.MODEL_SOURCE) -> list[str]:
+    """The models the deploy uploads: every model folder under triton-models/."""
+    return sorted(
+        child.name
+        for child in source.iterdir()
+        if child.is_dir() and not child.name.startswith((".", "__"))
+    )
+
+
+def _attempt(call: Callable[[], Any]) -> tuple[Any, str | None]:
+    """Run one tritonclient call; any failure is this check's failure, as one line.
+
+    tritonclient raises its own exception for HTTP errors but lets socket errors and gevent's
+    Timeout (a BaseException) through; to the operator each is simply "this check failed".
+    """
+    import gevent
+
+    try:
+        return call(), None
+    except gevent.Timeout:
+        return None, "timed out"
+    except Exception as error:
+        message = getattr(error, "message", None)
+        text = message() if callable(message) else None
+        return None, (text or _reason(error)).splitlines()[0]
+
+
+def check_triton(
+    target: Target, timeout: float, models: Sequence[str] | None = None
+) -> Iterator[Result]:
+    """Ready, every repository model ready, and one real inference that echoes its text."""
+    ready_url = target.url + TRITON_READY
+    answer, detail = _get(ready_url, timeout)
+    if answer is None or answer.status_code != 200:
+        detail += "; models and inference not checked"
+        yield Result(False, f"{target.name} Triton", f"GET {ready_url}: {detail}")
+        return
+    yield Result(True, f"{target.name} Triton", f"GET {ready_url}: {detail}")
+
+    import tritonclient.http as triton_http
+
+    parts = urlsplit(target.url)
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE")
+    client = triton_http.InferenceServerClient(
+        parts.netloc + parts.path.rstrip("/"),
+        ssl=parts.scheme == "https",
+        # the roots requests was told to trust (a lab CA, a TLS-inspecting proxy) apply here too
+        ssl_options={"ca_certs": bundle} if bundle else None,
+        connection_timeout=timeout,
+        network_timeout=timeout,
+    )
+    try:
+        models = model_names() if models is None else models
+        ready: set[str] = set()
+        for model in models:
+            is_ready, error = _attempt(lambda model=model: client.is_model_ready(model))
+            if is_ready:
+                ready.add(model)
+            yield Result(
+                bool(is_ready),
+                f"{target.name} model {model}",
+                "ready" if is_ready else (error or "not ready"),
+            )
+        yield _check_inference(client, target, ready)
+    finally:
+        client.close()
+
+
+def _check_inference(client: Any, target: Target, ready: set[str]) -> Result:
+    """A unique text through the model and back: proves the Python stub really executes."""
+    import numpy as np
+    import tritonclient.http as triton_http
+
+    what = f"{target.name} inference {SMOKE_MODEL}"
+    if SMOKE_MODEL not in ready:
+        return Result(False, what, "not run: the model is not ready")
+    text = f"oceanid smoke {uuid.uuid4().hex[:12]}"
+    tensor = triton_http.InferInput("text", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+    output = triton_http.InferRequestedOutput("response")
+    started = time.monotonic()
+    result, error = _attempt(lambda: client.infer(SMOKE_MODEL, [tensor], outputs=[output]))
+    if error is not None:
+        return Result(False, what, error)
+    took = time.monotonic() - started
+    try:
+        answer = json.loads(result.as_numpy("response")[0])
+    except (TypeError, ValueError, IndexError) as exc:
+        return Result(False, what, f"response is not one JSON document: {exc}")
+    if not isinstance(answer, dict) or answer.get("text") != text:
+        got = answer.get("text") if isinstance(answer, dict) else answer
+        return Result(False, what, f"sent {text!r}, got back {got!r}")
+    return Result(
+        True, what, f"text came back in {took:.2f}s ({answer.get('model')}, {answer.get('device')})"
+    )
+
+
+def run_checks(
+    site: Site,
+    *,
+    overrides: dict[str, str],
+    only: Kind | None,
+    timeout: float,
+    status_only: bool,
+    say: Callable[[str], None],
+) -> list[Result]:
+    """Tunnels first (they explain a URL failure), then the URLs; each line as it is known."""
+    results: list[Result] = []
+
+    def record(result: Result) -> None:
+        results.append(result)
+        say(result.line())
+
+    wanted_targets = [] if status_only else targets(site, overrides, only)
+    if not _settings(site).manage_dns:
+        say("SKIP tunnels — manage_dns is off, so no Cloudflare API access is configured")
+    else:
+        for result in check_tunnels(site, tunnels(site, only), timeout):
+            record(result)
+    for target in wanted_targets:
+        if target.kind == "label":
+            record(check_label(target, timeout))
+        elif target.service is not None and target.service.kind != "triton":
+            record(check_http_service(target, timeout))
+        else:
+            for result in check_triton(target, timeout):
+                record(result)
+    return results
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m oceanid.smoke",
+        description="Check the public URLs and the tunnels from outside; a failure exits 1.",
+    )
+    parser.add_argument("inventory", nargs="?", default="inventory.py")
+    parser.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="send a public name's checks to URL instead (gpu.boathou.se=http://127.0.0.1:18000)",
+    )
+    parser.add_argument("--only", choices=["label", "gpu"], help="only the label or gpu checks")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds each request may take (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--status-only",
+        action="store_true",
+        help="only each tunnel's status and connections, from the Cloudflare API (make status)",
+    )
+    return parser
+
+
+def _patch_for_gevent() -> None:
+    """Patch the stdlib for gevent before anything loads ssl.
+
+    load_inventory imports pyinfra's CLI, which monkey-patches the stdlib on import; done after
+    requests or the Cloudflare SDK have loaded ssl, that patch breaks TLS in subtle ways (gevent
+    issue 1016) and warns. Patching first, as pyinfra's own CLI does, makes its patch a no-op.
+    tritonclient runs on gevent too, so the checks themselves are at home in a patched process.
+    """
+    from gevent import monkey
+
+    monkey.patch_all()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 when every check passed, 1 when one failed, 2 when nothing could be checked."""
+    args = _parser().parse_args(argv)
+    _patch_for_gevent()
+    prog = "status" if args.status_only else "smoke"
+    if args.timeout <= 0:
+        print(f"{prog}: --timeout must be positive", file=sys.stderr)
+        return 2
+    try:
+        site = preflight.check(
+            preflight.views_from_inventory(preflight.load_inventory(args.inventory))
+        )
+    except preflight.PreflightError as exc:
+        for line in exc.problems:
+            print(f"{prog}: {line}", file=sys.stderr)
+        print(f"{prog}: {len(exc.problems)} problem(s) in {args.inventory}", file=sys.stderr)
+        return 2
+    if args.status_only and not _settings(site).manage_dns:
+        print(
+            f"{prog}: manage_dns is off, so no Cloudflare API access is configured",
+            file=sys.stderr,
+        )
+        return 2
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        overrides = parse_overrides(args.url, _base(site))
+        results = run_checks(
+            site,
+            overrides=overrides,
+            only=args.only,
+            timeout=args.timeout,
+            status_only=args.status_only,
+            say=say,
+        )
+    except UsageError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    if not results:
+        print(f"{prog}: nothing to check in {args.inventory}", file=sys.stderr)
+        return 2
+    failed = sum(not result.ok for result in results)
+    print(f"{prog}: {len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

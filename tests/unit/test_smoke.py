@@ -1,0 +1,264 @@
+"""`make smoke` / `make status` (oceanid.smoke) against servers on 127.0.0.1.
+
+The command runs as an operator runs it, in a copy of the production site with the lab's fake
+secrets; the tunnels come from the Cloudflare API stand-in, Label Studio and a half-broken Triton
+from small local HTTP servers. The real Triton path is in tests/contract/test_smoke.py.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from oceanid import smoke
+from tests.smoke_support import (
+    assert_no_secret,
+    cloudflare_standin,
+    http_server,
+    lines,
+    run_smoke,
+    self_signed,
+    site_dir,
+    triton_echo,
+    write_secrets,
+)
+
+CONNECTED = [{"conns": 4, "version": "2025.8.1"}]
+HEALTHY = (200, '{"status": "UP"}')
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tunnel_seed(secrets: dict[str, str], cluster: list, node: list | None) -> list[dict]:
+    tunnels = [
+        {"id": secrets["cloudflareTunnelId"], "name": "oceanid-cluster", "connectors": cluster},
+    ]
+    if node is not None:
+        tunnels.append(
+            {"id": secrets["cloudflareNodeTunnelId"], "name": "calypso", "connectors": node}
+        )
+    return tunnels
+
+
+def api_site(tmp_path: Path, api_url: str) -> Path:
+    return site_dir(tmp_path, f'secret_sources = ["file"]\ncloudflare_api_base_url = "{api_url}"\n')
+
+
+def test_healthy_tunnels_and_label_pass(tmp_path, lab_secrets):
+    seed = tunnel_seed(lab_secrets, CONNECTED, CONNECTED + CONNECTED)
+    with (
+        cloudflare_standin(lab_secrets, seed) as api,
+        http_server({"/health": HEALTHY}) as label,
+    ):
+        done = run_smoke(
+            api_site(tmp_path, api.url),
+            write_secrets(tmp_path, lab_secrets),
+            "--only",
+            "label",
+            "--url",
+            f"label.boathou.se={label}",
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout.splitlines()
+    assert out[0].startswith("PASS cluster tunnel (label.boathou.se) — tunnel oceanid-cluster (")
+    assert "healthy, 1 connector(s), 4 connection(s), cloudflared 2025.8.1" in out[0]
+    assert out[1].startswith(f"PASS label.boathou.se Label Studio — GET {label}/health: HTTP 200")
+    assert out[-1] == "smoke: 2 passed, 0 failed"
+    assert len(out) == 3 and done.stderr == ""
+    assert_no_secret(done.stdout + done.stderr, lab_secrets)
+
+
+def test_status_reports_every_tunnel_and_fails_on_a_down_one(tmp_path, lab_secrets):
+    seed = tunnel_seed(lab_secrets, CONNECTED + CONNECTED, [])
+    with cloudflare_standin(lab_secrets, seed) as api:
+        site, env = api_site(tmp_path, api.url), write_secrets(tmp_path, lab_secrets)
+        done = run_smoke(site, env, "--status-only")
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert len(lines(done.stdout, "PASS cluster tunnel")) == 1
+        assert "2 connector(s), 8 connection(s)" in done.stdout
+        (node,) = lines(done.stdout, "FAIL calypso's node tunnel (gpu.boathou.se)")
+        assert "inactive, 0 connector(s), 0 connection(s); not serving" in node
+        assert done.stdout.splitlines()[-1] == "status: 1 passed, 1 failed"
+
+        # the node's cloudflared connects: the same command now passes
+        api.state.set_connectors(lab_secrets["cloudflareNodeTunnelId"], CONNECTED)
+        done = run_smoke(site, env, "--status-only")
+        assert done.returncode == 0, done.stdout
+        assert done.stdout.splitlines()[-1] == "status: 2 passed, 0 failed"
+
+        # and disconnects again: "down" now, since it was connected once
+        api.state.set_connectors(lab_secrets["cloudflareNodeTunnelId"], [])
+        done = run_smoke(site, env, "--status-only", "--only", "gpu")
+        assert done.returncode == 1
+        assert lines(done.stdout, "FAIL calypso's node tunnel")[0].count(": down, 0 connector") == 1
+        assert done.stdout.splitlines()[-1] == "status: 0 passed, 1 failed"
+    assert_no_secret(done.stdout + done.stderr, lab_secrets)
+
+
+def test_api_error_is_a_failed_check_with_one_line(tmp_path, lab_secrets):
+    """The node tunnel does not exist in the account: the API's 404 becomes a FAIL line."""
+    with cloudflare_standin(lab_secrets, tunnel_seed(lab_secrets, CONNECTED, None)) as api:
+        done = run_smoke(
+            api_site(tmp_path, api.url), write_secrets(tmp_path, lab_secrets), "--status-only"
+        )
+    assert done.returncode == 1
+    (node,) = lines(done.stdout, "FAIL calypso's node tunnel")
+    assert "reading tunnel" in node and "1003 Tunnel not found" in node
+    assert "Traceback" not in done.stderr
+
+
+def test_unreachable_api_is_a_failed_check(tmp_path, lab_secrets):
+    api_url = f"http://127.0.0.1:{closed_port()}/client/v4"
+    done = run_smoke(
+        api_site(tmp_path, api_url), write_secrets(tmp_path, lab_secrets), "--status-only"
+    )
+    assert done.returncode == 1, done.stderr
+    failed = lines(done.stdout, "FAIL ")
+    assert len(failed) == 2 and all("cannot reach the API" in line for line in failed)
+    assert done.stdout.splitlines()[-1] == "status: 0 passed, 2 failed"
+
+
+def test_label_answering_503_fails(tmp_path, lab_secrets):
+    site = site_dir(tmp_path, 'secret_sources = ["file"]\nmanage_dns = False\n')
+    with http_server({"/health": (503, '{"status": "DOWN"}')}) as label:
+        done = run_smoke(
+            site, write_secrets(tmp_path, lab_secrets), "--only", "label", "--url", f"label={label}"
+        )
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        "SKIP tunnels — manage_dns is off, so no Cloudflare API access is configured",
+        *lines(done.stdout, "FAIL label.boathou.se Label Studio — "),
+        "smoke: 0 passed, 1 failed",
+    ]
+    assert "HTTP 503" in done.stdout
+
+
+def test_gpu_on_a_closed_port_fails_cleanly(tmp_path, lab_secrets):
+    site = site_dir(tmp_path, 'secret_sources = ["file"]\nmanage_dns = False\n')
+    url = f"http://127.0.0.1:{closed_port()}"
+    done = run_smoke(
+        site,
+        write_secrets(tmp_path, lab_secrets),
+        "--only",
+        "gpu",
+        "--url",
+        f"gpu.boathou.se={url}",
+    )
+    assert done.returncode == 1
+    (failed,) = lines(done.stdout, "FAIL ")
+    assert failed == (
+        f"FAIL gpu.boathou.se Triton — GET {url}/v2/health/ready: Connection refused; "
+        "models and inference not checked"
+    )
+    assert done.stdout.splitlines()[-1] == "smoke: 0 passed, 1 failed"
+    assert "Traceback" not in done.stderr
+
+
+def test_triton_ready_but_model_not_ready_fails(tmp_path, lab_secrets):
+    """A server that says ready while the model failed to load (what a bad upload looks like)."""
+    site = site_dir(tmp_path, 'secret_sources = ["file"]\nmanage_dns = False\n')
+    routes = {
+        "/v2/health/ready": (200, ""),
+        "/v2/models/docling_granite_python/ready": (400, '{"error": "model not ready"}'),
+    }
+    with http_server(routes) as triton:
+        done = run_smoke(
+            site, write_secrets(tmp_path, lab_secrets), "--only", "gpu", "--url", f"gpu={triton}"
+        )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert lines(done.stdout, "PASS gpu.boathou.se Triton — ")
+    assert lines(done.stdout, "FAIL gpu.boathou.se model docling_granite_python — ")
+    assert lines(done.stdout, "FAIL gpu.boathou.se inference docling_granite_python — not run")
+    assert done.stdout.splitlines()[-1] == "smoke: 1 passed, 2 failed"
+
+
+def test_preflight_failure_exits_2_without_traceback(tmp_path):
+    site = site_dir(tmp_path, 'base_domain = "bad domain"\nsecret_sources = ["file"]\n')
+    done = run_smoke(site, {})
+    assert done.returncode == 2
+    assert done.stdout == ""
+    errors = done.stderr.strip().splitlines()
+    assert errors[0].startswith("smoke: base_domain: must be a lower-case DNS name")
+    assert errors[-1] == "smoke: 1 problem(s) in inventory.py"
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_secrets_exit_2(tmp_path):
+    done = run_smoke(site_dir(tmp_path, 'secret_sources = ["file"]\n'), {}, "--status-only")
+    assert done.returncode == 2
+    assert done.stderr.startswith("status: SECRETS_FILE: not set")
+    assert "Traceback" not in done.stderr
+
+
+def test_unknown_url_name_and_status_without_api_exit_2(tmp_path, lab_secrets):
+    site = site_dir(tmp_path, 'secret_sources = ["file"]\nmanage_dns = False\n')
+    env = write_secrets(tmp_path, lab_secrets)
+    done = run_smoke(site, env, "--url", "gpu9=http://127.0.0.1:1")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "smoke: --url gpu9.boathou.se: not a public name of this inventory "
+        "(label.boathou.se, gpu.boathou.se)\n"
+    )
+    done = run_smoke(site, env, "--status-only")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert "manage_dns is off" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("gpu=http://127.0.0.1:18000/", {"gpu.boathou.se": "http://127.0.0.1:18000"}),
+        ("GPU2.boathou.se.=https://x.example/p", {"gpu2.boathou.se": "https://x.example/p"}),
+    ],
+)
+def test_url_overrides(value, expected):
+    assert smoke.parse_overrides([value], "boathou.se") == expected
+
+
+@pytest.mark.parametrize("value", ["gpu", "gpu=127.0.0.1:8000", "=http://x", "gpu=http://"])
+def test_bad_url_overrides_are_refused(value):
+    with pytest.raises(smoke.UsageError, match="--url"):
+        smoke.parse_overrides([value], "boathou.se")
+
+
+def test_https_through_both_clients_with_a_fake_triton(tmp_path, lab_secrets):
+    """The production path is https: requests and tritonclient (ssl=True) both verify the
+    certificate, in the gevent-patched process the command runs in, and the inference check
+    compares the text it sent with the text that came back."""
+    site = site_dir(tmp_path, 'secret_sources = ["file"]\nmanage_dns = False\n')
+    server_pem, trusted = self_signed(tmp_path)
+    env = write_secrets(tmp_path, lab_secrets) | {"REQUESTS_CA_BUNDLE": str(trusted)}
+    routes = {
+        "/health": HEALTHY,
+        "/v2/health/ready": (200, ""),
+        "/v2/models/docling_granite_python/ready": (200, ""),
+        "/v2/models/docling_granite_python/infer": triton_echo(),
+    }
+    with http_server(routes, tls=server_pem) as url:
+        args = ("--url", f"label={url}", "--url", f"gpu={url}")
+        done = run_smoke(site, env, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.splitlines()[1:] == [
+            *lines(done.stdout, f"PASS label.boathou.se Label Studio — GET {url}/health: HTTP 200"),
+            *lines(done.stdout, f"PASS gpu.boathou.se Triton — GET {url}/v2/health/ready: HTTP"),
+            "PASS gpu.boathou.se model docling_granite_python — ready",
+            *lines(done.stdout, "PASS gpu.boathou.se inference docling_granite_python — text came"),
+            "smoke: 4 passed, 0 failed",
+        ]
+
+        routes["/v2/models/docling_granite_python/infer"] = triton_echo(mangle=True)
+        done = run_smoke(site, env, "--only", "gpu", *args)
+        assert done.returncode == 1
+        (failed,) = lines(done.stdout, "FAIL gpu.boathou.se inference docling_granite_python")
+        assert "sent 'oceanid smoke " in failed and "got back '" in failed
+
+        done = run_smoke(site, {"SECRETS_FILE": env["SECRETS_FILE"]}, "--only", "label", *args)
+        assert done.returncode == 1  # without the lab CA, the certificate is refused
+        assert "CERTIFICATE_VERIFY_FAILED" in lines(done.stdout, "FAIL label.boathou.se")[0]
