@@ -66,6 +66,7 @@ test-lab: venv lab-deps
 
 test: venv lab-deps  ## everything CI runs: lint, unit, contract and lab tests
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q tests/unit tests/standins tests/contract tests/lab
 
 bench: venv  ## with the lab up: boot, first and no-op converge, bare exec, ratio

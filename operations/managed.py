@@ -107,18 +107,21 @@ class Manifest:
         return self.name
 
     def fact_args(self) -> dict[str, tuple[str, ...]]:
+        read = list(self.read)
+        if state.config.DIFF:  # --diff shows real diffs: read the old content of what we own
+            read += [f.path for f in self.files if not f.secret and f.path not in read]
         return {
             "files": tuple(
                 dict.fromkeys(
                     [d.path for d in self.directories]
                     + [f.path for f in self.files]
                     + [b.path for b in self.binaries]
-                    + self.read
+                    + read
                 )
             ),
             "packages": tuple(self.packages),
             "users": tuple(self.users),
-            "read": tuple(self.read),
+            "read": tuple(read),
             "units": tuple(self.units),
             "trees": tuple(self.trees),
         }

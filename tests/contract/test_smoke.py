@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import tritonclient.http as triton_http
 
+from lab import fake_secrets
 from oceanid.triton_repo import render_repository, write_repository
 from oceanid.triton_runtime import (
     assemble_backends,
@@ -44,6 +45,12 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = "docling_granite_python"
 READY_TIMEOUT_S = 90
 CONNECTED = [{"conns": 4, "version": "2025.8.1"}]
+
+
+@pytest.fixture
+def lab_secrets() -> dict[str, str]:
+    """Fresh fake secrets, well-formed like the lab's (tests/unit/conftest.py has the same)."""
+    return fake_secrets.generate()
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +136,7 @@ def test_whole_smoke_passes_against_the_real_triton(tmp_path, lab_secrets, trito
 
 
 def test_unloaded_model_fails_the_smoke(tmp_path, lab_secrets, triton_url):
-    """Triton still answers ready with the model unloaded; only the model check sees it."""
+    """With its model unloaded Triton answers "not ready" (400); the model line says which."""
     site = site_dir(tmp_path, 'secret_sources = ["file"]\nmanage_dns = False\n')
     env = write_secrets(tmp_path, lab_secrets)
     args = ("--only", "gpu", "--url", f"gpu={triton_url}", "--timeout", "30")
@@ -138,11 +145,12 @@ def test_unloaded_model_fails_the_smoke(tmp_path, lab_secrets, triton_url):
         client.unload_model(MODEL)
         done = run_smoke(site, env, *args)
         assert done.returncode == 1, done.stdout + done.stderr
-        assert lines(done.stdout, "PASS gpu.boathou.se Triton — ")
+        (ready,) = lines(done.stdout, "FAIL gpu.boathou.se Triton — ")
+        assert f"GET {triton_url}/v2/health/ready: HTTP 400 in" in ready
         (model,) = lines(done.stdout, f"FAIL gpu.boathou.se model {MODEL} — ")
         assert model.endswith("not ready")
         assert lines(done.stdout, f"FAIL gpu.boathou.se inference {MODEL} — not run")
-        assert done.stdout.splitlines()[-1] == "smoke: 1 passed, 2 failed"
+        assert done.stdout.splitlines()[-1] == "smoke: 0 passed, 3 failed"
     finally:
         client.load_model(MODEL)
         client.close()
