@@ -7,8 +7,10 @@ Needs root, systemd-nspawn and mmdebstrap (`make lab-deps`); CI installs them.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,6 +196,47 @@ def test_model_change_reloads_without_restarting_triton(converged):
     ).stdout
     assert ready == "200"
     ssh("calypso", "sudo rm -rf /opt/triton/models/local_model")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_smoke_through_port_forwards(converged):
+    """`make smoke` on the lab: tunnels from the API stand-in, each GPU host's Triton through an
+    SSH port forward standing in for its public name (the lab has no Cloudflare edge)."""
+    forwards, urls = [], []
+    try:
+        for name, public in (("calypso", "gpu"), ("calypso2", "gpu2")):
+            port = free_port()
+            forwards.append(subprocess.Popen(
+                ["ssh", "-F", str(REPO / ".lab/ssh/config"), "-N", "-o", "ExitOnForwardFailure=yes",
+                 "-L", f"127.0.0.1:{port}:127.0.0.1:8000", name],
+            ))  # fmt: skip
+            urls += ["--url", f"{public}.boathou.se=http://127.0.0.1:{port}"]
+        deadline = time.monotonic() + 20
+        for url in urls[1::2]:
+            port = int(url.rsplit(":", 1)[1])
+            while time.monotonic() < deadline:
+                with socket.socket() as sock:
+                    if sock.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                time.sleep(0.2)
+        done = subprocess.run(
+            [sys.executable, "-m", "oceanid.smoke", "inventories/lab.py", "--only", "gpu", *urls],
+            cwd=REPO, env=lab_env(), capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    finally:
+        for forward in forwards:
+            forward.terminate()
+            forward.wait(timeout=10)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "FAIL" not in done.stdout
+    assert done.stdout.count("PASS") >= 6
+    for key, line in lab_secret_lines():
+        assert line not in done.stdout + done.stderr, key
 
 
 def test_testinfra_checks_pass(converged):
