@@ -84,6 +84,26 @@ def lab_secret_lines() -> list[tuple[str, str]]:
     return found
 
 
+PROXY_PROBE = (
+    "import sys, urllib.request as u\n"
+    "opener = u.build_opener(u.ProxyHandler({'http': 'http://10.77.0.1:3128'}))\n"
+    "try:\n    print(opener.open(sys.argv[1], timeout=20).status)\n"
+    "except u.HTTPError as e:\n    print(e.code)\n"
+)
+
+
+def test_hosts_reach_only_the_registries_through_the_proxy(lab):
+    """No route off the bridge; the proxy passes the registries and refuses anything else
+    (the refusal is the proxy's own answer: nothing leaves the machine for it)."""
+    for lab_host in HOSTS:
+        route = ssh(lab_host.name, "ip route get 192.0.2.1")  # TEST-NET-1: never contacted
+        assert route.returncode != 0 and "unreachable" in route.stderr
+    probe = f'python3 -c "{PROXY_PROBE}"'
+    assert ssh("styx", f"{probe} http://example.com/").stdout.strip() == "403"
+    release = "http://deb.debian.org/debian/dists/bookworm/Release"
+    assert ssh("styx", f"{probe} {release}").stdout.strip() == "200"
+
+
 @pytest.fixture(scope="module")
 def dry_run(lab):
     """Before anything is deployed: --dry --diff shows every change and makes none."""
