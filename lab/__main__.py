@@ -1,8 +1,8 @@
 """`python -m lab up|down|status`: the local lab of real Debian hosts.
 
 `up` clears whatever an earlier run left, builds (or reuses) the rootfs, boots tethys,
-styx and calypso under systemd-nspawn on the lab bridge, deploys the site into them
-with the real pyinfra CLI, verifies them with testinfra, and prints a table. `down`
+styx, calypso and calypso2 under systemd-nspawn on the lab bridge, deploys the site into
+them with the real pyinfra CLI, verifies them with testinfra, and prints a table. `down`
 removes every process, namespace and link the lab made.
 """
 
@@ -47,8 +47,7 @@ def require_root() -> None:
 
 def down(*, quiet: bool = False) -> list[str]:
     """Stop everything the lab started and remove what it created."""
-    removed = []
-    removed += [f"host {name}" for name in hosts.stop(list(HOSTS))]
+    removed = [f"host {name}" for name in hosts.stop(list(HOSTS))]
     services.stop()
     for name in processes.names():
         if processes.stop(name):
@@ -106,7 +105,7 @@ def status() -> int:
             state = f"up ({done.stdout.strip() or 'unreachable'})"
             up += 1
         rows.append((lab_host.name, lab_host.address, lab_host.role, state))
-    for name in (services.PROXY, services.MIRROR):
+    for name in (services.PROXY, services.MIRROR, services.CLOUDFLARE):
         rows.append((name, "-", "lab service", "up" if processes.running(name) else "down"))
     print_table(rows)
     left = network.leftovers()

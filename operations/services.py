@@ -47,7 +47,13 @@ def _started_and_alive(verb: str, unit: str) -> StringCommand:
     )
 
 
-def actions(manifest: Manifest, name: str, unit_file: str | None, inputs: list[str]) -> list[str]:
+def actions(
+    manifest: Manifest,
+    name: str,
+    unit_file: str | None,
+    inputs: list[str],
+    restart: bool = False,
+) -> list[str]:
     """What `unit` will do: any of daemon-reload, enable, start, restart; decided up front."""
     current = manifest.state()["units"].get(name, {"enabled": "not-found", "active": "unknown"})
     reload = unit_file is not None and manifest.will_change([unit_file])
@@ -58,13 +64,19 @@ def actions(manifest: Manifest, name: str, unit_file: str | None, inputs: list[s
         todo.append("enable")
     if current["active"] != "active":
         todo.append("start")
-    elif reload or manifest.will_change(inputs):
+    elif reload or restart or manifest.will_change(inputs):
         todo.append("restart")
     return todo
 
 
 @operation()
-def unit(manifest: Manifest, unit_name: str, unit_file: str | None, inputs: list[str]):
+def unit(
+    manifest: Manifest,
+    unit_name: str,
+    unit_file: str | None,
+    inputs: list[str],
+    restart: bool = False,
+):
     """
     Keep a systemd unit enabled and running; restart it when something it reads changed.
 
@@ -73,8 +85,9 @@ def unit(manifest: Manifest, unit_name: str, unit_file: str | None, inputs: list
     + unit_file: the unit file's path in the manifest (a change means daemon-reload), or
       None for a unit a package ships
     + inputs: the manifest paths the service reads (binary, config, credentials)
+    + restart: restart for a change the manifest's files do not show (a rebuilt environment)
     """
-    todo = actions(manifest, unit_name, unit_file, inputs)
+    todo = actions(manifest, unit_name, unit_file, inputs, restart)
     if not todo:
         host.noop(f"{unit_name} is enabled and active, and nothing it reads changed")
         return

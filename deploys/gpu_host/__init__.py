@@ -20,6 +20,7 @@ NVIDIA_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
 NVIDIA_SOURCES = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
 NVIDIA_REPO = "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /"
 DOCKER_DAEMON = "/etc/docker/daemon.json"
+CONTAINER_PACKAGES = ["nvidia-container-toolkit"]  # from NVIDIA's repository, after the key
 
 
 def _container_prerequisites(manifest: Manifest) -> None:
@@ -40,6 +41,7 @@ def _container_prerequisites(manifest: Manifest) -> None:
         ),
     ]
     manifest.read.append(NVIDIA_KEYRING)
+    manifest.packages += CONTAINER_PACKAGES
     manifest.units.append("docker.service")
 
 
@@ -61,7 +63,7 @@ def deploy(plan: HostPlan) -> Manifest:
     else:
         http_inputs = http_service.add_to(manifest, plan)
 
-    distro_packages = [p for p in manifest.packages if p not in triton.CONTAINER_PACKAGES]
+    distro_packages = [p for p in manifest.packages if p not in CONTAINER_PACKAGES]
     managed.packages(name="GPU host packages", manifest=manifest, names=distro_packages)
     managed.directories(name="GPU host directories", manifest=manifest)
     managed.binaries(name="cloudflared (pinned, SHA-256 verified)", manifest=manifest)
@@ -76,11 +78,7 @@ def deploy(plan: HostPlan) -> Manifest:
             sources_list=NVIDIA_SOURCES,
         )
         managed.packages(
-            name="NVIDIA container toolkit",
-            manifest=manifest,
-            names=triton.CONTAINER_PACKAGES
-            if service.kind == "triton"
-            else ["nvidia-container-toolkit"],
+            name="NVIDIA container toolkit", manifest=manifest, names=CONTAINER_PACKAGES
         )
         services.unit(
             name="Docker",
@@ -109,13 +107,15 @@ def deploy(plan: HostPlan) -> Manifest:
         triton_ops.prune(
             name="Stray model files", manifest=manifest, root=triton.MODELS, models=sorted(by_model)
         )
-        todo = services.actions(manifest, triton.UNIT, triton.UNIT_FILE, triton_inputs)
+        rebuilt = triton.environment_stale(manifest, plan)
+        todo = services.actions(manifest, triton.UNIT, triton.UNIT_FILE, triton_inputs, rebuilt)
         services.unit(
             name="tritonserver",
             manifest=manifest,
             unit_name=triton.UNIT,
             unit_file=triton.UNIT_FILE,
             inputs=triton_inputs,
+            restart=rebuilt,
         )
         changed = sorted(
             name

@@ -34,7 +34,6 @@ MODEL_REQUIREMENTS = f"{ROOT}/model-requirements.txt"
 UNIT = "tritonserver.service"
 UNIT_FILE = f"/etc/systemd/system/{UNIT}"
 HOST_PACKAGES = ["python3-venv", "libpython3-dev"]
-CONTAINER_PACKAGES = ["nvidia-container-toolkit"]
 
 
 def model_files(plan: HostPlan) -> dict[str, bytes]:
@@ -109,6 +108,11 @@ def container_unit(plan: HostPlan) -> str:
     )
 
 
+def environment_stale(manifest: Manifest, plan: HostPlan) -> bool:
+    """The venv will be rebuilt (new pins, or it was removed): Triton must restart on it."""
+    return manifest.state()["contents"].get(STAMP) != stamp(plan)
+
+
 def stamp(plan: HostPlan) -> bytes:
     """What the venv was built from; a different stamp rebuilds it."""
     digest = hashlib.sha256()
@@ -118,7 +122,11 @@ def stamp(plan: HostPlan) -> bytes:
 
 
 def add_to(manifest: Manifest, plan: HostPlan) -> tuple[list[str], dict[str, list[str]]]:
-    """Declare Triton's files; return (paths that restart it, model name -> its paths)."""
+    """Declare Triton's files; return (paths that restart it, model name -> its paths).
+
+    Triton restarts when its Python environment's pins change (the requirements files the
+    environment is built from), never for a model: models are loaded through the API.
+    """
     runtime = plan.gpu.service.runtime
     manifest.users.append("triton")
     manifest.directories += [
@@ -144,11 +152,11 @@ def add_to(manifest: Manifest, plan: HostPlan) -> tuple[list[str], dict[str, lis
     if runtime == "host":
         manifest.packages += HOST_PACKAGES
         unit_text = host_unit()
-        restart_on = [STAMP]
+        restart_on = [WHEEL_REQUIREMENTS, MODEL_REQUIREMENTS]
     else:
-        manifest.packages += [plan.gpu.service.docker_package, *CONTAINER_PACKAGES]
+        manifest.packages += [plan.gpu.service.docker_package, "python3-venv"]
         unit_text = container_unit(plan)
-        restart_on = [STAMP]
+        restart_on = [MODEL_REQUIREMENTS]
     manifest.files.append(ManagedFile(UNIT_FILE, unit_text.encode()))
     manifest.units.append(UNIT)
     return restart_on, by_model

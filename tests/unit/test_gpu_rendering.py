@@ -282,7 +282,8 @@ def test_triton_add_to_declares_models_stamp_and_unit(make_plan):
     plan = make_plan()
     manifest = Manifest(name="gpu host calypso")
     restart_on, by_model = triton.add_to(manifest, plan)
-    assert restart_on == [triton.STAMP]
+    # the container runtime restarts when the models' environment pins change
+    assert restart_on == [triton.MODEL_REQUIREMENTS]
     assert set(by_model) == {"docling_granite_python"}
     paths = {f.path for f in manifest.files}
     assert "/opt/triton/models/docling_granite_python/config.pbtxt" in paths
@@ -337,3 +338,9 @@ def test_http_service_environment_is_only_in_the_0600_env_file(make_plan):
     for managed in manifest.files:
         if not managed.secret:
             assert HF_TOKEN.encode() not in managed.content
+
+
+def test_host_runtime_restarts_for_new_wheel_or_model_pins(make_plan):
+    plan = make_plan(gpu={"service": {"kind": "triton", "runtime": "host", "port": 8000}})
+    restart_on, _ = triton.add_to(Manifest(name="gpu host calypso"), plan)
+    assert restart_on == [triton.WHEEL_REQUIREMENTS, triton.MODEL_REQUIREMENTS]

@@ -494,7 +494,14 @@ UNIT = "cloudflared-node.service"
 UNIT_FILE = ManagedFile(f"/etc/systemd/system/{UNIT}", b"[Service]\nExecStart=/bin/true\n")
 
 
-def _unit_run(*, unit_file_changed=False, input_changed=False, enabled="enabled", active="active"):
+def _unit_run(
+    *,
+    unit_file_changed=False,
+    input_changed=False,
+    enabled="enabled",
+    active="active",
+    restart=False,
+):
     """(what `unit` yields, what `actions` decides) for one state of the unit and its files."""
     manifest = Manifest(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
     unit_sha = "5" * 64 if unit_file_changed else UNIT_FILE.sha256
@@ -507,10 +514,10 @@ def _unit_run(*, unit_file_changed=False, input_changed=False, enabled="enabled"
         units={UNIT: {"enabled": enabled, "active": active}},
     )
     facts = {ManagedState: state}
-    run = run_op(services.unit, manifest, UNIT, UNIT_FILE.path, [CONFIG.path], facts=facts)
+    run = run_op(services.unit, manifest, UNIT, UNIT_FILE.path, [CONFIG.path], restart, facts=facts)
     managed._STATE_CACHE.clear()
     with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with(facts)):
-        todo = services.actions(manifest, UNIT, UNIT_FILE.path, [CONFIG.path])
+        todo = services.actions(manifest, UNIT, UNIT_FILE.path, [CONFIG.path], restart)
     return run, todo
 
 
@@ -537,6 +544,12 @@ def test_unit_file_changed_reloads_and_restarts() -> None:
 
 def test_input_changed_restarts_only() -> None:
     run, todo = _unit_run(input_changed=True)
+    assert todo == ["restart"]
+    assert run.commands == [_alive("restart")]
+
+
+def test_a_change_outside_the_files_restarts_only() -> None:
+    run, todo = _unit_run(restart=True)  # e.g. Triton's environment was rebuilt
     assert todo == ["restart"]
     assert run.commands == [_alive("restart")]
 
