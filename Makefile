@@ -9,7 +9,7 @@ LAB_ENV := SECRETS_FILE=$(CURDIR)/.lab/secrets.yaml
 STAMP := $(VENV)/.installed
 
 .PHONY: venv lab-deps check deploy deploy-simple diff gpu smoke status verify tunnel lab lab-down \
-        lab-status lab-diff test test-unit test-lab lint bench clean
+        lab-status lab-diff lab-check test test-unit test-lab lint bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -53,6 +53,9 @@ lab-status: venv
 
 lab-diff: venv
 	$(LAB_ENV) $(PYINFRA) -y $(LAB_INVENTORY) deploys/site.py --dry --diff
+
+lab-check: venv  ## `make check` for the lab's inventory, settings and secrets
+	$(LAB_ENV) $(PY) -m oceanid.preflight $(LAB_INVENTORY)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -166,8 +166,14 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, str]:
     file = Path(path)
     try:
         text = file.read_text()
+        mode = file.stat().st_mode & 0o777
     except OSError as exc:
         raise SecretsError(f"secrets: SECRETS_FILE {file} cannot be read: {exc.strerror}") from None
+    if mode & 0o077:
+        raise SecretsError(
+            f"secrets: SECRETS_FILE {file} is mode {mode:04o}, readable by others; "
+            f"run `chmod 600 {file}` (nothing was read from it)"
+        )
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -61,6 +61,7 @@ def make_plan(data, lab_secrets, tmp_path):
         )
         path = tmp_path / "secrets.yaml"
         path.write_text(yaml.safe_dump(secrets))
+        path.chmod(0o600)
         view = HostView("calypso", frozenset({"k3s_agents", "gpu_hosts"}), data)
         plan = check([view], environ={"SECRETS_FILE": str(path)}).hosts["calypso"]
         assert plan.node_credential.shape == shape  # the shape we meant to test was recognised

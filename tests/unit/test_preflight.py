@@ -24,6 +24,7 @@ def secrets_file(tmp_path, lab_secrets):
     def write(values):
         path = tmp_path / "secrets.yaml"
         path.write_text(yaml.safe_dump(values))
+        path.chmod(0o600)
         return {"SECRETS_FILE": str(path)}
 
     return write
@@ -126,6 +127,7 @@ def run_check(site, env):
 def test_make_check_ok_is_one_line(tmp_path, lab_secrets):
     site = _site_dir(tmp_path, 'secret_sources = ["file"]\n')
     (tmp_path / "s.json").write_text(json.dumps(lab_secrets))
+    (tmp_path / "s.json").chmod(0o600)
     done = run_check(site, {"SECRETS_FILE": str(tmp_path / "s.json")})
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("\n") == 1 and done.stdout.startswith(

@@ -86,6 +86,7 @@ def test_esc_without_pulumi_config(esc_path):
 def test_sources_in_order_first_wins(esc_path, tmp_path):
     esc_path(stdout=json.dumps({"pulumiConfig": {"oceanid-cluster:cloudflareZoneId": "from-esc"}}))
     file = tmp_path / "secrets.yaml"
+    file.touch(mode=0o600)
     file.write_text(
         "cloudflareZoneId: from-file\ncloudflare_account_id: acct-file\nhfAccessToken: hf-file\n"
     )
@@ -111,9 +112,11 @@ def test_exact_key_name_in_environment():
 def test_json_file_and_esc_shaped_file(tmp_path):
     plain = tmp_path / "s.json"
     plain.write_text(json.dumps({"cloudflareApiToken": "x"}))
+    plain.chmod(0o600)
     assert secrets.read_file(plain) == {"cloudflareapitoken": "x"}
     shaped = tmp_path / "esc.yaml"
     shaped.write_text("pulumiConfig:\n  oceanid-cluster:cloudflareApiToken: y\n")
+    shaped.chmod(0o600)
     assert secrets.read_file(shaped) == {"cloudflareapitoken": "y"}
 
 
@@ -128,6 +131,7 @@ def test_json_file_and_esc_shaped_file(tmp_path):
 def test_bad_files(tmp_path, content, expect):
     file = tmp_path / "s.yaml"
     file.write_text(content)
+    file.chmod(0o600)
     with pytest.raises(SecretsError, match=expect.replace("[", r"\[")):
         secrets.read_file(file)
 
@@ -140,3 +144,14 @@ def test_unreadable_file(tmp_path):
 def test_env_names():
     assert secrets.env_name("cloudflareNodeTunnelToken") == "CLOUDFLARE_NODE_TUNNEL_TOKEN"
     assert secrets.env_name("k3s_token") == "K3S_TOKEN"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_secrets_file_others_can_read_is_refused(tmp_path, mode):
+    file = tmp_path / "s.yaml"
+    file.write_text("cloudflareApiToken: s3cr3t-value\n")
+    file.chmod(mode)
+    with pytest.raises(SecretsError) as err:
+        secrets.read_file(file)
+    assert f"is mode {mode:04o}, readable by others; run `chmod 600 {file}`" in str(err.value)
+    assert "s3cr3t-value" not in str(err.value)
