@@ -55,7 +55,21 @@ def _sha256(value: str) -> str:
     return value
 
 
+def _label(value: str) -> str:
+    if not LABEL_RE.match(value):
+        raise ValueError("must be one DNS label such as gpu or gpu2")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
 Hostname = Annotated[str, AfterValidator(_hostname)]
+Label = Annotated[str, AfterValidator(_label)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 Sha256 = Annotated[str, AfterValidator(_sha256)]
 
 
@@ -121,19 +135,13 @@ class GpuService(Strict):
 class GpuHost(Strict):
     """What is particular to one GPU host: its public name, its tunnel, its GPUs."""
 
-    public_name: Annotated[str, AfterValidator(lambda v: _label(v))] = "gpu"
+    public_name: Label = "gpu"
     tunnel_id_key: str = "cloudflareNodeTunnelId"
     tunnel_credential_key: str = "cloudflareNodeTunnelToken"
     require_gpu: bool = True
     gpus: list[Annotated[int, Field(ge=0)]] | None = None
     service: GpuService = GpuService()
     granite_model_dir: str | None = None
-
-
-def _label(value: str) -> str:
-    if not LABEL_RE.match(value):
-        raise ValueError("must be one DNS label such as gpu or gpu2")
-    return value
 
 
 class HostSettings(Strict):
@@ -161,8 +169,8 @@ class Settings(Strict):
     nvidia_container_key_fingerprint: str = Field(pattern=r"^[0-9A-F]{40}$")
     tunnel_protocol: Literal["auto", "http2", "quic"]
     cloudflared_metrics_address: str = Field(pattern=ADDRESS_RE.pattern)
-    cloudflare_api_base_url: str | None = None
-    cloudflare_takeover_records: list[str] = Field(default_factory=list)
+    cloudflare_api_base_url: HttpUrl | None = None
+    cloudflare_takeover_records: list[Hostname] = Field(default_factory=list)
     hosts: dict[str, HostSettings] = Field(default_factory=dict)
 
     @field_validator("admin_ssh_keys")

@@ -83,3 +83,11 @@ def test_artifact_url_renders(data):
 def test_admin_keys_must_be_public_keys(data):
     data["admin_ssh_keys"] = ["-----BEGIN OPENSSH PRIVATE KEY-----"]
     assert "admin_ssh_keys: item 0 is not an OpenSSH public key line" in problems(data)[0]
+
+
+def test_cloudflare_settings_are_checked(data):
+    data["cloudflare_api_base_url"] = "api.cloudflare.com/client/v4"
+    data["cloudflare_takeover_records"] = ["gpu.boathou.se", "Not A Name"]
+    joined = "\n".join(problems(data))
+    assert "cloudflare_api_base_url: must be an http(s) URL" in joined
+    assert "cloudflare_takeover_records.1: must be a lower-case DNS name" in joined
