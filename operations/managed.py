@@ -179,6 +179,7 @@ def _show_diff(managed: ManagedFile, manifest: Manifest, current: PathState | No
         )
         return
     old = manifest.state()["contents"].get(managed.path) or b""
+    host.log(f"{managed.path}: {'changes' if current else 'created'}")
     for line in generate_color_diff(
         old.decode(errors="replace").splitlines(),
         managed.content.decode(errors="replace").splitlines(),

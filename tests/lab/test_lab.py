@@ -218,6 +218,25 @@ def test_model_change_reloads_without_restarting_triton(converged):
     ssh("calypso", "sudo rm -rf /opt/triton/models/local_model")
 
 
+def test_config_change_restarts_only_the_service_that_reads_it(converged):
+    pids = {
+        unit: ssh("calypso", f"systemctl show -p MainPID --value {unit}").stdout.strip()
+        for unit in ("cloudflared-node", "tritonserver")
+    }
+    changed = pyinfra("deploys/site.py", "--limit", "calypso", "--data", "tunnel_protocol=http2")
+    assert changed.returncode == 0, changed.output[-4000:]
+    assert changed.changed == {"GPU host files": ["calypso"], "cloudflared-node": ["calypso"]}
+    after = {
+        unit: ssh("calypso", f"systemctl show -p MainPID --value {unit}").stdout.strip()
+        for unit in pids
+    }
+    assert after["cloudflared-node"] != pids["cloudflared-node"]
+    assert after["tritonserver"] == pids["tritonserver"]
+    assert "protocol: http2" in ssh("calypso", "cat /etc/cloudflared/config.yaml").stdout
+    back = pyinfra("deploys/site.py", "--limit", "calypso")
+    assert back.returncode == 0 and set(back.changed) == {"GPU host files", "cloudflared-node"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
