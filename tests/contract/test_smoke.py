@@ -1,8 +1,8 @@
 """Contract: `make smoke` against the real tritonserver (the nvidia-pytriton wheel's, on CPU).
 
-The server is started the way tests/contract/test_triton.py starts it (repository rendered by
-oceanid.triton_repo with KIND_CPU, assembled and launched by oceanid.triton_runtime), but by its
-own fixture and from triton-models/ only, so this file stands on its own. The command reaches it
+The server is the contract tests' shared one (tests/contract/conftest.py: repository rendered
+by oceanid.triton_repo with KIND_CPU, assembled and launched by oceanid.triton_runtime). The
+smoke checks look only at the models of triton-models/. The command reaches it
 through `--url gpu.boathou.se=http://127.0.0.1:<port>`, the way an operator points it at a lab
 port-forward; the tunnels come from the Cloudflare API stand-in and Label Studio's health from a
 small local server.
@@ -10,25 +10,11 @@ small local server.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import tritonclient.http as triton_http
 
-from lab import fake_secrets
-from oceanid.triton_repo import render_repository, write_repository
-from oceanid.triton_runtime import (
-    assemble_backends,
-    installed_distribution,
-    python_env,
-    server_command,
-    server_env,
-)
-from tests.gpu.triton_smoke import free_ports, stop_server, wait_ready
 from tests.smoke_support import (
     assert_no_secret,
     cloudflare_standin,
@@ -47,56 +33,8 @@ READY_TIMEOUT_S = 90
 CONNECTED = [{"conns": 4, "version": "2025.8.1"}]
 
 
-@pytest.fixture
-def lab_secrets() -> dict[str, str]:
-    """Fresh fake secrets, well-formed like the lab's (tests/unit/conftest.py has the same)."""
-    return fake_secrets.generate()
-
-
-@pytest.fixture(scope="module")
-def triton_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One tritonserver for this module on free loopback ports, stopped by PID at the end.
-
-    A missing wheel fails here (installed_distribution raises): a smoke contract that skips
-    proves nothing.
-    """
-    distribution = installed_distribution()
-    env = python_env(Path(sys.executable))
-    work = tmp_path_factory.mktemp("smoke-triton")
-    repository = work / "models"
-    files = render_repository(ROOT / "triton-models", instance_kind="KIND_CPU", gpus=None)
-    write_repository(files, repository)
-    backends = assemble_backends(distribution, work / "backends", env.version)
-    http_port, grpc_port, metrics_port = free_ports(3)
-    command = server_command(
-        distribution,
-        backends=backends,
-        model_repository=repository,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        extra=["--exit-timeout-secs=5"],
-    )
-    log = work / "tritonserver.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            env=server_env(distribution, env, os.environ),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        if not wait_ready(url, process, READY_TIMEOUT_S):
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-            pytest.fail(f"tritonserver not ready in {READY_TIMEOUT_S}s:\n{tail}")
-        yield url
-    finally:
-        stop_server(process, timeout=20)
-
-
-def test_whole_smoke_passes_against_the_real_triton(tmp_path, lab_secrets, triton_url):
+def test_whole_smoke_passes_against_the_real_triton(tmp_path, lab_secrets, triton):
+    triton_url = triton.url
     tunnels = [
         {
             "id": lab_secrets["cloudflareTunnelId"],
@@ -135,7 +73,8 @@ def test_whole_smoke_passes_against_the_real_triton(tmp_path, lab_secrets, trito
     assert_no_secret(done.stdout + done.stderr, lab_secrets)
 
 
-def test_unloaded_model_fails_the_smoke(tmp_path, lab_secrets, triton_url):
+def test_unloaded_model_fails_the_smoke(tmp_path, lab_secrets, triton):
+    triton_url = triton.url
     """With its model unloaded Triton answers "not ready" (400); the model line says which."""
     site = site_dir(tmp_path, 'secret_sources = ["file"]\nmanage_dns = False\n')
     env = write_secrets(tmp_path, lab_secrets)

@@ -11,8 +11,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from lab import fake_secrets  # noqa: E402
-
 
 def _group_data() -> dict:
     namespace: dict = {}
@@ -28,8 +26,3 @@ def _group_data() -> dict:
 def data() -> dict:
     """group_data/all.py as shipped."""
     return copy.deepcopy(_group_data())
-
-
-@pytest.fixture
-def lab_secrets() -> dict[str, str]:
-    return fake_secrets.generate()
