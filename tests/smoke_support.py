@@ -47,7 +47,6 @@ def write_secrets(tmp: Path, values: Mapping[str, str]) -> dict[str, str]:
     path = tmp / "secrets.json"
     path.write_text(json.dumps(dict(values)))
     path.chmod(0o600)
-    path.chmod(0o600)
     return {"SECRETS_FILE": str(path)}
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,12 +32,9 @@ from tests.gpu.triton_smoke import (
 
 pytestmark = pytest.mark.contract
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MODEL = "docling_granite_python"
 ECHO = "echo_python"
 PHRASE = "Oceanid contract page (42)"
-READY_TIMEOUT_S = 90
 
 
 @pytest.fixture

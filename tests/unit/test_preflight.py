@@ -4,12 +4,12 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import yaml
 
 from oceanid.preflight import HostView, PreflightError, check
+from tests.smoke_support import site_dir
 from tests.unit.conftest import REPO
 
 GROUPS = {"tethys": {"k3s_servers"}, "styx": {"k3s_agents"}, "calypso": {"k3s_agents", "gpu_hosts"}}
@@ -104,15 +104,6 @@ def test_gpu_group_member_without_gpu_settings(data, secrets_file, lab_secrets):
         check(views(data), environ=secrets_file(lab_secrets))
 
 
-def _site_dir(tmp_path, group_data_extra=""):
-    site = tmp_path / "site"
-    (site / "group_data").mkdir(parents=True)
-    shutil.copy(REPO / "inventory.py", site / "inventory.py")
-    text = (REPO / "group_data" / "all.py").read_text()
-    (site / "group_data" / "all.py").write_text(text + textwrap.dedent(group_data_extra))
-    return site
-
-
 def run_check(site, env):
     return subprocess.run(
         [sys.executable, "-m", "oceanid.preflight", "inventory.py"],
@@ -125,7 +116,7 @@ def run_check(site, env):
 
 
 def test_make_check_ok_is_one_line(tmp_path, lab_secrets):
-    site = _site_dir(tmp_path, 'secret_sources = ["file"]\n')
+    site = site_dir(tmp_path, 'secret_sources = ["file"]\n')
     (tmp_path / "s.json").write_text(json.dumps(lab_secrets))
     (tmp_path / "s.json").chmod(0o600)
     done = run_check(site, {"SECRETS_FILE": str(tmp_path / "s.json")})
@@ -138,7 +129,7 @@ def test_make_check_ok_is_one_line(tmp_path, lab_secrets):
 
 
 def test_make_check_lists_each_problem(tmp_path):
-    site = _site_dir(tmp_path, 'base_domain = "bad domain"\nenable_node_provisioning = "yes"\n')
+    site = site_dir(tmp_path, 'base_domain = "bad domain"\nenable_node_provisioning = "yes"\n')
     done = run_check(site, {})
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
@@ -149,7 +140,7 @@ def test_make_check_lists_each_problem(tmp_path):
 
 
 def test_make_check_without_esc_cli(tmp_path):
-    done = run_check(_site_dir(tmp_path), {})
+    done = run_check(site_dir(tmp_path), {})
     assert done.returncode == 1
     assert "the Pulumi ESC CLI `esc` is not on PATH" in done.stderr
     assert "Traceback" not in done.stderr
