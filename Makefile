@@ -7,6 +7,8 @@ INVENTORY ?= inventory.py
 LAB_INVENTORY := inventories/lab.py
 LAB_ENV := SECRETS_FILE=$(CURDIR)/.lab/secrets.yaml
 STAMP := $(VENV)/.installed
+# what the lab needs on this machine; the keyring lets mmdebstrap verify Debian on Ubuntu too
+LAB_APT := systemd-container mmdebstrap tinyproxy-bin openssh-client iproute2 debian-archive-keyring
 
 .PHONY: venv lab-deps check deploy deploy-simple diff gpu smoke status verify tunnel lab lab-down \
         lab-status lab-diff lab-check test test-unit test-lab lint bench clean
@@ -19,9 +21,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lab-deps:  ## apt packages the lab needs on this machine (Debian/Ubuntu, as root)
-	@dpkg -s systemd-container mmdebstrap tinyproxy-bin openssh-client iproute2 >/dev/null 2>&1 || \
+	@dpkg -s $(LAB_APT) >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	   systemd-container mmdebstrap tinyproxy-bin openssh-client iproute2 >/dev/null)
+	   $(LAB_APT) >/dev/null)
 
 check: venv  ## validate settings and secrets; touches no host
 	$(PY) -m oceanid.preflight $(INVENTORY)
