@@ -127,6 +127,12 @@ def test_dry_run_changes_nothing_and_shows_no_secret(dry_run):
     assert ssh("calypso", "test -e /etc/cloudflared").returncode == 1, "--dry wrote files"
 
 
+def test_first_converge_output_shows_no_secret(converged):
+    assert '"operations"' in converged.output  # pyinfra's --json results, with op arguments
+    for key, line in lab_secret_lines():
+        assert line not in converged.output, f"{key} appears in the converge's output"
+
+
 def test_second_converge_changes_nothing(converged):
     second = pyinfra("deploys/site.py")
     assert second.returncode == 0, second.output[-6000:]
