@@ -8,6 +8,8 @@ runs Triton on the CPU from the nvidia-pytriton wheel.
 import json
 from pathlib import Path
 
+from lab.services import CLOUDFLARE_URL
+
 __all__ = [
     "secret_sources",
     "manage_dns",
@@ -28,7 +30,7 @@ except FileNotFoundError:
 
 secret_sources = ["file"]
 manage_dns = True
-cloudflare_api_base_url = "http://127.0.0.1:18787/client/v4"  # the lab's API stand-in
+cloudflare_api_base_url = CLOUDFLARE_URL  # the lab's Cloudflare API stand-in
 k3s = _pins["k3s"]
 cloudflared = _pins["cloudflared"]
 admin_ssh_keys = [(_lab / "ssh" / "id_ed25519.pub").read_text().strip()]
