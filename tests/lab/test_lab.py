@@ -243,6 +243,20 @@ def test_config_change_restarts_only_the_service_that_reads_it(converged):
     assert back.returncode == 0 and set(back.changed) == {"GPU host files", "cloudflared-node"}
 
 
+def test_server_reboot_comes_back_and_stays_converged(converged):
+    """pyinfra's server.reboot on a lab host: uptime restarts (own time namespace), the host
+    comes back by itself, and what the deploy set up survives the reboot unchanged."""
+    before = float(ssh("calypso2", "cut -d' ' -f1 /proc/uptime").stdout)
+    reboot = pyinfra("--limit", "calypso2", "server.reboot")
+    assert reboot.returncode == 0, reboot.output[-4000:]
+    after = float(ssh("calypso2", "cut -d' ' -f1 /proc/uptime").stdout)
+    assert after < before
+    for unit in ("cloudflared-node", "tritonserver"):
+        assert ssh("calypso2", f"systemctl is-active {unit}").stdout.strip() == "active", unit
+    again = pyinfra("deploys/site.py", "--limit", "calypso2")
+    assert again.returncode == 0 and again.changed == {}, again.changed
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
