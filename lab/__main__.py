@@ -52,6 +52,9 @@ def down(*, quiet: bool = False) -> list[str]:
     for name in processes.names():
         if processes.stop(name):
             removed.append(f"process {name}")
+    unrecorded = processes.lab_owned()  # started by a run killed before it wrote the record
+    processes.terminate(unrecorded)
+    removed += [f"unrecorded process {pid}" for pid in unrecorded]
     removed += network.destroy_all()
     shutil.rmtree(HOSTS_DIR, ignore_errors=True)
     shutil.rmtree(LAB_DIR / "run", ignore_errors=True)

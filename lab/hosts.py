@@ -10,7 +10,7 @@ import sys
 import time
 
 from lab import processes
-from lab.topology import RUN_DIR, SSH_DIR, LabHost
+from lab.topology import HOSTS_DIR, RUN_DIR, SSH_DIR, LabHost
 
 
 def record_name(lab_host: LabHost) -> str:
@@ -62,33 +62,33 @@ def wait_ready(lab_host: LabHost, timeout: float = 60.0) -> None:
         raise RuntimeError(f"{lab_host.name}: systemd is {state or 'unreachable'}: {done.stderr}")
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        for child in processes.children(todo.pop()):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def stop(lab_hosts: list[LabHost], timeout: float = 10.0) -> list[str]:
-    """Halt the containers together; kill a PID 1 whose halt hangs. Returns the names stopped."""
+    """Halt the containers together; kill a PID 1 whose halt hangs. Returns the names stopped.
+
+    Containers are found by their root filesystem under .lab/hosts, not only through the
+    supervisors' records, so a host booted by a run that was killed before it wrote the
+    record is halted too.
+    """
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    stopped, inits = [], []
     for lab_host in lab_hosts:
-        supervisor = processes.running(record_name(lab_host))
-        if supervisor is None:
-            continue
-        stopped.append(lab_host.name)
-        (RUN_DIR / f"{lab_host.name}.stop").touch()  # the supervisor must not boot it again
-        for pid in _descendants(supervisor):
-            if (processes.cmdline(pid) or [""])[0].endswith("systemd-nspawn"):
-                inits += processes.children(pid)
-                os.kill(pid, signal.SIGTERM)  # nspawn asks the container's systemd to halt
+        (RUN_DIR / f"{lab_host.name}.stop").touch()  # no supervisor boots its host again
+    owned = processes.lab_owned()
+    stopped, inits = [], []
+    for pid in owned:
+        argv = processes.cmdline(pid) or [""]
+        if argv[0].endswith("systemd-nspawn") and any(str(HOSTS_DIR) in a for a in argv):
+            stopped += [a.split("=", 1)[1] for a in argv if a.startswith("--machine=")]
+            inits += processes.children(pid)
+            os.kill(pid, signal.SIGTERM)  # nspawn asks the container's systemd to halt
     for pid in processes.wait_gone(inits, timeout):
         os.kill(pid, signal.SIGKILL)
     processes.wait_gone(inits, 5.0)
     for lab_host in lab_hosts:
         processes.stop(record_name(lab_host), timeout=5.0)
+    supervisors = [
+        p for p in processes.lab_owned() if "lab.supervise" in (processes.cmdline(p) or [])
+    ]
+    processes.terminate(supervisors)
+    for lab_host in lab_hosts:
         (RUN_DIR / f"{lab_host.name}.stop").unlink(missing_ok=True)
-    return stopped
+    return sorted(stopped)

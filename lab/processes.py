@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from lab.topology import LOG_DIR, RUN_DIR
+from lab.topology import LAB_DIR, LOG_DIR, REPO, RUN_DIR
 
 
 def _record(name: str) -> Path:
@@ -66,6 +66,43 @@ def running(name: str) -> int | None:
         return None
     pid = record["pid"]
     return pid if cmdline(pid) == record["argv"] else None
+
+
+def lab_owned() -> list[int]:
+    """Live processes of this lab, found without their records: any whose command line names
+    this checkout's .lab folder, and the host supervisors (`-m lab.supervise`) running in it.
+
+    A run killed between starting a process and writing its record leaves such processes;
+    they are ours all the same, and nothing outside this checkout matches.
+    """
+    found = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        argv = cmdline(pid)
+        if not argv or not _not_zombie(pid):
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            cwd = ""
+        text = " ".join(argv)
+        if str(LAB_DIR) in text or ("lab.supervise" in argv and cwd == str(REPO)):
+            found.append(pid)
+    return found
+
+
+def terminate(pids: list[int], timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL what is still there after `timeout`."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in wait_gone(pids, timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_gone(pids, 2.0)
 
 
 def names() -> list[str]:
