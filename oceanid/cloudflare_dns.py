@@ -649,21 +649,21 @@ def apply_routes(client: Cloudflare, access: CloudflareAccess, routes: RoutesPla
     """Tunnel ingress first, then DNS: a name never points at a tunnel that has no rule for it
     yet. Returns the changes made; on a failure the error lists the ones already made."""
     routes.dns.check()
+    steps = [
+        (lambda p=plan: apply_tunnel_config(client, access.account_id, p), plan.describe())
+        for plan in routes.tunnels
+        if plan.kind == "update"
+    ]  # ingress first, so a name never points at a tunnel without a rule for it
+    steps += [
+        (lambda a=action: apply_action(client, access.zone_id, a), action.describe())
+        for action in routes.dns.changes
+    ]
     done: list[str] = []
-    for tunnel_plan in routes.tunnels:
-        if tunnel_plan.kind != "update":
-            continue
+    for write, described in steps:
         try:
-            apply_tunnel_config(client, access.account_id, tunnel_plan)
+            write()
         except CloudflareError as error:
             made = "; ".join(done) if done else "none"
             raise CloudflareError(f"{error} (changes already made: {made})") from None
-        done.append(tunnel_plan.describe())
-    for action in routes.dns.changes:
-        try:
-            apply_action(client, access.zone_id, action)
-        except CloudflareError as error:
-            made = "; ".join(done) if done else "none"
-            raise CloudflareError(f"{error} (changes already made: {made})") from None
-        done.append(action.describe())
+        done.append(described)
     return done

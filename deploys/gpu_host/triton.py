@@ -17,7 +17,7 @@ from string import Template
 
 from oceanid import triton_repo
 from oceanid.preflight import HostPlan
-from oceanid.triton_runtime import STUB, TritonDistribution
+from oceanid.triton_runtime import STUB, TritonDistribution, server_command
 from operations.managed import ManagedDirectory, ManagedFile, Manifest
 
 HERE = Path(__file__).parent
@@ -68,19 +68,9 @@ def wheel_requirement(plan: HostPlan) -> str:
 
 def host_unit() -> str:
     distribution = TritonDistribution(Path(DIST))
-    command = [
-        str(distribution.server),
-        f"--model-repository={MODELS}",
-        f"--backend-directory={BACKENDS}",
-        "--model-control-mode=explicit",
-        "--load-model=*",
-        "--http-address=127.0.0.1",
-        "--http-port=8000",
-        "--grpc-address=127.0.0.1",
-        "--grpc-port=8001",
-        "--metrics-address=127.0.0.1",
-        "--metrics-port=8002",
-    ]
+    command = server_command(
+        distribution, backends=Path(BACKENDS), model_repository=Path(MODELS)
+    )  # explicit model control, every endpoint on 127.0.0.1:8000-8002, as the contract test runs
     return Template((HERE / "tritonserver-host.service").read_text()).substitute(
         ld_library_path=str(distribution.libs),
         path=f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

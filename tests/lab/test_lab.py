@@ -20,30 +20,17 @@ from lab import network, processes
 from lab.converge import lab_env, pyinfra, verify_argv
 from lab.topology import GPU_HOSTS, HOSTS, REPO
 from oceanid import tunnel_credentials
+from tests.lab import lab_cli
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def lab():
-    up = subprocess.run(
-        [sys.executable, "-m", "lab", "up", "--no-deploy"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
+    up = lab_cli("up", "--no-deploy", timeout=1200)
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
     yield
-    down = subprocess.run(
-        [sys.executable, "-m", "lab", "down"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    down = lab_cli("down")
     assert down.returncode == 0, down.stderr
 
 
@@ -308,14 +295,7 @@ def test_testinfra_checks_pass(converged):
 
 def test_teardown_leaves_nothing(lab):
     """Runs last in this module: `lab down` removes every process, namespace and link."""
-    down = subprocess.run(
-        [sys.executable, "-m", "lab", "down"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    down = lab_cli("down")
     assert down.returncode == 0, down.stderr
     assert network.leftovers() == {"netns": [], "links": []}
     assert processes.names() == []

@@ -14,6 +14,7 @@ import pytest
 
 from lab import network
 from lab.topology import BRIDGE, LAB_DIR, REPO, RUN_DIR
+from tests.lab import lab_cli
 
 pytestmark = pytest.mark.lab
 
@@ -56,14 +57,7 @@ def test_killed_lab_up_is_cleaned_by_lab_down():
     # A run can die between starting a process and writing its record: drop one record so
     # `lab down` must find that host by its root filesystem, not by the record.
     next(RUN_DIR.glob("host-*.json")).unlink()
-    down = subprocess.run(
-        [sys.executable, "-m", "lab", "down"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    down = lab_cli("down")
     assert down.returncode == 0, down.stderr
     assert "host " in down.stdout  # it found and stopped what the killed run left
     time.sleep(0.5)
