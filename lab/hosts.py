@@ -49,17 +49,24 @@ def wait_ready(lab_host: LabHost, timeout: float = 60.0) -> None:
             time.sleep(0.2)
     else:
         raise TimeoutError(f"{lab_host.name}: sshd did not answer within {timeout:.0f}s")
-    remaining = max(5.0, deadline - time.monotonic())
-    done = subprocess.run(
-        ssh_argv(lab_host, "systemctl", "is-system-running", "--wait"),
-        capture_output=True,
-        text=True,
-        timeout=remaining,
-        check=False,
-    )
-    state = done.stdout.strip()
-    if state not in ("running", "degraded"):
-        raise RuntimeError(f"{lab_host.name}: systemd is {state or 'unreachable'}: {done.stderr}")
+    # sshd answers before boot is over; until systemd-user-sessions has run, pam_nologin
+    # turns away every user but root (calypso's oceanid), so ask again until the deadline.
+    state, reason = "", ""
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            ssh_argv(lab_host, "systemctl", "is-system-running", "--wait"),
+            capture_output=True,
+            text=True,
+            timeout=max(5.0, deadline - time.monotonic()),
+            check=False,
+        )
+        state, reason = done.stdout.strip(), done.stderr.strip()
+        if state in ("running", "degraded"):
+            return
+        if state:  # systemd answered: starting, maintenance, stopping…: not a boot to wait on
+            break
+        time.sleep(0.5)
+    raise RuntimeError(f"{lab_host.name}: systemd is {state or 'unreachable'}: {reason}")
 
 
 def stop(lab_hosts: list[LabHost], timeout: float = 10.0) -> list[str]:
