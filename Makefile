@@ -54,7 +54,7 @@ lab-status: venv
 	$(PY) -m lab status
 
 lab-diff: venv
-	$(LAB_ENV) $(PYINFRA) -y $(LAB_INVENTORY) deploys/site.py --dry --diff
+	$(LAB_ENV) $(PYINFRA) $(LAB_INVENTORY) deploys/site.py --dry --diff  # no -y: it skips change detection
 
 lab-check: venv  ## `make check` for the lab's inventory, settings and secrets
 	$(LAB_ENV) $(PY) -m oceanid.preflight $(LAB_INVENTORY)

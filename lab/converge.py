@@ -43,8 +43,12 @@ def verify_argv() -> list[str]:
     ]
 
 
-def pyinfra(*args: str, json_output: bool = True, timeout: float = 1800) -> Run:
-    argv = [str(REPO / ".venv/bin/pyinfra"), "-y"]
+def pyinfra(*args: str, json_output: bool = True, timeout: float = 1800, yes: bool = True) -> Run:
+    """`pyinfra [-y] [--json] inventories/lab.py ARGS`; a dry run passes yes=False, since
+    `-y` skips pyinfra's change detection and with it everything a dry run shows."""
+    argv = [str(REPO / ".venv/bin/pyinfra")]
+    if yes:
+        argv.append("-y")
     if json_output:
         argv.append("--json")
     argv += ["inventories/lab.py", *args]

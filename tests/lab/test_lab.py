@@ -14,61 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lab import network, processes
 from lab.converge import lab_env, pyinfra, verify_argv
 from lab.topology import GPU_HOSTS, HOSTS, REPO
-from oceanid import tunnel_credentials
-from tests.lab import lab_cli
+from tests.lab import lab_cli, lab_secret_lines, ssh
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture(scope="module")
-def lab():
-    up = lab_cli("up", "--no-deploy", timeout=1200)
-    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-    yield
-    down = lab_cli("down")
-    assert down.returncode == 0, down.stderr
-
-
-def ssh(name: str, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", "-F", str(REPO / ".lab/ssh/config"), "-o", "BatchMode=yes", name, command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-SECRET_KEYS = (
-    "cloudflareApiToken",
-    "cloudflareTunnelToken",
-    "cloudflareNodeTunnelToken",
-    "cloudflareNode2TunnelToken",
-    "k3s_token",
-    "labelStudioDbUrl",
-    "labelStudioApiToken",
-    "labelStudioAdminPassword",
-    "hfAccessToken",
-)
-
-
-def lab_secret_lines() -> list[tuple[str, str]]:
-    """Each lab secret (every line of it), and each tunnel secret inside a credential.
-
-    Tunnel IDs and account IDs are not among them: they are public in every CNAME target.
-    """
-    values = yaml.safe_load((REPO / ".lab" / "secrets.yaml").read_text())
-    found = []
-    for key in SECRET_KEYS:
-        found += [(key, line.strip()) for line in values[key].strip().splitlines()]
-        if "Tunnel" in key:
-            found.append((key, tunnel_credentials.parse(values[key], key=key).tunnel_secret))
-    return found
 
 
 PROXY_PROBE = (
@@ -89,21 +41,6 @@ def test_hosts_reach_only_the_registries_through_the_proxy(lab):
     assert ssh("styx", f"{probe} http://example.com/").stdout.strip() == "403"
     release = "http://deb.debian.org/debian/dists/bookworm/Release"
     assert ssh("styx", f"{probe} {release}").stdout.strip() == "200"
-
-
-@pytest.fixture(scope="module")
-def dry_run(lab):
-    """Before anything is deployed: --dry --diff shows every change and makes none."""
-    return pyinfra("deploys/site.py", "--dry", "--diff", "-vv", json_output=False)
-
-
-@pytest.fixture(scope="module")
-def converged(lab, dry_run):
-    first = pyinfra("deploys/site.py")
-    assert first.returncode == 0, first.output[-6000:]
-    assert first.totals["error"] == 0 and not first.failed_hosts
-    assert first.totals["success"] > 0, "the first converge changed nothing on fresh hosts"
-    return first
 
 
 def test_dry_run_changes_nothing_and_shows_no_secret(dry_run):
