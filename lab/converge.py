@@ -43,9 +43,16 @@ def verify_argv() -> list[str]:
     ]
 
 
-def pyinfra(*args: str, json_output: bool = True, timeout: float = 1800, yes: bool = True) -> Run:
+def pyinfra(
+    *args: str,
+    json_output: bool = True,
+    timeout: float = 1800,
+    yes: bool = True,
+    env: dict[str, str] | None = None,
+) -> Run:
     """`pyinfra [-y] [--json] inventories/lab.py ARGS`; a dry run passes yes=False, since
-    `-y` skips pyinfra's change detection and with it everything a dry run shows."""
+    `-y` skips pyinfra's change detection and with it everything a dry run shows. `env` is
+    added to the lab's environment (another SECRETS_FILE, say)."""
     argv = [str(REPO / ".venv/bin/pyinfra")]
     if yes:
         argv.append("-y")
@@ -54,7 +61,13 @@ def pyinfra(*args: str, json_output: bool = True, timeout: float = 1800, yes: bo
     argv += ["inventories/lab.py", *args]
     started = time.monotonic()
     done = subprocess.run(
-        argv, cwd=REPO, env=lab_env(), capture_output=True, text=True, timeout=timeout, check=False
+        argv,
+        cwd=REPO,
+        env={**lab_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     seconds = time.monotonic() - started
     totals, failed, changed = {}, [], {}

@@ -65,6 +65,17 @@ def test_second_converge_changes_nothing(converged):
     assert second.totals["success"] == 0
 
 
+def test_held_package_counts_as_installed(converged):
+    """A package held with `apt-mark hold` (dpkg status `hi`) is installed: no reinstall."""
+    assert ssh("styx", "apt-mark hold curl").returncode == 0
+    try:
+        run = pyinfra("deploys/site.py", "--limit", "styx")
+    finally:
+        ssh("styx", "apt-mark unhold curl")
+    assert run.returncode == 0, run.output[-4000:]
+    assert run.changed == {}, f"a held package made the converge change: {run.changed}"
+
+
 def pyinfra_ssh(*args: str) -> subprocess.CompletedProcess[str]:
     """`pyinfra @ssh/calypso deploys/gpu.py`: no inventory file, the host's data by its name."""
     argv = [str(REPO / ".venv/bin/pyinfra"), "-y", "--sudo",
