@@ -128,8 +128,8 @@ def triton_ready(name: str) -> bool:
 
 def test_killed_while_building_tritons_environment(converged):
     """SIGKILL to pyinfra while pip builds calypso's Triton environment: Triton keeps serving
-    from the environment it runs on, and the next converge finishes the build; then
-    nothing changes."""
+    from the environment it runs on, which is still whole (a restart comes back ready), and
+    the next converge finishes the build; then nothing changes."""
     assert ssh("calypso", f"sudo rm -f {triton.STAMP}").returncode == 0  # forces a rebuild
     run = converge_popen("deploys/gpu.py", "--limit", "calypso")
     try:
@@ -146,6 +146,9 @@ def test_killed_while_building_tritons_environment(converged):
     time.sleep(3)  # the remote shell ends with its SSH session
     assert ssh("calypso", "systemctl is-active tritonserver").stdout.strip() == "active"
     assert triton_ready("calypso"), "Triton stopped answering after a killed environment build"
+    # what Triton runs on must still be whole: a restart (a reboot, a crash) comes back ready
+    assert ssh("calypso", "sudo systemctl restart tritonserver").returncode == 0
+    wait_for(lambda: triton_ready("calypso"), "Triton to restart on the environment in use", 90)
     finished = pyinfra("deploys/gpu.py", "--limit", "calypso")
     assert finished.returncode == 0, finished.output[-4000:]
     wait_for(lambda: triton_ready("calypso"), "Triton to be ready on the new environment", 120)
