@@ -1,16 +1,139 @@
 """A third-party apt repository whose signing key is pinned by fingerprint.
 
-The key is downloaded, its fingerprint checked with `gpg --show-keys` before it is
-trusted, and only then written (dearmored) to its keyring; a key with another
-fingerprint fails the run and leaves the old keyring and sources alone.
+The installed keyring is checked against the pin on every run, from its bytes in the
+role's fact: a keyring that was replaced, or one a failed earlier run left behind, must not
+stay trusted just because it exists. A missing or wrong keyring is replaced by the
+published key, and only once that key carries the pinned fingerprint (checked with
+`gpg --show-keys` on the host); a key with another fingerprint fails the run and leaves
+the old keyring and the sources alone. The sources file is written after that check, in
+the same operation, so apt never points at a keyring that is missing or unverified.
 """
 
 from __future__ import annotations
 
-from pyinfra import host
-from pyinfra.api import QuoteString, StringCommand, operation
+import hashlib
 
-from operations.managed import Manifest
+from pyinfra import host
+from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
+
+from operations.managed import ManagedFile, Manifest, _attributes_differ, _replace_commands
+
+# The primary key of a v4 OpenPGP public key packet (RFC 4880 section 12.2); subkeys (tag
+# 14) are bound to it and signed by it, so only primaries decide whom apt trusts.
+_PUBLIC_KEY_TAG = 6
+
+
+def primary_fingerprints(keyring: bytes) -> list[str]:
+    """The fingerprints of the primary keys in a binary (dearmored) OpenPGP keyring.
+
+    A v4 fingerprint is SHA-1 over 0x99, the packet body's two-byte length, and the body
+    (RFC 4880 section 12.2). Anything this cannot read (ASCII armour, a v5/v6 key, a cut
+    packet) raises ValueError: such a keyring is not the pinned one, and is replaced.
+    """
+    found = []
+    position = 0
+    while position < len(keyring):
+        header = keyring[position]
+        if not header & 0x80:
+            raise ValueError(f"no OpenPGP packet at byte {position}")
+        if header & 0x40:  # new format: tag in 6 bits, 1-, 2- or 5-octet length
+            tag = header & 0x3F
+            first = keyring[position + 1] if position + 1 < len(keyring) else 0
+            if first < 192:
+                length, start = first, position + 2
+            elif first < 224:
+                second = keyring[position + 2] if position + 2 < len(keyring) else 0
+                length, start = ((first - 192) << 8) + second + 192, position + 3
+            elif first == 255:
+                length = int.from_bytes(keyring[position + 2 : position + 6], "big")
+                start = position + 6
+            else:
+                raise ValueError(f"partial body length at byte {position}: not a keyring")
+        else:  # old format: tag in 4 bits, length of 1, 2 or 4 octets
+            tag = (header >> 2) & 0x0F
+            size = {0: 1, 1: 2, 2: 4}.get(header & 0x03)
+            if size is None:
+                raise ValueError(f"indeterminate length at byte {position}: not a keyring")
+            length = int.from_bytes(keyring[position + 1 : position + 1 + size], "big")
+            start = position + 1 + size
+        body = keyring[start : start + length]
+        if len(body) != length:
+            raise ValueError(f"packet at byte {position} is cut short")
+        if tag == _PUBLIC_KEY_TAG:
+            if body[:1] != b"\x04":
+                raise ValueError(f"key packet at byte {position} is not version 4")
+            digest = hashlib.sha1(b"\x99" + length.to_bytes(2, "big") + body, usedforsecurity=False)
+            found.append(digest.hexdigest().upper())
+        position = start + length
+    return found
+
+
+def _holds_only(keyring: bytes | None, fingerprint: str) -> bool:
+    if keyring is None:
+        return False
+    try:
+        return primary_fingerprints(keyring) == [fingerprint]
+    except ValueError:
+        return False
+
+
+def _fetch_and_verify(key_url: str, fingerprint: str, keyring: str) -> StringCommand:
+    """Download the key into a private temporary folder, refuse it unless it is exactly one
+    primary key with the pinned fingerprint, then dearmor it beside the keyring and rename."""
+    new = QuoteString(f"{keyring}.oceanid-new")
+    single_primary = '\'$1=="pub"{n++; p=1; next} p&&$1=="fpr"{f=$10} {p=0} END{if(n==1)print f}\''
+    return StringCommand(
+        "d=$(mktemp -d)",
+        "&&",
+        "trap",
+        "'rm -rf \"$d\"'",
+        "EXIT",
+        "&&",
+        "curl",
+        "-fsSL",
+        "--retry",
+        "3",
+        "-o",
+        '"$d/key"',
+        QuoteString(key_url),
+        "&&",
+        'got=$(gpg --homedir "$d" --show-keys --with-colons "$d/key" | awk -F:',
+        single_primary + ")",
+        "&&",
+        "if",
+        "[",
+        '"$got"',
+        "!=",
+        fingerprint,
+        "];",
+        "then",
+        "echo",
+        QuoteString(f"{key_url}: expected the single key {fingerprint},"),
+        '"got ${got:-none or several};"',
+        QuoteString(f"{keyring} was left as it was"),
+        ">&2;",
+        "exit",
+        "1;",
+        "fi",
+        "&&",
+        "gpg",
+        "--homedir",
+        '"$d"',
+        "--dearmor",
+        "--yes",
+        "-o",
+        new,
+        '"$d/key"',
+        "&&",
+        "chmod",
+        "0644",
+        new,
+        "&&",
+        "mv",
+        "-f",
+        new,
+        QuoteString(keyring),
+    )
 
 
 @operation()
@@ -20,76 +143,52 @@ def signed_repository(
     fingerprint: str,
     keyring: str,
     sources_list: str,
+    repository: str | None = None,
 ):
     """
-    Trust a repository's key (by fingerprint) and refresh apt when its sources file is new.
+    Trust a repository's key (by fingerprint), then point apt at it and refresh apt.
 
-    + manifest: the role's Manifest (declares `keyring`, and `sources_list` as a file)
+    + manifest: the role's Manifest; its `read` lists `keyring` (and `sources_list` when
+      `repository` is given), so each run sees both in the role's one fact
     + key_url: where the ASCII-armoured public key is published
     + fingerprint: the 40-hex-digit fingerprint the key must have
     + keyring: the dearmored keyring the sources file's `signed-by` names
-    + sources_list: the managed sources file (written by the files operation)
+    + sources_list: the repository's sources file
+    + repository: the `URI suite [components]` of its deb line; this operation writes
+      `deb [signed-by=<keyring>] <repository>` to `sources_list`, after the key is
+      verified. None: the role's managed files write `sources_list` (its earlier shape,
+      in which the sources file can be written before the key is checked)
+
+    The keyring passes when it holds exactly one primary key, the pinned one; anything
+    else (missing, another key, an extra key, unreadable) is replaced by the verified
+    download, or the run fails and apt is left as it was.
     """
-    have_key = manifest.state()["paths"].get(keyring) is not None
-    if have_key and not manifest.will_change([sources_list]):
-        host.noop(f"repository key {fingerprint[-16:]} trusted and sources in place")
-        return
-    if not have_key:
-        tmp = QuoteString(f"{keyring}.oceanid-new")
-        yield StringCommand(
-            "key=$(mktemp)",
-            "&&",
-            "curl",
-            "-fsSL",
-            "-o",
-            '"$key"',
-            QuoteString(key_url),
-            "&&",
-            "got=$(gpg",
-            "--show-keys",
-            "--with-colons",
-            '"$key"',
-            "|",
-            "awk",
-            "-F:",
-            "'$1==\"fpr\"{print $10; exit}')",
-            "&&",
-            "if",
-            "[",
-            '"$got"',
-            "!=",
-            fingerprint,
-            "];",
-            "then",
-            "rm",
-            "-f",
-            '"$key";',
-            "echo",
-            QuoteString(f"{key_url}: expected key {fingerprint},"),
-            '"got $got"',
-            ">&2;",
-            "exit",
-            "1;",
-            "fi",
-            "&&",
-            "gpg",
-            "--dearmor",
-            "--yes",
-            "-o",
-            tmp,
-            '"$key"',
-            "&&",
-            "chmod",
-            "0644",
-            tmp,
-            "&&",
-            "mv",
-            "-f",
-            tmp,
-            QuoteString(keyring),
-            "&&",
-            "rm",
-            "-f",
-            '"$key"',
+    fingerprint = fingerprint.upper()
+    needed = [keyring] + ([sources_list] if repository is not None else [])
+    missing = [path for path in needed if path not in manifest.read]
+    if missing:
+        raise OperationValueError(
+            f"{', '.join(missing)}: add to the `read` list of manifest {manifest} so each run "
+            "can check it (apt_repo.signed_repository)"
         )
+    current = manifest.state()
+    key_ok = _holds_only(current["contents"].get(keyring), fingerprint)
+    if repository is None:
+        sources = None
+        sources_ok = not manifest.will_change([sources_list])
+    else:
+        sources = ManagedFile(sources_list, f"deb [signed-by={keyring}] {repository}\n".encode())
+        now = current["paths"].get(sources_list)
+        sources_ok = (
+            now is not None
+            and now.sha256 == sources.sha256
+            and not _attributes_differ(now, sources.mode, sources.user, sources.group)
+        )
+    if key_ok and sources_ok:
+        host.noop(f"{keyring} holds only key {fingerprint}, and {sources_list} is in place")
+        return
+    if not key_ok:
+        yield _fetch_and_verify(key_url, fingerprint, keyring)
+    if sources is not None and not sources_ok:
+        yield from _replace_commands(sources)
     yield StringCommand("DEBIAN_FRONTEND=noninteractive", "apt-get", "update", "-qq")
