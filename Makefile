@@ -10,8 +10,8 @@ STAMP := $(VENV)/.installed
 # what the lab needs on this machine; the keyring lets mmdebstrap verify Debian on Ubuntu too
 LAB_APT := systemd-container mmdebstrap tinyproxy-bin openssh-client iproute2 debian-archive-keyring
 
-.PHONY: venv lab-deps check deploy deploy-simple diff gpu smoke status verify tunnel lab lab-down \
-        lab-status lab-diff lab-check test test-unit test-lab lint bench clean
+.PHONY: venv lab-deps check deploy deploy-simple diff gpu smoke status verify tunnel tunnel-close \
+        kubeconfig lab lab-down lab-status lab-diff lab-check test test-unit test-lab lint bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -80,8 +80,14 @@ bench: venv  ## with the lab up: boot, first and no-op converge, bare exec, rati
 clean: lab-down
 	rm -rf .lab
 
-tunnel:  ## the k3s API on localhost:16443 through SSH to tethys:6443 (Ctrl-C to close)
-	ssh -N -L 16443:127.0.0.1:6443 $(or $(HOST),tethys)
+tunnel:  ## the k3s API on 127.0.0.1:16443 through SSH to tethys:6443, in the background
+	scripts/k3s-ssh-tunnel.sh $(or $(HOST),tethys)
+
+tunnel-close:  ## close that tunnel through its SSH control socket
+	scripts/k3s-ssh-tunnel.sh --close $(or $(HOST),tethys)
+
+kubeconfig: venv  ## the server's kubeconfig for the tunnel: cluster/kubeconfig.yaml (0600)
+	$(PY) -m deploys.k3s.kubeconfig $(or $(HOST),tethys)
 
 smoke: venv  ## the public URLs and the tunnels, from outside; a failed check fails the command
 	$(PY) -m oceanid.smoke $(INVENTORY)
