@@ -5,12 +5,16 @@ values are validated by `oceanid.settings` before any operation is queued, so a 
 here stops the run with the key's name instead of deploying a default.
 """
 
+from oceanid.settings import run_login_data as _run_login_data  # "_": not a setting
+
 # Public names are <label>.<base_domain>: label.boathou.se, gpu.boathou.se, …
 base_domain = "boathou.se"
 
-# Secrets: Pulumi ESC first, then environment variables, then SECRETS_FILE.
+# Secrets: Pulumi ESC first, then environment variables, then a file: the one SECRETS_FILE
+# names, else `secrets_file` (YAML or JSON, mode 0600).
 esc_environment = "default/oceanid-cluster"
 secret_sources = ["esc", "env", "file"]
+secrets_file = None
 
 # Flags from the old stack; both off for the minimal, non-disruptive deploy.
 enable_node_provisioning = False
@@ -57,9 +61,12 @@ nvidia_container_key_fingerprint = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
 tunnel_protocol = "auto"
 cloudflared_metrics_address = "127.0.0.1:2200"
 
-# What is particular to one host, keyed by its inventory name.
+# What is particular to one host, keyed by its inventory name. `ssh_user` and `sudo` say
+# how pyinfra reaches it; hosts without them are reached as the operator's SSH config says.
 hosts = {
     "calypso": {
+        "ssh_user": "oceanid",
+        "sudo": True,
         "gpu": {
             "public_name": "gpu",
             "tunnel_id_key": "cloudflareNodeTunnelId",
@@ -70,3 +77,7 @@ hosts = {
         },
     },
 }
+
+# pyinfra's ssh_user and _sudo for a run whose hosts are all reached the same way, such as
+# `pyinfra @ssh/calypso deploys/gpu.py`; inventory files give each host its own.
+globals().update(_run_login_data(hosts))

@@ -2,20 +2,25 @@
 
 Hosts are reached through the lab's SSH config (.lab/ssh/config), the way production
 hosts are reached through the operator's; calypso, as in production, through its
-`oceanid` account with sudo.
+`oceanid` account with sudo, as its `hosts:` entry in the lab's group data says.
 """
 
 from pathlib import Path
+
+from oceanid.settings import inventory_host
 
 # The lab's addresses exist only on its bridge; without it they would be routed off this
 # machine, so refuse to load rather than send SSH anywhere.
 if not Path("/sys/class/net/ocl-br0").exists():
     raise SystemExit("lab: the lab is down (no bridge ocl-br0); run `make lab` first")
 
-_ssh = {
-    "ssh_config_file": str(Path(__file__).resolve().parent.parent / ".lab" / "ssh" / "config"),
-}
+_repo = Path(__file__).resolve().parent.parent
+_host = inventory_host(
+    _repo / "group_data" / "all.py",
+    _repo / "inventories" / "group_data" / "all.py",
+    ssh_config_file=str(_repo / ".lab" / "ssh" / "config"),
+)
 
-k3s_servers = [("tethys", dict(_ssh))]
-k3s_agents = [("styx", dict(_ssh)), ("calypso", {**_ssh, "_sudo": True})]
-gpu_hosts = ["calypso", ("calypso2", dict(_ssh))]
+k3s_servers = [_host("tethys")]
+k3s_agents = [_host("styx"), _host("calypso")]
+gpu_hosts = [_host("calypso"), _host("calypso2")]

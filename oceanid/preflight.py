@@ -16,7 +16,7 @@ from typing import Any
 
 from oceanid import secrets as secrets_mod
 from oceanid import triton_repo, tunnel_credentials
-from oceanid.settings import GpuHost, Settings, SettingsError, from_data
+from oceanid.settings import GpuHost, Settings, SettingsError, from_data, short_name
 
 K3S_SERVERS, K3S_AGENTS, GPU_HOSTS = "k3s_servers", "k3s_agents", "gpu_hosts"
 MODEL_SOURCE = Path(__file__).resolve().parent.parent / "triton-models"
@@ -71,11 +71,6 @@ class PreflightError(RuntimeError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
-
-
-def short_name(name: str) -> str:
-    """`@ssh/calypso` and `calypso` are the same host to our data."""
-    return name.rsplit("/", 1)[-1]
 
 
 def roles_of(name: str, groups: Iterable[str], settings: Settings) -> frozenset[str]:
@@ -193,18 +188,22 @@ def check(hosts: Iterable[HostView], *, environ: Mapping[str, str] | None = None
             esc_environment=first.esc_environment,
             environ=environ,
             keys=[*secrets_mod.KNOWN_KEYS, *required],
+            secrets_file=first.secrets_file,
         )
     except secrets_mod.SecretsError as exc:
         raise PreflightError([*problems, str(exc)]) from None
     missing = [key for key in required if key not in secrets]
     environ_now = os.environ if environ is None else environ
-    if missing and "file" in first.secret_sources and not environ_now.get("SECRETS_FILE"):
-        problems.append("SECRETS_FILE: not set, so no secrets file was read")
+    file_read = environ_now.get("SECRETS_FILE") or first.secrets_file
+    if missing and "file" in first.secret_sources and not file_read:
+        problems.append(
+            "SECRETS_FILE: not set, nor the secrets_file setting, so no secrets file was read"
+        )
     for key in missing:
         env = secrets_mod.env_name(key)
         problems.append(
             f"{key}: missing (needed for {', '.join(dict.fromkeys(required[key]))}); "
-            f"set it in ESC {first.esc_environment}, as {env}, or in SECRETS_FILE"
+            f"set it in ESC {first.esc_environment}, as {env}, or in {file_read or 'SECRETS_FILE'}"
         )
 
     site = Site(hosts=plans, secrets=secrets, required=required)

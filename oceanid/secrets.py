@@ -6,6 +6,11 @@ named by `SECRETS_FILE`; an operator may override one value with an environment
 variable. Keys have been written both camelCase and snake_case over the stack's life,
 so lookups compare keys with case and underscores ignored.
 
+The ESC environment is shared with the Pulumi stack, whose config also holds booleans,
+numbers and lists (`enableNodeProvisioning: true`). `esc env open --format json` prints
+every value as plain JSON (secrets decrypted, no wrapper), so only the keys the deploy
+reads must be strings; anything else in the environment is none of its business.
+
 Values are held in `Secrets` and never printed: its `repr` lists key names only, and
 every error names the key and the source, not the value.
 """
@@ -92,21 +97,36 @@ class Secrets:
         return [v for v in self.values.values() if v]
 
 
-def _normalise(mapping: Mapping[str, object], origin: str) -> dict[str, str]:
+def _normalise(
+    mapping: Mapping[str, object], origin: str, wanted: Iterable[str] | None = None
+) -> dict[str, str]:
+    """String values by canonical key. A value that is not a string (or a number) stops the
+    run only for a key in `wanted`; the stack's own flags and lists are passed over."""
+    wanted_keys = None if wanted is None else {canonical(k) for k in wanted}
     out: dict[str, str] = {}
     for key, value in mapping.items():
         if value is None or (isinstance(value, str) and not value.strip()):
             continue  # an empty value is an unset one
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise SecretsError(
-                f"{origin}: key {key} holds a {type(value).__name__}; secrets are strings"
-            )
+            if wanted_keys is None or canonical(str(key)) in wanted_keys:
+                raise SecretsError(
+                    f"{origin}: key {key} holds a {type(value).__name__}; secrets are strings"
+                )
+            continue
         out[canonical(str(key))] = str(value)
     return out
 
 
-def read_esc(environment: str, *, esc_binary: str = "esc", timeout: float = 60) -> dict[str, str]:
-    """Open the ESC environment with the `esc` CLI and return its `pulumiConfig` values."""
+def read_esc(
+    environment: str,
+    *,
+    keys: Iterable[str] = KNOWN_KEYS,
+    esc_binary: str = "esc",
+    timeout: float = 60,
+) -> dict[str, str]:
+    """Open the ESC environment with the `esc` CLI and return its `pulumiConfig` values.
+
+    Only `keys` must hold strings; the stack's other config (flags, lists) is left out."""
     binary = shutil.which(esc_binary)
     if binary is None:
         raise SecretsError(
@@ -146,7 +166,7 @@ def read_esc(environment: str, *, esc_binary: str = "esc", timeout: float = 60) 
     stripped = {
         key.removeprefix(ESC_PREFIX): value for key, value in config.items() if isinstance(key, str)
     }
-    return _normalise(stripped, f"ESC {environment}")
+    return _normalise(stripped, f"ESC {environment}", keys)
 
 
 def read_env(keys: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -161,17 +181,22 @@ def read_env(keys: Iterable[str], environ: Mapping[str, str] | None = None) -> d
     return out
 
 
-def read_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """A YAML or JSON mapping of ESC key names to values (the lab's source)."""
-    file = Path(path)
+def read_file(
+    path: str | os.PathLike[str], *, keys: Iterable[str] = KNOWN_KEYS, name: str = "SECRETS_FILE"
+) -> dict[str, str]:
+    """A YAML or JSON mapping of ESC key names to values (the lab's source).
+
+    `name` says where the path came from (the variable or the `secrets_file` setting), so
+    an error points at what to change. As in ESC, only `keys` must hold strings."""
+    file = Path(path).expanduser()
     try:
         text = file.read_text()
         mode = file.stat().st_mode & 0o777
     except OSError as exc:
-        raise SecretsError(f"secrets: SECRETS_FILE {file} cannot be read: {exc.strerror}") from None
+        raise SecretsError(f"secrets: {name} {file} cannot be read: {exc.strerror}") from None
     if mode & 0o077:
         raise SecretsError(
-            f"secrets: SECRETS_FILE {file} is mode {mode:04o}, readable by others; "
+            f"secrets: {name} {file} is mode {mode:04o}, readable by others; "
             f"run `chmod 600 {file}` (nothing was read from it)"
         )
     try:
@@ -179,14 +204,14 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, str]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise SecretsError(f"secrets: SECRETS_FILE {file} is not YAML or JSON{where}") from None
+        raise SecretsError(f"secrets: {name} {file} is not YAML or JSON{where}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SecretsError(f"secrets: SECRETS_FILE {file} must hold a mapping of key: value")
+        raise SecretsError(f"secrets: {name} {file} must hold a mapping of key: value")
     if isinstance(data.get("pulumiConfig"), dict):
         data = {k.removeprefix(ESC_PREFIX): v for k, v in data["pulumiConfig"].items()}
-    return _normalise(data, f"SECRETS_FILE {file}")
+    return _normalise(data, f"{name} {file}", keys)
 
 
 def load(
@@ -195,18 +220,26 @@ def load(
     esc_environment: str,
     environ: Mapping[str, str] | None = None,
     keys: Iterable[str] = KNOWN_KEYS,
+    secrets_file: str | None = None,
 ) -> Secrets:
-    """Merge the sources; the first source in `sources` that has a key wins."""
+    """Merge the sources; the first source in `sources` that has a key wins.
+
+    The file source reads SECRETS_FILE when it is set, else the `secrets_file` setting: a
+    site (the lab) names its own file, and an operator can still point one run elsewhere."""
     environ = os.environ if environ is None else environ
+    keys = list(keys)
     secrets = Secrets()
     for source in sources:
         if source == "esc":
-            found = read_esc(esc_environment)
+            found = read_esc(esc_environment, keys=keys)
         elif source == "env":
             found = read_env(keys, environ)
         elif source == "file":
-            path = environ.get("SECRETS_FILE")
-            found = read_file(path) if path else {}
+            found = {}
+            if environ.get("SECRETS_FILE"):
+                found = read_file(environ["SECRETS_FILE"], keys=keys)
+            elif secrets_file:
+                found = read_file(secrets_file, keys=keys, name="secrets_file")
         else:
             raise SecretsError(f"secret_sources: unknown source {source!r}; use {SOURCES}")
         for key, value in found.items():

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
+import runpy
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -145,8 +147,15 @@ class GpuHost(Strict):
 
 
 class HostSettings(Strict):
-    """Per-host data, keyed by the host's inventory name in `hosts:`."""
+    """Per-host data, keyed by the host's inventory name in `hosts:`.
 
+    `ssh_user` and `sudo` say how pyinfra reaches the host (calypso: as `oceanid`, with
+    sudo); `login_data` hands them to pyinfra as its `ssh_user` and `_sudo`, so the host
+    is reached the same way with or without an inventory file.
+    """
+
+    ssh_user: str | None = Field(default=None, pattern=UNIX_NAME_RE.pattern)
+    sudo: bool = False
     gpu: GpuHost | None = None
 
 
@@ -156,6 +165,7 @@ class Settings(Strict):
     base_domain: Hostname
     esc_environment: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
     secret_sources: list[Literal["esc", "env", "file"]] = Field(min_length=1)
+    secrets_file: str | None = None
     enable_node_provisioning: bool
     enable_control_plane_lb: bool
     manage_dns: bool
@@ -179,6 +189,13 @@ class Settings(Strict):
         for i, key in enumerate(value):
             if not SSH_KEY_RE.match(key.strip()):
                 raise ValueError(f"item {i} is not an OpenSSH public key line")
+        return value
+
+    @field_validator("secrets_file")
+    @classmethod
+    def _secrets_file(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "\0" in value):
+            raise ValueError("must be the path of a YAML or JSON file")
         return value
 
     @field_validator("triton_image")
@@ -251,3 +268,65 @@ def from_data(data: Mapping[str, Any]) -> Settings:
     if problems:
         raise SettingsError(problems)
     return settings
+
+
+def short_name(name: str) -> str:
+    """`@ssh/calypso` and `calypso` are the same host to our data."""
+    return name.rsplit("/", 1)[-1]
+
+
+def login_data(hosts: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """pyinfra's `ssh_user` and `_sudo` for these hosts, from their `hosts:` entries.
+
+    pyinfra reads both from host data, before it connects; but it evaluates group data once
+    per run, not once per host, so group_data/all.py can only give them for the whole run.
+    It does when every host of the run is reached the same way (`pyinfra @ssh/calypso
+    deploys/gpu.py`, which has no inventory file), and an inventory file gives each host
+    its own through `inventory_host`. `_sudo` is only ever set, never cleared,
+    so `--sudo` keeps working for a host whose entry does not ask for it.
+    A malformed entry stops pyinfra before it connects, naming the key.
+    """
+    logins = set()
+    for name in dict.fromkeys(short_name(n) for n in names):
+        entry = hosts.get(name)
+        entry = entry if isinstance(entry, Mapping) else {}
+        given = {k: entry[k] for k in ("ssh_user", "sudo") if k in entry}
+        try:
+            login = HostSettings.model_validate(given)
+        except ValidationError as exc:
+            raise SystemExit("\n".join(format_errors(exc, f"hosts.{name}."))) from None
+        logins.add((login.ssh_user, login.sudo))
+    if len(logins) != 1:
+        return {}
+    ssh_user, sudo = logins.pop()
+    data: dict[str, Any] = {}
+    if ssh_user is not None:
+        data["ssh_user"] = ssh_user
+    if sudo:
+        data["_sudo"] = True
+    return data
+
+
+def run_login_data(hosts: Mapping[str, Any]) -> dict[str, Any]:
+    """`login_data` for the hosts of the run pyinfra is loading (group_data/all.py's view of
+    the inventory); nothing outside a pyinfra run, where there are no hosts to reach."""
+    from pyinfra.context import ctx_inventory
+
+    if not ctx_inventory.isset():
+        return {}
+    return login_data(hosts, [host.name for host in ctx_inventory.get()])
+
+
+def inventory_host(
+    *group_data: str | Path, **data: Any
+) -> Callable[[str], tuple[str, dict[str, Any]]]:
+    """For an inventory file: `name -> (name, host data)`, the host data being `data` and
+    the login its `hosts:` entry gives (`login_data`), so an inventory never repeats it.
+
+    `group_data` are the files pyinfra will load for this inventory, in its order; as in
+    pyinfra, a later file's `hosts` replaces an earlier one's.
+    """
+    hosts: Mapping[str, Any] = {}
+    for file in group_data:
+        hosts = runpy.run_path(str(file)).get("hosts", hosts)
+    return lambda name: (name, {**data, **login_data(hosts, [name])})

@@ -1,17 +1,20 @@
 """The lab's settings on top of group_data/all.py (pyinfra loads this folder second).
 
 Artifacts come from the lab's mirror, pinned to the hashes `make lab` recorded for the
-stand-ins; secrets come from the lab's SECRETS_FILE; the lab's calypso has no GPU and
-runs Triton on the CPU from the nvidia-pytriton wheel.
+stand-ins; secrets come from the lab's own file (.lab/secrets.yaml, which `make lab`
+writes), so `pyinfra inventories/lab.py …` needs no SECRETS_FILE; the lab's calypso has no
+GPU and runs Triton on the CPU from the nvidia-pytriton wheel.
 """
 
 import json
 from pathlib import Path
 
 from lab.services import CLOUDFLARE_URL
+from oceanid.settings import run_login_data
 
 __all__ = [
     "secret_sources",
+    "secrets_file",
     "manage_dns",
     "cloudflare_api_base_url",
     "k3s",
@@ -29,6 +32,7 @@ except FileNotFoundError:
     ) from None
 
 secret_sources = ["file"]
+secrets_file = str(_lab / "secrets.yaml")
 manage_dns = True
 cloudflare_api_base_url = CLOUDFLARE_URL  # the lab's Cloudflare API stand-in
 k3s = _pins["k3s"]
@@ -37,6 +41,8 @@ admin_ssh_keys = [(_lab / "ssh" / "id_ed25519.pub").read_text().strip()]
 
 hosts = {
     "calypso": {
+        "ssh_user": "oceanid",
+        "sudo": True,
         "gpu": {
             "public_name": "gpu",
             "tunnel_id_key": "cloudflareNodeTunnelId",
@@ -56,3 +62,8 @@ hosts = {
         },
     },
 }
+
+# As in group_data/all.py: the login of a run whose hosts agree (`pyinfra @ssh/calypso …`).
+_login = run_login_data(hosts)
+globals().update(_login)
+__all__ += list(_login)

@@ -162,3 +162,42 @@ def test_model_folders_are_checked_before_anything(
     joined = "\n".join(err.value.problems)
     assert "model 'docling':" in joined and "'docling_granite_python'" in joined
     assert "model 'empty_model':" in joined and "config.pbtxt is missing" in joined
+
+
+def test_secrets_file_setting_names_the_sites_own_file(data, tmp_path, lab_secrets):
+    """The lab's group data names its file, so its inventory runs without SECRETS_FILE."""
+    path = tmp_path / "site-secrets.yaml"
+    path.write_text(yaml.safe_dump(lab_secrets))
+    path.chmod(0o600)
+    data.update(secret_sources=["file"], secrets_file=str(path))
+    site = check(views(data), environ={})
+    assert site.secrets.origin("cloudflareApiToken") == "file"
+
+
+def test_secrets_file_variable_wins_over_the_setting(data, tmp_path, secrets_file, lab_secrets):
+    data.update(secret_sources=["file"], secrets_file=str(tmp_path / "absent.yaml"))
+    site = check(views(data), environ=secrets_file(lab_secrets))
+    assert site.summary().startswith("ok: 3 hosts")
+
+
+def test_missing_key_names_the_file_that_was_read(data, tmp_path):
+    path = tmp_path / "site-secrets.yaml"
+    path.write_text("hfAccessToken: x\n")
+    path.chmod(0o600)
+    data.update(secret_sources=["file"], secrets_file=str(path))
+    with pytest.raises(PreflightError) as err:
+        check(views(data), environ={})
+    assert f"as CLOUDFLARE_API_TOKEN, or in {path}" in "\n".join(err.value.problems)
+    assert not any(line.startswith("SECRETS_FILE") for line in err.value.problems)
+
+
+def test_secrets_file_setting_others_can_read_is_refused(data, tmp_path, lab_secrets):
+    path = tmp_path / "site-secrets.yaml"
+    path.write_text(yaml.safe_dump(lab_secrets))
+    path.chmod(0o644)
+    data.update(secret_sources=["file"], secrets_file=str(path))
+    with pytest.raises(PreflightError) as err:
+        check(views(data), environ={})
+    assert err.value.problems[-1].startswith(f"secrets: secrets_file {path} is mode 0644")
+    for value in lab_secrets.values():
+        assert value.strip() not in str(err.value)

@@ -155,3 +155,84 @@ def test_a_secrets_file_others_can_read_is_refused(tmp_path, mode):
         secrets.read_file(file)
     assert f"is mode {mode:04o}, readable by others; run `chmod 600 {file}`" in str(err.value)
     assert "s3cr3t-value" not in str(err.value)
+
+
+def test_esc_shared_with_the_stack_passes_over_its_flags_and_lists(esc_path):
+    """The stack's own config sits beside the secrets; `esc env open` prints it as JSON."""
+    esc_path(
+        stdout=json.dumps(
+            {
+                "pulumiConfig": {
+                    "oceanid-cluster:enableNodeProvisioning": True,
+                    "oceanid-cluster:nodeCount": 3,
+                    "oceanid-cluster:sshAllowedCidrs": ["10.0.0.0/8"],
+                    "oceanid-cluster:nodes": {"tethys": {"ip": "192.0.2.1"}},
+                    "oceanid-cluster:cloudflareApiToken": "s3cr3t-value",
+                },
+                "environmentVariables": {"PULUMI_CONFIG_PASSPHRASE": "x"},
+            }
+        )
+    )
+    found = secrets.load(sources=["esc"], esc_environment="a/b", environ={})
+    assert found["cloudflareApiToken"] == "s3cr3t-value"
+    assert "enableNodeProvisioning" not in found and "sshAllowedCidrs" not in found
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [(True, "bool"), (["a", "b"], "list"), ({"value": "x"}, "dict")]
+)
+def test_esc_key_the_deploy_reads_must_be_a_string(esc_path, value, kind):
+    esc_path(stdout=json.dumps({"pulumiConfig": {"oceanid-cluster:k3s_token": value}}))
+    with pytest.raises(SecretsError) as err:
+        secrets.load(sources=["esc"], esc_environment="a/b", environ={})
+    assert str(err.value) == f"ESC a/b: key k3s_token holds a {kind}; secrets are strings"
+
+
+def test_a_key_named_by_a_host_is_read_as_a_string_too(esc_path):
+    """Keys outside KNOWN_KEYS that a host's settings name (a second GPU host's tunnel)."""
+    esc_path(stdout=json.dumps({"pulumiConfig": {"oceanid-cluster:node2Token": False}}))
+    with pytest.raises(SecretsError, match="key node2Token holds a bool"):
+        secrets.load(sources=["esc"], esc_environment="a/b", environ={}, keys=["node2Token"])
+
+
+def test_file_shaped_like_esc_passes_over_the_stacks_flags(tmp_path):
+    file = tmp_path / "esc.yaml"
+    file.write_text(
+        "pulumiConfig:\n  oceanid-cluster:enableControlPlaneLb: false\n"
+        "  oceanid-cluster:cloudflareZoneId: zone\n"
+    )
+    file.chmod(0o600)
+    assert secrets.read_file(file) == {"cloudflarezoneid": "zone"}
+
+
+def test_secrets_file_setting_is_read_when_the_variable_is_unset(tmp_path):
+    named = tmp_path / "site.yaml"
+    named.write_text("cloudflareZoneId: from-setting\n")
+    named.chmod(0o600)
+    found = secrets.load(
+        sources=["file"], esc_environment="a/b", environ={}, secrets_file=str(named)
+    )
+    assert (found["cloudflareZoneId"], found.origin("cloudflareZoneId")) == ("from-setting", "file")
+
+
+def test_secrets_file_variable_wins_over_the_setting(tmp_path):
+    named, chosen = tmp_path / "site.yaml", tmp_path / "chosen.yaml"
+    named.write_text("cloudflareZoneId: from-setting\n")
+    chosen.write_text("cloudflareZoneId: from-variable\n")
+    for file in (named, chosen):
+        file.chmod(0o600)
+    environ = {"SECRETS_FILE": str(chosen)}
+    found = secrets.load(
+        sources=["file"], esc_environment="a/b", environ=environ, secrets_file=str(named)
+    )
+    assert found["cloudflareZoneId"] == "from-variable"
+
+
+def test_secrets_file_setting_others_can_read_is_refused(tmp_path):
+    named = tmp_path / "site.yaml"
+    named.write_text("cloudflareApiToken: s3cr3t-value\n")
+    named.chmod(0o644)
+    with pytest.raises(SecretsError) as err:
+        secrets.load(sources=["file"], esc_environment="a/b", environ={}, secrets_file=str(named))
+    assert str(err.value).startswith(f"secrets: secrets_file {named} is mode 0644")
+    assert "s3cr3t-value" not in str(err.value)

@@ -91,3 +91,32 @@ def test_cloudflare_settings_are_checked(data):
     joined = "\n".join(problems(data))
     assert "cloudflare_api_base_url: must be an http(s) URL" in joined
     assert "cloudflare_takeover_records.1: must be a lower-case DNS name" in joined
+
+
+def test_calypso_is_reached_as_oceanid_with_sudo(data):
+    calypso = from_data(data).host("calypso")
+    assert (calypso.ssh_user, calypso.sudo) == ("oceanid", True)
+    assert (from_data(data).host("tethys").ssh_user, from_data(data).host("tethys").sudo) == (
+        None,
+        False,
+    )
+
+
+def test_host_login_is_checked_by_path(data):
+    data["hosts"]["calypso"].update(ssh_user="Oceanid Admin", sudo="yes")
+    joined = "\n".join(problems(data))
+    assert "hosts.calypso.ssh_user: String should match pattern" in joined
+    assert "hosts.calypso.sudo: Input should be a valid boolean (got 'yes')" in joined
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "must be the path of a YAML or JSON file"),
+        ("  ", "must be the path of a YAML or JSON file"),
+        (5, "Input should be a valid string"),
+    ],
+)
+def test_secrets_file_must_be_a_path(data, value, message):
+    data["secrets_file"] = value
+    assert problems(data) == [f"secrets_file: {message} (got {value!r})"]
