@@ -4,17 +4,65 @@ pyinfra's built-in operations read one fact per file (one SSH round trip each, a
 170 ms here), so a no-op converge of a few dozen files costs seconds. A role instead
 declares its files, directories, packages and accounts up front and reads their state
 here in a single shell command; its operations then compare against that.
+
+The command is a constant `sh -s`; the script it runs comes on stdin (`script()`, passed
+as pyinfra's `_stdin` by `Manifest.state`). A script passed as the `sh -c` argument is
+refused by the kernel past 128 KiB, which a few hundred model files with `--diff` reach.
+The script is all function definitions and one call at the end, so the shell has read
+all of it before it prints anything: a writer that sends the whole script before reading
+the output (pyinfra's local connector does) cannot deadlock on a full pipe.
+
+Every path, user and unit name is single-quoted in the script and comes back base64
+encoded in the section header, so a name with quotes, backslashes, newlines or `$(...)`
+is just a name. Hashes are read with `sha256sum < path`, whose output never carries (or
+escapes) the file name.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import shlex
 from dataclasses import dataclass
 
 from pyinfra.api import FactBase
+from pyinfra.api.exceptions import FactProcessError
 
 MARK = "@@oceanid"
+PEEK_LIMIT = 256 * 1024  # --diff reads back at most this much of a file; past it, no diff
+
+# Helpers, defined before `main` runs: $1 is the name as it is printed (base64), $2 the name.
+_FUNCTIONS = r"""
+_path() {
+  echo "@@oceanid path $1"
+  if [ -L "$2" ]; then echo link
+  elif [ -e "$2" ]; then
+    stat -c '%F|%a|%U|%G' -- "$2"
+    if [ -f "$2" ]; then sha256sum < "$2" | cut -d' ' -f1; fi
+  else echo missing; fi
+}
+_read() {  # $3: the section (read, peek, record); $4: at most this many bytes
+  echo "@@oceanid $3 $1"
+  if [ -f "$2" ] && [ -r "$2" ]; then
+    if [ -n "$4" ]; then head -c "$4" < "$2"; else cat < "$2"; fi | base64 -w0; echo
+  else echo -; fi
+}
+_user() {
+  echo "@@oceanid user $1"
+  getent passwd "$2" || true
+  id -Gn "$2" 2>/dev/null || true
+}
+_unit() {
+  echo "@@oceanid unit $1"
+  e=$(systemctl is-enabled "$2" 2>/dev/null)
+  a=$(systemctl is-active "$2" 2>/dev/null)
+  echo "${e:-not-found} ${a:-unknown}"
+}
+_tree() {
+  echo "@@oceanid tree $1"
+  if [ -d "$2" ]; then find "$2" -mindepth 1 -printf '%y %P\0' | tr '\n\0' '\1\n' | sort; fi
+}
+"""
 
 
 @dataclass(frozen=True)
@@ -37,58 +85,54 @@ class Account:
     groups: tuple[str, ...]
 
 
-def _script(
-    files: tuple[str, ...],
-    packages: tuple[str, ...],
-    users: tuple[str, ...],
-    read: tuple[str, ...],
-    units: tuple[str, ...],
-    trees: tuple[str, ...],
+def _name(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def _call(function: str, value: str, *extra: str) -> str:
+    return " ".join([function, _name(value), shlex.quote(value), *extra])
+
+
+def script(
+    files: tuple[str, ...] = (),
+    packages: tuple[str, ...] = (),
+    users: tuple[str, ...] = (),
+    read: tuple[str, ...] = (),
+    units: tuple[str, ...] = (),
+    trees: tuple[str, ...] = (),
+    peek: tuple[str, ...] = (),
+    record: str | None = None,
 ) -> str:
-    lines = [
-        "export LC_ALL=C",
-        f"echo '{MARK} host'; dpkg --print-architecture 2>/dev/null || uname -m; "
+    """The shell script `sh -s` runs for these arguments (see `ManagedState`), and:
+
+    + peek: non-secret files read back for `--diff`, left out of ``peeks`` when missing or
+      larger than PEEK_LIMIT
+    + record: the file in which the role records the paths it manages
+    """
+    body = [
+        f"echo '{MARK} host'",
+        "dpkg --print-architecture 2>/dev/null || uname -m",
         "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null || echo -",
     ]
-    for path in files:
-        q = shlex.quote(path)
-        lines.append(
-            f"echo '{MARK} path {path}'; "
-            f"if [ -L {q} ]; then echo link; "
-            f"elif [ -e {q} ]; then stat -c '%F|%a|%U|%G' {q}; "
-            f"if [ -f {q} ]; then sha256sum {q} | cut -d' ' -f1; fi; "
-            "else echo missing; fi"
-        )
+    body += [_call("_path", path) for path in files]
     if packages:
         names = " ".join(shlex.quote(p) for p in packages)
-        lines.append(f"echo '{MARK} packages'")
-        lines.append(
+        body.append(f"echo '{MARK} packages'")
+        body.append(
             f"dpkg-query -W -f='${{Package}} ${{db:Status-Abbrev}} ${{Version}}\\n' {names} "
             "2>/dev/null || true"
         )
-    for user in users:
-        q = shlex.quote(user)
-        lines.append(
-            f"echo '{MARK} user {user}'; getent passwd {q} || true; id -Gn {q} 2>/dev/null || true"
-        )
-    for path in read:
-        q = shlex.quote(path)
-        lines.append(f"echo '{MARK} read {path}'; [ -f {q} ] && base64 -w0 {q} && echo || echo -")
-    for unit in units:
-        q = shlex.quote(unit)
-        lines.append(
-            f"echo '{MARK} unit {unit}'; e=$(systemctl is-enabled {q} 2>/dev/null); "
-            f"a=$(systemctl is-active {q} 2>/dev/null); "
-            'echo "${e:-not-found} ${a:-unknown}"'
-        )
-    for tree in trees:
-        q = shlex.quote(tree)
-        lines.append(
-            f"echo '{MARK} tree {tree}'; [ -d {q} ] && find {q} -mindepth 1 -printf '%y %P\\n'"
-            " | sort || true"
-        )
-    lines.append(f"echo '{MARK} end'")
-    return "\n".join(lines)
+    body += [_call("_user", user) for user in users]
+    # `read` is whole files (merges need all of them); `peek` stops one byte past the limit
+    body += [_call("_read", path, "read") for path in read]
+    body += [_call("_read", path, "peek", str(PEEK_LIMIT + 1)) for path in peek]
+    if record is not None:
+        body.append(_call("_read", record, "record"))
+    body += [_call("_unit", unit) for unit in units]
+    body += [_call("_tree", tree) for tree in trees]
+    body.append(f"echo '{MARK} end'")
+    main = "main() {\n" + "\n".join(body) + "\n}\n"
+    return "export LC_ALL=C\n" + _FUNCTIONS + main + "main </dev/null\n"
 
 
 class ManagedState(FactBase):
@@ -105,12 +149,18 @@ class ManagedState(FactBase):
             "packages": {"curl": "7.88.1-10+deb12u12", "jq": None},
             "users": {"oceanid": Account(...), "nobody-yet": None},
             "contents": {"/home/oceanid/.ssh/authorized_keys": b"..." or None},
+            "peeks": {"/etc/cloudflared/config.yaml": b"..."},  # small files only
+            "record": b"..." or None,
         }
+
+    The command is `sh -s`: pass `script(...)` of the same arguments as `_stdin`; the
+    script also takes `peek` and `record`, which name no state of their own (they are left
+    out of the fact's arguments, on which pyinfra-testing keys its fixtures).
 
     + files: paths whose type, mode, owner and SHA-256 are compared
     + packages: Debian packages whose installed version is wanted
     + users: accounts to look up
-    + read: small, non-secret files whose content is returned (for merges and diffs)
+    + read: small, non-secret files whose content is returned (for merges)
     + units: systemd units whose enabled/active state is wanted
     + trees: directories whose entries (relative paths) are listed, to find strays
     """
@@ -124,9 +174,7 @@ class ManagedState(FactBase):
         units: tuple[str, ...] = (),
         trees: tuple[str, ...] = (),
     ) -> str:
-        return _script(
-            tuple(files), tuple(packages), tuple(users), tuple(read), tuple(units), tuple(trees)
-        )
+        return "sh -s"
 
     def process(self, output: list[str]) -> dict:
         result: dict = {
@@ -136,25 +184,44 @@ class ManagedState(FactBase):
             "packages": {},
             "users": {},
             "contents": {},
+            "peeks": {},
+            "record": None,
             "units": {},
             "trees": {},
         }
         section: list[str] = []
         for line in output:
-            if line.startswith(MARK):
+            if line.startswith(MARK + " "):
                 if section:
                     _consume(result, section)
                 section = [line[len(MARK) + 1 :]]
             elif section:
                 section.append(line)
         if not section or section[0] != "end":
-            raise ValueError("ManagedState: output ended early (the command did not finish)")
+            raise FactProcessError("ManagedState: output ended early (the command did not finish)")
         return result
+
+
+def installed(status: str) -> bool:
+    """dpkg's abbreviated status: any wanted state (install, hold...) with the package
+    installed and no error flag; `hi` (held) is as installed as `ii`."""
+    return len(status) == 2 and status[1] == "i"
+
+
+def _decode(value: str) -> bytes | None:
+    value = value.strip()
+    if value == "-":
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as error:
+        raise FactProcessError(f"ManagedState: unreadable content ({error})") from error
 
 
 def _consume(result: dict, section: list[str]) -> None:
     head, body = section[0], section[1:]
-    kind, _, rest = head.partition(" ")
+    kind, _, encoded = head.partition(" ")
+    rest = base64.b64decode(encoded).decode() if encoded else ""
     if kind == "host":
         result["arch"] = body[0].strip() if body else None
         python = body[1].strip() if len(body) > 1 else "-"
@@ -169,13 +236,13 @@ def _consume(result: dict, section: list[str]) -> None:
             ftype, mode, user, group = status.split("|")
             ftype = {"regular file": "file", "regular empty file": "file"}.get(ftype, ftype)
             sha = body[1].strip() if ftype == "file" and len(body) > 1 else None
-            result["paths"][rest] = PathState(ftype, mode.zfill(4), user, group, sha)
+            result["paths"][rest] = PathState(ftype, mode.zfill(4), user, group, sha or None)
     elif kind == "packages":
         for line in body:
             parts = line.split()
             if len(parts) >= 3:
                 name, status, version = parts[0], parts[1], parts[2]
-                result["packages"][name] = version if status == "ii" else None
+                result["packages"][name] = version if installed(status) else None
     elif kind == "user":
         passwd = body[0].split(":") if body and body[0].count(":") == 6 else None
         if passwd is None:
@@ -193,8 +260,13 @@ def _consume(result: dict, section: list[str]) -> None:
         for line in body:
             ftype, _, relpath = line.partition(" ")
             if relpath:
-                entries[relpath] = "directory" if ftype == "d" else "file"
+                entries[relpath.replace("\x01", "\n")] = "directory" if ftype == "d" else "file"
         result["trees"][rest] = entries
     elif kind == "read":
-        value = body[0].strip() if body else "-"
-        result["contents"][rest] = None if value == "-" else base64.b64decode(value)
+        result["contents"][rest] = _decode(body[0] if body else "-")
+    elif kind == "peek":
+        content = _decode(body[0] if body else "-")
+        if content is not None and len(content) <= PEEK_LIMIT:
+            result["peeks"][rest] = content
+    elif kind == "record":
+        result["record"] = _decode(body[0] if body else "-")

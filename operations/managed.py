@@ -6,11 +6,23 @@ yields commands only for what differs. Files are replaced atomically: uploaded i
 private (0700) staging folder in the SSH user's home, copied beside the target with a
 077 umask, validated, given their owner and mode, then renamed over the target, so no
 reader ever sees a half-written or briefly world-readable file.
+
+Each operation plans every change first, reports it (`--diff`: every file's diff, a
+secret file by name only), then yields its commands: pyinfra's change detection takes
+only the first command of an operation, so a report made just before each file's
+commands would show the first file only.
+
+Each role records on the host the paths it wrote (`Manifest.record_path`, read in the
+same fact); `sweep` removes what the record lists and the manifest no longer declares,
+so a file of an old shape (a tunnel's `<id>.json` after a switch to a token) is gone in
+the same run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -25,15 +37,21 @@ from pyinfra.api import (
 )
 from pyinfra.operations.util.files import generate_color_diff
 
-from facts.managed import ManagedState, PathState
-from operations.failure import refuse
+from facts.managed import PEEK_LIMIT, ManagedState, PathState, script
+from operations.failure import fail_host, first_time, refuse
 
 STAGING = ".oceanid-staging"
+RECORD_DIR = "/var/lib/oceanid"
+ARGUMENT_BYTES = 64 * 1024  # split long removals into commands of about this size
 
 
 @dataclass(frozen=True)
 class ManagedFile:
-    """A file the deploy owns outright. `secret` files never have their content shown."""
+    """A file the deploy owns outright. `secret` files never have their content shown.
+
+    A `shared` file is one the deploy merges into (an account's authorized_keys): it is
+    not recorded, so `sweep` never removes it when the deploy stops managing it.
+    """
 
     path: str
     content: bytes = field(repr=False)
@@ -42,6 +60,7 @@ class ManagedFile:
     group: str = "root"
     secret: bool = False
     validate: str | None = None  # a command run on the new file before it replaces the old
+    shared: bool = False
 
     @property
     def sha256(self) -> str:
@@ -106,33 +125,89 @@ class Manifest:
     def __str__(self) -> str:
         return self.name
 
-    def fact_args(self) -> dict[str, tuple[str, ...]]:
-        read = list(self.read)
-        if state.config.DIFF:  # --diff shows real diffs: read the old content of what we own
-            read += [f.path for f in self.files if not f.secret and f.path not in read]
+    @property
+    def record_path(self) -> str:
+        """Where this role records the paths it manages on the host (not secret)."""
+        slug = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+        return f"{RECORD_DIR}/{slug}.paths"
+
+    def declared(self) -> dict[str, list[str]]:
+        """The paths this manifest manages, as its record lists them (no shared files)."""
+        files = {f.path for f in self.files if not f.shared}
         return {
-            "files": tuple(
-                dict.fromkeys(
-                    [d.path for d in self.directories]
-                    + [f.path for f in self.files]
-                    + [b.path for b in self.binaries]
-                    + read
-                )
-            ),
+            "files": sorted(files | {b.path for b in self.binaries}),
+            "directories": sorted({d.path for d in self.directories}),
+        }
+
+    def fact_args(self) -> dict[str, tuple[str, ...]]:
+        paths = [d.path for d in self.directories]
+        paths += [f.path for f in self.files] + [b.path for b in self.binaries]
+        return {
+            "files": tuple(dict.fromkeys(paths + list(self.read))),
             "packages": tuple(self.packages),
             "users": tuple(self.users),
-            "read": tuple(read),
+            "read": tuple(self.read),
             "units": tuple(self.units),
             "trees": tuple(self.trees),
         }
 
+    def script_args(self) -> dict:
+        """What the fact's script reads besides `fact_args`: the record of a role that
+        writes paths, and with --diff the old text of the files it owns."""
+        args: dict = {}
+        if self.files or self.directories or self.binaries:
+            args["record"] = self.record_path
+        if state.config.DIFF:
+            args["peek"] = tuple(
+                f.path
+                for f in self.files
+                if not f.secret and f.path not in self.read and _text(f.content) is not None
+            )
+        return args
+
     def state(self) -> dict:
-        """The role's state on the current host, read once per pyinfra run."""
+        """The role's state on the current host, read once per pyinfra run.
+
+        A fact that fails (the command failed, its output was cut short) is one red line
+        naming the host and the role; the host is failed while planning, and the role's
+        operations refuse to run on it (`unreadable`), never acting on a state not read.
+        """
         args = self.fact_args()
-        key = (host.name, self.name, repr(sorted(args.items())))
+        extra = self.script_args()
+        key = (host.name, self.name, repr(sorted({**args, **extra}.items())))
         if key not in _STATE_CACHE:
-            _STATE_CACHE[key] = host.get_fact(ManagedState, **args)
+            stdin = script(**args, **extra)
+            value = host.get_fact(ManagedState, _stdin=stdin, _ignore_errors=True, **args)
+            if value is None:
+                fail_host(self.unreadable_message())
+                value = {**_EMPTY_STATE, "unreadable": True}
+            _STATE_CACHE[key] = value
         return _STATE_CACHE[key]
+
+    def unreadable(self) -> bool:
+        return bool(self.state().get("unreadable"))
+
+    def unreadable_message(self) -> str:
+        return (
+            f"{host.name}: could not read the state of {self.name} (the command's output is "
+            "above); nothing of it was changed on this host"
+        )
+
+    def unwanted(self) -> list[str]:
+        """The paths the host's record lists that this manifest no longer declares.
+
+        Files first, then directories deepest first, so removing them in order works. A
+        path the record does not list is never here: what this role did not write, it
+        does not remove.
+        """
+        recorded = _record_paths(self.state().get("record"))
+        declared = self.declared()
+        wanted = set(declared["files"]) | set(declared["directories"])
+        wanted |= {f.path for f in self.files}
+        files = [p for p in recorded["files"] if p not in wanted]
+        directories = [p for p in recorded["directories"] if p not in wanted]
+        directories.sort(key=lambda p: (-p.count("/"), p))
+        return sorted(files) + directories
 
     def will_change(self, paths: list[str]) -> bool:
         """Whether the operations over this manifest will change any of `paths`.
@@ -140,6 +215,8 @@ class Manifest:
         Decided from the state read before anything runs, so a restart shown by `--dry` is
         the restart that happens, and a service restarts only when what it reads changes.
         """
+        if self.unreadable():
+            return False
         current = self.state()["paths"]
         for managed in self.files:
             if managed.path in paths:
@@ -164,33 +241,118 @@ class Manifest:
 
 
 _STATE_CACHE: dict[tuple, dict] = {}
+_EMPTY_STATE: dict = {
+    "arch": None,
+    "python": None,
+    "paths": {},
+    "packages": {},
+    "users": {},
+    "contents": {},
+    "peeks": {},
+    "record": None,
+    "units": {},
+    "trees": {},
+}
+
+
+def _record_paths(content: bytes | None) -> dict[str, list[str]]:
+    """The paths a record lists; none when there is no record or it cannot be read (an
+    unreadable record removes nothing)."""
+    empty: dict[str, list[str]] = {"files": [], "directories": []}
+    try:
+        data = json.loads(content) if content else {}
+    except ValueError:
+        return empty
+    if not isinstance(data, dict):
+        return empty
+    lists = {key: data.get(key) for key in empty}
+    return {
+        key: [p for p in value if isinstance(p, str) and p.startswith("/")]
+        if isinstance(value, list)
+        else []
+        for key, value in lists.items()
+    }
+
+
+def _text(content: bytes) -> str | None:
+    """`content` as text to diff, or None for a binary or large file (no diff shown)."""
+    if len(content) > PEEK_LIMIT or b"\0" in content:
+        return None
+    try:
+        return content.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _changes(managed: ManagedFile, current: PathState) -> bool:
+    return current.sha256 != managed.sha256 or _attributes_differ(
+        current, managed.mode, managed.user, managed.group
+    )
 
 
 def _attributes_differ(current: PathState, mode: str, user: str, group: str) -> bool:
     return (current.mode, current.user, current.group) != (mode.zfill(4), user, group)
 
 
-def _show_diff(managed: ManagedFile, manifest: Manifest, current: PathState | None) -> None:
-    if not state.config.DIFF:
+def _report(manifest: Manifest, managed: ManagedFile, current: PathState | None) -> None:
+    """With --diff, say what happens to `managed` (once per run, host and operation)."""
+    if not state.config.DIFF or not first_time("plan", managed.path):
         return
-    if managed.secret:
+    if current is not None and current.sha256 == managed.sha256:
         host.log(
-            f"{managed.path}: secret content {'changes' if current else 'created'} (not shown)"
+            f"{managed.path}: owner and mode {current.user}:{current.group} {current.mode} "
+            f"become {managed.user}:{managed.group} {managed.mode.zfill(4)}"
         )
         return
-    old = manifest.state()["contents"].get(managed.path) or b""
-    host.log(f"{managed.path}: {'changes' if current else 'created'}")
-    for line in generate_color_diff(
-        old.decode(errors="replace").splitlines(),
-        managed.content.decode(errors="replace").splitlines(),
-    ):
+    verb = "changes" if current else "created"
+    if managed.secret:
+        host.log(f"{managed.path}: secret content {verb} (not shown)")
+        return
+    found = manifest.state()
+    old = found["contents"].get(managed.path, found.get("peeks", {}).get(managed.path))
+    old_text = "" if current is None else (None if old is None else _text(old))
+    new_text = _text(managed.content)
+    if old_text is None or new_text is None:
+        host.log(f"{managed.path}: binary or large file {verb}")
+        return
+    host.log(f"{managed.path}: {verb}")
+    for line in generate_color_diff(old_text.splitlines(), new_text.splitlines()):
         logger.info(f"{host.print_prefix}  {line}")
+
+
+def _log_once(what: str, message: str) -> None:
+    """With --diff, name one planned change (once per run, host and operation)."""
+    if state.config.DIFF and first_time("plan", what):
+        host.log(message)
 
 
 def _replace_commands(managed: ManagedFile):
     staged = f"{STAGING}/{managed.sha256[:16]}"
     new = f"{managed.path}.oceanid-new"
-    yield StringCommand("mkdir", "-p", "-m", "0700", STAGING, _sudo=False)
+    # The folder's mode is fixed every time (mkdir -m does not touch an existing one); what
+    # an earlier failed upload left there is removed; the staged file exists, empty and
+    # 0600, before the upload writes into it.
+    yield StringCommand(
+        "umask",
+        "077",
+        "&&",
+        "mkdir",
+        "-p",
+        STAGING,
+        "&&",
+        "chmod",
+        "0700",
+        STAGING,
+        "&&",
+        "rm",
+        "-f",
+        f"{STAGING}/*",
+        "&&",
+        ":",
+        ">",
+        staged,
+        _sudo=False,
+    )
     yield FileUploadCommand(BytesIO(managed.content), staged, _sudo=False)
     steps = [
         StringCommand("umask", "077"),
@@ -240,11 +402,15 @@ def files(manifest: Manifest, paths: list[str] | None = None):
 
     Content is compared by SHA-256; owner and mode are fixed in place when only they
     differ. A file with `validate` is checked (e.g. `visudo -cf {path}`) before it
-    replaces the old one, which is left untouched if the check fails.
+    replaces the old one, which is left untouched if the check fails. Every change is
+    planned (and, with --diff, shown) before the first command.
     """
+    if manifest.unreadable():
+        yield from refuse(manifest.unreadable_message())
+        return
     wanted = manifest.files if paths is None else [manifest.file(p) for p in paths]
     current_paths = manifest.state()["paths"]
-    unchanged = 0
+    plan = []
     for managed in wanted:
         current = current_paths.get(managed.path)
         if current is not None and current.kind != "file":
@@ -253,18 +419,21 @@ def files(manifest: Manifest, paths: list[str] | None = None):
                 "move it away, the deploy will not replace it"
             )
             return
+        if current is None or _changes(managed, current):
+            plan.append((managed, current))
+    if not plan:
+        host.noop(f"{len(wanted)} file(s) of {manifest} are up to date")
+        return
+    for managed, current in plan:
+        _report(manifest, managed, current)
+    for managed, current in plan:
         if current is None or current.sha256 != managed.sha256:
-            _show_diff(managed, manifest, current)
             yield from _replace_commands(managed)
-        elif _attributes_differ(current, managed.mode, managed.user, managed.group):
+        else:
             yield StringCommand(
                 "chown", f"{managed.user}:{managed.group}", QuoteString(managed.path)
             )
             yield StringCommand("chmod", managed.mode, QuoteString(managed.path))
-        else:
-            unchanged += 1
-    if unchanged == len(wanted):
-        host.noop(f"{len(wanted)} file(s) of {manifest} are up to date")
 
 
 @operation()
@@ -274,10 +443,35 @@ def directories(manifest: Manifest):
 
     + manifest: the role's Manifest
     """
+    if manifest.unreadable():
+        yield from refuse(manifest.unreadable_message())
+        return
     current_paths = manifest.state()["paths"]
-    changed = False
+    plan = []
     for managed in manifest.directories:
         current = current_paths.get(managed.path)
+        if current is not None and current.kind != "directory":
+            yield from refuse(
+                f"{managed.path} exists but is a {current.kind}, not a directory; "
+                "move it away, the deploy will not replace it"
+            )
+            return
+        if current is None or _attributes_differ(
+            current, managed.mode, managed.user, managed.group
+        ):
+            plan.append((managed, current))
+    if not plan:
+        host.noop(f"{len(manifest.directories)} director(ies) of {manifest} are in place")
+        return
+    owner = "{0.user}:{0.group} {1}"
+    for managed, current in plan:
+        wanted = owner.format(managed, managed.mode.zfill(4))
+        if current is None:
+            _log_once(managed.path, f"{managed.path}: directory created ({wanted})")
+        else:
+            was = owner.format(current, current.mode)
+            _log_once(managed.path, f"{managed.path}: owner and mode {was} become {wanted}")
+    for managed, current in plan:
         if current is None:
             yield StringCommand(
                 "install",
@@ -290,21 +484,11 @@ def directories(manifest: Manifest):
                 managed.group,
                 QuoteString(managed.path),
             )
-            changed = True
-        elif current.kind != "directory":
-            yield from refuse(
-                f"{managed.path} exists but is a {current.kind}, not a directory; "
-                "move it away, the deploy will not replace it"
-            )
-            return
-        elif _attributes_differ(current, managed.mode, managed.user, managed.group):
+        else:
             yield StringCommand(
                 "chown", f"{managed.user}:{managed.group}", QuoteString(managed.path)
             )
             yield StringCommand("chmod", managed.mode, QuoteString(managed.path))
-            changed = True
-    if not changed:
-        host.noop(f"{len(manifest.directories)} director(ies) of {manifest} are in place")
 
 
 @operation()
@@ -315,6 +499,9 @@ def packages(manifest: Manifest, names: list[str] | None = None):
     + manifest: the role's Manifest
     + names: only these of the manifest's packages (default: all)
     """
+    if manifest.unreadable():
+        yield from refuse(manifest.unreadable_message())
+        return
     installed = manifest.state()["packages"]
     wanted = manifest.packages if names is None else names
     missing = [name for name in wanted if not installed.get(name)]
@@ -338,6 +525,9 @@ def account(manifest: Manifest, user: str, shell: str = "/bin/bash", system: boo
     """
     if user not in manifest.users:
         raise OperationValueError(f"{user} is not in manifest {manifest}")
+    if manifest.unreadable():
+        yield from refuse(manifest.unreadable_message())
+        return
     current = manifest.state()["users"].get(user)
     if current is None and system:
         yield StringCommand(
@@ -366,71 +556,148 @@ def binaries(manifest: Manifest):
     it is deleted, the installed binary stays as it was, and the run fails naming both
     hashes. Replacing is a rename, so a running service never sees a partial file.
     """
+    if manifest.unreadable():
+        yield from refuse(manifest.unreadable_message())
+        return
     current = manifest.state()["paths"]
-    changed = False
+    arch = manifest.state()["arch"]
+    plan = []
     for binary in manifest.binaries:
-        url, sha256 = binary.pin(manifest.state()["arch"])
+        url, sha256 = binary.pin(arch)
         now = current.get(binary.path)
-        if now is not None and now.sha256 == sha256:
-            if now.mode != binary.mode.zfill(4):
-                yield StringCommand("chmod", binary.mode, QuoteString(binary.path))
-                changed = True
-            continue
-        changed = True
-        new = QuoteString(f"{binary.path}.oceanid-new")
-        yield StringCommand(
-            "curl",
-            "-fsSL",
-            "--retry",
-            "3",
-            "--proto",
-            "=https,http",
-            "-o",
-            new,
-            QuoteString(url),
-            "||",
-            "{",
-            "rm",
-            "-f",
-            new,
-            ";",
-            "echo",
-            QuoteString(f"download failed: {url}"),
-            ">&2",
-            ";",
-            "exit",
-            "1",
-            ";",
-            "}",
-        )
-        yield StringCommand(
-            "got=$(sha256sum",
-            new,
-            "|",
-            "cut",
-            "-d' '",
-            "-f1);",
-            "if",
-            "[",
-            '"$got"',
-            "!=",
-            sha256,
-            "];",
-            "then",
-            "rm",
-            "-f",
-            new,
-            ";",
-            "echo",
-            QuoteString(f"SHA-256 mismatch for {url}: expected {sha256},"),
-            '"got $got; the installed binary was left in place"',
-            ">&2;",
-            "exit",
-            "1;",
-            "fi",
-        )
-        yield StringCommand(
-            "chmod", binary.mode, new, "&&", "mv", "-f", new, QuoteString(binary.path)
-        )
-    if not changed:
+        if now is None or now.sha256 != sha256:
+            plan.append((binary, url, sha256, "install"))
+        elif now.mode != binary.mode.zfill(4):
+            plan.append((binary, url, sha256, "chmod"))
+    if not plan:
         host.noop(f"{len(manifest.binaries)} binar(ies) of {manifest} match their pins")
+        return
+    for binary, url, sha256, action in plan:
+        if action == "chmod":
+            _log_once(binary.path, f"{binary.path}: mode becomes {binary.mode.zfill(4)}")
+        else:
+            _log_once(
+                binary.path,
+                f"{binary.path}: {binary.version} for {arch} installed from {url} "
+                f"(SHA-256 {sha256[:16]}...)",
+            )
+    for binary, url, sha256, action in plan:
+        if action == "chmod":
+            yield StringCommand("chmod", binary.mode, QuoteString(binary.path))
+        else:
+            yield from _download_commands(binary, url, sha256)
+
+
+def _download_commands(binary: ManagedBinary, url: str, sha256: str):
+    new = QuoteString(f"{binary.path}.oceanid-new")
+    yield StringCommand(
+        "curl",
+        "-fsSL",
+        "--retry",
+        "3",
+        "--proto",
+        "=https,http",
+        "-o",
+        new,
+        QuoteString(url),
+        "||",
+        "{",
+        "rm",
+        "-f",
+        new,
+        ";",
+        "echo",
+        QuoteString(f"download failed: {url}"),
+        ">&2",
+        ";",
+        "exit",
+        "1",
+        ";",
+        "}",
+    )
+    yield StringCommand(
+        "got=$(sha256sum",
+        new,
+        "|",
+        "cut",
+        "-d' '",
+        "-f1);",
+        "if",
+        "[",
+        '"$got"',
+        "!=",
+        sha256,
+        "];",
+        "then",
+        "rm",
+        "-f",
+        new,
+        ";",
+        "echo",
+        QuoteString(f"SHA-256 mismatch for {url}: expected {sha256},"),
+        '"got $got; the installed binary was left in place"',
+        ">&2;",
+        "exit",
+        "1;",
+        "fi",
+    )
+    yield StringCommand("chmod", binary.mode, new, "&&", "mv", "-f", new, QuoteString(binary.path))
+
+
+def _chunks(words: list[str]) -> list[list[str]]:
+    """`words` in runs of at most about ARGUMENT_BYTES, so no command line is too long."""
+    runs: list[list[str]] = [[]]
+    size = 0
+    for word in words:
+        if runs[-1] and size + len(word) > ARGUMENT_BYTES:
+            runs.append([])
+            size = 0
+        runs[-1].append(word)
+        size += len(word) + 3
+    return [run for run in runs if run]
+
+
+@operation()
+def sweep(manifest: Manifest):
+    """
+    Remove what this role wrote and no longer wants, then record what it manages now.
+
+    + manifest: the role's Manifest (run after its files, directories and binaries)
+
+    Only paths in the host's record (`Manifest.record_path`) that the manifest no longer
+    declares are removed (`Manifest.unwanted`): a credential of an old shape, a retired
+    model's files. Directories go only when empty. The record is rewritten last, so a
+    run that fails before it removes the same paths next time.
+    """
+    if manifest.unreadable():
+        yield from refuse(manifest.unreadable_message())
+        return
+    unwanted = manifest.unwanted()
+    directories = set(_record_paths(manifest.state().get("record"))["directories"])
+    gone_files = [p for p in unwanted if p not in directories]
+    gone_directories = [p for p in unwanted if p in directories]
+    record = ManagedFile(
+        manifest.record_path,
+        (json.dumps(manifest.declared(), indent=1, sort_keys=True) + "\n").encode(),
+    )
+    current = manifest.state().get("record")
+    if not unwanted and current == record.content:
+        host.noop(f"nothing {manifest} wrote is unwanted; its record is up to date")
+        return
+    for path in gone_files:
+        if first_time("sweep", path):
+            host.log(f"{path}: no longer wanted, removed")
+    for path in gone_directories:
+        if first_time("sweep", path):
+            host.log(f"{path}: directory no longer wanted, removed if empty")
+    for run in _chunks(gone_files):
+        yield StringCommand("rm", "-f", "--", *(QuoteString(p) for p in run))
+    for run in _chunks(gone_directories):
+        words: list = []
+        for path in run:  # deepest first, each only if it is (still) a directory
+            words += ["if", "[", "-d", QuoteString(path), "];", "then", "rmdir"]
+            words += ["--ignore-fail-on-non-empty", "--", QuoteString(path), ";", "fi;"]
+        yield StringCommand(*words)
+    if current != record.content:
+        yield StringCommand("install", "-d", "-m", "0755", RECORD_DIR)
+        yield from _replace_commands(record)

@@ -1,5 +1,8 @@
 """The base every role needs: the operators' account, its sudo rule, base packages.
 
+Files the base wrote and no longer declares are swept; the account's authorized_keys is
+shared with its owner (keys are only added), so it is never removed.
+
 The sudoers rule is checked by `visudo -c` before it is installed: a broken file in
 /etc/sudoers.d locks every operator out of sudo.
 """
@@ -53,7 +56,8 @@ def authorized_keys(plan: HostPlan, base: Manifest) -> ManagedFile | None:
         if " ".join(key.split()[:2]) not in present:
             lines.append(key.strip())
     user = settings.admin_user
-    return ManagedFile(path, ("\n".join(lines) + "\n").encode(), "0600", user, user)
+    content = ("\n".join(lines) + "\n").encode()
+    return ManagedFile(path, content, "0600", user, user, shared=True)
 
 
 def deploy(plan: HostPlan) -> Manifest:
@@ -69,4 +73,5 @@ def deploy(plan: HostPlan) -> Manifest:
     )
     managed.directories(name="Base directories", manifest=base)
     managed.files(name="Sudo rule and SSH keys", manifest=base)
+    managed.sweep(name="Base files no longer wanted", manifest=base)
     return base

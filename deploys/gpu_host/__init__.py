@@ -68,6 +68,7 @@ def deploy(plan: HostPlan) -> Manifest:
     managed.directories(name="GPU host directories", manifest=manifest)
     managed.binaries(name="cloudflared (pinned, SHA-256 verified)", manifest=manifest)
     managed.files(name="GPU host files", manifest=manifest)
+    managed.sweep(name="GPU host files no longer wanted", manifest=manifest)
     if uses_docker:
         apt_repo.signed_repository(
             name="NVIDIA container toolkit repository",

@@ -266,7 +266,11 @@ def test_changed_file_is_staged_copied_owned_and_renamed() -> None:
     run = run_op(managed.files, manifest, facts={ManagedState: state})
     new = "/etc/cloudflared/config.yaml.oceanid-new"
     assert run.commands == [
-        {"_sudo": False, "command": f"mkdir -p -m 0700 {STAGING}"},
+        {
+            "_sudo": False,
+            "command": f"umask 077 && mkdir -p {STAGING} && chmod 0700 {STAGING} "
+            f"&& rm -f {STAGING}/* && : > {STAGED_CONFIG}",
+        },
         {"_sudo": False, "command": ["upload", CONFIG.content.decode(), STAGED_CONFIG]},
         f"( umask 077 && cp {STAGED_CONFIG} {new} && chown root:root {new} && chmod 0644 {new} "
         f"&& mv -f {new} {CONFIG.path} ) || {{ rm -f {new} ; rm -f {STAGED_CONFIG} ; exit 1 ; }}",
@@ -598,62 +602,7 @@ def test_start_fails_the_run_with_the_journal_when_the_unit_dies(tmp_path: Path)
     assert "Invalid tunnel secret" in result.stderr
 
 
-# ---- triton.environment
-
-
-STAMP_PATH = "/opt/triton/venv/.oceanid-stamp"
-STAMP = b"0.7.0 " + b"a" * 64 + b"\n"
-
-
-def _environment(current: bytes | None, wheel: str | None = "/opt/triton/wheel-requirements.txt"):
-    manifest = Manifest(name="gpu host calypso", read=[STAMP_PATH])
-    state = managed_state(contents={STAMP_PATH: current})
-    return run_op(
-        triton_ops.environment,
-        manifest,
-        venv="/opt/triton/venv",
-        stamp_path=STAMP_PATH,
-        stamp=STAMP,
-        wheel_requirements=wheel,
-        model_requirements="/opt/triton/model-requirements.txt",
-        finish="ln -sfn /x /opt/triton/dist",
-        facts={ManagedState: state},
-    )
-
-
-def test_environment_with_matching_stamp_is_a_noop() -> None:
-    run = _environment(STAMP)
-    assert run.commands == []
-    assert run.noop == "Triton's environment in /opt/triton/venv is built from the pinned inputs"
-
-
-@pytest.mark.parametrize("current", [None, b"0.6.0 " + b"a" * 64 + b"\n"])
-def test_environment_is_rebuilt_and_stamped_last(current: bytes | None) -> None:
-    run = _environment(current)
-    pip = "/opt/triton/venv/bin/pip"
-    assert run.commands == [
-        "python3 -m venv --clear /opt/triton/venv",
-        f"{pip} install -q --disable-pip-version-check --upgrade pip",
-        f"{pip} install -q --no-deps --require-hashes -r /opt/triton/wheel-requirements.txt",
-        f"{pip} install -q -r /opt/triton/model-requirements.txt",
-        "ln -sfn /x /opt/triton/dist",
-        f"printf %s '{STAMP.decode()}' > {STAMP_PATH}",
-    ]
-    assert shell_syntax_errors(run.commands) == []
-
-
-def test_environment_without_wheel_skips_the_hashed_install() -> None:
-    run = _environment(None, wheel=None)
-    assert not any("--require-hashes" in text for text in run.strings)
-    assert run.strings[-1].startswith("printf %s ")
-
-
-def test_stamp_command_writes_exactly_the_stamp(tmp_path: Path) -> None:
-    run = _environment(None)
-    target = tmp_path / "stamp"
-    command = run.strings[-1].replace(STAMP_PATH, str(target))
-    subprocess.run(["sh", "-c", command], check=True)
-    assert target.read_bytes() == STAMP
+# ---- triton.environment: tests/unit/test_triton_operations.py
 
 
 # ---- triton.strays (what prune removes; prune's commands are in the YAML fixtures)
@@ -749,3 +698,259 @@ def test_directories_noop_with_real_path_state() -> None:
     state = managed_state(paths={"/etc/oceanid": PathState("directory", "0755", "root", "root")})
     run = run_op(managed.directories, manifest, facts={ManagedState: state})
     assert run.noop == "1 director(ies) of base calypso are in place"
+
+
+# ---- the dry run tells the whole truth: plan and report every change, then yield
+
+
+def _change_detection_then_execution(op, *args, facts, **kwargs) -> tuple[list[Any], list[Any]]:
+    """What pyinfra does without -y: iterate the generator to its first command (change
+    detection), then again in full (execution), as the same host and operation."""
+    state = FakeState()
+    state.config.DIFF = True
+    host = _Host(state, "calypso", facts={}, data={})
+    host.current_op_hash = "op-1"  # type: ignore[attr-defined]
+    host.get_fact = lambda cls, *a, **k: facts[cls]  # type: ignore[method-assign]
+    with ctx_state.use(state), ctx_host.use(host):
+        first = next(iter(op._inner(*args, **kwargs)))
+        managed._STATE_CACHE.clear()
+        everything = list(op._inner(*args, **kwargs))
+    return [first], everything
+
+
+def test_diff_shows_every_file_before_the_first_command_and_only_once(caplog) -> None:
+    other = ManagedFile("/etc/cloudflared/other.yaml", b"a: 2\n")
+    manifest, credential = _secret_manifest()
+    manifest.files.append(other)
+    state = managed_state(
+        paths={CONFIG.path: None, credential.path: None, other.path: None},
+    )
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        _change_detection_then_execution(managed.files, manifest, facts={ManagedState: state})
+    text = ANSI.sub("", caplog.text)
+    assert text.count(f"{CONFIG.path}: created") == 1
+    assert text.count(f"{other.path}: created") == 1
+    assert text.count("+ a: 2") == 1
+    assert text.count(f"{credential.path}: secret content created (not shown)") == 1
+    assert TUNNEL_SECRET not in text
+
+
+def test_diff_of_a_large_or_binary_file_is_not_read_back(caplog) -> None:
+    weights = ManagedFile("/opt/triton/models/m/1/weights.bin", b"\0\1" * 1000)
+    manifest = base_manifest(CONFIG, weights)
+    with ctx_state.use(FakeState()):
+        managed.state.config.DIFF = True
+        assert manifest.script_args()["peek"] == (CONFIG.path,)
+    state = managed_state(
+        paths={CONFIG.path: file_state(CONFIG), weights.path: file_state(weights, sha256="9" * 64)}
+    )
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        run_op(managed.files, manifest, diff=True, facts={ManagedState: state})
+    assert f"{weights.path}: binary or large file changes" in ANSI.sub("", caplog.text)
+
+
+def test_diff_names_every_directory_and_binary_change(caplog) -> None:
+    pin = "b" * 64
+    manifest = Manifest(
+        name="gpu host calypso",
+        directories=[ManagedDirectory("/etc/cloudflared"), ManagedDirectory("/opt/triton")],
+        binaries=[
+            ManagedBinary("/usr/local/bin/a", "https://x/{version}/{arch}", "1", {"amd64": pin}),
+            ManagedBinary("/usr/local/bin/b", "https://x/{version}/{arch}", "2", {"amd64": pin}),
+        ],
+    )
+    state = managed_state(
+        paths={
+            "/etc/cloudflared": None,
+            "/opt/triton": PathState("directory", "0700", "triton", "root"),
+            "/usr/local/bin/a": None,
+            "/usr/local/bin/b": PathState("file", "0644", "root", "root", pin),
+        }
+    )
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        for op in (managed.directories, managed.binaries):
+            _change_detection_then_execution(op, manifest, facts={ManagedState: state})
+    text = ANSI.sub("", caplog.text)
+    for line in [
+        "/etc/cloudflared: directory created (root:root 0755)",
+        "/opt/triton: owner and mode triton:root 0700 become root:root 0755",
+        "/usr/local/bin/a: 1 for amd64 installed from https://x/1/amd64",
+        "/usr/local/bin/b: mode becomes 0755",
+    ]:
+        assert text.count(line) == 1, text
+
+
+# ---- a state that could not be read: one line, and nothing acts on it
+
+
+def test_an_unreadable_state_refuses_every_operation_on_it(caplog) -> None:
+    manifest = base_manifest(CONFIG)
+    manifest.packages.append("curl")
+    for op in (managed.files, managed.packages, managed.sweep):
+        managed._STATE_CACHE.clear()
+        run = run_op(op, manifest, facts={ManagedState: None})
+        assert_refused(run, caplog, "could not read the state of base calypso")
+    assert "calypso: could not read the state of base calypso" in caplog.text
+    managed._STATE_CACHE.clear()
+    with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with({ManagedState: None})):
+        assert manifest.will_change([CONFIG.path]) is False  # restarts nothing on it
+        assert manifest.unwanted() == []  # and removes nothing
+
+
+# ---- staging is private in fact
+
+
+def test_staging_folder_is_made_private_and_emptied_before_the_upload(tmp_path: Path) -> None:
+    manifest, credential = _secret_manifest()
+    staging = tmp_path / STAGING
+    staging.mkdir(mode=0o755)
+    staging.chmod(0o755)
+    (staging / "left-by-a-failed-run").write_text("old secret")
+    run = run_op(managed.files, base_manifest(credential), facts={ManagedState: managed_state()})
+    prepare, upload = run.commands[0], run.commands[1]
+    subprocess.run(["sh", "-c", prepare["command"]], cwd=tmp_path, check=True)
+    assert oct(staging.stat().st_mode & 0o777) == "0o700"
+    staged = tmp_path / upload["command"][2]
+    assert [p.name for p in staging.iterdir()] == [staged.name]
+    assert oct(staged.stat().st_mode & 0o777) == "0o600"  # before any content is in it
+    assert prepare["_sudo"] is False and upload["_sudo"] is False
+
+
+# ---- sweep: what the role wrote and no longer wants is removed
+
+TUNNEL_ID = "0b1c6d3e-6f26-4c8a-9e70-5a8d3c1f2a4b"
+
+
+def _record(files: list[str], directories: list[str] = ()) -> bytes:
+    return (
+        json.dumps({"directories": sorted(directories), "files": sorted(files)}, indent=1) + "\n"
+    ).encode()
+
+
+def test_sweep_removes_the_credential_of_the_old_shape(caplog) -> None:
+    """The node tunnel switched from credentials.json to a token: the json goes."""
+    token = ManagedFile("/etc/cloudflared/token", b"t", mode="0600", secret=True)
+    manifest = Manifest(
+        name="gpu host calypso",
+        files=[CONFIG, token],
+        directories=[ManagedDirectory("/etc/cloudflared")],
+    )
+    old = f"/etc/cloudflared/{TUNNEL_ID}.json"
+    state = managed_state()
+    state["record"] = _record([CONFIG.path, old], ["/etc/cloudflared"])
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        run = run_op(managed.sweep, manifest, facts={ManagedState: state})
+    assert manifest.unwanted() == [old]
+    assert run.strings[0] == f"rm -f -- {old}"
+    assert f"{old}: no longer wanted, removed" in caplog.text
+    # then the record is rewritten to what the manifest declares now
+    record_upload = next(
+        c["command"] for c in run.commands if isinstance(c, dict) and c["command"][0] == "upload"
+    )
+    assert json.loads(record_upload[1]) == {
+        "directories": ["/etc/cloudflared"],
+        "files": sorted([CONFIG.path, token.path]),
+    }
+    assert any(
+        f"mv -f {manifest.record_path}.oceanid-new {manifest.record_path}" in s for s in run.strings
+    )
+    assert manifest.record_path == "/var/lib/oceanid/gpu-host-calypso.paths"
+    assert shell_syntax_errors(run.commands) == []
+
+
+def test_sweep_with_nothing_unwanted_and_a_current_record_is_a_noop() -> None:
+    manifest = base_manifest(CONFIG)
+    state = managed_state()
+    state["record"] = _record([CONFIG.path])
+    run = run_op(managed.sweep, manifest, facts={ManagedState: state})
+    assert run.commands == []
+    assert run.noop == "nothing base calypso wrote is unwanted; its record is up to date"
+
+
+def test_sweep_without_a_record_removes_nothing_and_writes_one() -> None:
+    manifest = base_manifest(CONFIG)
+    for record in (None, b"not json", b'{"files": "/etc"}'):
+        managed._STATE_CACHE.clear()
+        state = managed_state()
+        state["record"] = record
+        run = run_op(managed.sweep, manifest, facts={ManagedState: state})
+        assert manifest.unwanted() == []
+        assert not any(s.startswith(("rm -f --", "if [ -d")) for s in run.strings)
+        assert any(manifest.record_path in s for s in run.strings)
+
+
+def test_sweep_for_real_removes_only_recorded_files_and_empty_directories(
+    tmp_path: Path,
+) -> None:
+    """The real commands in a scratch tree: unlisted files stay, a non-empty directory stays."""
+    models = tmp_path / "models"
+    kept, gone = models / "kept", models / "gone"
+    (gone / "1").mkdir(parents=True)
+    kept.mkdir()
+    (gone / "1" / "model.py").write_text("old")
+    (gone / "config.pbtxt").write_text("old")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "not-ours").write_text("someone else's")
+    unlisted = kept / "local-notes.txt"
+    unlisted.write_text("mine")
+    odd = tmp_path / "it's $(touch PWNED)"
+    odd.write_text("old")
+    wanted = ManagedFile(str(kept / "config.pbtxt"), b"name: kept\n")
+    manifest = Manifest(
+        name="gpu host calypso", files=[wanted], directories=[ManagedDirectory(str(kept))]
+    )
+    state = managed_state()
+    state["record"] = _record(
+        [wanted.path, str(gone / "1" / "model.py"), str(gone / "config.pbtxt"), str(odd)],
+        [str(kept), str(gone), str(gone / "1"), str(busy), str(tmp_path / "never-made")],
+    )
+    run = run_op(managed.sweep, manifest, facts={ManagedState: state})
+    removals = [s for s in run.strings if s.startswith(("rm -f --", "if [ -d"))]
+    for command in removals:
+        subprocess.run(["sh", "-c", command], cwd=tmp_path, check=True)
+    assert not gone.exists() and not odd.exists()
+    assert busy.is_dir() and (busy / "not-ours").exists()
+    assert unlisted.exists() and kept.is_dir()
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_long_removals_are_split_into_commands_of_bounded_size() -> None:
+    names = [f"/opt/triton/models/old/{i:05d}-{'x' * 200}" for i in range(1000)]
+    manifest = base_manifest(CONFIG)
+    state = managed_state()
+    state["record"] = _record([CONFIG.path, *names])
+    run = run_op(managed.sweep, manifest, facts={ManagedState: state})
+    removals = [s for s in run.strings if s.startswith("rm -f --")]
+    assert len(removals) > 1
+    assert all(len(s) < 100 * 1024 for s in removals)
+    assert sorted(w for s in removals for w in s.split()[3:]) == sorted(names)
+
+
+# ---- held packages
+
+
+def test_a_held_package_is_installed_not_reinstalled() -> None:
+    output = [
+        "@@oceanid host",
+        "amd64",
+        "3.11",
+        "@@oceanid packages",
+        "cloudflared hi  2025.8.1",
+        "@@oceanid end",
+    ]
+    state = ManagedState().process(output)
+    manifest = Manifest(name="gpu host calypso", packages=["cloudflared"])
+    run = run_op(managed.packages, manifest, facts={ManagedState: state})
+    assert run.commands == []
+    assert run.noop == "1 package(s) of gpu host calypso are installed"
+
+
+def test_a_shared_file_is_never_recorded_so_never_swept() -> None:
+    keys = ManagedFile("/home/oceanid/.ssh/authorized_keys", b"ssh-ed25519 A\n", shared=True)
+    manifest = base_manifest(SUDOERS, keys)
+    state = managed_state()
+    state["record"] = _record([SUDOERS.path, keys.path])  # however it got there
+    run = run_op(managed.sweep, manifest, facts={ManagedState: state})
+    assert manifest.declared() == {"files": [SUDOERS.path], "directories": []}
+    assert not any(s.startswith("rm -f --") for s in run.strings)

@@ -1,0 +1,238 @@
+"""
+The batched fact's script, run for real by /bin/sh, and the real pyinfra CLI on @local.
+
+The script is what reaches a host, so it is tested by running it: on names with quotes,
+spaces, backslashes, newlines and `$(...)` (which must stay names, never commands), on more
+paths than fit in one `sh -c` argument, and through pyinfra itself (`_stdin` on the local
+connector), with `ManagedState.process` parsing the real output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from facts.managed import PEEK_LIMIT, ManagedState, script
+
+REPO = Path(__file__).resolve().parents[2]
+PYINFRA = REPO / ".venv" / "bin" / "pyinfra"
+
+ODD_NAMES = [
+    "it's here",
+    'double "quoted"',
+    "back\\slash",
+    "new\nline",
+    "$(touch PWNED)",
+    "`touch PWNED2`",
+    "; touch PWNED3 #",
+    "-leading dash",
+    "trailing space ",
+    "ünïcode",
+]
+
+
+def run_script(text: str, cwd: Path) -> dict:
+    """Run the script as `sh -s` does on a host and parse its output with the fact."""
+    result = subprocess.run(
+        ["sh", "-s"], input=text.encode(), cwd=cwd, capture_output=True, check=True
+    )
+    return ManagedState().process(result.stdout.decode().splitlines())
+
+
+@pytest.fixture
+def odd_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "odd"
+    root.mkdir()
+    for name in ODD_NAMES:
+        (root / name).write_bytes(f"content of {name}\n".encode())
+    (root / "a dir").mkdir()
+    (root / "a dir" / "x'y").write_text("x\n")
+    return root
+
+
+def test_odd_names_are_names_not_commands(odd_tree: Path) -> None:
+    paths = tuple(str(odd_tree / name) for name in ODD_NAMES)
+    missing = str(odd_tree / "missing 'one'")
+    state = run_script(
+        script(
+            files=(*paths, missing),
+            read=paths,
+            peek=paths,
+            users=("root", "no such 'user'"),
+            trees=(str(odd_tree),),
+            record=paths[0],
+        ),
+        cwd=odd_tree,
+    )
+    for path in paths:
+        content = Path(path).read_bytes()
+        assert state["paths"][path].kind == "file"
+        assert state["paths"][path].sha256 == hashlib.sha256(content).hexdigest(), path
+        assert state["contents"][path] == content
+        assert state["peeks"][path] == content
+    assert state["paths"][missing] is None
+    assert state["users"]["root"].uid == 0
+    assert state["users"]["no such 'user'"] is None
+    assert state["record"] == Path(paths[0]).read_bytes()
+    tree = state["trees"][str(odd_tree)]
+    assert tree["a dir"] == "directory" and tree["a dir/x'y"] == "file"
+    assert {name for name in ODD_NAMES} <= set(tree)
+    assert not list(odd_tree.glob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+
+
+def test_a_script_larger_than_one_argument_runs_whole(tmp_path: Path) -> None:
+    """The kernel refuses one argument past 128 KiB; on stdin, size does not matter."""
+    folder = tmp_path / ("long-folder-name-" * 12)
+    folder.mkdir()
+    paths = tuple(str(folder / f"model-{i:04d}-{'x' * 120}.py") for i in range(400))
+    for path in paths[::2]:
+        Path(path).write_text(path)
+    text = script(files=paths, peek=paths)
+    assert len(text.encode()) > 128 * 1024
+    with pytest.raises(OSError, match="Argument list too long"):
+        subprocess.run(["sh", "-c", text], capture_output=True)
+    state = run_script(text, cwd=tmp_path)
+    assert len(state["paths"]) == 400
+    for i, path in enumerate(paths):
+        if i % 2:
+            assert state["paths"][path] is None
+        else:
+            assert state["paths"][path].sha256 == hashlib.sha256(path.encode()).hexdigest()
+            assert state["peeks"][path] == path.encode()
+
+
+def test_peek_stops_at_the_limit_and_read_does_not(tmp_path: Path) -> None:
+    big = tmp_path / "weights.bin"
+    big.write_bytes(b"\0" * (PEEK_LIMIT + 10))
+    state = run_script(script(files=(str(big),), peek=(str(big),), read=()), cwd=tmp_path)
+    assert str(big) not in state["peeks"]  # no diff read back for model weights
+    assert state["paths"][str(big)].sha256 == hashlib.sha256(big.read_bytes()).hexdigest()
+    state = run_script(script(read=(str(big),)), cwd=tmp_path)
+    assert state["contents"][str(big)] == big.read_bytes()
+
+
+def test_output_cut_short_is_a_fact_error_not_a_crash() -> None:
+    from pyinfra.api.exceptions import FactProcessError
+
+    with pytest.raises(FactProcessError, match="ended early"):
+        ManagedState().process(["@@oceanid host", "amd64"])
+
+
+# ---- through pyinfra itself
+
+
+DEPLOY = """
+from pathlib import Path
+
+from operations import managed
+from operations.managed import ManagedFile, Manifest
+
+root = Path({root!r})
+manifest = Manifest(
+    name="cli test",
+    files=[
+        ManagedFile(str(root / name), ("new " + name + "\\n").encode(), user={user!r},
+                    group={group!r})
+        for name in {names!r}
+    ],
+)
+managed.files(name="Odd files", manifest=manifest)
+"""
+
+
+def _pyinfra(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [str(PYINFRA), *args],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_pyinfra_local_reads_the_state_on_stdin_and_converges(tmp_path: Path) -> None:
+    """`_stdin` through pyinfra's local connector: --dry --diff names every file, a real
+    run writes them, and the next run reads them back as up to date."""
+    import grp
+    import pwd
+
+    root = tmp_path / "etc"
+    root.mkdir()
+    names = ["plain.conf", "it's.conf", "$(touch PWNED).conf"]
+    (root / names[0]).write_text("old plain.conf\n")
+    deploy = tmp_path / "deploy.py"
+    deploy.write_text(
+        DEPLOY.format(
+            root=str(root),
+            names=names,
+            user=pwd.getpwuid(os.getuid()).pw_name,
+            group=grp.getgrgid(os.getgid()).gr_name,
+        )
+    )
+    dry = _pyinfra(tmp_path, "@local", str(deploy), "--dry", "--diff")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    output = dry.stdout + dry.stderr
+    assert "Traceback" not in output
+    for name in names:
+        assert f"{root / name}: " in output, output
+    assert "- old plain.conf" in output and "+ new plain.conf" in output
+    assert (root / names[0]).read_text() == "old plain.conf\n"
+
+    real = _pyinfra(tmp_path, "-y", "@local", str(deploy))
+    assert real.returncode == 0, real.stdout + real.stderr
+    for name in names:
+        assert (root / name).read_text() == f"new {name}\n"
+    assert not list(tmp_path.rglob("PWNED")) and not (REPO / "PWNED").exists()
+
+    again = _pyinfra(tmp_path, "-y", "-v", "@local", str(deploy))
+    assert again.returncode == 0
+    assert "3 file(s) of cli test are up to date" in again.stdout + again.stderr
+
+
+REFUSING = """
+from pyinfra import host
+from pyinfra.api import operation
+
+from operations.failure import refuse
+
+
+@operation()
+def refusing():
+    if host.name == "@local":
+        yield from refuse("@local: no usable NVIDIA GPU (test refusal)")
+    else:
+        yield "true"
+
+
+refusing(name="Refuses on one host")
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-y", "@local"],
+        ["@local", "--dry"],
+        ["@local"],
+        ["@local,@chroot//", "--dry"],  # a second host: pyinfra asks "continue?", no terminal
+        ["-y", "@local,@chroot//"],
+    ],
+    ids=["yes", "dry", "no-yes", "two-hosts-dry", "two-hosts-yes"],
+)
+def test_a_refusal_fails_the_run_with_one_line(tmp_path: Path, args: list[str]) -> None:
+    if "@chroot//" in args[-1] + args[0] and os.geteuid() != 0:
+        pytest.fail("the two-host cases need root (chroot /)")
+    deploy = tmp_path / "deploy.py"
+    deploy.write_text(REFUSING)
+    run = _pyinfra(tmp_path, *args, str(deploy))
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output
+    assert output.count("no usable NVIDIA GPU (test refusal)") == 1, output
+    assert "Traceback" not in output and "EOFError" not in output, output
