@@ -161,6 +161,9 @@ def start() -> None:
             "--state",
             str(LAB_DIR / "cloudflare-state.json"),
             "--reset",
+            # Read tunnel configs back with originRequest defaults, as the real API does: the
+            # second deploy must still plan no ingress update.
+            "--config-defaults",
         ],
         cwd=REPO,
     )

@@ -10,7 +10,10 @@ Ownership rules, because the zone is shared with people and other tools:
 - records the deploy creates carry the comment ``managed-by: oceanid-deploys``; the deploy changes a
   record only when it carries that comment or its name is in the operator's takeover list
   (setting ``cloudflare_takeover_records``); anything else is a conflict that stops the run;
-- the deploy never deletes a record. Stale managed records are reported, not removed.
+- only A, AAAA and CNAME records can be taken over; another type at a wanted name (TXT, MX …) is
+  never overwritten and stops the run, since a CNAME cannot share its name (RFC 1034);
+- the deploy never deletes a record. Stale managed records are reported, not removed;
+- a name is never pointed at a tunnel that does not exist or was deleted.
 
 Every run plans first (reads everything, checks every conflict) and writes only when the whole plan
 is clean, so a conflict or a bad token never leaves half the names changed.
@@ -40,6 +43,23 @@ TOKEN_HINT = (
     "check the API token (ESC cloudflareApiToken): it must be valid and allow Zone DNS Edit on the "
     "zone and Account Cloudflare Tunnel Edit"
 )
+# The API answers 403/10000 both for a bad token and for a well-formed zone or account ID that the
+# token cannot reach (or that does not exist), so these lines name the ID as well as the token.
+ZONE_REACH = (
+    "check the zone ID (ESC cloudflareZoneId), and that the token can reach it: the API token "
+    "(ESC cloudflareApiToken) must be valid and allow Zone DNS Edit on that zone"
+)
+ACCOUNT_REACH = (
+    "check the account ID (ESC cloudflareAccountId), and that the token can reach it: the API "
+    "token (ESC cloudflareApiToken) must be valid and allow Account Cloudflare Tunnel Edit there"
+)
+TUNNEL_KEYS = "cloudflareTunnelId or cloudflareNodeTunnelId"
+# Records a public name may replace when taken over; anything else there is never overwritten.
+ROUTABLE_TYPES = frozenset({"A", "AAAA", "CNAME"})
+# What the deploy sets in an ingress rule; other keys read back (originRequest defaults the API
+# fills in) are not the deploy's to compare.
+RULE_KEYS = ("hostname", "path", "service")
+RATE_LIMIT_BLOCK = "5 minutes"  # the API's block once a client passes 1200 requests in 5 minutes
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _CREATE_RACE_CODES = {81053, 81057, 81058}
@@ -102,27 +122,68 @@ def make_client(api_token: str, base_url: str | None = None) -> Cloudflare:
     return client
 
 
-def _api_error(action: str, error: Exception, hint: str = "") -> CloudflareError:
-    """Turn an SDK exception into one line naming what failed and what to do."""
+def _causes(error: cloudflare.APIStatusError) -> list[tuple[list[int], str]]:
+    """Each error as (its codes, outermost first; its innermost cause, described).
+
+    Validation errors may arrive as 1004 "DNS Validation Error" with the specific cause in
+    ``error_chain``; the SDK's typed errors drop that chain, so it is read from the body.
+    """
+    body = error.body
+    entries = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(entries, list) or not entries:
+        entries = [{"code": e.code, "message": e.message} for e in error.errors]
+    causes = []
+    for entry in entries:
+        chain = [entry]
+        while isinstance(chain[-1], dict) and chain[-1].get("error_chain"):
+            chain.append(chain[-1]["error_chain"][0])
+        chain = [link for link in chain if isinstance(link, dict)]
+        inner = chain[-1]
+        described = f"{inner.get('code', '')} {inner.get('message', '')}".strip()
+        if len(chain) > 1:
+            described += f" (reported as {entry.get('code')} {entry.get('message')})"
+        causes.append(([link.get("code") for link in chain], described))
+    return causes
+
+
+def _rate_limit_todo(error: cloudflare.APIStatusError) -> str:
+    """How long to wait: the API's Retry-After when it gave one, else its documented block."""
+    kept = f"the API kept rate-limiting after {MAX_RETRIES} retries"
+    try:
+        seconds = int(float(error.response.headers.get("retry-after", "")))
+    except ValueError:
+        seconds = 0
+    if seconds > 0:
+        return f"{kept} and asks to wait {seconds} s (Retry-After); wait that long, then rerun"
+    return (
+        f"{kept}; it blocks a client for {RATE_LIMIT_BLOCK} once the rate limit is passed: "
+        f"wait {RATE_LIMIT_BLOCK}, then rerun"
+    )
+
+
+def _api_error(action: str, error: Exception, hint: str = "", reach: str = "") -> CloudflareError:
+    """Turn an SDK exception into one line naming what failed and what to do.
+
+    ``reach`` says what to check when the API refuses access (403/10000: a bad token, or an ID the
+    token cannot reach); ``hint`` what to check when it has no such object (7003, 404).
+    """
     if isinstance(error, cloudflare.APIStatusError):
-        codes = [e.code for e in error.errors]
-        detail = "; ".join(f"{e.code} {e.message}".strip() for e in error.errors) or "no details"
+        causes = _causes(error)
+        codes = {code for chain, _ in causes for code in chain}
+        detail = "; ".join(described for _, described in causes) or "no details"
         status = error.status_code
         if status == 429 or 971 in codes:
+            todo = _rate_limit_todo(error)
+        elif status in (401, 403) or {10000, 9109, 6003, 9106, 1000} & codes:
+            todo = reach or TOKEN_HINT
+        elif {7003, 7000} & codes or status == 404:
             todo = (
-                f"the API kept rate-limiting after {MAX_RETRIES} retries; "
-                "wait a few minutes and rerun"
-            )
-        elif status in (401, 403) or {10000, 9109, 6003, 9106, 1000} & set(codes):
-            todo = TOKEN_HINT
-        elif {7003, 7000} & set(codes):
-            todo = (
-                hint or "check the account and zone ids (ESC cloudflareAccountId, cloudflareZoneId)"
+                hint or "check the account and zone IDs (ESC cloudflareAccountId, cloudflareZoneId)"
             )
         elif status >= 500:
             todo = "Cloudflare answered with a server error; rerun later"
         else:
-            todo = hint or "fix what the Cloudflare error says, then rerun"
+            todo = "fix what the Cloudflare error says, then rerun"
         return CloudflareError(f"Cloudflare API: {action} failed (HTTP {status}: {detail}); {todo}")
     if isinstance(error, cloudflare.APITimeoutError):
         return CloudflareError(f"Cloudflare API: {action} timed out; check the network and rerun")
@@ -224,6 +285,11 @@ class CurrentRecord:
     def managed(self) -> bool:
         return self.comment == MANAGED_COMMENT
 
+    @property
+    def routable(self) -> bool:
+        """A, AAAA or CNAME: the only records a take-over may replace."""
+        return self.type in ROUTABLE_TYPES
+
     def describe(self) -> str:
         proxy = "proxied" if self.proxied else "DNS only"
         ttl = "auto" if self.ttl == 1 else str(self.ttl)
@@ -261,6 +327,15 @@ class Conflict:
 
     def message(self) -> str:
         now = ", ".join(r.describe() for r in self.current)
+        others = [r for r in self.current if not r.routable]
+        if others:
+            held = ", ".join(r.describe() for r in others)
+            return (
+                f"DNS name {self.desired.name} holds {held}, which the deploy never overwrites "
+                "(a take-over replaces only A, AAAA and CNAME records) and the wanted CNAME "
+                "cannot share its name with it; move that record or choose another public name "
+                "for this host, then rerun"
+            )
         if len(self.current) > 1:
             return (
                 f"DNS name {self.desired.name} has {len(self.current)} records ({now}); the deploy "
@@ -319,16 +394,20 @@ def list_records(client: Cloudflare, zone_id: str) -> list[CurrentRecord]:
         raise _api_error(
             f"reading DNS records of zone {zone_id}",
             error,
-            "check the zone id (ESC cloudflareZoneId) and that the token can read that zone",
+            hint="check the zone ID (ESC cloudflareZoneId): it is the zone's 32-character ID",
+            reach=ZONE_REACH,
         ) from None
 
 
 def _decide(
     desired: DesiredRecord, found: list[CurrentRecord], takeover: set[str]
 ) -> RecordAction | Conflict:
-    """Adopt a match; change only a managed or taken-over single record; else conflict."""
+    """Adopt a match; change only a managed or taken-over single record; else conflict.
+    A record of another type than A, AAAA or CNAME at the name is always a conflict."""
     if not found:
         return RecordAction("create", desired)
+    if not all(record.routable for record in found):
+        return Conflict(desired, tuple(found))
     if len(found) > 1:
         return Conflict(desired, tuple(found))
     current = found[0]
@@ -404,9 +483,9 @@ def apply_action(client: Cloudflare, zone_id: str, action: RecordAction) -> None
         lost_answer = action.kind == "create" and codes & _CREATE_RACE_CODES
         if lost_answer and _matches_now(client, zone_id, action.desired):
             return
-        raise _api_error(action.describe(), error) from None
+        raise _api_error(action.describe(), error, reach=ZONE_REACH) from None
     except cloudflare.APIError as error:
-        raise _api_error(action.describe(), error) from None
+        raise _api_error(action.describe(), error, reach=ZONE_REACH) from None
 
 
 def apply(client: Cloudflare, zone_id: str, plan: Plan) -> list[str]:
@@ -443,19 +522,23 @@ def desired_ingress(
     return rules
 
 
-def _norm_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop empty fields so that a rule read back (with ``originRequest: {}`` and the like) equals
-    the rule that was written."""
+def _norm_rule(rule: Mapping[str, Any], keys: Iterable[str] | None = None) -> dict[str, Any]:
+    """Drop empty fields, and with ``keys`` every field but those, so that a rule read back (with
+    ``originRequest`` defaults the API fills in, ``path: ""`` and the like) equals the rule that
+    was written."""
     out: dict[str, Any] = {}
     for key, value in rule.items():
-        if value in (None, "", {}, []):
+        if value in (None, "", {}, []) or (keys is not None and key not in keys):
             continue
         out[key] = _norm(value) if key == "hostname" else value
     return out
 
 
-def _norm_ingress(rules: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [_norm_rule(rule) for rule in rules]
+def _norm_ingress(
+    rules: Iterable[Mapping[str, Any]], keys: Iterable[str] | None = None
+) -> list[dict[str, Any]]:
+    keys = None if keys is None else set(keys)
+    return [_norm_rule(rule, keys) for rule in rules]
 
 
 def _describe_rule(rule: Mapping[str, Any]) -> str:
@@ -501,39 +584,61 @@ def _tunnel_api(
     return envelope.get("result") if isinstance(envelope, dict) else None
 
 
-def _get_tunnel(client: Cloudflare, account_id: str, tunnel_id: str) -> dict[str, Any]:
+def _get_tunnel(
+    client: Cloudflare, account_id: str, tunnel_id: str, source: str = ""
+) -> dict[str, Any]:
+    """The tunnel object; a tunnel that does not exist or was deleted is refused, naming the
+    setting its ID came from (``source``, an ESC key), since no name may point at it."""
+    key = source or TUNNEL_KEYS
     try:
-        return _tunnel_api(client, "GET", account_id, tunnel_id) or {}
+        tunnel = _tunnel_api(client, "GET", account_id, tunnel_id) or {}
     except cloudflare.APIError as error:
         raise _api_error(
-            f"reading tunnel {tunnel_id}",
+            f"reading tunnel {tunnel_id} (ESC {key})",
             error,
-            "check the tunnel id (ESC cloudflareTunnelId / cloudflareNodeTunnelId) and the account "
-            "id (ESC cloudflareAccountId)",
+            hint=f"no tunnel has that ID in account {account_id}: set ESC {key} to the ID of an "
+            "existing tunnel of that account (ESC cloudflareAccountId)",
+            reach=ACCOUNT_REACH,
         ) from None
+    if tunnel.get("deleted_at"):
+        raise CloudflareError(
+            f"Cloudflare: tunnel {tunnel.get('name') or tunnel_id} ({tunnel_id}, ESC {key}) was "
+            f"deleted at {tunnel['deleted_at']}; no name is routed to a deleted tunnel: set ESC "
+            f"{key} (and its tunnel token) to a live tunnel, then rerun"
+        )
+    return tunnel
 
 
 def plan_tunnel_config(
-    client: Cloudflare, account_id: str, tunnel_id: str, ingress: Sequence[Mapping[str, Any]]
+    client: Cloudflare,
+    account_id: str,
+    tunnel_id: str,
+    ingress: Sequence[Mapping[str, Any]],
+    source: str = "",
 ) -> TunnelConfigPlan:
     """Compare a remotely-managed tunnel's ingress with ``ingress``; reads only. A locally-managed
     tunnel (``config_src`` "local") takes its ingress from the file on the host, so it is left
-    alone here."""
+    alone here. Only the fields the rules set are compared (``RULE_KEYS`` and any other key of
+    ``ingress``): the API reads rules back with ``originRequest`` defaults never sent.
+    ``source`` names the setting the tunnel ID came from, for the error when it is missing."""
     wanted = _norm_ingress(ingress)
     if not wanted or "hostname" in wanted[-1] or "path" in wanted[-1]:
         raise CloudflareError(
             f"tunnel {tunnel_id}: the last ingress rule must be a catch-all (no hostname, no path)"
         )
-    tunnel = _get_tunnel(client, account_id, tunnel_id)
+    tunnel = _get_tunnel(client, account_id, tunnel_id, source)
     name = tunnel.get("name") or tunnel_id
     if tunnel.get("config_src") != "cloudflare":
         return TunnelConfigPlan(tunnel_id, name, "local", desired=tuple(wanted))
     try:
         answer = _tunnel_api(client, "GET", account_id, tunnel_id, "/configurations")
     except cloudflare.APIError as error:
-        raise _api_error(f"reading the configuration of tunnel {name}", error) from None
+        raise _api_error(
+            f"reading the configuration of tunnel {name}", error, reach=ACCOUNT_REACH
+        ) from None
     config: dict[str, Any] = dict((answer or {}).get("config") or {})
-    current = _norm_ingress(config.get("ingress") or [])
+    managed = set(RULE_KEYS).union(*(rule.keys() for rule in wanted))
+    current = _norm_ingress(config.get("ingress") or [], managed)
     if current == wanted:
         return TunnelConfigPlan(tunnel_id, name, "noop", tuple(current), tuple(wanted))
     new_config = {**config, "ingress": [dict(rule) for rule in ingress]}
@@ -554,7 +659,7 @@ def apply_tunnel_config(client: Cloudflare, account_id: str, tunnel_plan: Tunnel
             body={"config": tunnel_plan.new_config},
         )
     except cloudflare.APIError as error:
-        raise _api_error(tunnel_plan.describe(), error) from None
+        raise _api_error(tunnel_plan.describe(), error, reach=ACCOUNT_REACH) from None
 
 
 # -- tunnel status --------------------------------------------------------------------------------
@@ -591,7 +696,9 @@ def tunnel_status(client: Cloudflare, account_id: str, tunnel_id: str) -> Tunnel
     try:
         clients = _tunnel_api(client, "GET", account_id, tunnel_id, "/connections") or []
     except cloudflare.APIError as error:
-        raise _api_error(f"reading connections of tunnel {tunnel_id}", error) from None
+        raise _api_error(
+            f"reading connections of tunnel {tunnel_id}", error, reach=ACCOUNT_REACH
+        ) from None
     live = [
         [c for c in (connector.get("conns") or []) if not c.get("is_pending_reconnect")]
         for connector in clients
@@ -628,19 +735,36 @@ class RoutesPlan:
         return f"Cloudflare DNS records {names} and tunnel ingress are as wanted"
 
 
+def _record_tunnel(record: DesiredRecord) -> str | None:
+    suffix = "." + TUNNEL_DOMAIN
+    content = _norm(record.content)
+    return content.removesuffix(suffix) if content.endswith(suffix) else None
+
+
 def plan_routes(
     client: Cloudflare,
     access: CloudflareAccess,
     records: Sequence[DesiredRecord],
     ingress: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     takeover: Iterable[str] = (),
+    tunnel_keys: Mapping[str, str] | None = None,
 ) -> RoutesPlan:
-    """Read the zone and every tunnel, then decide; raises CloudflareConflictError on conflicts."""
+    """Read the zone and every tunnel, then decide; raises CloudflareConflictError on conflicts.
+
+    Every tunnel a record points at is looked up too, so that no name is pointed at a tunnel that
+    does not exist or was deleted; ``tunnel_keys`` maps a tunnel ID to the setting (ESC key) it
+    came from, which the error names."""
+    keys = tunnel_keys or {}
     dns = plan(client, access.zone_id, records, takeover) if records else Plan(access.zone_id, ())
     tunnels = tuple(
-        plan_tunnel_config(client, access.account_id, tunnel_id, rules)
+        plan_tunnel_config(client, access.account_id, tunnel_id, rules, keys.get(tunnel_id, ""))
         for tunnel_id, rules in (ingress or {}).items()
     )
+    targets = dict.fromkeys(
+        t for t in map(_record_tunnel, records) if t and t not in (ingress or {})
+    )
+    for tunnel_id in targets:
+        _get_tunnel(client, access.account_id, tunnel_id, keys.get(tunnel_id, ""))
     dns.check()
     return RoutesPlan(dns, tunnels)
 

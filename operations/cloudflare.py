@@ -51,6 +51,7 @@ def routes(
     ingress: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     takeover: Iterable[str] = (),
     others: Iterable[str] = (),
+    tunnel_keys: Mapping[str, str] | None = None,
 ):
     """
     Point public names at their tunnels and set remotely-managed tunnels' ingress, all or nothing.
@@ -64,10 +65,16 @@ def routes(
       ``cloudflare_takeover_records`` setting)
     + others: names that other hosts of the site manage in their own runs of this operation;
       they are neither stale records nor unused takeover names here
+    + tunnel_keys: tunnel id -> the setting (ESC key) it came from, named when that tunnel does
+      not exist or was deleted
 
     A matching record is adopted unchanged. A record with other content or type, not created by
-    this deploy and not in ``takeover``, stops the run before anything is written; no record is
-    ever deleted.
+    this deploy and not in ``takeover``, stops the run before anything is written, and so does
+    any record at the name other than A, AAAA or CNAME; no record is ever deleted. A name is
+    never pointed at a tunnel that does not exist or was deleted.
+
+    Everything is read while the operation is planned, so a failed read (API unreachable, token
+    or zone refused) refuses the operation then, ``--dry`` included, and shows no change.
 
     **Example:**
 
@@ -87,7 +94,7 @@ def routes(
         raise OperationValueError("takeover must be a list of names, not one string")
 
     try:
-        planned = plan_routes(access.client(), access, records, ingress, takeover)
+        planned = plan_routes(access.client(), access, records, ingress, takeover, tunnel_keys)
     except CloudflareError as error:
         yield from refuse(str(error))
         return

@@ -34,6 +34,16 @@ def records(plan: HostPlan, site: Site) -> tuple[list[DesiredRecord], dict]:
     return wanted, ingress
 
 
+def tunnel_keys(plan: HostPlan, site: Site) -> dict[str, str]:
+    """Which ESC key each of this host's tunnel IDs came from, for the error when one is gone."""
+    keys = {}
+    if K3S_SERVERS in plan.roles and site.cluster_tunnel_id:
+        keys[site.cluster_tunnel_id] = "cloudflareTunnelId"
+    if plan.gpu is not None and plan.node_tunnel_id:
+        keys[plan.node_tunnel_id] = plan.gpu.tunnel_id_key
+    return keys
+
+
 def site_names(plan: HostPlan) -> set[str]:
     """Every public name the site's settings give: label and each GPU host's name."""
     base = plan.settings.base_domain
@@ -62,4 +72,5 @@ def deploy(plan: HostPlan, site: Site) -> None:
         ingress=ingress,
         takeover=settings.cloudflare_takeover_records,
         others=sorted(site_names(plan) - {record.name for record in wanted}),
+        tunnel_keys=tunnel_keys(plan, site),
     )

@@ -7,17 +7,29 @@ real API checks, so that a bug the real API would reject is rejected here too:
 
 - ``Authorization: Bearer <token>``: missing header 400/9106, malformed 400/6003, wrong token
   403/10000 "Authentication error";
-- unknown zone, account or route: 400 with 7003 "Could not route to ..." and 7000 "No route for that
+- a zone or account ID that is well formed (32 hex) but not one the token can reach: 403/10000
+  "Authentication error", the same answer as a wrong token (the API does not say which); a
+  malformed ID or unknown route: 400 with 7003 "Could not route to ..." and 7000 "No route for that
   URI"; unknown record 404/81044; unknown tunnel 404/1003;
 - record validity: type, name inside the zone, A/AAAA/CNAME content (9005/9006/9007), TTL (9021),
-  proxying only for A/AAAA/CNAME (9004); a CNAME next to any other record at the same name 400/81053
-  "An A, AAAA, or CNAME record with that host already exists."; an identical record 400/81058;
+  proxying only for A/AAAA/CNAME (9004), comment length (9313); with ``validation_error_chain`` in
+  the seed these come wrapped, as the API sent them until late 2024: 1004 "DNS Validation Error"
+  with the cause in ``error_chain``;
+- names shared with a CNAME: a CNAME where an A, AAAA or CNAME exists 400/81053, an A or AAAA where
+  a CNAME exists 400/81054, an identical record 400/81058; a CNAME beside TXT, MX and other types
+  is accepted, as Cloudflare accepts it;
 - page/per_page pagination with ``total_pages``; a page past the end is empty (the SDK pages
   until it sees an empty page);
+- tunnels: a deleted tunnel is still answered, with ``deleted_at`` set (list filter
+  ``is_deleted``);
 - tunnel configurations: ingress must be non-empty and end in a catch-all rule (400/1056), PUT
-  replaces the whole config, bumps ``version`` and defaults ``warp-routing``;
+  replaces the whole config, bumps ``version`` and defaults ``warp-routing``; with
+  ``config_defaults`` (seed) or ``--config-defaults`` each ingress rule is read back with
+  cloudflared's default ``originRequest`` values filled in, values that were never sent;
 - injected faults (``faults`` in the seed or ``POST /__standin__/faults``), e.g. HTTP 429 with code
-  971 and ``Retry-After``, so retry handling can be tested.
+  971 and ``Retry-After``, so retry handling can be tested; a fault with ``block_s`` then refuses
+  every request for that many seconds (429, ``Retry-After`` the time left), as the API blocks a
+  client for five minutes once it passes the rate limit.
 
 Run it for the lab::
 
@@ -37,10 +49,13 @@ base URL ends in ``/client/v4`` like the real one. Seed file (JSON or YAML)::
       - {id: <uuid>, name: oceanid-cluster, config_src: cloudflare,
          config: {ingress: [{service: "http_status:404"}]},      # optional
          connectors: [{conns: 4, version: "2025.8.1"}],            # optional: connected replicas
-         ever_connected: false, status: degraded}                  # optional overrides
+         ever_connected: false, status: degraded,                  # optional overrides
+         deleted: false}                                           # optional: soft-deleted
     faults:
       - {method: POST, path: /dns_records, status: 429, code: 971, retry_after: 1, times: 1,
-         skip: 0, after_apply: false}
+         skip: 0, after_apply: false, block_s: 0}
+    validation_error_chain: false  # optional: wrap validation errors in 1004 + error_chain
+    config_defaults: false         # optional: read configs back with default originRequest
 
 ``--state FILE`` holds the live state as JSON (never the token), rewritten after every change; when
 it exists at start it is loaded instead of the seed (``--reset`` starts from the seed again).
@@ -59,6 +74,7 @@ import re
 import secrets
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -78,6 +94,26 @@ RECORD_TYPES = {
     "OPENPGPKEY", "PTR", "SMIMEA", "SRV", "SSHFP", "SVCB", "TLSA", "TXT", "URI",
 }  # fmt: skip
 PROXIABLE = {"A", "AAAA", "CNAME"}
+ADDRESS = {"A", "AAAA"}
+_OBJECT_ID = re.compile(r"^[0-9a-f]{32}$")
+SAME_NAME_DOCS = (
+    "For more details, refer to "
+    "<https://developers.cloudflare.com/dns/manage-dns-records/troubleshooting/records-with-same-name/>."
+)
+# cloudflared's documented origin request defaults, as the API adds them to a rule read back.
+ORIGIN_REQUEST_DEFAULTS = {
+    "connectTimeout": 30,
+    "tlsTimeout": 10,
+    "tcpKeepAlive": 30,
+    "noHappyEyeballs": False,
+    "keepAliveConnections": 100,
+    "keepAliveTimeout": 90,
+    "httpHostHeader": "",
+    "originServerName": "",
+    "noTLSVerify": False,
+    "disableChunkedEncoding": False,
+    "http2Origin": False,
+}
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)(\.[a-z0-9_-]{1,63})+$"
 )
@@ -97,8 +133,14 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(errors[0][1] if errors else str(status))
         self.status = status
-        self.errors = [{"code": code, "message": message} for code, message in errors]
+        self.errors: list[Json] = [{"code": code, "message": message} for code, message in errors]
         self.headers = headers or {}
+
+    def wrapped(self) -> ApiError:
+        """The same cause inside 1004 "DNS Validation Error", the older way the API sent it."""
+        error = ApiError(self.status, (1004, "DNS Validation Error"), headers=self.headers)
+        error.errors[0]["error_chain"] = self.errors
+        return error
 
 
 def _now() -> str:
@@ -111,6 +153,14 @@ def _no_route(path: str) -> ApiError:
         (7003, f"Could not route to {path}, perhaps your object identifier is invalid?"),
         (7000, "No route for that URI"),
     )
+
+
+def _unreachable(object_id: str, path: str) -> ApiError:
+    """A malformed ID has no route; a well-formed one the token cannot reach (or that does not
+    exist) is refused as an authentication error, the same answer as a wrong token."""
+    if not _OBJECT_ID.match(object_id):
+        return _no_route(path)
+    return ApiError(403, (10000, "Authentication error"))
 
 
 def _norm_name(name: str, zone: str) -> str:
@@ -132,6 +182,7 @@ class StandinState:
         self.token = token
         self.state_file = state_file
         self.requests: list[Json] = []
+        self.blocked_until = 0.0  # monotonic time; a fault with ``block_s`` sets it
         self.data.setdefault("faults", [])
         self.data.setdefault("zones", {})
         self.data.setdefault("tunnels", {})
@@ -149,6 +200,8 @@ class StandinState:
             "zones": {},
             "tunnels": {},
             "faults": list(seed.get("faults", [])),
+            "validation_error_chain": bool(seed.get("validation_error_chain", False)),
+            "config_defaults": bool(seed.get("config_defaults", False)),
         }
         for zone in seed.get("zones", []):
             zone_id = zone.get("id") or secrets.token_hex(16)
@@ -168,6 +221,7 @@ class StandinState:
                 "ever_connected": bool(tunnel.get("ever_connected", False)),
                 "status": tunnel.get("status"),
                 "created_at": _now(),
+                "deleted_at": _now() if tunnel.get("deleted") else None,
             }
             state.set_connectors(tunnel_id, tunnel.get("connectors", []))
         return state
@@ -208,19 +262,40 @@ class StandinState:
                 (int(fault.get("code", 971)), fault.get("message", default)),
                 headers=headers,
             )
+            if fault.get("block_s"):
+                self.blocked_until = time.monotonic() + float(fault["block_s"])
             return error, bool(fault.get("after_apply", False))
         return None
+
+    def blocked(self) -> ApiError | None:
+        """While a rate-limit block lasts, every request is refused with the time left."""
+        left = self.blocked_until - time.monotonic()
+        if left <= 0:
+            return None
+        return ApiError(
+            429,
+            (971, "Please wait and consider throttling your request speed"),
+            headers={"Retry-After": str(int(left) + 1)},
+        )
 
     # -- DNS ------------------------------------------------------------------------------------
 
     def zone(self, zone_id: str, path: str) -> Json:
         zone = self.data["zones"].get(zone_id)
         if zone is None:
-            raise _no_route(path)
+            raise _unreachable(zone_id, path)
         return zone
 
     def _validate_record(self, zone: Json, body: Json) -> Json:
         """Check a record body the way the API does; return the normalised record fields."""
+        try:
+            return self._check_record(zone, body)
+        except ApiError as error:
+            if self.data.get("validation_error_chain") and error.errors[0]["code"] != 1004:
+                raise error.wrapped() from None
+            raise
+
+    def _check_record(self, zone: Json, body: Json) -> Json:
         rtype = str(body.get("type") or "").upper()
         if not rtype or not body.get("name") or body.get("content") in (None, ""):
             raise ApiError(400, (1004, "DNS Validation Error"))
@@ -263,7 +338,9 @@ class StandinState:
             )
         comment = body.get("comment")
         if comment is not None and len(str(comment)) > 100:
-            raise ApiError(400, (9101, "DNS record comment is too long (maximum 100 characters)."))
+            raise ApiError(
+                400, (9313, "DNS record comment exceeds the maximum length of 100 characters.")
+            )
         return {
             "type": rtype,
             "name": name,
@@ -278,12 +355,19 @@ class StandinState:
         }
 
     def _check_clash(self, zone: Json, record: Json, ignore_id: str | None = None) -> None:
+        """CNAME rules as Cloudflare enforces them: only A, AAAA and CNAME clash with a CNAME."""
         for other in zone["records"]:
             if other["id"] == ignore_id or other["name"] != record["name"]:
                 continue
-            if "CNAME" in (other["type"], record["type"]):
+            if record["type"] == "CNAME" and other["type"] in ADDRESS | {"CNAME"}:
                 raise ApiError(
-                    400, (81053, "An A, AAAA, or CNAME record with that host already exists.")
+                    400,
+                    (81053, "An A, AAAA, or CNAME record with that host already exists. "
+                            + SAME_NAME_DOCS),
+                )  # fmt: skip
+            if record["type"] in ADDRESS and other["type"] == "CNAME":
+                raise ApiError(
+                    400, (81054, "A CNAME record with that host already exists. " + SAME_NAME_DOCS)
                 )
             if other["type"] == record["type"] and other["content"] == record["content"]:
                 raise ApiError(400, (81058, "An identical record already exists."))
@@ -325,9 +409,12 @@ class StandinState:
 
     # -- tunnels --------------------------------------------------------------------------------
 
-    def tunnel(self, account_id: str, tunnel_id: str, path: str) -> Json:
+    def account(self, account_id: str, path: str) -> None:
         if account_id != self.data["account_id"]:
-            raise _no_route(path)
+            raise _unreachable(account_id, path)
+
+    def tunnel(self, account_id: str, tunnel_id: str, path: str) -> Json:
+        self.account(account_id, path)
         tunnel = self.data["tunnels"].get(tunnel_id)
         if tunnel is None:
             raise ApiError(404, (1003, "Tunnel not found"))
@@ -382,7 +469,7 @@ class StandinState:
             "remote_config": tunnel["config_src"] == "cloudflare",
             "status": status,
             "created_at": tunnel["created_at"],
-            "deleted_at": None,
+            "deleted_at": tunnel.get("deleted_at"),
             "conns_active_at": tunnel["created_at"] if connected else None,
             "conns_inactive_at": None if connected else tunnel["created_at"],
             "metadata": {},
@@ -391,10 +478,14 @@ class StandinState:
 
     def config_json(self, tunnel_id: str) -> Json:
         tunnel = self.data["tunnels"][tunnel_id]
+        config = copy.deepcopy(tunnel["config"])
+        if config and self.data.get("config_defaults"):
+            for rule in config.get("ingress") or []:
+                rule["originRequest"] = {**ORIGIN_REQUEST_DEFAULTS, **rule.get("originRequest", {})}
         return {
             "tunnel_id": tunnel_id,
             "version": tunnel["config_version"],
-            "config": tunnel["config"],
+            "config": config,
             "source": tunnel["config_src"],
             "created_at": tunnel["created_at"],
         }
@@ -528,7 +619,11 @@ class Handler(BaseHTTPRequestHandler):
             self._authenticate()
             with state.lock:
                 state.requests.append({"method": method, "path": path, "query": query})
-                fault = None if path.startswith(CONTROL_PREFIX) else state.take_fault(method, path)
+                control = path.startswith(CONTROL_PREFIX)
+                blocked = None if control else state.blocked()
+                if blocked is not None:
+                    raise blocked
+                fault = None if control else state.take_fault(method, path)
                 if fault is not None and not fault[1]:
                     raise fault[0]
                 for route_method, pattern, handler in ROUTES:
@@ -607,9 +702,11 @@ def _record_delete(s: StandinState, m: re.Match[str], q: dict, b: Json, path: st
 
 
 def _tunnels_list(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> tuple:
-    if m["account"] != s.data["account_id"]:
-        raise _no_route(path)
+    s.account(m["account"], path)
     items = [s.tunnel_json(tid) for tid in s.data["tunnels"]]
+    if "is_deleted" in q:
+        deleted = q["is_deleted"] == "true"
+        items = [t for t in items if (t["deleted_at"] is not None) == deleted]
     if "name" in q:
         items = [t for t in items if t["name"] == q["name"]]
     if "uuid" in q:
@@ -715,6 +812,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, help="JSON file holding the live state")
     parser.add_argument("--token-file", type=Path, help="file whose content is the API token")
     parser.add_argument("--reset", action="store_true", help="ignore an existing --state file")
+    parser.add_argument(
+        "--config-defaults",
+        action="store_true",
+        help="read tunnel configs back with default originRequest values, as the API does",
+    )
     args = parser.parse_args(argv)
 
     token = args.token_file.read_text().strip() if args.token_file else None
@@ -729,6 +831,8 @@ def main(argv: list[str] | None = None) -> int:
             state = StandinState.from_seed(seed, token, args.state)
         except ValueError as error:
             parser.error(str(error))
+    if args.config_defaults:
+        state.data["config_defaults"] = True
     state.save()
     server = make_server(state, args.host, args.port)
     print(f"listening on {base_url(server)}", flush=True)

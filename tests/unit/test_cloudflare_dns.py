@@ -7,6 +7,7 @@ the stand-in's state and request log, not from the code under test.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -75,6 +76,7 @@ class Standin:
 
 
 def default_seed(records: list[dict[str, Any]] | None = None, **tunnel_overrides: Any) -> dict:
+    """One zone, the cluster tunnel (``tunnel_overrides`` apply to it) and two node tunnels."""
     cluster = {"id": CLUSTER, "name": "oceanid-cluster", "config_src": "cloudflare"}
     cluster.update(tunnel_overrides)
     return {
@@ -266,6 +268,30 @@ def test_managed_record_follows_a_recreated_tunnel(start_standin):
     assert standin.records("gpu.boathou.se")[0]["content"] == target(NODE)
 
 
+def test_only_a_aaaa_and_cname_are_taken_over(start_standin):
+    records = [
+        {"type": "TXT", "name": "gpu", "content": "owner=someone-else"},
+        {"type": "MX", "name": "label", "content": "mx.example.net", "priority": 10},
+    ]
+    standin = start_standin(default_seed(records))
+    client = standin.client()
+    result = cf.plan(client, ZONE, wanted(), takeover={"gpu.boathou.se", "label.boathou.se"})
+    assert {c.desired.name for c in result.conflicts} == {"gpu.boathou.se", "label.boathou.se"}
+    gpu = next(c.message() for c in result.conflicts if c.desired.name == "gpu.boathou.se")
+    assert "DNS name gpu.boathou.se holds TXT owner=someone-else" in gpu
+    assert "never overwrites" in gpu and "cannot share its name" in gpu
+    assert "add 'gpu.boathou.se' to" not in gpu  # taking it over is not the way out
+    with pytest.raises(cf.CloudflareConflictError):
+        cf.apply(client, ZONE, result)
+    assert standin.writes() == []
+
+    # Beside a matching CNAME (Cloudflare allows it, resolvers would hide it) it stops too.
+    cname = {"type": "CNAME", "name": "gpu", "content": target(NODE), "proxied": True}
+    both = start_standin(default_seed([cname, records[0]]))
+    (conflict,) = cf.plan(both.client(), ZONE, wanted()).conflicts
+    assert "holds TXT owner=someone-else" in conflict.message()
+
+
 def test_never_deletes(start_standin):
     records = [
         # A stale record this deploy once made: reported, not removed.
@@ -344,6 +370,52 @@ def test_unknown_tunnel_is_named(standin: Standin):
         cf.plan_tunnel_config(standin.client(), ACCOUNT, OLD, cf.desired_ingress({}))
 
 
+def test_a_tunnel_id_that_does_not_exist_names_the_esc_key_it_came_from(standin: Standin):
+    access = standin.access()
+    records = cf.desired_records(BASE, OLD, {})  # label.boathou.se on a tunnel that is not there
+    with pytest.raises(cf.CloudflareError) as raised:
+        cf.plan_routes(access.client(), access, records, tunnel_keys={OLD: "cloudflareTunnelId"})
+    message = str(raised.value)
+    assert f"reading tunnel {OLD} (ESC cloudflareTunnelId)" in message
+    assert "HTTP 404: 1003 Tunnel not found" in message
+    assert "set ESC cloudflareTunnelId to the ID of an existing tunnel" in message
+    assert "\n" not in message
+    assert standin.writes() == []
+
+
+def test_a_deleted_tunnel_is_refused_by_name_and_never_routed_to(start_standin):
+    standin = start_standin(default_seed(deleted=True))  # the cluster tunnel was deleted
+    access = standin.access()
+    keys = {CLUSTER: "cloudflareTunnelId", NODE: "cloudflareNodeTunnelId"}
+    with pytest.raises(cf.CloudflareError) as raised:  # label points at it: no ingress planned
+        cf.plan_routes(access.client(), access, wanted(), tunnel_keys=keys)
+    message = str(raised.value)
+    assert f"tunnel oceanid-cluster ({CLUSTER}, ESC cloudflareTunnelId) was deleted" in message
+    assert "\n" not in message
+    rules = {CLUSTER: cf.desired_ingress({"label.boathou.se": LABEL_SERVICE})}
+    with pytest.raises(cf.CloudflareError, match="oceanid-cluster .* was deleted"):
+        cf.plan_routes(access.client(), access, wanted({}), rules, tunnel_keys=keys)
+    with pytest.raises(cf.CloudflareError, match="was deleted"):  # smoke asks the same way
+        cf.tunnel_status(access.client(), ACCOUNT, CLUSTER)
+    assert standin.writes() == []
+    assert standin.records() == []
+
+
+def test_origin_request_defaults_read_back_plan_no_second_update(start_standin):
+    seed = default_seed()
+    seed["config_defaults"] = True  # the API fills in originRequest values the deploy never sent
+    standin = start_standin(seed)
+    client = standin.client()
+    rules = cf.desired_ingress({"label.boathou.se": LABEL_SERVICE})
+    cf.apply_tunnel_config(client, ACCOUNT, cf.plan_tunnel_config(client, ACCOUNT, CLUSTER, rules))
+    read = client.get(f"/accounts/{ACCOUNT}/cfd_tunnel/{CLUSTER}/configurations", cast_to=object)
+    assert read["result"]["config"]["ingress"][0]["originRequest"]["connectTimeout"] == 30
+    assert cf.plan_tunnel_config(client, ACCOUNT, CLUSTER, rules).kind == "noop"
+
+    changed = cf.desired_ingress({"label.boathou.se": "http://elsewhere:80"})
+    assert cf.plan_tunnel_config(client, ACCOUNT, CLUSTER, changed).kind == "update"
+
+
 # -- the pyinfra operation ------------------------------------------------------------------------
 
 
@@ -358,7 +430,8 @@ def _pyinfra_state() -> State:
 def _add_routes(state: State, standin: Standin, **kwargs: Any):
     kwargs.setdefault("records", wanted())
     kwargs.setdefault("ingress", {CLUSTER: cf.desired_ingress({"label.boathou.se": LABEL_SERVICE})})
-    (meta,) = add_op(state, cf_ops.routes, access=standin.access(), **kwargs).values()
+    kwargs.setdefault("access", standin.access())
+    (meta,) = add_op(state, cf_ops.routes, **kwargs).values()
     return meta
 
 
@@ -404,23 +477,71 @@ def test_single_purpose_operations(standin: Standin):
     assert standin.state.data["tunnels"][CLUSTER]["config"] is None
 
 
+def _refused_while_planning(standin: Standin, **kwargs: Any) -> None:
+    """Plan the operation and see its only host fail: while planning once refuse() fails the host
+    there (so that --dry exits non-zero), else when the refusing command executes."""
+    state = _pyinfra_state()
+    try:
+        _add_routes(state, standin, **kwargs)
+    except PyinfraError as error:
+        assert "No hosts remaining" in str(error)
+        return
+    state.set_stage(StateStage.Execute)
+    with pytest.raises(PyinfraError, match="No hosts remaining"):  # the only host failed
+        run_ops(state)
+
+
 def test_operation_conflict_fails_the_operation_with_one_line(start_standin, caplog):
     caplog.set_level(logging.INFO, logger="pyinfra")
     standin = start_standin(
         default_seed([{"type": "CNAME", "name": "gpu", "content": "elsewhere.example.net"}])
     )
-    refused = _pyinfra_state()
-    _add_routes(refused, standin)
+    _refused_while_planning(standin)
     assert "cloudflare_takeover_records" in caplog.text  # shown while preparing: --dry too
-    refused.set_stage(StateStage.Execute)
-    with pytest.raises(PyinfraError, match="No hosts remaining"):  # the only host failed
-        run_ops(refused)
     assert standin.writes() == []
 
     state = _pyinfra_state()
     _add_routes(state, standin, takeover=["gpu.boathou.se"])
     _execute(state)
     assert standin.records("gpu.boathou.se")[0]["content"] == target(NODE)
+
+
+@pytest.mark.parametrize("failure", ["token", "zone", "deleted tunnel", "unreachable"])
+def test_operation_that_cannot_read_refuses_while_planning_and_shows_no_change(
+    start_standin, caplog, monkeypatch, failure
+):
+    """What a dry run sees: the one line, no planned change, a failed host."""
+    caplog.set_level(logging.INFO, logger="pyinfra")
+    monkeypatch.setattr(cf, "MAX_RETRIES", 0)
+    standin = start_standin(default_seed(deleted=failure == "deleted tunnel"))
+    access = {
+        "token": standin.access(token="wrong-token-abcdef"),
+        "zone": standin.access(zone_id="f" * 32),
+        "deleted tunnel": standin.access(),
+        "unreachable": cf.CloudflareAccess(
+            api_token=TOKEN, account_id=ACCOUNT, zone_id=ZONE,
+            base_url=f"http://127.0.0.1:{_closed_port()}/client/v4",
+        ),
+    }[failure]  # fmt: skip
+    _refused_while_planning(standin, access=access, tunnel_keys={CLUSTER: "cloudflareTunnelId"})
+    expected = {
+        "token": "and that the token can reach it",
+        "zone": "check the zone ID (ESC cloudflareZoneId), and that the token can reach it",
+        "deleted tunnel": "(11111111-1111-4111-8111-111111111111, ESC cloudflareTunnelId) was "
+        "deleted",
+        "unreachable": "cannot reach the API",
+    }[failure]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any(expected in line for line in errors), errors
+    assert "would " not in caplog.text
+    assert standin.writes() == []
+    assert "Traceback" not in caplog.text and TOKEN not in caplog.text
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def test_operation_failing_mid_run_fails_the_operation_and_says_what_was_done(
@@ -470,21 +591,42 @@ def test_bad_token_gives_a_clear_message(standin: Standin):
     assert "wrong-token-abcdef" not in message
 
 
-def test_missing_zone_gives_a_clear_message(standin: Standin):
-    missing = "f" * 32
+def test_a_zone_the_token_cannot_reach_names_the_zone_id_and_the_token(standin: Standin):
+    unreachable = "f" * 32  # well formed: the API answers 403/10000, as for a bad token
     with pytest.raises(cf.CloudflareError) as raised:
-        cf.plan(standin.client(), missing, wanted())
+        cf.plan(standin.client(), unreachable, wanted())
     message = str(raised.value)
-    assert f"zone {missing}" in message
-    assert "7003" in message and "cloudflareZoneId" in message
+    assert f"zone {unreachable}" in message and "HTTP 403: 10000 Authentication error" in message
+    assert "check the zone ID (ESC cloudflareZoneId), and that the token can reach it" in message
+
+    with pytest.raises(cf.CloudflareError) as raised:  # malformed: no route at all
+        cf.plan(standin.client(), "boathou.se", wanted())
+    assert "7003" in str(raised.value) and "ESC cloudflareZoneId" in str(raised.value)
+
+    with pytest.raises(cf.CloudflareError) as raised:
+        cf.tunnel_status(standin.client(), "e" * 32, CLUSTER)
+    message = str(raised.value)
+    assert "HTTP 403" in message
+    assert "check the account ID (ESC cloudflareAccountId), and that the token can reach it" in (
+        message
+    )
+
+
+def test_a_validation_error_shows_its_innermost_cause(start_standin):
+    seed = default_seed()
+    seed["validation_error_chain"] = True  # 1004 "DNS Validation Error", the cause in its chain
+    standin = start_standin(seed)
+    bad = cf.DesiredRecord("x.boathou.se", "not..a-name")
+    with pytest.raises(cf.CloudflareError) as raised:
+        cf.apply_action(standin.client(), ZONE, cf.RecordAction("create", bad))
+    message = str(raised.value)
+    assert "HTTP 400: 9007 Content for CNAME record is invalid." in message
+    assert "(reported as 1004 DNS Validation Error)" in message
 
 
 def test_unreachable_api_gives_a_clear_message(monkeypatch):
     monkeypatch.setattr(cf, "MAX_RETRIES", 0)
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    client = cf.make_client(TOKEN, f"http://127.0.0.1:{port}/client/v4")
+    client = cf.make_client(TOKEN, f"http://127.0.0.1:{_closed_port()}/client/v4")
     with pytest.raises(cf.CloudflareError, match="cannot reach the API.*base URL"):
         cf.plan(client, ZONE, wanted())
 
@@ -507,9 +649,27 @@ def test_rate_limit_that_persists_says_what_was_done(standin: Standin, monkeypat
         cf.apply(client, ZONE, cf.plan(client, ZONE, wanted()))
     message = str(raised.value)
     assert "create CNAME gpu.boathou.se" in message and "HTTP 429" in message
-    assert "wait a few minutes and rerun" in message
+    assert "asks to wait 1 s (Retry-After)" in message
     assert "changes already made: create CNAME label.boathou.se" in message
     assert len(standin.requests("POST", "/dns_records")) == 3  # 1 create + 1 try + 1 retry
+
+
+def test_a_rate_limit_block_says_how_long_to_wait(standin: Standin, monkeypatch):
+    monkeypatch.setattr(cf, "MAX_RETRIES", 1)
+    # Blocked for minutes: each retry is refused again, with the time left in Retry-After.
+    standin.fault(path="/dns_records", block_s=300, retry_after=300)
+    with pytest.raises(cf.CloudflareError) as raised:
+        cf.plan(standin.client(), ZONE, wanted())
+    message = str(raised.value)
+    assert "after 1 retries" in message
+    assert re.search(r"asks to wait (29\d|300) s \(Retry-After\); wait that long", message)
+
+    standin.state.blocked_until = 0.0
+    standin.fault(path="/dns_records", times=2)  # no Retry-After: the documented block
+    with pytest.raises(cf.CloudflareError) as raised:
+        cf.plan(standin.client(), ZONE, wanted())
+    assert "blocks a client for 5 minutes" in str(raised.value)
+    assert "wait 5 minutes, then rerun" in str(raised.value)
 
 
 def test_create_whose_answer_was_lost_is_not_an_error(standin: Standin):
