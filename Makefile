@@ -7,8 +7,9 @@ INVENTORY ?= inventory.py
 LAB_INVENTORY := inventories/lab.py
 LAB_ENV := SECRETS_FILE=$(CURDIR)/.lab/secrets.yaml
 STAMP := $(VENV)/.installed
-# what the lab needs on this machine; the keyring lets mmdebstrap verify Debian on Ubuntu too
-LAB_APT := systemd-container mmdebstrap tinyproxy-bin openssh-client iproute2 debian-archive-keyring
+# what the lab and the tests need on this machine (sshd: the SSH tunnel test); the keyring
+# lets mmdebstrap verify Debian on Ubuntu too
+LAB_APT := systemd-container mmdebstrap tinyproxy-bin openssh-client openssh-server iproute2 debian-archive-keyring
 
 .PHONY: venv lab-deps check deploy deploy-simple diff gpu smoke status verify tunnel tunnel-close \
         kubeconfig lab lab-down lab-status lab-diff lab-check test test-unit test-lab lint bench clean
@@ -63,7 +64,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test-unit: venv
+test-unit: venv lab-deps
 	$(VENV)/bin/pytest -q -m 'not lab' tests/unit tests/standins tests/contract
 
 test-lab: venv lab-deps
