@@ -236,3 +236,30 @@ def test_a_refusal_fails_the_run_with_one_line(tmp_path: Path, args: list[str]) 
     assert run.returncode != 0, output
     assert output.count("no usable NVIDIA GPU (test refusal)") == 1, output
     assert "Traceback" not in output and "EOFError" not in output, output
+
+
+UNREADABLE = """
+from operations import managed
+from operations.managed import ManagedFile, Manifest
+
+manifest = Manifest(name="cli test", files=[ManagedFile({path!r}, b"x\\n")])
+managed.files(name="Files", manifest=manifest)
+managed.sweep(name="Sweep", manifest=manifest)
+"""
+
+
+@pytest.mark.parametrize("args", [["@local", "--dry"], ["-y", "@local"]], ids=["dry", "yes"])
+def test_a_state_that_cannot_be_read_is_one_line_naming_the_host(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """Every command fails (its folder is gone): no TypeError traceback, nothing written."""
+    target = tmp_path / "x.conf"
+    deploy = tmp_path / "deploy.py"
+    deploy.write_text(UNREADABLE.format(path=str(target)))
+    run = _pyinfra(tmp_path, "--data", "_chdir=/nonexistent", *args, str(deploy))
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output
+    line = "@local: could not read the state of cli test"
+    assert output.count(line) == 1, output
+    assert "Traceback" not in output and "TypeError" not in output, output
+    assert not target.exists()
