@@ -90,16 +90,19 @@ class CloudflareAccess:
         token = self.api_token
         if hasattr(token, "unmask"):  # pyinfra's HiddenValue
             object.__setattr__(self, "api_token", token.unmask())
-        if not isinstance(self.api_token, str) or not self.api_token.strip():
-            raise CloudflareError(f"the Cloudflare API token is empty; {TOKEN_HINT}")
-        if any(ch.isspace() for ch in self.api_token.strip()):
-            raise CloudflareError(f"the Cloudflare API token contains whitespace; {TOKEN_HINT}")
 
     def __str__(self) -> str:
         return repr(self)
 
     def client(self) -> Cloudflare:
-        return make_client(self.api_token, self.base_url)
+        """The token is checked here, not when the object is made: a deploy file builds it while
+        loading, where an error would be a traceback; here the operation refuses in one line."""
+        token = self.api_token
+        if not isinstance(token, str) or not token.strip():
+            raise CloudflareError(f"the Cloudflare API token is empty; {TOKEN_HINT}")
+        if any(ch.isspace() for ch in token.strip()):
+            raise CloudflareError(f"the Cloudflare API token contains whitespace; {TOKEN_HINT}")
+        return make_client(token, self.base_url)
 
 
 def make_client(api_token: str, base_url: str | None = None) -> Cloudflare:

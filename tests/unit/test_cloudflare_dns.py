@@ -506,7 +506,9 @@ def test_operation_conflict_fails_the_operation_with_one_line(start_standin, cap
     assert standin.records("gpu.boathou.se")[0]["content"] == target(NODE)
 
 
-@pytest.mark.parametrize("failure", ["token", "zone", "deleted tunnel", "unreachable"])
+@pytest.mark.parametrize(
+    "failure", ["token", "malformed token", "zone", "deleted tunnel", "unreachable"]
+)
 def test_operation_that_cannot_read_refuses_while_planning_and_shows_no_change(
     start_standin, caplog, monkeypatch, failure
 ):
@@ -516,6 +518,7 @@ def test_operation_that_cannot_read_refuses_while_planning_and_shows_no_change(
     standin = start_standin(default_seed(deleted=failure == "deleted tunnel"))
     access = {
         "token": standin.access(token="wrong-token-abcdef"),
+        "malformed token": standin.access(token="two words"),  # checked when planning, too
         "zone": standin.access(zone_id="f" * 32),
         "deleted tunnel": standin.access(),
         "unreachable": cf.CloudflareAccess(
@@ -526,6 +529,7 @@ def test_operation_that_cannot_read_refuses_while_planning_and_shows_no_change(
     _refused_while_planning(standin, access=access, tunnel_keys={CLUSTER: "cloudflareTunnelId"})
     expected = {
         "token": "and that the token can reach it",
+        "malformed token": "the Cloudflare API token contains whitespace; check the API token",
         "zone": "check the zone ID (ESC cloudflareZoneId), and that the token can reach it",
         "deleted tunnel": "(11111111-1111-4111-8111-111111111111, ESC cloudflareTunnelId) was "
         "deleted",
