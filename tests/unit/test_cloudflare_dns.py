@@ -7,6 +7,7 @@ the stand-in's state and request log, not from the code under test.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 import subprocess
@@ -779,3 +780,51 @@ def test_standin_runs_standalone(tmp_path: Path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# -- the pyinfra CLI ------------------------------------------------------------------------------
+
+ROUTES_DEPLOY = """
+import os
+
+from oceanid.cloudflare_dns import CloudflareAccess, desired_records
+from operations import cloudflare
+
+cloudflare.routes(
+    name="Cloudflare routes",
+    access=CloudflareAccess(
+        api_token=os.environ["CF_TEST_TOKEN"], account_id={account!r}, zone_id={zone!r},
+        base_url={url!r},
+    ),
+    records=desired_records({base!r}, {cluster!r}, {{}}),
+)
+"""
+
+
+@pytest.mark.parametrize("zone", [ZONE, "f" * 32], ids=["readable", "unreachable zone"])
+def test_pyinfra_dry_run_fails_when_it_cannot_read_the_zone(standin: Standin, tmp_path, zone):
+    """`make diff` in CI: a dry run that could not compare must not pass with a planned change."""
+    deploy = tmp_path / "deploy.py"
+    deploy.write_text(
+        ROUTES_DEPLOY.format(
+            account=ACCOUNT, zone=zone, url=standin.url, base=BASE, cluster=CLUSTER
+        )
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "pyinfra", "@local", str(deploy), "--dry"],
+        cwd=tmp_path,  # no inventory or group data of the repository's own
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+             "CF_TEST_TOKEN": TOKEN},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = run.stdout + run.stderr
+    assert standin.writes() == []
+    assert TOKEN not in output and "Traceback" not in output, output
+    if zone == ZONE:
+        assert run.returncode == 0, output
+        assert "would create CNAME label.boathou.se" in output
+        return
+    assert run.returncode != 0, output
+    line = f"reading DNS records of zone {zone} failed (HTTP 403: 10000 Authentication error)"
+    assert output.count(line) == 1, output
+    assert "would " not in output and "Detected changes" not in output, output
