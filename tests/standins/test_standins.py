@@ -177,12 +177,6 @@ REJECTIONS = {
         {},
         "unknown key(s) in the top level: tunel",
     ),
-    "token is not a config key": (
-        {"token": TOKEN},
-        [],
-        {},
-        "unknown key(s) in the top level: token",
-    ),
     "credentials for another tunnel": (
         {"tunnel": OTHER_TUNNEL_ID},
         [],
