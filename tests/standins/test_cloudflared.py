@@ -173,6 +173,14 @@ def test_a_flag_after_the_tunnel_argument_is_an_extra_argument(tmp_path: Path) -
     assert '"cloudflared tunnel run" accepts only one argument' in done.stderr
 
 
+def test_tunnel_without_run_points_at_run(tmp_path: Path) -> None:
+    """`cloudflared tunnel` with a config naming a tunnel does not run it (TunnelCommand)."""
+    config = write_cloudflared_config(tmp_path)
+    done = run(CLOUDFLARED, "--config", str(config), "tunnel")
+    assert done.returncode == 1
+    assert f"Use `cloudflared tunnel run` to start tunnel {TUNNEL_ID}" in done.stderr
+
+
 @pytest.mark.parametrize("flag", ["-V", "-v", "--version"])
 def test_each_version_flag_prints_the_version(flag: str) -> None:
     done = run(CLOUDFLARED, flag)
