@@ -692,10 +692,13 @@ class TunnelStatus:
         )
 
 
-def tunnel_status(client: Cloudflare, account_id: str, tunnel_id: str) -> TunnelStatus:
+def tunnel_status(
+    client: Cloudflare, account_id: str, tunnel_id: str, source: str = ""
+) -> TunnelStatus:
     """Status from the tunnel object; counts from ``/connections`` (the tunnel object's own
-    ``connections`` list is deprecated). Pending-reconnect connections are not counted."""
-    tunnel = _get_tunnel(client, account_id, tunnel_id)
+    ``connections`` list is deprecated). Pending-reconnect connections are not counted. A tunnel
+    that does not exist or was deleted is an error naming ``source``, the ESC key of its ID."""
+    tunnel = _get_tunnel(client, account_id, tunnel_id, source)
     try:
         clients = _tunnel_api(client, "GET", account_id, tunnel_id, "/connections") or []
     except cloudflare.APIError as error:

@@ -80,6 +80,7 @@ class Tunnel:
     kind: Kind
     what: str
     tunnel_id: str
+    key: str = ""  # the setting (ESC key) the ID came from, named when the tunnel is missing
 
 
 # -- what to check, from the validated site -------------------------------------------------------
@@ -137,11 +138,13 @@ def tunnels(site: Site, only: Kind | None = None) -> list[Tunnel]:
     base = _base(site)
     found: list[Tunnel] = []
     if site.cluster_tunnel_id:
-        found.append(Tunnel("label", f"cluster tunnel (label.{base})", site.cluster_tunnel_id))
+        what = f"cluster tunnel (label.{base})"
+        found.append(Tunnel("label", what, site.cluster_tunnel_id, "cloudflareTunnelId"))
     for plan in sorted(site.hosts.values(), key=lambda plan: plan.name):
         if plan.gpu is not None and plan.node_tunnel_id:
             name = f"{plan.gpu.public_name}.{base}"
-            found.append(Tunnel("gpu", f"{plan.name}'s node tunnel ({name})", plan.node_tunnel_id))
+            what = f"{plan.name}'s node tunnel ({name})"
+            found.append(Tunnel("gpu", what, plan.node_tunnel_id, plan.gpu.tunnel_id_key))
     return [tunnel for tunnel in found if only in (None, tunnel.kind)]
 
 
@@ -181,7 +184,7 @@ def check_tunnels(site: Site, wanted: Sequence[Tunnel], timeout: float) -> Itera
     client.max_retries = 1
     for tunnel in wanted:
         try:
-            status = tunnel_status(client, access.account_id, tunnel.tunnel_id)
+            status = tunnel_status(client, access.account_id, tunnel.tunnel_id, tunnel.key)
         except CloudflareError as error:
             yield Result(False, tunnel.what, str(error))
             continue

@@ -111,6 +111,7 @@ def test_api_error_is_a_failed_check_with_one_line(tmp_path, lab_secrets):
     assert done.returncode == 1
     (node,) = lines(done.stdout, "FAIL calypso's node tunnel")
     assert "reading tunnel" in node and "1003 Tunnel not found" in node
+    assert "set ESC cloudflareNodeTunnelId to the ID of an existing tunnel" in node
     assert "Traceback" not in done.stderr
 
 
