@@ -5,7 +5,6 @@ PY := $(VENV)/bin/python
 PYINFRA := $(VENV)/bin/pyinfra
 INVENTORY ?= inventory.py
 LAB_INVENTORY := inventories/lab.py
-LAB_ENV := SECRETS_FILE=$(CURDIR)/.lab/secrets.yaml
 STAMP := $(VENV)/.installed
 # what the lab and the tests need on this machine (sshd: the SSH tunnel test); the keyring
 # lets mmdebstrap verify Debian on Ubuntu too
@@ -55,10 +54,10 @@ lab-status: venv
 	$(PY) -m lab status
 
 lab-diff: venv
-	$(LAB_ENV) $(PYINFRA) $(LAB_INVENTORY) deploys/site.py --dry --diff  # no -y: it skips change detection
+	$(PYINFRA) $(LAB_INVENTORY) deploys/site.py --dry --diff  # no -y: it skips change detection
 
 lab-check: venv  ## `make check` for the lab's inventory, settings and secrets
-	$(LAB_ENV) $(PY) -m oceanid.preflight $(LAB_INVENTORY)
+	$(PY) -m oceanid.preflight $(LAB_INVENTORY)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -77,8 +77,9 @@ def test_held_package_counts_as_installed(converged):
 
 
 def pyinfra_ssh(*args: str) -> subprocess.CompletedProcess[str]:
-    """`pyinfra @ssh/calypso deploys/gpu.py`: no inventory file, the host's data by its name."""
-    argv = [str(REPO / ".venv/bin/pyinfra"), "-y", "--sudo",
+    """`pyinfra @ssh/calypso deploys/gpu.py`: no inventory file, the host's data by its name;
+    no `--sudo` either: calypso's `hosts:` entry says it is reached as oceanid with sudo."""
+    argv = [str(REPO / ".venv/bin/pyinfra"), "-y",
             f"--data=ssh_config_file={REPO / '.lab/ssh/config'}", *args,
             "@ssh/calypso", "deploys/gpu.py"]  # fmt: skip
     return subprocess.run(argv, cwd=REPO, env=lab_env(), capture_output=True, text=True,

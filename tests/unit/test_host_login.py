@@ -9,6 +9,7 @@ These tests load inventories with pyinfra's own CLI code and run the real pyinfr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -137,4 +138,22 @@ def test_the_one_host_command_shows_the_login_in_pyinfras_inventory(tmp_path):
     done = pyinfra(site, "@ssh/calypso", "debug-inventory")
     assert done.returncode == 0, done.stderr[-2000:]
     shown = done.stdout + done.stderr
+    assert '"ssh_user": "oceanid"' in shown and '"_sudo": true' in shown
+
+
+def test_the_labs_group_data_names_its_secrets_file_and_calypsos_login(tmp_path):
+    """`pyinfra @ssh/calypso --group-data=inventories/group_data …` in a copy of the repository
+    with what `make lab` leaves in .lab (pins and a key; the lab itself is not needed)."""
+    site = tmp_path / "site"
+    shutil.copytree(REPO / "group_data", site / "group_data")
+    (site / "inventories/group_data").mkdir(parents=True)
+    shutil.copy(REPO / "inventories/group_data/all.py", site / "inventories/group_data")
+    (site / ".lab/ssh").mkdir(parents=True)
+    pin = {"version": "1", "url": "http://mirror/{version}", "sha256": {"amd64": "a" * 64}}
+    (site / ".lab/artifacts.json").write_text(json.dumps({"k3s": pin, "cloudflared": pin}))
+    (site / ".lab/ssh/id_ed25519.pub").write_text("ssh-ed25519 AAAAC3Nza lab\n")
+    done = pyinfra(site, "@ssh/calypso", "--group-data=inventories/group_data", "debug-inventory")
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = done.stdout + done.stderr
+    assert f'"secrets_file": "{site / ".lab/secrets.yaml"}"' in shown
     assert '"ssh_user": "oceanid"' in shown and '"_sudo": true' in shown
