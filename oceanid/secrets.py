@@ -110,7 +110,8 @@ def _normalise(
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             if wanted_keys is None or canonical(str(key)) in wanted_keys:
                 raise SecretsError(
-                    f"{origin}: key {key} holds a {type(value).__name__}; secrets are strings"
+                    f"{origin}: key {key} holds a {type(value).__name__}; secrets are "
+                    "strings: store it as a quoted string"
                 )
             continue
         out[canonical(str(key))] = str(value)

@@ -185,7 +185,9 @@ def test_esc_key_the_deploy_reads_must_be_a_string(esc_path, value, kind):
     esc_path(stdout=json.dumps({"pulumiConfig": {"oceanid-cluster:k3s_token": value}}))
     with pytest.raises(SecretsError) as err:
         secrets.load(sources=["esc"], esc_environment="a/b", environ={})
-    assert str(err.value) == f"ESC a/b: key k3s_token holds a {kind}; secrets are strings"
+    assert str(err.value) == (
+        f"ESC a/b: key k3s_token holds a {kind}; secrets are strings: store it as a quoted string"
+    )
 
 
 def test_a_key_named_by_a_host_is_read_as_a_string_too(esc_path):
