@@ -133,6 +133,14 @@ class GpuService(Strict):
             raise ValueError("kind http needs an image")
         return self
 
+    @model_validator(mode="after")
+    def _triton_ports_fit(self) -> GpuService:
+        if self.kind == "triton" and self.port > 65533:  # gRPC and metrics on the next two
+            raise ValueError(
+                f"kind triton uses port, port+1 and port+2: at most 65533 (got {self.port})"
+            )
+        return self
+
 
 class GpuHost(Strict):
     """What is particular to one GPU host: its public name, its tunnel, its GPUs."""

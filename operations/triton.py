@@ -1,56 +1,156 @@
 """Triton's Python environment and its model repository, kept without restarts.
 
-The environment (a venv under /opt/triton) is rebuilt only when what it is built from
-changes, recorded in a stamp written as the last step, so a failed build is retried on
-the next run rather than taken for done. Models are loaded through Triton's repository
-API after their files changed; files the repository no longer has are removed, but only
-inside the models the deploy manages.
+The environment is built beside the one Triton runs on (under /opt/triton/venvs, named
+after what it is built from) and switched to by renaming a symlink, only once it is
+complete: a failed pip leaves the running environment and the link as they were. The
+stamp is written into the new environment as its last build step, so a failed build is
+retried on the next run rather than taken for done. Older environments are removed only
+after Triton answered ready on the new one.
+
+Models are loaded through Triton's repository API after their files changed; files the
+repository no longer has are removed, but only inside the models the deploy manages, and
+model folders the deploy created and no longer wants are unloaded and deleted.
 """
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 
+from operations.failure import first_time
 from operations.managed import Manifest
 
 READY_WAIT = 60  # seconds to wait for Triton before loading a model
+START_WAIT = 300  # seconds a (re)started Triton has to load every model and answer ready
+LOG_LINES = 40  # journal lines shown when Triton did not come up
 
 
 @operation()
 def environment(
     manifest: Manifest,
-    venv: str,
-    stamp_path: str,
+    link: str,
+    env: str,
+    stamp_name: str,
     stamp: bytes,
     wheel_requirements: str | None,
     model_requirements: str,
     finish: str,
 ):
     """
-    Build Triton's Python environment when its inputs changed.
+    Build Triton's Python environment beside the current one when its inputs changed.
 
-    + manifest: the role's Manifest (its `read` includes `stamp_path`)
-    + venv: the virtual environment's path
-    + stamp_path: where the environment records what it was built from
+    + manifest: the role's Manifest (its `read` includes `<link>/<stamp_name>`)
+    + link: the stable path the service uses: a symlink to the current environment
+    + env: where the new environment is built: a new folder, never the one `link` names
+    + stamp_name: the file in an environment that records what it was built from
     + stamp: what it should have been built from
     + wheel_requirements: a hash-pinned requirements file for the Triton wheel, if any
     + model_requirements: the models' requirements file
-    + finish: a shell command run after the installs (assemble backends, links)
+    + finish: a shell command run in the new environment after the installs (backends, links)
+
+    `link` moves to the new environment (a rename of a new link over it, which is atomic)
+    only after every step passed; until then Triton keeps the environment it runs on. A
+    `link` that is still a real folder (the layout before environments were kept side by
+    side) is moved beside the new environment first, so it is removed with the old ones.
     """
-    if manifest.state()["contents"].get(stamp_path) == stamp:
-        host.noop(f"Triton's environment in {venv} is built from the pinned inputs")
+    if manifest.state()["contents"].get(f"{link}/{stamp_name}") == stamp:
+        host.noop(f"Triton's environment at {link} is built from the pinned inputs")
         return
-    yield StringCommand("python3", "-m", "venv", "--clear", venv)
-    pip = f"{venv}/bin/pip"
-    yield StringCommand(pip, "install", "-q", "--disable-pip-version-check", "--upgrade", "pip")
+    new, pip = QuoteString(env), QuoteString(f"{env}/bin/pip")
+    in_use = f"{link} links to {env}, the environment in use; build it elsewhere"
+    yield StringCommand(
+        "if", "[", '"$(readlink', QuoteString(link), ')"', "=", new, "];", "then",
+        "echo", QuoteString(in_use), ">&2;", "exit", "1;", "fi;",
+        "rm", "-rf", new, "&&", "python3", "-m", "venv", new,
+    )  # fmt: skip
+    quiet = ["install", "-q", "--disable-pip-version-check"]
     if wheel_requirements:
-        yield StringCommand(
-            pip, "install", "-q", "--no-deps", "--require-hashes", "-r", wheel_requirements
-        )
-    yield StringCommand(pip, "install", "-q", "-r", model_requirements)
+        yield StringCommand(pip, *quiet, "--no-deps", "--require-hashes", "-r", wheel_requirements)
+    yield StringCommand(pip, *quiet, "-r", model_requirements)
     yield finish
-    yield StringCommand("printf", "%s", QuoteString(stamp.decode()), ">", stamp_path)
+    yield StringCommand(
+        "printf", "%s", QuoteString(stamp.decode()), ">", QuoteString(f"{env}/{stamp_name}")
+    )
+    old, staged = QuoteString(link), QuoteString(f"{link}.oceanid-new")
+    legacy = QuoteString(f"{env.rsplit('/', 1)[0]}/previous")
+    yield StringCommand(
+        "if", "[", "-d", old, "]", "&&", "[", "!", "-L", old, "];", "then",
+        "rm", "-rf", legacy, "&&", "mv", "-T", old, legacy, ";", "fi", "&&",
+        "ln", "-sfn", new, staged, "&&", "mv", "-T", staged, old,
+    )  # fmt: skip
+
+
+@operation()
+def old_environments(link: str, envs: str, leftovers: list[str], rebuilt: bool):
+    """
+    Remove the environments Triton no longer runs on, once it answered ready on the new one.
+
+    + link: the stable symlink to the current environment
+    + envs: the folder the environments are built in; all but the link's target go
+    + leftovers: paths of an older layout to remove with them
+    + rebuilt: whether this run built and switched to a new environment
+    """
+    if not rebuilt:
+        host.noop(f"no older environment beside {link}'s")
+        return
+    yield StringCommand(
+        "current=$(readlink", QuoteString(link), ")", "&&",
+        "for", "old", "in", f"{shlex.quote(envs)}/*;", "do",
+        "[", '"$old"', "=", '"$current"', "]", "||", "rm", "-rf", '"$old";', "done",
+        "&&", "rm", "-rf", *(QuoteString(path) for path in leftovers),
+    )  # fmt: skip
+
+
+def _failed_with_journal(unit: str, message: str) -> list:
+    return [
+        "{", "echo", QuoteString(f"{message}; its last log lines:"), ">&2;",
+        "journalctl", "-u", unit, "-n", str(LOG_LINES), "--no-pager", ">&2;", "exit", "1;", "}",
+    ]  # fmt: skip
+
+
+@operation()
+def wait_ready(unit: str, port: int, models: list[str], started: bool, timeout: int = START_WAIT):
+    """
+    After a start or restart, wait until Triton is ready and serves every managed model.
+
+    + unit: Triton's systemd unit
+    + port: Triton's HTTP port on localhost
+    + models: the models the deploy manages; each must be READY
+    + started: whether this run started or restarted the unit
+    + timeout: seconds to wait at most
+
+    systemd calls Triton "active" as soon as the process runs, but Triton loads its models
+    afterwards and exits when one fails to load ("failed to load all models"), often long
+    after the unit's own check. So the run waits on Triton's answers: it fails with Triton's
+    log lines when the process exits or restarts meanwhile, or when the wait runs out.
+    """
+    if not started:
+        host.noop(f"{unit} was neither started nor restarted: nothing to wait for")
+        return
+    base = f"http://127.0.0.1:{port}/v2"
+    probes: list = ["curl", "-fs", "-o", "/dev/null", "--max-time", "5", f"{base}/health/ready"]
+    for model in models:
+        probes += ["&&", "curl", "-fs", "-o", "/dev/null", "--max-time", "5"]
+        probes.append(QuoteString(f"{base}/models/{model}/ready"))
+    show = ["systemctl", "show", "--value", "-p"]
+    yield StringCommand(
+        "restarts=$(", *show, "NRestarts", unit, ");", "waited=0;",
+        "until", *probes, ";", "do",
+        'case "$(', *show, "SubState", unit, ')"', "in", "start*|running)", ";;",
+        "*)", *_failed_with_journal(unit, f"{unit} exited before Triton was ready"), ";;",
+        "esac;",
+        '[ "$(', *show, "NRestarts", unit, ')" = "$restarts" ]', "||",
+        *_failed_with_journal(unit, f"{unit} restarted before Triton was ready"), ";",
+        "waited=$((waited+1));", '[ "$waited" -lt', str(timeout), "]", "||",
+        *_failed_with_journal(
+            unit,
+            f"Triton on 127.0.0.1:{port} was not ready with model(s) {', '.join(models)} "
+            f"after {timeout} s",
+        ),
+        ";", "sleep", "1;", "done",
+    )  # fmt: skip
 
 
 def strays(manifest: Manifest, root: str, models: set[str]) -> list[str]:
@@ -84,6 +184,48 @@ def prune(manifest: Manifest, root: str, models: list[str]):
         return
     for rel in extra:
         yield StringCommand("rm", "-rf", QuoteString(f"{root}/{rel}"))
+
+
+def retired(manifest: Manifest, root: str, models: set[str]) -> list[str]:
+    """Model folders under `root` this deploy created and no longer has: the host's record
+    of the manifest lists paths in them, and they are not among the current `models`."""
+    prefix = root.rstrip("/") + "/"
+    unwanted = [path for path in manifest.unwanted() if path.startswith(prefix)]
+    return sorted({path.removeprefix(prefix).split("/", 1)[0] for path in unwanted} - models)
+
+
+@operation()
+def retire(manifest: Manifest, root: str, models: list[str], port: int = 8000):
+    """
+    Unload and delete the model folders this deploy created and no longer wants.
+
+    + manifest: the role's Manifest (its record on the host says which paths it wrote)
+    + root: the model repository on the host
+    + models: the models the deploy manages now
+    + port: Triton's HTTP port on localhost
+
+    A model removed from (or renamed in) the repository would otherwise stay on disk, be
+    served until the next restart, and be loaded again by `--load-model=*` at every start.
+    A running Triton unloads it first; folders the deploy never wrote are left alone.
+    """
+    gone = retired(manifest, root, set(models))
+    if not gone:
+        host.noop(f"no retired model folder under {root}")
+        return
+    base = f"http://127.0.0.1:{port}/v2"
+    for model in gone:
+        if first_time("retire", model):
+            host.log(
+                f"model {model}: no longer in the repository; unloaded from Triton and deleted"
+            )
+        yield StringCommand(
+            "if", "curl", "-fs", "-o", "/dev/null", "--max-time", "5", f"{base}/health/live;",
+            "then", "curl", "-fsS", "-X", "POST", "-o", "/dev/null", "--max-time", "120",
+            QuoteString(f"{base}/repository/models/{model}/unload"), "||",
+            "{", "echo", QuoteString(f"Triton refused to unload model {model}; see its log"),
+            ">&2;", "exit", "1;", "};", "fi",
+        )  # fmt: skip
+        yield StringCommand("rm", "-rf", QuoteString(f"{root}/{model}"))
 
 
 @operation()

@@ -13,6 +13,7 @@ from string import Template
 import yaml
 
 from oceanid.preflight import HostPlan
+from operations import services
 from operations.managed import ManagedBinary, ManagedDirectory, ManagedFile, Manifest
 
 HERE = Path(__file__).parent
@@ -82,3 +83,14 @@ def add_to(manifest: Manifest, plan: HostPlan) -> list[str]:
     ]
     manifest.units.append(UNIT)
     return [BINARY, CONFIG, credential_path(plan)]
+
+
+def deploy(manifest: Manifest, inputs: list[str]) -> None:
+    """The connector's unit, restarted when its binary, config or credential changed."""
+    services.unit(
+        name="cloudflared-node",
+        manifest=manifest,
+        unit_name=UNIT,
+        unit_file=UNIT_FILE,
+        inputs=inputs,
+    )

@@ -12,6 +12,7 @@ from string import Template
 
 from deploys.gpu_host.triton import docker_gpus
 from oceanid.preflight import HostPlan
+from operations import services
 from operations.managed import ManagedDirectory, ManagedFile, Manifest
 
 HERE = Path(__file__).parent
@@ -34,3 +35,14 @@ def add_to(manifest: Manifest, plan: HostPlan) -> list[str]:
     ]
     manifest.units.append(UNIT)
     return [ENV_FILE]
+
+
+def deploy(manifest: Manifest, inputs: list[str]) -> None:
+    """The service's unit, restarted when its env file (or the unit) changed."""
+    services.unit(
+        name="GPU HTTP service",
+        manifest=manifest,
+        unit_name=UNIT,
+        unit_file=UNIT_FILE,
+        inputs=inputs,
+    )

@@ -6,18 +6,27 @@ wheel carries, in a venv under /opt/triton, run by systemd; the lab runs this on
 CPU). Both use explicit model control: every model loads at start, and a changed model
 is loaded again through the repository API after its upload, so a model change never
 restarts Triton.
+
+Triton's ports follow the service's `port`: HTTP on it, gRPC on the next, metrics on the
+one after, all on 127.0.0.1, so the tunnel's ingress, the unit, the readiness wait and the
+model loads agree. Its Python environment is one of /opt/triton/venvs, reached through the
+/opt/triton/venv link, which the unit uses for every path: switching the link to a new
+environment takes effect only when Triton restarts, which the deploy then does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shlex
+from datetime import UTC, datetime
 from pathlib import Path
 from string import Template
 
 from oceanid import triton_repo
 from oceanid.preflight import HostPlan
 from oceanid.triton_runtime import STUB, TritonDistribution, server_command
+from operations import managed, services
+from operations import triton as triton_ops
 from operations.managed import ManagedDirectory, ManagedFile, Manifest
 
 HERE = Path(__file__).parent
@@ -25,10 +34,14 @@ REPO = HERE.parent.parent
 MODEL_SOURCE = REPO / "triton-models"
 ROOT = "/opt/triton"
 MODELS = f"{ROOT}/models"
-VENV = f"{ROOT}/venv"
-DIST = f"{ROOT}/dist"  # symlink to the venv's site-packages: version-free paths for the unit
-BACKENDS = f"{ROOT}/backends"
-STAMP = f"{VENV}/.oceanid-stamp"
+VENV = f"{ROOT}/venv"  # a link to the current environment under ENVS: the unit's paths use it
+ENVS = f"{ROOT}/venvs"
+DIST = f"{VENV}/dist"  # link to the environment's site-packages: version-free paths for the unit
+BACKENDS = f"{VENV}/backends"
+STAMP_NAME = ".oceanid-stamp"
+STAMP = f"{VENV}/{STAMP_NAME}"
+LEGACY = [f"{ROOT}/dist", f"{ROOT}/backends"]  # the layout before ENVS; removed with old envs
+LAYOUT = "envs under venvs/, dist and backends inside each"  # in the stamp: a new layout rebuilds
 WHEEL_REQUIREMENTS = f"{ROOT}/wheel-requirements.txt"
 MODEL_REQUIREMENTS = f"{ROOT}/model-requirements.txt"
 UNIT = "tritonserver.service"
@@ -66,11 +79,23 @@ def wheel_requirement(plan: HostPlan) -> str:
     return f"nvidia-pytriton=={pin.version} {hashes}\n"
 
 
-def host_unit() -> str:
+def ports(plan: HostPlan) -> tuple[int, int, int]:
+    """Triton's HTTP, gRPC and metrics ports: the service's port and the two after it."""
+    http = plan.gpu.service.port
+    return http, http + 1, http + 2
+
+
+def host_unit(plan: HostPlan) -> str:
     distribution = TritonDistribution(Path(DIST))
+    http, grpc, metrics = ports(plan)
     command = server_command(
-        distribution, backends=Path(BACKENDS), model_repository=Path(MODELS)
-    )  # explicit model control, every endpoint on 127.0.0.1:8000-8002, as the contract test runs
+        distribution,
+        backends=Path(BACKENDS),
+        model_repository=Path(MODELS),
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+    )  # explicit model control, every endpoint on 127.0.0.1, as the contract test runs
     return Template((HERE / "tritonserver-host.service").read_text()).substitute(
         ld_library_path=str(distribution.libs),
         path=f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -94,21 +119,31 @@ def container_unit(plan: HostPlan) -> str:
         shm_size="1g",
         models=MODELS,
         model_env=VENV,
-        model_site=f"{DIST}",
+        model_site=DIST,
+        http_port=ports(plan)[0],
+        grpc_port=ports(plan)[1],
+        metrics_port=ports(plan)[2],
     )
 
 
 def environment_stale(manifest: Manifest, plan: HostPlan) -> bool:
-    """The venv will be rebuilt (new pins, or it was removed): Triton must restart on it."""
+    """A new environment will be built (new pins, or it was removed): Triton must restart on it."""
     return manifest.state()["contents"].get(STAMP) != stamp(plan)
 
 
 def stamp(plan: HostPlan) -> bytes:
-    """What the venv was built from; a different stamp rebuilds it."""
+    """What the environment was built from; a different stamp builds a new one."""
     digest = hashlib.sha256()
-    for part in (wheel_requirement(plan), "\n".join(requirements())):
+    for part in (wheel_requirement(plan), "\n".join(requirements()), LAYOUT):
         digest.update(part.encode())
     return f"{plan.settings.triton_wheel.version} {digest.hexdigest()}\n".encode()
+
+
+def environment_path(plan: HostPlan) -> str:
+    """A new folder to build the environment in: named after its inputs and the time, so a
+    rebuild with the same inputs (its stamp removed by hand) never lands on the one in use."""
+    built = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    return f"{ENVS}/{hashlib.sha256(stamp(plan)).hexdigest()[:12]}-{built}"
 
 
 def add_to(manifest: Manifest, plan: HostPlan) -> tuple[list[str], dict[str, list[str]]]:
@@ -121,6 +156,7 @@ def add_to(manifest: Manifest, plan: HostPlan) -> tuple[list[str], dict[str, lis
     manifest.users.append("triton")
     manifest.directories += [
         ManagedDirectory(ROOT, "0755"),
+        ManagedDirectory(ENVS, "0755"),
         ManagedDirectory(MODELS, "0755"),
     ]
     files = model_files(plan)
@@ -141,7 +177,7 @@ def add_to(manifest: Manifest, plan: HostPlan) -> tuple[list[str], dict[str, lis
     manifest.read.append(STAMP)
     if runtime == "host":
         manifest.packages += HOST_PACKAGES
-        unit_text = host_unit()
+        unit_text = host_unit(plan)
         restart_on = [WHEEL_REQUIREMENTS, MODEL_REQUIREMENTS]
     else:
         manifest.packages += [plan.gpu.service.docker_package, "python3-venv"]
@@ -152,22 +188,86 @@ def add_to(manifest: Manifest, plan: HostPlan) -> tuple[list[str], dict[str, lis
     return restart_on, by_model
 
 
-def site_link_command() -> str:
-    """The container runtime mounts the venv's site-packages for the models' requirements."""
-    site = f"$({VENV}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')"
-    return f'ln -sfn "{site}" {DIST}'
+def _python(env: str, expression: str) -> str:
+    """`$(…)`: what the new environment's Python says `expression` is (needs `import os, sys`)."""
+    script = f"import os, sys, sysconfig; print({expression})"
+    return f"$({shlex.quote(env)}/bin/python -c {shlex.quote(script)})"
 
 
-def backend_copy_command() -> str:
-    """Assemble the backends folder from the installed wheel, for the venv's Python."""
-    site = f"$({VENV}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')"
-    version = f"$({VENV}/bin/python -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])')"
-    python_backend = "$site/pytriton/tritonserver/backends/python"
+def site_link_command(env: str) -> str:
+    """The container runtime mounts the environment for the models' requirements; `dist` in it
+    points to its site-packages by a relative path, which holds inside the container too."""
+    site = _python(env, 'os.path.relpath(sysconfig.get_paths()["purelib"], sys.prefix)')
+    return f'ln -sfn "{site}" {shlex.quote(env)}/dist'
+
+
+def backend_copy_command(env: str) -> str:
+    """Assemble the environment's backends folder from its wheel, for its Python version."""
+    new = shlex.quote(env)
+    python_backend = f"{new}/dist/pytriton/tritonserver/backends/python"
+    stub = f'{new}/dist/pytriton/tritonserver/python_backend_stubs/"$version"/{STUB}'
+    version = _python(env, '"%d.%d" % sys.version_info[:2]')
     return (
-        f'site="{site}" && version="{version}" && ln -sfn "$site" {DIST} && '
-        f"install -d -m 0755 {BACKENDS}/python && "
+        f'{site_link_command(env)} && version="{version}" && '
+        f"install -d -m 0755 {new}/backends/python && "
         f"install -m 0644 {python_backend}/libtriton_python.so "
-        f"{python_backend}/triton_python_backend_utils.py {BACKENDS}/python/ && "
-        f'install -m 0755 "$site/pytriton/tritonserver/python_backend_stubs/$version/{STUB}" '
-        f"{BACKENDS}/python/{STUB}"
+        f"{python_backend}/triton_python_backend_utils.py {new}/backends/python/ && "
+        f"install -m 0755 {stub} {new}/backends/python/{STUB}"
+    )
+
+
+def deploy(manifest: Manifest, plan: HostPlan, restart_on: list[str], by_model: dict) -> None:
+    """Triton's steps, once the role's packages, folders and files are in place.
+
+    The environment is built and switched to, stray and retired model files go, then the
+    unit is (re)started only if its pins changed and Triton must answer ready on it; models
+    whose files changed are otherwise loaded into the running Triton. Older environments
+    are removed last, after Triton answered ready on the new one.
+    """
+    http_port = ports(plan)[0]
+    host_runtime = plan.gpu.service.runtime == "host"
+    models = sorted(by_model)
+    rebuilt = environment_stale(manifest, plan)
+    env = environment_path(plan)
+    managed.account(name="Triton's service account", manifest=manifest, user="triton", system=True)
+    triton_ops.environment(
+        name="Triton's Python environment",
+        manifest=manifest,
+        link=VENV,
+        env=env,
+        stamp_name=STAMP_NAME,
+        stamp=stamp(plan),
+        wheel_requirements=WHEEL_REQUIREMENTS if host_runtime else None,
+        model_requirements=MODEL_REQUIREMENTS,
+        finish=backend_copy_command(env) if host_runtime else site_link_command(env),
+    )
+    stray = triton_ops.strays(manifest, MODELS, set(by_model))
+    triton_ops.prune(name="Stray model files", manifest=manifest, root=MODELS, models=models)
+    triton_ops.retire(
+        name="Retired models", manifest=manifest, root=MODELS, models=models, port=http_port
+    )
+    todo = services.actions(manifest, UNIT, UNIT_FILE, restart_on, rebuilt)
+    services.unit(
+        name="tritonserver",
+        manifest=manifest,
+        unit_name=UNIT,
+        unit_file=UNIT_FILE,
+        inputs=restart_on,
+        restart=rebuilt,
+    )
+    triton_ops.wait_ready(
+        name="Triton answers ready",
+        unit=UNIT,
+        port=http_port,
+        models=models,
+        started="start" in todo or "restart" in todo,
+    )
+    changed = sorted(
+        name
+        for name, paths in by_model.items()
+        if manifest.will_change(paths) or any(r.split("/", 1)[0] == name for r in stray)
+    )
+    triton_ops.load(name="Load changed models", models=[] if todo else changed, port=http_port)
+    triton_ops.old_environments(
+        name="Older Triton environments", link=VENV, envs=ENVS, leftovers=LEGACY, rebuilt=rebuilt
     )

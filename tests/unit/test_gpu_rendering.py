@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import json
 import shlex
 import shutil
@@ -20,7 +21,7 @@ import yaml
 
 from deploys.gpu_host import cloudflared_node, http_service, triton
 from oceanid import triton_repo
-from oceanid.preflight import HostPlan, HostView, check
+from oceanid.preflight import HostPlan, HostView, PreflightError, check
 from operations.managed import Manifest
 
 TUNNEL_SECRET = base64.b64encode(b"tunnel secret: 32 bytes exactly!").decode()
@@ -219,12 +220,16 @@ def _exec_start(unit: str) -> list[str]:
     return shlex.split(line.removeprefix("ExecStart="))
 
 
-def test_host_unit_runs_tritonserver_locally_with_explicit_model_control():
-    unit = triton.host_unit()
+HOST_RUNTIME = {"service": {"kind": "triton", "runtime": "host", "port": 8000}}
+
+
+def test_host_unit_runs_tritonserver_locally_with_explicit_model_control(make_plan):
+    unit = triton.host_unit(make_plan(gpu=HOST_RUNTIME))
     argv = _exec_start(unit)
-    assert argv[0] == "/opt/triton/dist/pytriton/tritonserver/bin/tritonserver"
+    assert argv[0] == "/opt/triton/venv/dist/pytriton/tritonserver/bin/tritonserver"
     for flag in [
         "--model-repository=/opt/triton/models",
+        "--backend-directory=/opt/triton/venv/backends",
         "--model-control-mode=explicit",
         "--load-model=*",
         "--http-address=127.0.0.1",
@@ -236,7 +241,46 @@ def test_host_unit_runs_tritonserver_locally_with_explicit_model_control():
     ]:
         assert flag in argv, flag
     assert "User=triton" in unit.splitlines()
-    assert "Environment=LD_LIBRARY_PATH=/opt/triton/dist/nvidia_pytriton.libs" in unit
+    assert "Environment=LD_LIBRARY_PATH=/opt/triton/venv/dist/nvidia_pytriton.libs" in unit
+
+
+def test_every_environment_path_of_the_units_goes_through_the_stable_link(make_plan):
+    """A new environment takes effect only when Triton restarts on the switched link."""
+    host = triton.host_unit(make_plan(gpu=HOST_RUNTIME))
+    container = triton.container_unit(make_plan())
+    for unit in (host, container):
+        assert "/opt/triton/venvs" not in unit and "/opt/triton/dist" not in unit
+    assert "Environment=PATH=/opt/triton/venv/bin:" in host
+    argv = _exec_start(container)
+    assert "/opt/triton/venv:/opt/triton/venv:ro" in argv
+    assert "PYTHONPATH=/opt/triton/venv/dist" in argv
+
+
+def test_each_build_gets_a_new_environment_folder_named_after_its_inputs(make_plan):
+    """A rebuild with unchanged inputs (the stamp removed by hand) must not build over the
+    environment Triton runs on, which has the same inputs."""
+    plan = make_plan(gpu=HOST_RUNTIME)
+    first, second = triton.environment_path(plan), triton.environment_path(plan)
+    assert first != second
+    prefix = hashlib.sha256(triton.stamp(plan)).hexdigest()[:12]
+    for path in (first, second):
+        assert path.startswith(f"/opt/triton/venvs/{prefix}-")
+        assert "/" not in path.removeprefix("/opt/triton/venvs/")
+
+
+@pytest.mark.parametrize("runtime", ["host", "container"])
+def test_triton_ports_follow_the_service_port(make_plan, runtime):
+    plan = make_plan(gpu={"service": {"kind": "triton", "runtime": runtime, "port": 9000}})
+    assert triton.ports(plan) == (9000, 9001, 9002)
+    unit = triton.host_unit(plan) if runtime == "host" else triton.container_unit(plan)
+    argv = _exec_start(unit)
+    for flag in ["--http-port=9000", "--grpc-port=9001", "--metrics-port=9002"]:
+        assert flag in argv, flag
+    assert "8000" not in unit and "8001" not in unit and "8002" not in unit
+    if runtime == "container":
+        ports = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-p"]
+        assert ports == ["127.0.0.1:9000:9000", "127.0.0.1:9001:9001", "127.0.0.1:9002:9002"]
+    assert cloudflared_node.config(plan)["ingress"][0]["service"] == "http://localhost:9000"
 
 
 @pytest.mark.parametrize(("gpus", "device"), [([0], "'\"device=0\"'"), (None, "all")])
@@ -305,6 +349,13 @@ def test_renamed_model_folder_is_refused_by_name(tmp_path):
     assert "model 'docling_renamed'" in message
     assert "name: 'docling_granite_python'" in message
     assert "equal the folder name 'docling_renamed'" in message
+
+
+def test_a_triton_port_without_room_for_grpc_and_metrics_is_refused(make_plan):
+    with pytest.raises(PreflightError) as err:
+        make_plan(gpu={"service": {"kind": "triton", "port": 65534}})
+    assert "kind triton uses port, port+1 and port+2: at most 65533 (got 65534)" in str(err.value)
+    assert "hosts.calypso.gpu.service" in str(err.value)
 
 
 # ---- the generic HTTP service

@@ -1,0 +1,64 @@
+"""Docker with NVIDIA's container runtime, for a GPU service that runs in a container.
+
+NVIDIA's container toolkit comes from NVIDIA's own apt repository, added only once its
+signing key matched the pinned fingerprint; Docker's daemon.json names the `nvidia`
+runtime, and Docker restarts when that file changes.
+"""
+
+from __future__ import annotations
+
+import json
+
+from oceanid.preflight import HostPlan
+from operations import apt_repo, managed, services
+from operations.managed import ManagedFile, Manifest
+
+NVIDIA_KEY_URL = "https://nvidia.github.io/libnvidia-container/gpgkey"
+NVIDIA_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+NVIDIA_SOURCES = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
+NVIDIA_REPO = "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /"
+DOCKER_DAEMON = "/etc/docker/daemon.json"
+CONTAINER_PACKAGES = ["nvidia-container-toolkit"]  # from NVIDIA's repository, after the key
+
+
+def add_to(manifest: Manifest) -> None:
+    """Declare the toolkit's sources list, Docker's daemon.json, the packages and the unit."""
+    manifest.files += [
+        ManagedFile(
+            NVIDIA_SOURCES,
+            f"deb [signed-by={NVIDIA_KEYRING}] {NVIDIA_REPO}\n".encode(),
+        ),
+        ManagedFile(
+            DOCKER_DAEMON,
+            (
+                json.dumps(
+                    {"runtimes": {"nvidia": {"args": [], "path": "nvidia-container-runtime"}}},
+                    indent=2,
+                )
+                + "\n"
+            ).encode(),
+        ),
+    ]
+    manifest.read.append(NVIDIA_KEYRING)
+    manifest.packages += CONTAINER_PACKAGES
+    manifest.units.append("docker.service")
+
+
+def deploy(manifest: Manifest, plan: HostPlan) -> None:
+    """NVIDIA's repository and toolkit, then Docker restarted if its daemon.json changed."""
+    apt_repo.signed_repository(
+        name="NVIDIA container toolkit repository",
+        manifest=manifest,
+        key_url=NVIDIA_KEY_URL,
+        fingerprint=plan.settings.nvidia_container_key_fingerprint,
+        keyring=NVIDIA_KEYRING,
+        sources_list=NVIDIA_SOURCES,
+    )
+    managed.packages(name="NVIDIA container toolkit", manifest=manifest, names=CONTAINER_PACKAGES)
+    services.unit(
+        name="Docker",
+        manifest=manifest,
+        unit_name="docker.service",
+        unit_file=None,
+        inputs=[DOCKER_DAEMON],
+    )
