@@ -185,6 +185,15 @@ def test_a_venv_folder_of_the_old_layout_is_moved_aside_not_overwritten(tmp_path
     assert (tmp_path / "venvs" / "previous" / ".oceanid-stamp").read_text() == "0.6.0 legacy\n"
 
 
+def test_a_first_build_creates_the_link(tmp_path: Path) -> None:
+    env = tmp_path / "venvs" / "new"
+    env.mkdir(parents=True)
+    switch = _environment(tmp_path, None, "").strings[-1]
+    assert run_in_order([switch]) is None
+    assert os.readlink(tmp_path / "venv") == str(env)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-requirements.txt", "venv", "venvs"]
+
+
 def test_old_environments_stay_when_nothing_was_rebuilt() -> None:
     run = run_op(
         triton_ops.old_environments, "/opt/triton/venv", "/opt/triton/venvs", [], False, facts={}
