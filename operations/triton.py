@@ -1,7 +1,7 @@
 """Triton's Python environment and its model repository, kept without restarts.
 
-The environment is built beside the one Triton runs on (under /opt/triton/venvs, named
-after what it is built from) and switched to by renaming a symlink, only once it is
+The environment is built beside the one Triton runs on (in a new folder under
+/opt/triton/venvs) and switched to by renaming a symlink, only once it is
 complete: a failed pip leaves the running environment and the link as they were. The
 stamp is written into the new environment as its last build step, so a failed build is
 retried on the next run rather than taken for done. Older environments are removed only
@@ -93,7 +93,7 @@ def old_environments(link: str, envs: str, leftovers: list[str], rebuilt: bool):
     + rebuilt: whether this run built and switched to a new environment
     """
     if not rebuilt:
-        host.noop(f"no older environment beside {link}'s")
+        host.noop(f"no new environment was built: nothing beside {link}'s to remove")
         return
     yield StringCommand(
         "current=$(readlink", QuoteString(link), ")", "&&",

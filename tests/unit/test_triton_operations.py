@@ -199,7 +199,7 @@ def test_old_environments_stay_when_nothing_was_rebuilt() -> None:
         triton_ops.old_environments, "/opt/triton/venv", "/opt/triton/venvs", [], False, facts={}
     )
     assert run.commands == []
-    assert run.noop == "no older environment beside /opt/triton/venv's"
+    assert run.noop == "no new environment was built: nothing beside /opt/triton/venv's to remove"
 
 
 # ---- wait_ready: judged by Triton's answers, not by systemd's "active"
