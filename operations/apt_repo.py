@@ -143,29 +143,27 @@ def signed_repository(
     fingerprint: str,
     keyring: str,
     sources_list: str,
-    repository: str | None = None,
+    repository: str,
 ):
     """
     Trust a repository's key (by fingerprint), then point apt at it and refresh apt.
 
-    + manifest: the role's Manifest; its `read` lists `keyring` (and `sources_list` when
-      `repository` is given), so each run sees both in the role's one fact
+    + manifest: the role's Manifest; its `read` lists `keyring` and `sources_list`, so each
+      run sees both in the role's one fact
     + key_url: where the ASCII-armoured public key is published
     + fingerprint: the 40-hex-digit fingerprint the key must have
     + keyring: the dearmored keyring the sources file's `signed-by` names
     + sources_list: the repository's sources file
     + repository: the `URI suite [components]` of its deb line; this operation writes
-      `deb [signed-by=<keyring>] <repository>` to `sources_list`, after the key is
-      verified. None: the role's managed files write `sources_list` (its earlier shape,
-      in which the sources file can be written before the key is checked)
+      `deb [signed-by=<keyring>] <repository>` to `sources_list`, only after the key is
+      verified, so apt never points at a keyring that is missing or wrong
 
     The keyring passes when it holds exactly one primary key, the pinned one; anything
     else (missing, another key, an extra key, unreadable) is replaced by the verified
     download, or the run fails and apt is left as it was.
     """
     fingerprint = fingerprint.upper()
-    needed = [keyring] + ([sources_list] if repository is not None else [])
-    missing = [path for path in needed if path not in manifest.read]
+    missing = [path for path in (keyring, sources_list) if path not in manifest.read]
     if missing:
         raise OperationValueError(
             f"{', '.join(missing)}: add to the `read` list of manifest {manifest} so each run "
@@ -173,22 +171,18 @@ def signed_repository(
         )
     current = manifest.state()
     key_ok = _holds_only(current["contents"].get(keyring), fingerprint)
-    if repository is None:
-        sources = None
-        sources_ok = not manifest.will_change([sources_list])
-    else:
-        sources = ManagedFile(sources_list, f"deb [signed-by={keyring}] {repository}\n".encode())
-        now = current["paths"].get(sources_list)
-        sources_ok = (
-            now is not None
-            and now.sha256 == sources.sha256
-            and not _attributes_differ(now, sources.mode, sources.user, sources.group)
-        )
+    sources = ManagedFile(sources_list, f"deb [signed-by={keyring}] {repository}\n".encode())
+    now = current["paths"].get(sources_list)
+    sources_ok = (
+        now is not None
+        and now.sha256 == sources.sha256
+        and not _attributes_differ(now, sources.mode, sources.user, sources.group)
+    )
     if key_ok and sources_ok:
         host.noop(f"{keyring} holds only key {fingerprint}, and {sources_list} is in place")
         return
     if not key_ok:
         yield _fetch_and_verify(key_url, fingerprint, keyring)
-    if sources is not None and not sources_ok:
+    if not sources_ok:
         yield from _replace_commands(sources)
     yield StringCommand("DEBIAN_FRONTEND=noninteractive", "apt-get", "update", "-qq")

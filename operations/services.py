@@ -4,6 +4,10 @@ The unit's state (enabled, active) comes from the role's batched fact; whether i
 file, binary, config or credentials change comes from the same manifest, decided before
 anything runs. After a start or restart the unit must still be active a moment later,
 otherwise the run fails with the unit's last log lines instead of reporting success.
+
+A `Type=notify` unit with `TimeoutStartSec=0` (cloudflared's: started means connected to
+the edge) may stay "activating" for as long as the network is down; systemd keeps trying,
+but the deploy waits at most START_WAIT for it and then fails with the unit's log.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from pyinfra.api import StringCommand, operation
 from operations.managed import Manifest
 
 SETTLE = 2  # seconds a started unit must stay active
+START_WAIT = 150  # seconds the deploy waits for a unit to finish starting
 
 
 def _started_and_alive(verb: str, unit: str) -> StringCommand:
     return StringCommand(
+        "timeout",
+        str(START_WAIT),
         "systemctl",
         verb,
         unit,
@@ -32,7 +39,8 @@ def _started_and_alive(verb: str, unit: str) -> StringCommand:
         "||",
         "{",
         "echo",
-        f"'{unit} did not stay active; its last log lines:'",
+        f"'{unit} did not become active within {START_WAIT}s or did not stay active;"
+        " its last log lines:'",
         ">&2;",
         "journalctl",
         "-u",

@@ -22,12 +22,10 @@ CONTAINER_PACKAGES = ["nvidia-container-toolkit"]  # from NVIDIA's repository, a
 
 
 def add_to(manifest: Manifest) -> None:
-    """Declare the toolkit's sources list, Docker's daemon.json, the packages and the unit."""
+    """Declare Docker's daemon.json, the packages and the unit; the keyring and the sources
+    list are read each run, and written by the repository step only after the key is
+    verified."""
     manifest.files += [
-        ManagedFile(
-            NVIDIA_SOURCES,
-            f"deb [signed-by={NVIDIA_KEYRING}] {NVIDIA_REPO}\n".encode(),
-        ),
         ManagedFile(
             DOCKER_DAEMON,
             (
@@ -39,7 +37,7 @@ def add_to(manifest: Manifest) -> None:
             ).encode(),
         ),
     ]
-    manifest.read.append(NVIDIA_KEYRING)
+    manifest.read += [NVIDIA_KEYRING, NVIDIA_SOURCES]
     manifest.packages += CONTAINER_PACKAGES
     manifest.units.append("docker.service")
 
@@ -53,6 +51,7 @@ def deploy(manifest: Manifest, plan: HostPlan) -> None:
         fingerprint=plan.settings.nvidia_container_key_fingerprint,
         keyring=NVIDIA_KEYRING,
         sources_list=NVIDIA_SOURCES,
+        repository=NVIDIA_REPO,
     )
     managed.packages(name="NVIDIA container toolkit", manifest=manifest, names=CONTAINER_PACKAGES)
     services.unit(

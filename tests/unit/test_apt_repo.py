@@ -206,30 +206,6 @@ def test_a_keyring_the_fact_does_not_read_is_refused(keys) -> None:
         )
 
 
-def test_without_repository_the_role_writes_the_sources_and_the_key_is_still_checked(
-    keys,
-) -> None:
-    """The earlier call shape (the sources file among the role's managed files) still works,
-    and its keyring is checked every run too."""
-    pinned, other = keys["pinned"], keys["other"]
-    sources = ManagedFile(SOURCES, SOURCES_LINE)
-    manifest = Manifest(name="gpu host calypso", files=[sources], read=[KEYRING])
-    state = managed_state(
-        paths={SOURCES: file_state(sources), KEYRING: file_state(ManagedFile(KEYRING, b"x"))},
-        contents={KEYRING: other.binary},
-    )
-    run = run_op(
-        apt_repo.signed_repository,
-        manifest,
-        key_url=KEY_URL,
-        fingerprint=pinned.fingerprint,
-        keyring=KEYRING,
-        sources_list=SOURCES,
-        facts={ManagedState: state},
-    )
-    assert _kinds(run) == ["fetch", "update"]
-
-
 # ---- the generated commands, run for real against a key served on 127.0.0.1
 
 

@@ -19,7 +19,7 @@ import textwrap
 import pytest
 import yaml
 
-from deploys.gpu_host import cloudflared_node, http_service, triton
+from deploys.gpu_host import cloudflared_node, docker, http_service, triton
 from oceanid import triton_repo
 from oceanid.preflight import HostPlan, HostView, PreflightError, check
 from operations.managed import Manifest
@@ -396,3 +396,12 @@ def test_host_runtime_restarts_for_new_wheel_or_model_pins(make_plan):
     plan = make_plan(gpu={"service": {"kind": "triton", "runtime": "host", "port": 8000}})
     restart_on, _ = triton.add_to(Manifest(name="gpu host calypso"), plan)
     assert restart_on == [triton.WHEEL_REQUIREMENTS, triton.MODEL_REQUIREMENTS]
+
+
+def test_nvidia_sources_list_is_written_only_by_the_verified_repository_step():
+    """The sources list is no managed file (which would be written before the key is
+    checked); the role reads it and the keyring each run for the repository step."""
+    manifest = Manifest(name="gpu host calypso")
+    docker.add_to(manifest)
+    assert docker.NVIDIA_SOURCES not in [f.path for f in manifest.files]
+    assert {docker.NVIDIA_KEYRING, docker.NVIDIA_SOURCES} <= set(manifest.read)

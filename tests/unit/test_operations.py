@@ -27,6 +27,7 @@ import os
 import pwd
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -533,8 +534,10 @@ def _fake_host_with(facts: dict[type, Any]) -> _Host:
 
 def _alive(verb: str) -> str:
     return (
-        f"systemctl {verb} {UNIT} && sleep 2 && systemctl is-active --quiet {UNIT} || "
-        f"{{ echo '{UNIT} did not stay active; its last log lines:' >&2; "
+        f"timeout {services.START_WAIT} systemctl {verb} {UNIT} && sleep 2 && "
+        f"systemctl is-active --quiet {UNIT} || "
+        f"{{ echo '{UNIT} did not become active within {services.START_WAIT}s or did not stay "
+        "active; its last log lines:' >&2; "
         f"journalctl -u {UNIT} -n 25 --no-pager >&2; exit 1; }}"
     )
 
@@ -598,8 +601,28 @@ def test_start_fails_the_run_with_the_journal_when_the_unit_dies(tmp_path: Path)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     result = subprocess.run(["sh", "-c", run.strings[-1]], env=env, capture_output=True, text=True)
     assert result.returncode == 1
-    assert f"{UNIT} did not stay active" in result.stderr
+    assert "did not stay active" in result.stderr
     assert "Invalid tunnel secret" in result.stderr
+
+
+def test_a_start_that_never_finishes_fails_after_the_wait(tmp_path: Path, monkeypatch) -> None:
+    """A Type=notify unit with TimeoutStartSec=0 that never connects: systemctl start would
+    wait for ever; the deploy gives up after START_WAIT with the unit's log."""
+    monkeypatch.setattr(services, "START_WAIT", 1)
+    run, _ = _unit_run(active="inactive")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text('#!/bin/sh\n[ "$1" = start ] && exec sleep 60\nexit 3\n')
+    (bin_dir / "journalctl").write_text("#!/bin/sh\necho 'cloudflared: no edge connection'\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    started = time.monotonic()
+    result = subprocess.run(["sh", "-c", run.strings[-1]], env=env, capture_output=True, text=True)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1
+    assert f"{UNIT} did not become active within 1s" in result.stderr
+    assert "no edge connection" in result.stderr
 
 
 # ---- triton.environment: tests/unit/test_triton_operations.py
