@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # lets mmdebstrap verify Debian on Ubuntu too
 LAB_APT := systemd-container mmdebstrap tinyproxy-bin openssh-client openssh-server iproute2 debian-archive-keyring
 
-.PHONY: venv lab-deps check deploy deploy-simple diff gpu smoke status verify tunnel tunnel-close \
+.PHONY: venv lab-deps check deploy deploy-simple diff drift gpu smoke status verify tunnel tunnel-close \
         kubeconfig lab lab-down lab-status lab-diff lab-check test test-unit test-lab lint bench clean
 
 venv: $(STAMP)
@@ -94,3 +94,6 @@ smoke: venv  ## the public URLs and the tunnels, from outside; a failed check fa
 
 status: venv  ## each tunnel's status and connections, from the Cloudflare API
 	$(PY) -m oceanid.smoke --status-only $(INVENTORY)
+
+drift: venv  ## the dry run as a check: exit 0 no drift, 2 drift (what and where), 1 error
+	$(PY) -m oceanid.drift $(INVENTORY)
