@@ -41,8 +41,8 @@ diff: check  ## what a deploy would change, with file diffs; changes nothing
 gpu: check  ## one GPU host: make gpu HOST=calypso
 	$(PYINFRA) $(INVENTORY) deploys/gpu.py --limit $(or $(HOST),calypso)
 
-verify: venv  ## testinfra checks of the deployed hosts
-	$(VENV)/bin/pytest -q tests/hosts --hosts=$(or $(HOSTS),ssh://tethys,ssh://styx,ssh://calypso)
+verify: venv  ## testinfra checks: each role's module on its group's hosts, from the inventory
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/hosts --inventory=$(INVENTORY)
 
 lab: venv lab-deps  ## boot the lab and deploy the whole site into it
 	$(PY) -m lab up

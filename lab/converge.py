@@ -8,7 +8,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from lab.topology import GPU_HOSTS, HOSTS, REPO, SECRETS_FILE, SSH_DIR
+from lab.topology import REPO, SECRETS_FILE
 
 
 @dataclass
@@ -26,20 +26,18 @@ def lab_env() -> dict[str, str]:
         **os.environ,
         "SECRETS_FILE": str(SECRETS_FILE),
         "PYINFRA_PROGRESS": "off",
-        "OCEANID_GPU_HOSTS": ",".join(f"ssh://{name}" for name in GPU_HOSTS),
     }
 
 
 def verify_argv() -> list[str]:
-    """testinfra over the lab's SSH config: every host, the GPU checks on the GPU hosts."""
+    """`make verify` on the lab: each role's checks on its group's hosts, from the inventory."""
     return [
         str(REPO / ".venv/bin/pytest"),
         "-q",
         "-p",
         "no:cacheprovider",
         "tests/hosts",
-        f"--ssh-config={SSH_DIR / 'config'}",
-        "--hosts=" + ",".join(f"ssh://{h.name}" for h in HOSTS),
+        "--inventory=inventories/lab.py",
     ]
 
 

@@ -1,0 +1,37 @@
+"""Checks every k3s node gets, server or agent: the files the k3s role writes and its unit.
+
+Paths and unit names come from the deploy's own modules (deploys/k3s), so a check and the
+deploy never disagree about where a thing lives.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from deploys.k3s.config import CONFIG, TOKEN_FILE
+from deploys.k3s.units import BINARY, MODULES_FILE, SYSCTL_FILE, UNIT_NAMES
+
+
+def check_node(host, role: str) -> None:
+    unit = UNIT_NAMES[role]
+    service = host.service(unit)
+    assert service.is_enabled, f"{unit} is not enabled"
+    assert service.is_running, f"{unit} is not running"
+    binary = host.file(BINARY)
+    assert binary.is_file and binary.mode == 0o755 and binary.user == "root", BINARY
+    assert "k3s version v" in host.check_output(f"{BINARY} --version")
+    for path in (MODULES_FILE, SYSCTL_FILE):
+        assert host.file(path).is_file, f"{path} is missing"
+    with host.sudo():
+        token = host.file(TOKEN_FILE)
+        assert (token.user, token.group, token.mode) == ("root", "root", 0o600), TOKEN_FILE
+        config = yaml.safe_load(host.file(CONFIG).content_string)
+        unit_text = host.file(f"/etc/systemd/system/{unit}").content_string
+        secret = token.content_string.strip()
+        processes = host.check_output("ps -eo args")
+    assert config["token-file"] == TOKEN_FILE and "token" not in config, CONFIG
+    # Booleans first: pytest's assertion messages would print the values compared.
+    long_enough, in_unit, in_args = len(secret) >= 16, secret in unit_text, secret in processes
+    assert long_enough, f"{TOKEN_FILE} holds no token"
+    assert not in_unit, f"the cluster token is in {unit}"
+    assert not in_args, "the cluster token is in a process's arguments"
