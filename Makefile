@@ -92,8 +92,8 @@ kubeconfig: venv  ## the server's kubeconfig for the tunnel: cluster/kubeconfig.
 smoke: venv  ## the public URLs and the tunnels, from outside; a failed check fails the command
 	$(PY) -m oceanid.smoke $(INVENTORY)
 
-status: venv  ## each tunnel's status and connections, from the Cloudflare API
-	$(PY) -m oceanid.smoke --status-only $(INVENTORY)
+status: venv  ## one table per host from its facts (GPU, connector, Triton, k3s); JSON=1 for --json
+	$(PY) -m oceanid.status $(INVENTORY) $(if $(JSON),--json)
 
 drift: venv  ## the dry run as a check: exit 0 no drift, 2 drift (what and where), 1 error
 	$(PY) -m oceanid.drift $(INVENTORY)

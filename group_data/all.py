@@ -61,6 +61,31 @@ nvidia_container_key_fingerprint = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
 tunnel_protocol = "auto"
 cloudflared_metrics_address = "127.0.0.1:2200"
 
+# Cluster apps, written into k3s's auto-deploy folder on the first server
+# (deploys/cluster_apps). Label Studio's image is the same release as the PyPI
+# label-studio the contract test runs; never `latest`/`develop`. The cluster connector
+# runs the host connector's cloudflared version. `node_tunnel_mode: daemonset` moves each
+# GPU host's tunnel into the cluster (nodes labelled oceanid.cluster/tunnel-enabled=true).
+cluster_apps = {
+    "label_studio": {
+        "enabled": True,
+        "image": "heartexlabs/label-studio:1.23.2",
+        "public_name": "label",
+        "memory_request": "1Gi",  # OOM-killed at 512Mi and at 1Gi in the old stack
+        "memory_limit": "3Gi",
+        "storage": "10Gi",  # its data folder (uploads, exports), k3s's local-path storage
+    },
+    "cluster_connector": True,
+    "cluster_connector_replicas": 2,
+    "ml_backend": {
+        "enabled": True,
+        "url": None,  # the first GPU host's public URL: https://gpu.<base_domain>
+        "title": "oceanid-gpu",
+        "schedule": "0 * * * *",
+    },
+    "node_tunnel_mode": "host",
+}
+
 # What is particular to one host, keyed by its inventory name. `ssh_user` and `sudo` say
 # how pyinfra reaches it; hosts without them are reached as the operator's SSH config says.
 hosts = {

@@ -8,6 +8,7 @@ problem at once, and requires only the secrets that the enabled features need.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -98,6 +99,9 @@ def required_secrets(plans: Iterable[HostPlan], settings: Settings) -> dict[str,
     if any(K3S_SERVERS in p.roles for p in plans):
         add("cloudflareTunnelId", "the cluster tunnel")
         add("cloudflareTunnelToken", "the cluster tunnel")
+    if any(K3S_SERVERS in p.roles for p in plans) and settings.cluster_apps.label_studio.enabled:
+        for key in LABEL_STUDIO_KEYS:
+            add(key, "Label Studio (cluster_apps.label_studio)")
     if settings.manage_dns and plans:
         for key in ("cloudflareApiToken", "cloudflareZoneId", "cloudflareAccountId"):
             add(key, "DNS records (manage_dns)")
@@ -125,6 +129,50 @@ def _credential(
         problems.append(str(exc))
         return tunnel_id, None
     return tunnel_id.strip().lower(), cred
+
+
+LABEL_STUDIO_KEYS = (
+    "labelStudioDbUrl",
+    "labelStudioAdminEmail",
+    "labelStudioAdminPassword",
+    "labelStudioApiToken",
+)
+#: Label Studio keeps the admin's token as authtoken's Token.key, a varchar(40).
+LS_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{6,40}$")
+
+
+def cluster_apps_problems(
+    plans: Iterable[HostPlan], settings: Settings, secrets: secrets_mod.Secrets
+) -> list[str]:
+    """What would make Label Studio start wrong: on SQLite, or with an admin it cannot
+    create. No value is echoed."""
+    plans = list(plans)
+    apps = settings.cluster_apps
+    if not any(K3S_SERVERS in p.roles for p in plans):
+        return []
+    problems = []
+    if apps.label_studio.enabled:
+        from deploys.cluster_apps.label_studio import database_env
+
+        url = secrets.get("labelStudioDbUrl")
+        if url is not None:
+            try:
+                database_env(url)
+            except ValueError as exc:
+                problems.append(str(exc))
+        email = secrets.get("labelStudioAdminEmail")
+        if email is not None and not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", email.strip()):
+            problems.append("labelStudioAdminEmail: not an e-mail address (the admin's login)")
+        password = secrets.get("labelStudioAdminPassword")
+        if password is not None and len(password) < 8:
+            problems.append("labelStudioAdminPassword: shorter than 8 characters")
+        token = secrets.get("labelStudioApiToken")
+        if token is not None and not LS_TOKEN_RE.match(token):
+            problems.append(
+                "labelStudioApiToken: must be a legacy API token of 6 to 40 letters, digits, "
+                "- or _ (Label Studio stores the admin's token in a 40-character column)"
+            )
+    return problems
 
 
 def models_problems(source: Path) -> list[str]:
@@ -206,6 +254,7 @@ def check(hosts: Iterable[HostView], *, environ: Mapping[str, str] | None = None
             f"set it in ESC {first.esc_environment}, as {env}, or in {file_read or 'SECRETS_FILE'}"
         )
 
+    problems += cluster_apps_problems(plans.values(), first, secrets)
     site = Site(hosts=plans, secrets=secrets, required=required)
     if "cloudflareTunnelToken" in required:
         site.cluster_tunnel_id, site.cluster_credential = _credential(

@@ -167,6 +167,94 @@ class HostSettings(Strict):
     gpu: GpuHost | None = None
 
 
+MEMORY_RE = re.compile(r"^[1-9][0-9]*(Mi|Gi)$")
+MOVING_TAGS = ("latest", "develop", "nightly", "main", "master")
+
+
+def _memory(value: str) -> str:
+    if not MEMORY_RE.match(value):
+        raise ValueError("must be a Kubernetes quantity in Mi or Gi such as 1Gi or 768Mi")
+    return value
+
+
+def _mebibytes(value: str) -> int:
+    return int(value[:-2]) * (1024 if value.endswith("Gi") else 1)
+
+
+Memory = Annotated[str, AfterValidator(_memory)]
+
+
+class LabelStudioApp(Strict):
+    """Label Studio in namespace `apps`, served at `<public_name>.<base>`.
+
+    The image tag is pinned: the old stack's default `develop` moved under it. Memory
+    defaults sit well above the 1 GiB at which it was OOM-killed.
+    """
+
+    enabled: bool = True
+    image: str = "heartexlabs/label-studio:1.23.2"
+    public_name: Label = "label"
+    memory_request: Memory = "1Gi"
+    memory_limit: Memory = "3Gi"
+    storage: Memory = "10Gi"
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if not IMAGE_RE.match(value):
+            raise ValueError(
+                "must be an image reference name:tag such as heartexlabs/label-studio:1.23.2"
+            )
+        tag = value.split("@", 1)[0].rsplit(":", 1)[1]
+        if tag.lower() in MOVING_TAGS:
+            raise ValueError(f"tag {tag} moves; pin a release such as 1.23.2")
+        return value
+
+    @model_validator(mode="after")
+    def _limit_covers_request(self) -> LabelStudioApp:
+        if _mebibytes(self.memory_limit) < _mebibytes(self.memory_request):
+            raise ValueError(
+                f"memory_limit {self.memory_limit} is below memory_request {self.memory_request}"
+            )
+        return self
+
+
+class MlBackendConnector(Strict):
+    """The hourly job that gives every Label Studio project the ML backend.
+
+    `url` None: the first GPU host's public URL, https://<public_name>.<base> (with no GPU
+    host in the inventory, the default public name's: https://gpu.<base>).
+    """
+
+    enabled: bool = True
+    url: HttpUrl | None = None
+    title: str = Field(default="oceanid-gpu", min_length=1, max_length=100)
+    schedule: str = Field(default="0 * * * *", pattern=r"^\S+( \S+){4}$")
+
+
+class ClusterApps(Strict):
+    """What k3s's auto-deploy folder on the first server holds (deploys/cluster_apps).
+
+    `node_tunnel_mode`: `host` runs each GPU host's tunnel as cloudflared-node.service;
+    `daemonset` runs it in the cluster on nodes labelled oceanid.cluster/tunnel-enabled=true
+    (the old stack's alternative), and the host connector is then stopped.
+    """
+
+    label_studio: LabelStudioApp = LabelStudioApp()
+    cluster_connector: bool = True
+    cluster_connector_replicas: int = Field(default=2, ge=1, le=10)
+    ml_backend: MlBackendConnector = MlBackendConnector()
+    node_tunnel_mode: Literal["host", "daemonset"] = "host"
+
+    @model_validator(mode="after")
+    def _ml_backend_needs_label_studio(self) -> ClusterApps:
+        if self.ml_backend.enabled and not self.label_studio.enabled:
+            raise ValueError(
+                "ml_backend.enabled needs label_studio.enabled: it talks to Label Studio"
+            )
+        return self
+
+
 class Settings(Strict):
     """Every setting the deploys read. Defaults live in group_data/all.py, not here."""
 
@@ -190,6 +278,7 @@ class Settings(Strict):
     cloudflare_api_base_url: HttpUrl | None = None
     cloudflare_takeover_records: list[Hostname] = Field(default_factory=list)
     hosts: dict[str, HostSettings] = Field(default_factory=dict)
+    cluster_apps: ClusterApps
 
     @field_validator("admin_ssh_keys")
     @classmethod

@@ -54,6 +54,10 @@ def test_missing_keys_are_reported_all_at_once(data, secrets_file):
             "cloudflareApiToken",
             "cloudflareZoneId",
             "cloudflareAccountId",
+            "labelStudioDbUrl",  # Label Studio (cluster_apps) on the k3s server
+            "labelStudioAdminEmail",
+            "labelStudioAdminPassword",
+            "labelStudioApiToken",
         ]
     )
     assert "CLOUDFLARE_API_TOKEN" in "\n".join(err.value.problems)

@@ -1,0 +1,204 @@
+"""The cluster tunnel's connector (namespace `cloudflared`): `label.<base>` into the cluster.
+
+Two replicas of the host connector's pinned cloudflared, spread over nodes and kept off
+the GPU workstation, with memory well above the 256 MiB at which the old stack's was
+OOM-killed. The credential keeps the shape ESC holds (oceanid/tunnel_credentials.py): a
+connector token is mounted as a token file for `--token-file`, a credentials.json as the
+config's `credentials-file`; either way from a Secret, never in the pod spec.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from deploys.cluster_apps import label_studio, objects
+from oceanid.settings import Settings
+from oceanid.tunnel_credentials import TunnelCredential
+
+APP = "cloudflared"
+NAMESPACE = "cloudflared"
+NAME = "cloudflared"
+SECRET = "cloudflared-credential"
+CONFIG_DIR = "/etc/cloudflared/config"
+CREDENTIAL_DIR = "/etc/cloudflared/credential"
+METRICS_PORT = 2000
+IMAGE = "cloudflare/cloudflared:{version}"
+NONROOT = 65532
+GPU_LABEL, GPU_VALUE = "workload-type", "gpu-compute"
+
+
+#: The credential volume is group-readable through this fsGroup only.
+POD_SECURITY = {"runAsGroup": NONROOT, "fsGroup": NONROOT}
+
+
+def image(settings: Settings) -> str:
+    """The host connector's pinned version, so both connectors behave the same."""
+    return IMAGE.format(version=settings.cloudflared.version)
+
+
+def credential_file(credential: TunnelCredential) -> str:
+    return "token" if credential.kind == "token" else "credentials.json"
+
+
+def config(settings: Settings, tunnel_id: str, credential: TunnelCredential) -> dict[str, Any]:
+    """config.yaml: Label Studio's public name to its Service, then the catch-all."""
+    document: dict[str, Any] = {"tunnel": tunnel_id}
+    if credential.kind == "credentials-file":
+        document["credentials-file"] = f"{CREDENTIAL_DIR}/credentials.json"
+    ingress = []
+    if settings.cluster_apps.label_studio.enabled:
+        ingress.append(
+            {
+                "hostname": label_studio.public_host(settings),
+                "service": label_studio.SERVICE_URL,
+            }
+        )
+    ingress.append({"service": "http_status:404"})
+    document.update(
+        {
+            "protocol": settings.tunnel_protocol,
+            "no-autoupdate": True,
+            "metrics": f"0.0.0.0:{METRICS_PORT}",  # the kubelet probes /ready here
+            "ingress": ingress,
+        }
+    )
+    return document
+
+
+def args(credential: TunnelCredential) -> list[str]:
+    run = ["tunnel", "--config", f"{CONFIG_DIR}/config.yaml", "run"]
+    if credential.kind == "token":
+        run += ["--token-file", f"{CREDENTIAL_DIR}/token"]
+    return run
+
+
+def container(
+    name: str, settings: Settings, credential: TunnelCredential, metrics_host: str | None = None
+) -> dict[str, Any]:
+    """A cloudflared container reading config and credential from two read-only volumes.
+
+    `metrics_host`: where the kubelet reaches the metrics server (a host-network pod
+    listens on the node's loopback).
+    """
+    ready: dict[str, Any] = {"path": "/ready", "port": "metrics"}
+    if metrics_host is not None:
+        ready["host"] = metrics_host
+    return {
+        "name": name,
+        "image": image(settings),
+        "imagePullPolicy": "IfNotPresent",
+        "args": args(credential),
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": ready, "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {
+            "httpGet": {**ready, "path": "/healthcheck"},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 20,
+            "failureThreshold": 6,
+        },
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "384Mi"},
+            "limits": {"cpu": "750m", "memory": "768Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": NONROOT,  # the image's user is named (distroless nonroot)
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "credential", "mountPath": CREDENTIAL_DIR, "readOnly": True},
+        ],
+    }
+
+
+def volumes(config_map: str, secret: str, credential: TunnelCredential) -> list[dict[str, Any]]:
+    return [
+        {"name": "config", "configMap": {"name": config_map}},
+        {
+            "name": "credential",
+            "secret": {
+                "secretName": secret,
+                "defaultMode": 0o440,  # readable through fsGroup by the non-root user
+                "items": [
+                    {"key": credential_file(credential), "path": credential_file(credential)}
+                ],
+            },
+        },
+    ]
+
+
+def build(
+    settings: Settings, tunnel_id: str, credential: TunnelCredential
+) -> tuple[list[dict], list[dict]]:
+    """(objects, secret objects) of the cluster connector; the Namespace comes first."""
+    pod_labels = objects.labels(APP, NAME)
+    not_on_gpu = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": GPU_LABEL, "operator": "NotIn", "values": [GPU_VALUE]}
+                        ]
+                    }
+                ]
+            }
+        },
+        # Preferred, not required: with two VPS nodes a required rule would leave a
+        # rolling update's new pod, or a replica during a node's outage, unscheduled.
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": objects.selector(NAME)},
+                        "topologyKey": "kubernetes.io/hostname",
+                    },
+                }
+            ]
+        },
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": objects.metadata(APP, NAME, NAMESPACE),
+        "spec": {
+            "replicas": settings.cluster_apps.cluster_connector_replicas,
+            "selector": {"matchLabels": objects.selector(NAME)},
+            "strategy": {"rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "securityContext": POD_SECURITY,
+                    "affinity": not_on_gpu,
+                    "containers": [container(NAME, settings, credential)],
+                    "volumes": volumes(NAME, SECRET, credential),
+                },
+            },
+        },
+    }
+    budget = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": objects.metadata(APP, NAME, NAMESPACE),
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": objects.selector(NAME)}},
+    }
+    config_text = yaml.safe_dump(config(settings, tunnel_id, credential), sort_keys=False)
+    return (
+        [
+            objects.namespace(APP, NAMESPACE),
+            objects.config_map(APP, NAME, NAMESPACE, {"config.yaml": config_text}),
+            deployment,
+            budget,
+        ],
+        [
+            objects.secret(
+                APP, SECRET, NAMESPACE, {credential_file(credential): credential.file_content()}
+            )
+        ],
+    )

@@ -1,0 +1,208 @@
+"""Label Studio in namespace `apps`, on PostgreSQL, served at `label.<base>`.
+
+In the stack we replace it ran on SQLite until the database variables were right (its
+CLI's settings default `DJANGO_DB` to sqlite), was OOM-killed at 512 MiB and at 1 GiB,
+and followed the moving `develop` tag. So: `DJANGO_DB=default` (PostgreSQL in
+label_studio/core/settings/base.py) with every `POSTGRE_*` variable it reads there taken
+from `labelStudioDbUrl`, a URL that does not parse stops preflight, the image is pinned,
+and memory comes from data with defaults well above 1 GiB.
+
+Secret values (the database URL's parts, the admin password and token) reach the
+container through `secretKeyRef` only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from deploys.cluster_apps import objects
+from oceanid.secrets import Secrets
+from oceanid.settings import Settings
+
+APP = "label-studio"
+NAMESPACE = "apps"
+NAME = "label-studio"
+SECRET = "label-studio"
+PORT = 8080
+DATA_DIR = "/label-studio/data"  # LABEL_STUDIO_BASE_DATA_DIR in the image
+SERVICE_URL = f"http://{NAME}.{NAMESPACE}.svc.cluster.local:{PORT}"
+#: The ESC keys the app is built from.
+SECRET_KEYS = (
+    "labelStudioDbUrl",
+    "labelStudioAdminEmail",
+    "labelStudioAdminPassword",
+    "labelStudioApiToken",
+)
+DB_URL_SHAPE = "postgresql://user:password@host:5432/database"
+
+
+def database_env(url: str, *, key: str = "labelStudioDbUrl") -> dict[str, str]:
+    """The `POSTGRE_*` variables Label Studio reads, from a PostgreSQL URL.
+
+    Raises ValueError naming `key` (never the URL: it holds the password) when the URL
+    is not a complete postgresql:// URL; user, password, host and database are all
+    required, since Label Studio would otherwise fall back to `postgres` defaults.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{key}: not a URL; expected {DB_URL_SHAPE}") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(
+            f"{key}: scheme {parts.scheme or '(none)'} is not postgresql; Label Studio must "
+            f"run on PostgreSQL, never SQLite; expected {DB_URL_SHAPE}"
+        )
+    missing = [
+        what
+        for what, value in (
+            ("user", parts.username),
+            ("password", parts.password),
+            ("host", parts.hostname),
+            ("database", parts.path.lstrip("/")),
+        )
+        if not value
+    ]
+    if missing:
+        raise ValueError(f"{key}: no {', '.join(missing)} in the URL; expected {DB_URL_SHAPE}")
+    if parts.query or parts.fragment or "/" in parts.path.lstrip("/"):
+        raise ValueError(
+            f"{key}: Label Studio's POSTGRE_* variables take no path beyond the database name "
+            f"and no ?options; expected {DB_URL_SHAPE}"
+        )
+    return {
+        "POSTGRE_HOST": parts.hostname,
+        "POSTGRE_PORT": str(port or 5432),
+        "POSTGRE_NAME": unquote(parts.path.lstrip("/")),
+        "POSTGRE_USER": unquote(parts.username),
+        "POSTGRE_PASSWORD": unquote(parts.password),
+    }
+
+
+def public_host(settings: Settings) -> str:
+    return f"{settings.cluster_apps.label_studio.public_name}.{settings.base_domain}"
+
+
+def secret_values(secrets: Secrets) -> dict[str, str]:
+    """The Secret's keys are the variable names the container reads them as."""
+    return {
+        **database_env(secrets["labelStudioDbUrl"]),
+        "LABEL_STUDIO_USERNAME": secrets["labelStudioAdminEmail"],
+        "LABEL_STUDIO_PASSWORD": secrets["labelStudioAdminPassword"],
+        # `label-studio start` gives the admin it creates this token (server.py _create_user)
+        "LABEL_STUDIO_USER_TOKEN": secrets["labelStudioApiToken"],
+    }
+
+
+def container_env(settings: Settings) -> list[dict[str, Any]]:
+    origin = f"https://{public_host(settings)}"
+    plain = {
+        "DJANGO_DB": "default",  # PostgreSQL; the CLI's own default is sqlite
+        "LABEL_STUDIO_HOST": origin,
+        "CSRF_TRUSTED_ORIGINS": origin,
+        "LABEL_STUDIO_BASE_DATA_DIR": DATA_DIR,
+        # The admin's token (LABEL_STUDIO_USER_TOKEN) is a legacy token: `Authorization: Token`
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        # Accounts are made by the admin; nobody signs up through the public URL.
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        # Nothing leaves the cluster: no error reports, analytics or PyPI version check.
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
+        "COLLECT_ANALYTICS": "false",
+        "LATEST_VERSION_CHECK": "false",
+    }
+    env = [{"name": name, "value": value} for name, value in plain.items()]
+    for name in (
+        "POSTGRE_HOST",
+        "POSTGRE_PORT",
+        "POSTGRE_NAME",
+        "POSTGRE_USER",
+        "POSTGRE_PASSWORD",
+        "LABEL_STUDIO_USERNAME",
+        "LABEL_STUDIO_PASSWORD",
+        "LABEL_STUDIO_USER_TOKEN",
+    ):
+        env.append(objects.secret_env(name, SECRET))
+    return env
+
+
+def _probe(period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": "/health", "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def deployment(settings: Settings) -> dict[str, Any]:
+    app = settings.cluster_apps.label_studio
+    container = {
+        "name": NAME,
+        "image": app.image,
+        "imagePullPolicy": "IfNotPresent",
+        # The image's entrypoint runs this; start applies migrations, creates the admin
+        # from LABEL_STUDIO_USERNAME/PASSWORD/USER_TOKEN, then serves on 8080.
+        "args": ["label-studio", "start", "--no-browser", "--port", str(PORT)],
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "env": container_env(settings),
+        "resources": {
+            "requests": {"cpu": "250m", "memory": app.memory_request},
+            "limits": {"memory": app.memory_limit},
+        },
+        # /health answers 500 while PostgreSQL is unreachable (contract test), so
+        # readiness follows the database; migrations on a first start take minutes.
+        "startupProbe": _probe(period=10, failures=60),
+        "readinessProbe": _probe(period=10, failures=3),
+        "livenessProbe": _probe(period=20, failures=6),
+        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": objects.metadata(APP, NAME, NAMESPACE),
+        "spec": {
+            "replicas": 1,
+            # One pod at a time on a ReadWriteOnce volume, and never two running migrations.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": objects.selector(NAME)},
+            "template": {
+                "metadata": {"labels": objects.labels(APP, NAME)},
+                "spec": {
+                    "securityContext": {"fsGroup": 1001},  # the image runs as uid 1001
+                    "containers": [container],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": NAME}}],
+                },
+            },
+        },
+    }
+
+
+def build(settings: Settings, secrets: Secrets) -> tuple[list[dict], list[dict]]:
+    """(objects, secret objects) of the app; the Namespace comes first."""
+    app = settings.cluster_apps.label_studio
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": objects.metadata(APP, NAME, NAMESPACE),
+        "spec": {
+            "selector": objects.selector(NAME),
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": objects.metadata(APP, NAME, NAMESPACE),
+        "spec": {
+            "storageClassName": "local-path",  # k3s's own provisioner
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": app.storage}},
+        },
+    }
+    return (
+        [objects.namespace(APP, NAMESPACE), claim, deployment(settings), service],
+        [objects.secret(APP, SECRET, NAMESPACE, secret_values(secrets))],
+    )

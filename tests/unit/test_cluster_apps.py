@@ -1,0 +1,455 @@
+"""Cluster apps: every manifest the deploy can render, validated against k3s's Kubernetes.
+
+The site is built the way the deploy builds it (preflight.check over group_data and fake
+lab secrets); the objects are read back from the bytes that would be written, so what is
+validated is what k3s would receive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from deploys import cluster_apps
+from deploys.cluster_apps import label_studio, ml_backend, objects
+from oceanid.preflight import HostView, PreflightError, check
+from oceanid.settings import SettingsError, from_data
+from tests.unit.conftest import REPO
+
+GROUPS = {"tethys": {"k3s_servers"}, "styx": {"k3s_agents"}, "calypso": {"k3s_agents", "gpu_hosts"}}
+MANAGED = {"app.kubernetes.io/managed-by": "oceanid-deploys"}
+
+
+def k8s_minor(data: dict) -> str:
+    """k3s's pinned minor: v1.33.4+k3s1 -> 1.33."""
+    return ".".join(data["k3s"]["version"].lstrip("v").split(".")[:2])
+
+
+def site_for(data, values, tmp_path, names=("tethys", "styx", "calypso")):
+    data["secret_sources"] = ["file"]
+    path = tmp_path / "secrets.yaml"
+    path.write_text(yaml.safe_dump(values))
+    path.chmod(0o600)
+    views = [HostView(n, frozenset(GROUPS[n]), data) for n in names]
+    site = check(views, environ={"SECRETS_FILE": str(path)})
+    return site, from_data(data)
+
+
+def files_of(data, values, tmp_path):
+    site, settings = site_for(data, values, tmp_path)
+    return {f.path: f for f in cluster_apps.manifest_files(site, settings)}
+
+
+def docs(managed_file) -> list[dict]:
+    return list(yaml.safe_load_all(managed_file.content))
+
+
+def find(files, kind, name=None) -> dict:
+    found = [
+        d
+        for f in files.values()
+        for d in docs(f)
+        if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, f"{kind} {name}: {len(found)} found"
+    return found[0]
+
+
+def env_of(container) -> dict[str, dict]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def with_credential_shapes(values, cluster_shape, node_shape):
+    """The lab's secrets with the cluster and node credentials in the shapes asked for."""
+    from oceanid.tunnel_credentials import parse
+
+    values = dict(values)
+    cluster = parse(values["cloudflareTunnelToken"], key="t")
+    node = parse(values["cloudflareNodeTunnelToken"], key="t")
+    values["cloudflareTunnelToken"] = (
+        cluster.token() if cluster_shape == "token" else cluster.credentials_json()
+    )
+    values["cloudflareNodeTunnelToken"] = (
+        node.token() if node_shape == "token" else node.credentials_json()
+    )
+    return values
+
+
+COMBINATIONS = [
+    combo
+    for combo in itertools.product(
+        [True, False],  # label_studio.enabled
+        [True, False],  # cluster_connector
+        [True, False],  # ml_backend.enabled
+        ["host", "daemonset"],  # node_tunnel_mode
+        ["token", "credentials"],  # the credentials' shape
+    )
+    if combo[0] or not combo[2]  # the ML-backend job needs Label Studio
+]
+
+
+@pytest.mark.parametrize(("ls", "connector", "ml", "mode", "shape"), COMBINATIONS)
+def test_every_manifest_validates_strictly(
+    data, lab_secrets, tmp_path, ls, connector, ml, mode, shape
+):
+    apps = data["cluster_apps"]
+    apps["label_studio"]["enabled"] = ls
+    apps["cluster_connector"] = connector
+    apps["ml_backend"]["enabled"] = ml
+    apps["node_tunnel_mode"] = mode
+    files = files_of(data, with_credential_shapes(lab_secrets, shape, shape), tmp_path)
+    expected = {
+        "label-studio": ls,
+        "cloudflared": connector,
+        "ml-backend-connector": ml,
+        "node-tunnel": mode == "daemonset",
+    }
+    for app, on in expected.items():
+        assert (cluster_apps.path(app) in files) is on, app
+        assert (cluster_apps.path(app, secret=True) in files) is on, app
+    minor = k8s_minor(data)
+    assert minor == "1.33"
+    created = {
+        d["metadata"]["name"] for f in files.values() for d in docs(f) if d["kind"] == "Namespace"
+    }
+    for managed_file in files.values():
+        assert managed_file.path.startswith("/var/lib/rancher/k3s/server/manifests/oceanid-")
+        for document in docs(managed_file):
+            assert kubernetes_validate.validate(document, minor, strict=True) == minor
+            assert document["metadata"]["labels"].items() >= MANAGED.items()
+            namespace = document["metadata"].get("namespace")
+            assert namespace is None or namespace in created, (managed_file.path, namespace)
+            template = document.get("spec", {}).get("template", {})
+            if template:
+                assert template["metadata"]["labels"].items() >= MANAGED.items()
+
+
+def test_secrets_only_in_their_own_0600_files(data, lab_secrets, tmp_path):
+    data["cluster_apps"]["node_tunnel_mode"] = "daemonset"
+    files = files_of(data, lab_secrets, tmp_path)
+    from oceanid.tunnel_credentials import parse
+
+    values = [v for k, v in lab_secrets.items() if k.startswith("labelStudio")]
+    for key in ("cloudflareTunnelToken", "cloudflareNodeTunnelToken"):
+        values += [lab_secrets[key], parse(lab_secrets[key], key=key).tunnel_secret]
+    db = label_studio.database_env(lab_secrets["labelStudioDbUrl"])
+    for managed_file in files.values():
+        kinds = {d["kind"] for d in docs(managed_file)}
+        text = managed_file.content.decode()
+        if managed_file.path.endswith("-secret.yaml"):
+            assert kinds == {"Secret"}
+            assert (managed_file.mode, managed_file.secret) == ("0600", True)
+        else:
+            assert "Secret" not in kinds
+            assert (managed_file.mode, managed_file.secret) == ("0644", False)
+            for value in [*values, db["POSTGRE_PASSWORD"]]:
+                assert value.strip() not in text, managed_file.path
+            assert '"secret"' not in json.dumps([d.get("stringData") for d in docs(managed_file)])
+
+
+def test_label_studio_runs_on_postgresql_from_the_url(data, lab_secrets, tmp_path):
+    lab_secrets["labelStudioDbUrl"] = (
+        "postgresql://ls%40app:p%2Fss%3Aword@db.internal:6543/label_db"
+    )
+    data["cluster_apps"]["label_studio"].update(memory_request="2Gi", memory_limit="4Gi")
+    files = files_of(data, lab_secrets, tmp_path)
+    deployment = find(files, "Deployment", "label-studio")
+    assert deployment["metadata"]["namespace"] == "apps"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "heartexlabs/label-studio:1.23.2"
+    env = env_of(container)
+    assert env["DJANGO_DB"]["value"] == "default"
+    assert env["LABEL_STUDIO_HOST"]["value"] == "https://label.boathou.se"
+    assert env["CSRF_TRUSTED_ORIGINS"]["value"] == "https://label.boathou.se"
+    assert env["LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN"]["value"] == "true"
+    secret = find(files, "Secret", "label-studio")["stringData"]
+    expected = {
+        "POSTGRE_HOST": "db.internal",
+        "POSTGRE_PORT": "6543",
+        "POSTGRE_NAME": "label_db",
+        "POSTGRE_USER": "ls@app",
+        "POSTGRE_PASSWORD": "p/ss:word",
+        "LABEL_STUDIO_USERNAME": lab_secrets["labelStudioAdminEmail"],
+        "LABEL_STUDIO_PASSWORD": lab_secrets["labelStudioAdminPassword"],
+        "LABEL_STUDIO_USER_TOKEN": lab_secrets["labelStudioApiToken"],
+    }
+    assert secret == expected
+    for name in expected:
+        assert "value" not in env[name]
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "label-studio", "key": name}
+    assert container["resources"]["requests"]["memory"] == "2Gi"
+    assert container["resources"]["limits"]["memory"] == "4Gi"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/health"
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300  # migrations
+    claim = find(files, "PersistentVolumeClaim", "label-studio")
+    assert claim["spec"]["storageClassName"] == "local-path"
+    assert container["volumeMounts"] == [{"name": "data", "mountPath": label_studio.DATA_DIR}]
+    service = find(files, "Service", "label-studio")
+    assert service["spec"]["ports"][0]["port"] == 8080
+    assert service["spec"]["selector"].items() <= container_labels(deployment).items()
+
+
+def container_labels(workload) -> dict:
+    return workload["spec"]["template"]["metadata"]["labels"]
+
+
+def test_label_studio_defaults_are_above_the_oom(data):
+    app = from_data(data).cluster_apps.label_studio
+    assert (app.memory_request, app.memory_limit) == ("1Gi", "3Gi")
+
+
+@pytest.mark.parametrize("tag", ["latest", "develop"])
+def test_a_moving_image_tag_is_refused(data, tag):
+    data["cluster_apps"]["label_studio"]["image"] = f"heartexlabs/label-studio:{tag}"
+    with pytest.raises(SettingsError) as err:
+        from_data(data)
+    assert err.value.problems == [
+        f"cluster_apps.label_studio.image: tag {tag} moves; pin a release such as 1.23.2 "
+        f"(got 'heartexlabs/label-studio:{tag}')"
+    ]
+
+
+def test_memory_limit_below_request_is_refused(data):
+    data["cluster_apps"]["label_studio"].update(memory_request="3Gi", memory_limit="1024Mi")
+    with pytest.raises(SettingsError) as err:
+        from_data(data)
+    assert "memory_limit 1024Mi is below memory_request 3Gi" in str(err.value)
+
+
+BAD_URLS = {
+    "sqlite:////label-studio/data/label_studio.sqlite3": "is not postgresql",
+    "postgresql://db:5432/ls": "no user, password",
+    "postgresql://ls:PASSWORD@db:5432/": "no database",
+    "postgresql://ls:PASSWORD@:5432/ls": "no host",
+    "postgresql://ls:PASSWORD@db:notaport/ls": "not a URL",
+    "postgresql://ls:PASSWORD@db/ls?sslmode=require": "no ?options",
+    "just words": "scheme (none)",
+}
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_a_malformed_database_url_stops_preflight(data, lab_secrets, tmp_path, url):
+    lab_secrets["labelStudioDbUrl"] = url
+    with pytest.raises(PreflightError) as err:
+        site_for(data, lab_secrets, tmp_path)
+    (line,) = [p for p in err.value.problems if p.startswith("labelStudioDbUrl")]
+    assert BAD_URLS[url] in line
+    assert "PASSWORD" not in line
+
+
+def test_missing_label_studio_secrets_stop_preflight(data, lab_secrets, tmp_path):
+    for key in label_studio.SECRET_KEYS:
+        del lab_secrets[key]
+    with pytest.raises(PreflightError) as err:
+        site_for(data, lab_secrets, tmp_path)
+    keys = sorted(p.split(":")[0] for p in err.value.problems)
+    assert keys == sorted(label_studio.SECRET_KEYS)
+    assert "needed for Label Studio" in err.value.problems[0]
+    data["cluster_apps"]["label_studio"]["enabled"] = False
+    data["cluster_apps"]["ml_backend"]["enabled"] = False
+    site_for(data, lab_secrets, tmp_path)  # Label Studio off: none of its keys needed
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("labelStudioApiToken", "x" * 41, "40-character column"),
+        ("labelStudioAdminEmail", "nobody-at-example", "not an e-mail address"),
+        ("labelStudioAdminPassword", "Sh0rt!", "shorter than 8"),
+    ],
+)
+def test_label_studio_admin_it_could_not_create_is_refused(
+    data, lab_secrets, tmp_path, key, value, message
+):
+    lab_secrets[key] = value
+    with pytest.raises(PreflightError) as err:
+        site_for(data, lab_secrets, tmp_path)
+    (line,) = err.value.problems
+    assert line.startswith(f"{key}: ")
+    assert message in line
+    assert value not in line
+
+
+def test_ml_backend_url_from_data_or_the_gpu_host(data, lab_secrets, tmp_path):
+    site, settings = site_for(data, lab_secrets, tmp_path, names=("tethys", "styx"))
+    env = env_of(job_container(cluster_apps.manifest_files(site, settings)))
+    assert env["ML_BACKEND_URL"]["value"] == "https://gpu.boathou.se"  # no GPU host: default
+    data["hosts"]["calypso"]["gpu"]["public_name"] = "gpu7"
+    site, settings = site_for(data, lab_secrets, tmp_path)
+    env = env_of(job_container(cluster_apps.manifest_files(site, settings)))
+    assert env["ML_BACKEND_URL"]["value"] == "https://gpu7.boathou.se"
+    data["cluster_apps"]["ml_backend"]["url"] = "https://ml.example.org"
+    site, settings = site_for(data, lab_secrets, tmp_path)
+    env = env_of(job_container(cluster_apps.manifest_files(site, settings)))
+    assert env["ML_BACKEND_URL"]["value"] == "https://ml.example.org"
+
+
+def job_container(files) -> dict:
+    job = find({f.path: f for f in files}, "CronJob")
+    return job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("shape", ["token", "credentials"])
+def test_cluster_connector(data, lab_secrets, tmp_path, shape):
+    data["tunnel_protocol"] = "http2"
+    files = files_of(data, with_credential_shapes(lab_secrets, shape, shape), tmp_path)
+    deployment = find(files, "Deployment", "cloudflared")
+    assert deployment["metadata"]["namespace"] == "cloudflared"
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "cloudflare/cloudflared:2025.8.1"
+    assert container["resources"] == {
+        "requests": {"cpu": "250m", "memory": "384Mi"},
+        "limits": {"cpu": "750m", "memory": "768Mi"},
+    }
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "metrics"}
+    assert container["ports"] == [{"name": "metrics", "containerPort": 2000, "protocol": "TCP"}]
+    assert "tolerations" not in pod
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [
+        {
+            "matchExpressions": [
+                {"key": "workload-type", "operator": "NotIn", "values": ["gpu-compute"]}
+            ]
+        }
+    ]
+    (spread,) = pod["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert spread["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= (
+        container_labels(deployment).items()
+    )
+    budget = find(files, "PodDisruptionBudget", "cloudflared")
+    assert budget["spec"]["minAvailable"] == 1
+    config = yaml.safe_load(find(files, "ConfigMap", "cloudflared")["data"]["config.yaml"])
+    assert config["tunnel"] == lab_secrets["cloudflareTunnelId"]
+    assert config["protocol"] == "http2"
+    assert config["metrics"] == "0.0.0.0:2000"
+    assert config["ingress"] == [
+        {
+            "hostname": "label.boathou.se",
+            "service": "http://label-studio.apps.svc.cluster.local:8080",
+        },
+        {"service": "http_status:404"},
+    ]
+    secret = find(files, "Secret", "cloudflared-credential")["stringData"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "credential"]
+    if shape == "token":
+        assert container["args"][-2:] == ["--token-file", "/etc/cloudflared/credential/token"]
+        assert "credentials-file" not in config
+        assert list(secret) == ["token"]
+    else:
+        assert "--token-file" not in container["args"]
+        assert config["credentials-file"] == "/etc/cloudflared/credential/credentials.json"
+        assert json.loads(secret["credentials.json"])["TunnelID"] == config["tunnel"]
+    assert volume["secret"]["secretName"] == "cloudflared-credential"
+    assert [i["key"] for i in volume["secret"]["items"]] == list(secret)
+
+
+def test_cluster_connector_without_label_studio_has_only_the_catch_all(data, lab_secrets, tmp_path):
+    data["cluster_apps"]["label_studio"]["enabled"] = False
+    data["cluster_apps"]["ml_backend"]["enabled"] = False
+    files = files_of(data, lab_secrets, tmp_path)
+    config = yaml.safe_load(find(files, "ConfigMap", "cloudflared")["data"]["config.yaml"])
+    assert config["ingress"] == [{"service": "http_status:404"}]
+
+
+def test_ml_backend_connector(data, lab_secrets, tmp_path):
+    files = files_of(data, lab_secrets, tmp_path)
+    job = find(files, "CronJob", "ml-backend-connector")
+    assert job["metadata"]["namespace"] == "apps"
+    spec = job["spec"]
+    assert spec["schedule"] == "0 * * * *"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert 0 < spec["successfulJobsHistoryLimit"] <= 5
+    assert 0 < spec["failedJobsHistoryLimit"] <= 5
+    container = job_container(files.values())
+    env = env_of(container)
+    assert env["ML_BACKEND_URL"]["value"] == "https://gpu.boathou.se"
+    assert env["LABEL_STUDIO_URL"]["value"] == "http://label-studio.apps.svc.cluster.local:8080"
+    assert env["LABEL_STUDIO_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "ml-backend-connector",
+        "key": "LABEL_STUDIO_API_KEY",
+    }
+    secret = find(files, "Secret", "ml-backend-connector")["stringData"]
+    assert secret == {"LABEL_STUDIO_API_KEY": lab_secrets["labelStudioApiToken"]}
+    script = find(files, "ConfigMap", "ml-backend-connector")["data"]["ensure_ml_backend.py"]
+    assert script == (REPO / "deploys/cluster_apps/ensure_ml_backend.py").read_text()
+    (mount,) = container["volumeMounts"]
+    assert container["command"][-1] == f"{mount['mountPath']}/ensure_ml_backend.py"
+    assert container["image"] == data["cluster_apps"]["label_studio"]["image"]  # carries the SDK
+
+
+def test_node_tunnel_daemonset(data, lab_secrets, tmp_path):
+    assert not any("node-tunnel" in p for p in files_of(data, lab_secrets, tmp_path))
+    data["cluster_apps"]["node_tunnel_mode"] = "daemonset"
+    data["tunnel_protocol"] = "quic"
+    files = files_of(data, lab_secrets, tmp_path)
+    daemon_set = find(files, "DaemonSet", "cloudflared-node-calypso")
+    pod = daemon_set["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["nodeSelector"] == {
+        "oceanid.cluster/tunnel-enabled": "true",
+        "kubernetes.io/hostname": "calypso",
+    }
+    assert pod["tolerations"] == [
+        {
+            "key": "workload-type",
+            "operator": "Equal",
+            "value": "gpu-compute",
+            "effect": "NoSchedule",
+        }
+    ]
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["host"] == "127.0.0.1"
+    config = yaml.safe_load(
+        find(files, "ConfigMap", "cloudflared-node-calypso")["data"]["config.yaml"]
+    )
+    assert config["protocol"] == "quic"
+    assert config["tunnel"] == lab_secrets["cloudflareNodeTunnelId"]
+    assert config["ingress"] == [
+        {"hostname": "gpu.boathou.se", "service": "http://localhost:8000"},
+        {"service": "http_status:404"},
+    ]
+    secret = find(files, "Secret", "cloudflared-node-calypso")["stringData"]
+    assert list(secret) == ["credentials.json"]  # the lab's node credential: base64 credentials
+
+
+def test_a_rotated_password_changes_only_the_secret_file_and_names_only_its_key(
+    data, lab_secrets, tmp_path
+):
+    before = files_of(data, lab_secrets, tmp_path)
+    rotated = lab_secrets | {"labelStudioAdminPassword": "another-password-42"}
+    after = files_of(data, rotated, tmp_path)
+    changed = [p for p in before if before[p].content != after[p].content]
+    assert changed == [cluster_apps.path("label-studio", secret=True)]
+    path = changed[0]
+    changes = objects.secret_key_changes(before[path].content, after[path].content)
+    assert changes == ["apps/label-studio: LABEL_STUDIO_PASSWORD changes"]
+    assert objects.secret_key_changes(after[path].content, after[path].content) == []
+    added = objects.secret_key_changes(None, after[path].content)
+    assert "apps/label-studio: POSTGRE_PASSWORD added" in added
+    text = "\n".join(added + changes)
+    for value in (lab_secrets["labelStudioAdminPassword"], "another-password-42"):
+        assert value not in text
+
+
+def test_instances_name_what_is_switched_off(data, lab_secrets, tmp_path):
+    data["cluster_apps"]["ml_backend"]["enabled"] = False
+    site, settings = site_for(data, lab_secrets, tmp_path)
+    assert cluster_apps.instances(site, settings) == {
+        "oceanid-label-studio": True,
+        "oceanid-cloudflared": True,
+        "oceanid-ml-backend-connector": False,
+        "oceanid-node-tunnel": False,
+    }
+    assert ml_backend.APP == "ml-backend-connector"
