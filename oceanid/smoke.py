@@ -7,14 +7,22 @@ outside shows that. This command asks what a user would ask, through the same na
 - each tunnel's health from the Cloudflare API (when ``manage_dns`` gives API access);
 - ``https://<public_name>.<base>/v2/health/ready``, every model's readiness and one real inference
   on each GPU host (``tritonclient.http``, as a client would call it);
-- ``https://label.<base>/health`` (Label Studio) when the inventory has a k3s server.
+- ``https://label.<base>/health`` (Label Studio) and its ``/`` redirecting to the login page,
+  when the inventory has a k3s server;
+- every k3s node of the inventory Ready in the cluster, with the labels and taints its
+  ``hosts:`` entry gives (the ``kubernetes`` client through ``cluster/kubeconfig.yaml`` and the
+  SSH tunnel of ``make tunnel``; without them the check says which to run).
+
+A public name is reached through Cloudflare's edge. Where there is none (the lab: its
+``cloudflare_api_base_url`` points at a stand-in, not at Cloudflare), a name without a ``--url``
+is ``SKIP`` with the reason, never a pass; the API checks still run against the stand-in.
 
 Every request is made once, with a timeout: a smoke check reports the site as it is, it does not
 wait for it to get better. ``--url NAME=URL`` sends a public name's checks elsewhere (a lab
-port-forward) without touching DNS. Output is one ``PASS|FAIL what — detail`` line per check and a
-summary; any failure exits 1, a bad inventory or bad arguments exit 2. No secret is printed: the
-API token only travels inside ``CloudflareAccess``, whose repr hides it. Tunnel IDs are printed;
-they are public anyway, as the targets of the CNAMEs.
+port-forward) without touching DNS. Output is one ``PASS|FAIL|SKIP what — detail`` line per
+check and a summary; any failure exits 1, a bad inventory or bad arguments exit 2. No secret is
+printed: the API token only travels inside ``CloudflareAccess``, whose repr hides it. Tunnel IDs
+are printed; they are public anyway, as the targets of the CNAMEs.
 """
 
 from __future__ import annotations
@@ -32,8 +40,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from oceanid import preflight
-from oceanid.preflight import K3S_SERVERS, Site
-from oceanid.settings import GpuService, Settings
+from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, Site
+from oceanid.settings import GpuService, Settings, short_name
 
 if TYPE_CHECKING:  # imported where used: they load ssl, which must wait for gevent (see main)
     import requests
@@ -43,8 +51,12 @@ if TYPE_CHECKING:  # imported where used: they load ssl, which must wait for gev
 DEFAULT_TIMEOUT_S = 20.0
 SMOKE_MODEL = "docling_granite_python"
 LABEL_HEALTH = "/health"
+LABEL_LOGIN = "/user/login/"
 TRITON_READY = "/v2/health/ready"
-Kind = Literal["label", "gpu"]
+# Where `make kubeconfig` writes it, relative to where the command runs (the repository's root
+# for `make smoke`): a test in another folder never reaches a real cluster by accident.
+KUBECONFIG = Path("cluster/kubeconfig.yaml")
+Kind = Literal["label", "gpu", "k3s"]
 
 
 class UsageError(Exception):
@@ -240,6 +252,17 @@ def check_label(target: Target, timeout: float) -> Result:
     return Result(ok, f"{target.name} Label Studio", f"GET {url}: {detail}")
 
 
+def check_label_login(target: Target, timeout: float) -> Result:
+    """``/`` must send a visitor to the login page: the app itself answers, not a placeholder."""
+    url = target.url + "/"
+    answer, detail = _get(url, timeout)
+    location = urlsplit(answer.headers.get("location", "")).path if answer is not None else ""
+    ok = answer is not None and answer.is_redirect and location == LABEL_LOGIN
+    if answer is not None and not ok:
+        detail += f"; expected a redirect to {LABEL_LOGIN}"
+    return Result(ok, f"{target.name} Label Studio login", f"GET {url}: {detail}")
+
+
 def check_http_service(target: Target, timeout: float) -> Result:
     """A GPU host serving something else than Triton: the tunnel reaches an answering server
     (Cloudflare itself answers 502/530 when the origin is down)."""
@@ -359,6 +382,7 @@ def run_checks(
     timeout: float,
     status_only: bool,
     say: Callable[[str], None],
+    kubeconfig: Path = KUBECONFIG,
 ) -> list[Result]:
     """Tunnels first (they explain a URL failure), then the URLs; each line as it is known."""
     results: list[Result] = []
@@ -370,18 +394,113 @@ def run_checks(
     wanted_targets = [] if status_only else targets(site, overrides, only)
     if not _settings(site).manage_dns:
         say("SKIP tunnels — manage_dns is off, so no Cloudflare API access is configured")
-    else:
+    elif only != "k3s":
         for result in check_tunnels(site, tunnels(site, only), timeout):
             record(result)
+    api_url = _settings(site).cloudflare_api_base_url
     for target in wanted_targets:
+        if api_url is not None and target.name not in overrides:
+            say(
+                f"SKIP {target.name} — no Cloudflare edge serves it here (cloudflare_api_base_url "
+                f"is {api_url}, not Cloudflare); --url {target.name}=URL checks it another way"
+            )
+            continue
         if target.kind == "label":
             record(check_label(target, timeout))
+            record(check_label_login(target, timeout))
         elif target.service is not None and target.service.kind != "triton":
             record(check_http_service(target, timeout))
         else:
             for result in check_triton(target, timeout):
                 record(result)
+    if not status_only and only in (None, "k3s"):
+        for result in check_nodes(site, kubeconfig, timeout, say):
+            record(result)
     return results
+
+
+def _taint_text(key: str, value: str | None, effect: str) -> str:
+    return f"{key}={value}:{effect}" if value else f"{key}:{effect}"
+
+
+def _node_result(name: str, node: Any, labels: dict[str, str], taints: list[str]) -> Result:
+    """One node: Ready, and the labels and taints its host's settings give it."""
+    what = f"k3s node {name}"
+    if node is None:
+        return Result(False, what, "not a node of the cluster (has its k3s joined?)")
+    conditions = {c.type: c for c in (node.status.conditions or [])}
+    ready = conditions.get("Ready")
+    problems = []
+    if ready is None or ready.status != "True":
+        why = f" ({ready.reason})" if ready is not None and ready.reason else ""
+        problems.append(f"NOT Ready{why}")
+    have_labels = node.metadata.labels or {}
+    problems += [
+        f"label {key}={value} missing" for key, value in labels.items()
+        if have_labels.get(key) != value
+    ]  # fmt: skip
+    have_taints = {_taint_text(t.key, t.value, t.effect) for t in (node.spec.taints or [])}
+    problems += [f"taint {taint} missing" for taint in taints if taint not in have_taints]
+    version = node.status.node_info.kubelet_version if node.status.node_info else "?"
+    state = f"Ready, {version}" if not problems else "; ".join(problems)
+    if labels or taints:
+        state += f"; wants {len(labels)} label(s), {len(taints)} taint(s)"
+    return Result(not problems, what, state)
+
+
+def check_nodes(
+    site: Site, kubeconfig: Path, timeout: float, say: Callable[[str], None]
+) -> Iterator[Result]:
+    """Every k3s host of the inventory is a Ready node with its labels and taints.
+
+    The API is reached as an operator reaches it: the kubeconfig ``make kubeconfig`` wrote, whose
+    server is the local end of ``make tunnel``. Without either the check is ``SKIP`` (not a pass)
+    and its line says which to run; an API that does not answer through an open tunnel fails.
+    """
+    wanted = sorted(
+        (plan for plan in site.hosts.values() if plan.roles & {K3S_SERVERS, K3S_AGENTS}),
+        key=lambda plan: plan.name,
+    )
+    if not wanted:
+        return
+    what = "k3s nodes"
+    if not kubeconfig.exists():
+        say(f"SKIP {what} — no {kubeconfig}: run `make kubeconfig`, then `make tunnel`")
+        return
+    import urllib3
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        api = config.new_client_from_config(config_file=str(kubeconfig))
+    except (ConfigException, OSError, ValueError) as error:
+        yield Result(False, what, f"cannot use {kubeconfig}: {error}; run `make kubeconfig`")
+        return
+    api.configuration.retries = 0
+    server = api.configuration.host
+    try:
+        with api:
+            nodes = client.CoreV1Api(api).list_node(_request_timeout=timeout).items
+    except ApiException as error:
+        yield Result(False, what, f"the API at {server} answered {error.status} {error.reason}")
+        return
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        reason = _reason(error)
+        local = urlsplit(server).hostname in ("127.0.0.1", "localhost", "::1")
+        if local and reason == "Connection refused":  # nothing listens: the tunnel is not open
+            say(f"SKIP {what} — nothing listens on {server}: run `make tunnel`")
+        else:  # the tunnel answers but the API behind it does not, or a remote API is down
+            yield Result(False, what, f"the API at {server} does not answer ({reason})")
+        return
+    by_name = {node.metadata.name: node for node in nodes}
+    for plan in wanted:
+        name = short_name(plan.name)
+        host = plan.settings.host(name)
+        k3s = getattr(host, "k3s", None)
+        labels = dict(getattr(k3s, "labels", None) or {})
+        taints = list(getattr(k3s, "taints", None) or [])
+        yield _node_result(name, by_name.get(name), labels, taints)
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -400,7 +519,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=URL",
         help="send a public name's checks to URL instead (gpu.boathou.se=http://127.0.0.1:18000)",
     )
-    parser.add_argument("--only", choices=["label", "gpu"], help="only the label or gpu checks")
+    parser.add_argument(
+        "--only", choices=["label", "gpu", "k3s"], help="only the label, gpu or k3s node checks"
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=KUBECONFIG,
+        help="kubeconfig for the node checks (default: cluster/kubeconfig.yaml, make kubeconfig)",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -468,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=args.timeout,
             status_only=args.status_only,
             say=say,
+            kubeconfig=args.kubeconfig,
         )
     except UsageError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)

@@ -99,14 +99,14 @@ def cloudflare_standin(secrets: Mapping[str, str], tunnels: list[dict[str, Any]]
         server.server_close()
 
 
-Answer = tuple[int, str]
+Answer = tuple[int, str] | tuple[int, str, dict[str, str]]
 Route = Answer | Callable[[Any, bytes], Answer]
 
 
 @contextmanager
 def http_server(routes: Mapping[str, Route], tls: Path | None = None) -> Iterator[str]:
-    """An HTTP/1.1 server answering `path -> (status, body)` or `path -> f(headers, body)`, 404
-    otherwise; over TLS with `tls` (a PEM holding key and certificate). Yields its base URL.
+    """An HTTP/1.1 server answering `path -> (status, body[, headers])` or `path -> f(headers,
+    body)`, 404 otherwise; over TLS with `tls` (a PEM holding key and certificate). Yields its base URL.
 
     HTTP/1.1 with Content-Length because tritonclient's client keeps connections open.
     """
@@ -118,9 +118,11 @@ def http_server(routes: Mapping[str, Route], tls: Path | None = None) -> Iterato
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             route = routes.get(self.path.split("?")[0], (404, '{"error": "not found"}'))
-            status, text = route(self.headers, body) if callable(route) else route
+            status, text, *extra = route(self.headers, body) if callable(route) else route
             data = text.encode()
             self.send_response(status)
+            for name, value in (extra[0] if extra else {}).items():  # e.g. a redirect's Location
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

@@ -1,19 +1,27 @@
-"""`make smoke` / `make status` (oceanid.smoke) against servers on 127.0.0.1.
+"""`make smoke` (oceanid.smoke) against servers on 127.0.0.1.
 
 The command runs as an operator runs it, in a copy of the production site with the lab's fake
 secrets; the tunnels come from the Cloudflare API stand-in, Label Studio and a half-broken Triton
-from small local HTTP servers. The real Triton path is in tests/contract/test_smoke.py.
+from small local HTTP servers, the k3s nodes from the k3s stand-in's API. The real Triton path
+is in tests/contract/test_smoke.py.
 """
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from oceanid import smoke
 from tests.smoke_support import (
+    REPO,
     assert_no_secret,
     cloudflare_standin,
     http_server,
@@ -27,6 +35,7 @@ from tests.smoke_support import (
 
 CONNECTED = [{"conns": 4, "version": "2025.8.1"}]
 HEALTHY = (200, '{"status": "UP"}')
+TO_LOGIN = (302, "", {"Location": "/user/login/"})  # Label Studio's `/` for a visitor
 
 
 def closed_port() -> int:
@@ -55,7 +64,7 @@ def test_healthy_tunnels_and_label_pass(tmp_path, lab_secrets):
     seed = tunnel_seed(lab_secrets, CONNECTED, CONNECTED + CONNECTED)
     with (
         cloudflare_standin(lab_secrets, seed) as api,
-        http_server({"/health": HEALTHY}) as label,
+        http_server({"/health": HEALTHY, "/": TO_LOGIN}) as label,
     ):
         done = run_smoke(
             api_site(tmp_path, api.url),
@@ -70,8 +79,10 @@ def test_healthy_tunnels_and_label_pass(tmp_path, lab_secrets):
     assert out[0].startswith("PASS cluster tunnel (label.boathou.se) — tunnel oceanid-cluster (")
     assert "healthy, 1 connector(s), 4 connection(s), cloudflared 2025.8.1" in out[0]
     assert out[1].startswith(f"PASS label.boathou.se Label Studio — GET {label}/health: HTTP 200")
-    assert out[-1] == "smoke: 2 passed, 0 failed"
-    assert len(out) == 3 and done.stderr == ""
+    assert out[2].startswith(f"PASS label.boathou.se Label Studio login — GET {label}/: HTTP 302")
+    assert out[2].endswith(", redirected to /user/login/")
+    assert out[-1] == "smoke: 3 passed, 0 failed"
+    assert len(out) == 4 and done.stderr == ""
     assert_no_secret(done.stdout + done.stderr, lab_secrets)
 
 
@@ -136,9 +147,11 @@ def test_label_answering_503_fails(tmp_path, lab_secrets):
     assert done.stdout.splitlines() == [
         "SKIP tunnels — manage_dns is off, so no Cloudflare API access is configured",
         *lines(done.stdout, "FAIL label.boathou.se Label Studio — "),
-        "smoke: 0 passed, 1 failed",
+        *lines(done.stdout, "FAIL label.boathou.se Label Studio login — "),
+        "smoke: 0 passed, 2 failed",
     ]
     assert "HTTP 503" in done.stdout
+    assert "HTTP 404 in " in done.stdout and "expected a redirect to /user/login/" in done.stdout
 
 
 def test_gpu_on_a_closed_port_fails_cleanly(tmp_path, lab_secrets):
@@ -238,6 +251,7 @@ def test_https_through_both_clients_with_a_fake_triton(tmp_path, lab_secrets):
     env = write_secrets(tmp_path, lab_secrets) | {"REQUESTS_CA_BUNDLE": str(trusted)}
     routes = {
         "/health": HEALTHY,
+        "/": TO_LOGIN,
         "/v2/health/ready": (200, ""),
         "/v2/models/docling_granite_python/ready": (200, ""),
         "/v2/models/docling_granite_python/infer": triton_echo(),
@@ -248,10 +262,12 @@ def test_https_through_both_clients_with_a_fake_triton(tmp_path, lab_secrets):
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.splitlines()[1:] == [
             *lines(done.stdout, f"PASS label.boathou.se Label Studio — GET {url}/health: HTTP 200"),
+            *lines(done.stdout, f"PASS label.boathou.se Label Studio login — GET {url}/: HTTP 302"),
             *lines(done.stdout, f"PASS gpu.boathou.se Triton — GET {url}/v2/health/ready: HTTP"),
             "PASS gpu.boathou.se model docling_granite_python — ready",
             *lines(done.stdout, "PASS gpu.boathou.se inference docling_granite_python — text came"),
-            "smoke: 4 passed, 0 failed",
+            *lines(done.stdout, "SKIP k3s nodes — no cluster/kubeconfig.yaml: run `make kube"),
+            "smoke: 5 passed, 0 failed",
         ]
 
         routes["/v2/models/docling_granite_python/infer"] = triton_echo(mangle=True)
@@ -263,3 +279,104 @@ def test_https_through_both_clients_with_a_fake_triton(tmp_path, lab_secrets):
         done = run_smoke(site, {"SECRETS_FILE": env["SECRETS_FILE"]}, "--only", "label", *args)
         assert done.returncode == 1  # without the lab CA, the certificate is refused
         assert "CERTIFICATE_VERIFY_FAILED" in lines(done.stdout, "FAIL label.boathou.se")[0]
+
+
+# -- k3s nodes, through the kubernetes client and a kubeconfig (the k3s stand-in's API) ----------
+
+K3S = REPO / "tests" / "standins" / "k3s"
+K3S_TOKEN = "k3s-stand-in-cluster-token-0123456789"
+CALYPSO_NODE = """
+hosts["calypso"]["k3s"] = {
+    "labels": {"oceanid.cluster/tunnel-enabled": "true"},
+    "taints": ["workload-type=gpu-compute:NoSchedule"],
+}
+"""
+
+
+@contextmanager
+def k3s(tmp_path: Path, role: str, name: str, config: str, ready: str) -> Iterator[str]:
+    """The k3s stand-in as `role` until the log matches `ready`; yields the match's group 1."""
+    (tmp_path / f"{name}.yaml").write_text(config + f"node-name: {name}\ntoken: {K3S_TOKEN}\n")
+    log = tmp_path / f"{name}.log"
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, str(K3S), role, "--config", str(tmp_path / f"{name}.yaml")],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not (match := re.search(ready, log.read_text())):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield match.group(1) if match.groups() else ""
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_k3s_nodes_ready_with_labels_and_taints(tmp_path, lab_secrets):
+    """tethys (server) and calypso (agent) joined, calypso without its taint, styx not at all."""
+    site = site_dir(tmp_path, 'secret_sources = ["file"]\nmanage_dns = False\n' + CALYPSO_NODE)
+    kubeconfig = tmp_path / "k3s.yaml"
+    server = (
+        f"data-dir: {tmp_path / 'tethys'}\nwrite-kubeconfig: {kubeconfig}\n"
+        "https-listen-port: 0\nbind-address: 127.0.0.1\n"
+    )
+    with k3s(
+        tmp_path, "server", "tethys", server, r"API listening on https://[\d.]+:(\d+)"
+    ) as port:
+        agent = f"server: https://127.0.0.1:{port}\nnode-label:\n  - oceanid.cluster/tunnel-enabled=true\n"  # noqa: E501
+        with k3s(tmp_path, "agent", "calypso", agent, r"(Node registered with the server)"):
+            done = run_smoke(
+                site, write_secrets(tmp_path, lab_secrets), "--only", "k3s",
+                "--kubeconfig", str(kubeconfig),
+            )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.splitlines()[1:] == [
+        "FAIL k3s node calypso — taint workload-type=gpu-compute:NoSchedule missing; "
+        "wants 1 label(s), 1 taint(s)",
+        "FAIL k3s node styx — not a node of the cluster (has its k3s joined?)",
+        "PASS k3s node tethys — Ready, v1.33.4+k3s1",
+        "smoke: 1 passed, 2 failed",
+    ]
+
+
+def test_k3s_nodes_without_the_tunnel_say_to_open_it(tmp_path, lab_secrets):
+    site = site_dir(tmp_path, 'secret_sources = ["file"]\nmanage_dns = False\n')
+    env = write_secrets(tmp_path, lab_secrets)
+    done = run_smoke(site, env, "--only", "k3s")
+    assert done.stdout.splitlines()[1] == (
+        "SKIP k3s nodes — no cluster/kubeconfig.yaml: run `make kubeconfig`, then `make tunnel`"
+    )
+    kubeconfig = tmp_path / "kubeconfig.yaml"
+    port = closed_port()
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: oceanid\n"
+        f"clusters:\n- name: oceanid\n  cluster:\n    server: https://127.0.0.1:{port}\n"
+        "contexts:\n- name: oceanid\n  context: {cluster: oceanid, user: oceanid}\n"
+        "users:\n- name: oceanid\n  user: {token: not-a-real-token}\n"
+    )
+    done = run_smoke(site, env, "--only", "k3s", "--kubeconfig", str(kubeconfig))
+    assert done.stdout.splitlines()[1] == (
+        f"SKIP k3s nodes — nothing listens on https://127.0.0.1:{port}: run `make tunnel`"
+    )
+    assert done.returncode == 2  # nothing was checked: never a pass
+    assert "not-a-real-token" not in done.stdout + done.stderr
+
+
+def test_public_names_without_cloudflares_edge_are_skipped(tmp_path, lab_secrets):
+    """The lab's API is a stand-in: no edge serves label.<base>; a --url still checks gpu."""
+    seed = tunnel_seed(lab_secrets, CONNECTED, CONNECTED)
+    routes = {"/v2/health/ready": (503, "")}
+    with cloudflare_standin(lab_secrets, seed) as api, http_server(routes) as triton:
+        done = run_smoke(
+            api_site(tmp_path, api.url), write_secrets(tmp_path, lab_secrets),
+            "--url", f"gpu={triton}",
+        )  # fmt: skip
+    (skipped,) = lines(done.stdout, "SKIP label.boathou.se — ")
+    assert f"no Cloudflare edge serves it here (cloudflare_api_base_url is {api.url}" in skipped
+    assert "--url label.boathou.se=URL checks it another way" in skipped
+    assert lines(done.stdout, "FAIL gpu.boathou.se Triton — ")
+    assert "PASS label" not in done.stdout
+    assert done.returncode == 1
