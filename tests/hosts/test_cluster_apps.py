@@ -7,7 +7,8 @@ Secret is 0600: k3s reads the folder as root, nobody else needs to.
 
 import yaml
 
-MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
+from oceanid.status import MANIFESTS
+
 RECORD_GLOB = "/var/lib/oceanid/cluster-apps*.paths"
 
 

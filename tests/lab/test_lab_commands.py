@@ -1,0 +1,281 @@
+"""`make verify`, `make smoke`, `make status` and `make drift` against the converged lab, green,
+then red for each thing broken on purpose (and put back in a `finally`):
+
+- Triton stopped on calypso: smoke and verify red, status shows it;
+- calypso's node connector stopped: smoke red on its tunnel check;
+- a k3s agent stopped: smoke red on its node check (needs the k3s role in the lab);
+- calypso's connector config edited by hand: drift exits 2 naming calypso and the file.
+
+The lab has no Cloudflare edge: smoke reaches each GPU host's Triton through an SSH port forward
+(`--url`), and label.<base> is SKIP. Nor does Cloudflare see the lab's connectors: the API
+stand-in is told what each connector's own `/ready` says (`edge_sees`), which is what the real
+edge learns from the connector's connections.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lab.converge import lab_env, pyinfra
+from lab.services import CLOUDFLARE_URL
+from lab.topology import REPO, SECRETS_FILE
+from tests.lab import lab_secret_lines, ssh
+
+pytestmark = pytest.mark.lab
+
+LAB = "inventories/lab.py"
+SSH = f"ssh -F {REPO / '.lab/ssh/config'} -o BatchMode=yes"
+GPU_NAMES = {"calypso": "gpu", "calypso2": "gpu2"}
+NODE_TUNNEL_KEYS = {"calypso": "cloudflareNodeTunnelId", "calypso2": "cloudflareNode2TunnelId"}
+CONNECTOR_CONFIG = "/etc/cloudflared/config.yaml"
+
+
+def run(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        list(argv), cwd=REPO, env=lab_env(), capture_output=True, text=True, timeout=timeout
+    )
+    for key, line in lab_secret_lines():
+        assert line not in done.stdout + done.stderr, f"{key} in the output of {argv[:3]}"
+    return done
+
+
+def make(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run("make", "-s", target, f"INVENTORY={LAB}", *args)
+
+
+def drift() -> subprocess.CompletedProcess[str]:
+    """Not through make: make turns every failure into its own exit status 2."""
+    return run(sys.executable, "-m", "oceanid.drift", LAB)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@contextmanager
+def gpu_forwards() -> Iterator[list[str]]:
+    """`--url` arguments sending each GPU host's public name through an SSH port forward."""
+    forwards, urls = [], []
+    try:
+        for name, public in GPU_NAMES.items():
+            port = free_port()
+            forwards.append(subprocess.Popen(
+                [*SSH.split(), "-N", "-o", "ExitOnForwardFailure=yes",
+                 "-L", f"127.0.0.1:{port}:127.0.0.1:8000", name],
+            ))  # fmt: skip
+            wait_port(port)
+            urls += ["--url", f"{public}.boathou.se=http://127.0.0.1:{port}"]
+        yield urls
+    finally:
+        for forward in forwards:
+            forward.terminate()
+            forward.wait(timeout=10)
+
+
+def edge_sees(name: str) -> None:
+    """Tell the API stand-in what Cloudflare's edge would know: the connector's own /ready."""
+    answer = ssh(name, "curl -s --max-time 5 http://127.0.0.1:2200/ready || true").stdout
+    try:
+        connections = int(json.loads(answer).get("readyConnections", 0))
+    except ValueError:
+        connections = 0
+    values = yaml.safe_load(SECRETS_FILE.read_text())
+    tunnel = values[NODE_TUNNEL_KEYS[name]]
+    body = {"connectors": [{"conns": connections}] if connections else []}
+    request = urllib.request.Request(
+        f"{CLOUDFLARE_URL}/__standin__/tunnels/{tunnel}/connectors",
+        data=json.dumps(body).encode(),
+        method="PUT",
+        headers={
+            "Authorization": f"Bearer {values['cloudflareApiToken']}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def smoke(*args: str) -> subprocess.CompletedProcess[str]:
+    return run(sys.executable, "-m", "oceanid.smoke", LAB, *args)
+
+
+def heal(limit: str) -> None:
+    """A converge puts back whatever was broken on this host; the next one changes nothing."""
+    healed = pyinfra("deploys/site.py", "--limit", limit)
+    assert healed.returncode == 0, healed.output[-4000:]
+
+
+def failed(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("FAIL ")]
+
+
+# -- green ---------------------------------------------------------------------------------------
+
+
+def test_verify_passes(converged):
+    done = make("verify")
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout
+
+
+def test_smoke_passes_with_skips_for_what_the_lab_cannot_run(converged):
+    for name in GPU_NAMES:
+        edge_sees(name)
+    with gpu_forwards() as urls:
+        done = smoke(*urls)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not failed(done.stdout)
+    assert "SKIP label.boathou.se — no Cloudflare edge serves it here" in done.stdout
+    for name, public in GPU_NAMES.items():
+        assert f"PASS {name}'s node tunnel ({public}.boathou.se)" in done.stdout
+        assert f"PASS {public}.boathou.se inference docling_granite_python" in done.stdout
+
+
+def test_status_shows_every_host(converged):
+    done = make("status")
+    assert done.returncode == 0, done.stdout + done.stderr
+    tables = done.stdout.split("\n\n")
+    assert [table.splitlines()[0] for table in tables] == ["tethys", "styx", "calypso", "calypso2"]
+    calypso = " ".join(tables[2].split())
+    assert "Triton tritonserver.service running; ready" in calypso
+    assert "model docling_granite_python READY" in calypso
+    assert "connector cloudflared-node.service running;" in calypso and "ready, " in calypso
+    done = make("status", "JSON=1")
+    report = json.loads(done.stdout)
+    assert report["calypso"]["triton"]["state"]["ready"] is True
+
+
+def test_drift_is_clean_after_a_converge(converged):
+    done = drift()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == "drift: none; a converge would change nothing"
+
+
+# -- red, one thing at a time --------------------------------------------------------------------
+
+
+def test_triton_stopped_on_calypso(converged):
+    try:
+        assert ssh("calypso", "sudo systemctl stop tritonserver.service").returncode == 0
+        with gpu_forwards() as urls:
+            done = smoke("--only", "gpu", *urls)
+        assert done.returncode == 1, done.stdout
+        assert any(line.startswith("FAIL gpu.boathou.se Triton — ") for line in failed(done.stdout))
+        assert not any("gpu2.boathou.se" in line for line in failed(done.stdout))
+
+        done = make("verify")
+        assert done.returncode != 0
+        assert "test_gpu.py::test_units_enabled_and_active[ssh://calypso]" in done.stdout
+        assert "calypso2]" not in "".join(
+            line for line in done.stdout.splitlines() if line.startswith("FAILED")
+        )
+
+        done = make("status")
+        calypso = " ".join(done.stdout.split("\n\n")[2].split())
+        assert "Triton tritonserver.service NOT running; nothing answers on port 8000" in calypso
+    finally:
+        heal("calypso")
+
+
+def test_node_connector_stopped(converged):
+    try:
+        assert ssh("calypso", "sudo systemctl stop cloudflared-node.service").returncode == 0
+        edge_sees("calypso")
+        done = smoke("--only", "gpu", "--status-only")
+        assert done.returncode == 1, done.stdout
+        (line,) = failed(done.stdout)
+        assert line.startswith("FAIL calypso's node tunnel (gpu.boathou.se) — ")
+        assert "not serving: no live connection (is its cloudflared running?)" in line
+    finally:
+        heal("calypso")
+        edge_sees("calypso")
+    assert smoke("--only", "gpu", "--status-only").returncode == 0
+
+
+def test_hand_edited_config_is_drift(converged):
+    try:
+        edit = f"echo '# edited by hand' | sudo tee -a {CONNECTOR_CONFIG} >/dev/null"
+        assert ssh("calypso", edit).returncode == 0
+        done = drift()
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"  [calypso] {CONNECTOR_CONFIG}: changes" in done.stdout.splitlines()
+        changes = [line for line in done.stdout.splitlines() if line.startswith("CHANGE ")]
+        assert changes and all(line.endswith("— calypso") for line in changes), changes
+        assert done.stdout.splitlines()[-1].endswith("would change calypso")
+    finally:
+        heal("calypso")
+    assert drift().returncode == 0
+
+
+# -- k3s (needs the k3s role in the lab: deploys/k3s wired into deploys/site.py) -----------------
+
+
+@contextmanager
+def k3s_tunnel(tmp_path: Path) -> Iterator[Path]:
+    """`make kubeconfig` and `make tunnel` as an operator runs them, on a free local port."""
+    port = free_port()
+    kubeconfig = tmp_path / "kubeconfig.yaml"
+    env = {"SSH": SSH, "LOCAL_PORT": str(port), "CONTROL_DIR": str(tmp_path / "ctl")}
+    wrote = subprocess.run(
+        [sys.executable, "-m", "deploys.k3s.kubeconfig", "tethys",
+         "--server", f"https://127.0.0.1:{port}", "--output", str(kubeconfig)],
+        cwd=REPO, env={**lab_env(), **env}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert wrote.returncode == 0, wrote.stderr
+    tunnel = [str(REPO / "scripts/k3s-ssh-tunnel.sh")]
+    opened = subprocess.run([*tunnel, "tethys"], env={**lab_env(), **env}, timeout=60)
+    assert opened.returncode == 0
+    try:
+        wait_port(port)
+        yield kubeconfig
+    finally:
+        subprocess.run([*tunnel, "--close", "tethys"], env={**lab_env(), **env}, timeout=60)
+
+
+def node_check(kubeconfig: Path) -> subprocess.CompletedProcess[str]:
+    return smoke("--only", "k3s", "--kubeconfig", str(kubeconfig))
+
+
+def test_k3s_agent_stopped(converged, tmp_path):
+    with k3s_tunnel(tmp_path) as kubeconfig:
+        done = node_check(kubeconfig)
+        assert done.returncode == 0, done.stdout + done.stderr
+        for name in ("calypso", "styx", "tethys"):
+            assert f"PASS k3s node {name} — Ready" in done.stdout
+        try:
+            assert ssh("styx", "systemctl stop k3s-agent.service").returncode == 0
+            deadline = time.monotonic() + 120  # the node turns NotReady after its grace period
+            while (done := node_check(kubeconfig)).returncode == 0:
+                assert time.monotonic() < deadline, done.stdout
+                time.sleep(3)
+            (line,) = failed(done.stdout)
+            assert line.startswith("FAIL k3s node styx — NOT Ready")
+        finally:
+            assert ssh("styx", "systemctl start k3s-agent.service").returncode == 0
+            deadline = time.monotonic() + 120
+            while node_check(kubeconfig).returncode != 0:
+                assert time.monotonic() < deadline, "styx did not come back Ready"
+                time.sleep(3)
