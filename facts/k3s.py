@@ -34,6 +34,7 @@ class K3sNode(TypedDict):
     name: str
     ready: bool
     labels: dict[str, str]
+    annotations: dict[str, str]
     taints: list[K3sTaint]
     kubelet_version: str | None
 
@@ -76,6 +77,7 @@ def _node(raw: dict[str, Any]) -> K3sNode:
         name=metadata["name"],
         ready=ready,
         labels=dict(metadata.get("labels", {})),
+        annotations=dict(metadata.get("annotations", {})),
         taints=[_taint(taint) for taint in spec.get("taints", [])],
         kubelet_version=status.get("nodeInfo", {}).get("kubeletVersion"),
     )
@@ -128,3 +130,70 @@ class K3sNodes(FactBase[list[K3sNode] | None]):
             raise FactProcessError(
                 f"not `kubectl get nodes -o json` output ({error!r}): {output[:1]!r}"
             ) from error
+
+
+SERVER_TOKEN = "/var/lib/rancher/k3s/server/token"
+TOKEN_FILE = "/etc/rancher/k3s/token"  # a node's own copy (deploys/k3s/config.py TOKEN_FILE)
+UNITS = ("k3s.service", "k3s-agent.service")
+
+
+def token_secret(token: str) -> str:
+    """The secret of a k3s token: what follows ``::server:`` in the full form
+    (``K10<CA hash>::server:<secret>``, what k3s writes to server/token), else all of it."""
+    token = token.strip()
+    return token.split("::server:", 1)[1] if "::server:" in token else token
+
+
+class K3sInstall(FactBase[dict[str, Any]]):
+    """
+    Returns what is installed of k3s on a host, read in one command whether k3s is there or not:
+    its version, its units' states, and whether a server has a cluster token, as the SHA-256
+    of the token's secret (`token_secret`): the token itself never leaves the host.
+
+    .. code:: python
+
+        {
+            "version": "v1.33.4+k3s1",  # or None: not installed
+            "units": {"k3s.service": "active", "k3s-agent.service": "inactive"},
+            "token_sha256": "9f86d0...",  # or None: no server/token (no cluster here yet)
+            "token_file": True,  # the node's own token file (config.yaml's token-file) is there
+        }
+    """
+
+    @override
+    def command(self) -> str:
+        units = " ".join(UNITS)
+        # sed: the first line, less its `K10<hash>::server:` prefix when it has one
+        return (
+            "export LC_ALL=C; "
+            'v=$(k3s --version 2>/dev/null | head -n1); echo "version ${v:--}"; '
+            f'for u in {units}; do echo "unit $u $(systemctl is-active $u 2>/dev/null)"; done; '
+            f"if [ -f {SERVER_TOKEN} ]; then echo \"token $(sed '1s/^.*::server://;q' "
+            f"{SERVER_TOKEN} | tr -d '\\n' | sha256sum | cut -d' ' -f1)\"; "
+            "else echo 'token -'; fi; "
+            f"if [ -s {TOKEN_FILE} ]; then echo 'token-file yes'; else echo 'token-file -'; fi"
+        )
+
+    @override
+    def process(self, output: list[str]) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "version": None,
+            "units": {},
+            "token_sha256": None,
+            "token_file": False,
+        }
+        for line in output:
+            kind, _, rest = line.partition(" ")
+            if kind == "version" and rest != "-":
+                match = VERSION_RE.match(rest)
+                if not match:
+                    raise FactProcessError(f"not k3s --version output: {rest!r}")
+                result["version"] = match.group(1)
+            elif kind == "unit":
+                name, _, active = rest.partition(" ")
+                result["units"][name] = active.strip() or "unknown"
+            elif kind == "token" and rest != "-":
+                result["token_sha256"] = rest.strip()
+            elif kind == "token-file":
+                result["token_file"] = rest.strip() == "yes"
+        return result

@@ -19,6 +19,9 @@ secrets_file = None
 # Flags from the old stack; both off for the minimal, non-disruptive deploy.
 enable_node_provisioning = False
 enable_control_plane_lb = False
+# With enable_control_plane_lb, HAProxy on each k3s server listens here for the API and
+# forwards to every server's 6443; never a port k3s binds itself (6443, 6444, 10250...).
+k3s_lb_port = 7443
 
 # Reconcile the public CNAMEs through the Cloudflare API.
 manage_dns = True
@@ -99,6 +102,11 @@ hosts = {
             "require_gpu": True,
             "gpus": [0],
             "service": {"kind": "triton", "runtime": "container", "port": 8000},
+        },
+        # Its node in the cluster: only pods that tolerate the taint run on the workstation.
+        "k3s": {
+            "labels": {"oceanid.cluster/tunnel-enabled": "true"},
+            "taints": ["workload-type=gpu-compute:NoSchedule"],
         },
     },
 }

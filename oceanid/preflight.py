@@ -105,11 +105,26 @@ def required_secrets(plans: Iterable[HostPlan], settings: Settings) -> dict[str,
     if settings.manage_dns and plans:
         for key in ("cloudflareApiToken", "cloudflareZoneId", "cloudflareAccountId"):
             add(key, "DNS records (manage_dns)")
-    if settings.enable_node_provisioning and any(
-        {K3S_SERVERS, K3S_AGENTS} & p.roles for p in plans
-    ):
-        add("k3s_token", "node provisioning (enable_node_provisioning)")
+    # k3s_token is optional: without it the first server generates the cluster's token and
+    # the other nodes are given that one (deploys/k3s).
     return need
+
+
+def k3s_problems(plans: Iterable[HostPlan], settings: Settings) -> list[str]:
+    """What makes the k3s roles impossible to provision: checked only when provisioning is on."""
+    plans = list(plans)
+    if not settings.enable_node_provisioning:
+        return []
+    problems = [
+        f"{p.name}: in both k3s_servers and k3s_agents; a node is one or the other"
+        for p in plans
+        if {K3S_SERVERS, K3S_AGENTS} <= p.roles
+    ]
+    if any(K3S_AGENTS in p.roles for p in plans) and not any(K3S_SERVERS in p.roles for p in plans):
+        problems.append(
+            "k3s_agents: agents need a server to join, and k3s_servers is empty in this inventory"
+        )
+    return problems
 
 
 def _credential(
@@ -226,6 +241,7 @@ def check(hosts: Iterable[HostView], *, environ: Mapping[str, str] | None = None
             "needs its own tunnel"
         )
 
+    problems += k3s_problems(plans.values(), first)
     if any(p.gpu and p.gpu.service.kind == "triton" for p in plans.values()):
         problems += models_problems(MODEL_SOURCE)
 

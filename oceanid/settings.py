@@ -154,6 +154,50 @@ class GpuHost(Strict):
     granite_model_dir: str | None = None
 
 
+# Ports k3s itself binds on a server (supervisor and API, the API's internal listener, etcd,
+# the kubelet, kube-proxy, the controllers, containerd's stream server, flannel's VXLAN and
+# WireGuard): a load balancer on one of them collides with k3s, as the old stack's did.
+K3S_PORTS = frozenset(
+    {6443, 6444, 2379, 2380, 2381, 8472, 10010, 10248, 10249, 10250, 10256, 10257, 10258}
+    | {10259, 51820, 51821}
+)
+
+
+def _check_k3s_labels(value: dict[str, str]) -> dict[str, str]:
+    """Valid Kubernetes labels; those the kubelet refuses at registration (node-role...) are
+    set only through the API (deploys/k3s/labels.py), never in config.yaml."""
+    from deploys.k3s.config import check_api_label
+
+    for key, label in value.items():
+        check_api_label(key, label)
+    return value
+
+
+def _check_k3s_taints(value: list[str]) -> list[str]:
+    from deploys.k3s.config import check_taint
+
+    for taint in value:
+        check_taint(taint)
+    return value
+
+
+class K3sHost(Strict):
+    """What is particular to one k3s node: how it is reached, its node labels and taints.
+
+    Labels and taints are reconciled through the API after the node joined (k3s applies a
+    config's only at first registration); labels the kubelet refuses at registration
+    (`node-role.kubernetes.io/*`) are set that way only, never through config.yaml.
+    """
+
+    address: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.:-]+$")  # default: its name
+    node_ip: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f.:]+$")
+    flannel_iface: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    labels: Annotated[dict[str, str], AfterValidator(_check_k3s_labels)] = Field(
+        default_factory=dict
+    )
+    taints: Annotated[list[str], AfterValidator(_check_k3s_taints)] = Field(default_factory=list)
+
+
 class HostSettings(Strict):
     """Per-host data, keyed by the host's inventory name in `hosts:`.
 
@@ -165,6 +209,7 @@ class HostSettings(Strict):
     ssh_user: str | None = Field(default=None, pattern=UNIX_NAME_RE.pattern)
     sudo: bool = False
     gpu: GpuHost | None = None
+    k3s: K3sHost = K3sHost()
 
 
 MEMORY_RE = re.compile(r"^[1-9][0-9]*(Mi|Gi)$")
@@ -264,6 +309,7 @@ class Settings(Strict):
     secrets_file: str | None = None
     enable_node_provisioning: bool
     enable_control_plane_lb: bool
+    k3s_lb_port: int = Field(ge=1024, le=65535)
     manage_dns: bool
     admin_user: str = Field(pattern=UNIX_NAME_RE.pattern)
     admin_ssh_keys: list[str]
@@ -310,6 +356,15 @@ class Settings(Strict):
                 "fronts the k3s servers that provisioning installs"
             )
         return self
+
+    @field_validator("k3s_lb_port")
+    @classmethod
+    def _lb_port(cls, value: int) -> int:
+        if value in K3S_PORTS:
+            raise ValueError(
+                "k3s itself binds this port on a server; give the load balancer its own (7443, say)"
+            )
+        return value
 
     def host(self, name: str) -> HostSettings:
         return self.hosts.get(name, HostSettings())

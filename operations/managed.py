@@ -546,11 +546,14 @@ def account(manifest: Manifest, user: str, shell: str = "/bin/bash", system: boo
 
 
 @operation()
-def binaries(manifest: Manifest):
+def binaries(manifest: Manifest, keep_previous: bool = False):
     """
     Install the manifest's pinned binaries whose SHA-256 differs from the pin.
 
     + manifest: the role's Manifest
+    + keep_previous: keep the replaced binary beside it as ``<path>.previous`` (a hard link,
+      made just before the rename), so a service that is unhealthy on the new one can be
+      put back on it (`services.binary_service`)
 
     The download lands beside the target and is checked before it is used; on a mismatch
     it is deleted, the installed binary stays as it was, and the run fails naming both
@@ -585,10 +588,10 @@ def binaries(manifest: Manifest):
         if action == "chmod":
             yield StringCommand("chmod", binary.mode, QuoteString(binary.path))
         else:
-            yield from _download_commands(binary, url, sha256)
+            yield from _download_commands(binary, url, sha256, keep_previous)
 
 
-def _download_commands(binary: ManagedBinary, url: str, sha256: str):
+def _download_commands(binary: ManagedBinary, url: str, sha256: str, keep_previous: bool = False):
     new = QuoteString(f"{binary.path}.oceanid-new")
     yield StringCommand(
         "curl",
@@ -641,7 +644,12 @@ def _download_commands(binary: ManagedBinary, url: str, sha256: str):
         "1;",
         "fi",
     )
-    yield StringCommand("chmod", binary.mode, new, "&&", "mv", "-f", new, QuoteString(binary.path))
+    path = QuoteString(binary.path)
+    keep: list = []
+    if keep_previous:
+        previous = QuoteString(f"{binary.path}.previous")
+        keep = ["{", "[", "!", "-f", path, "]", "||", "ln", "-f", path, previous, ";", "}", "&&"]
+    yield StringCommand("chmod", binary.mode, new, "&&", *keep, "mv", "-f", new, path)
 
 
 def _chunks(words: list[str]) -> list[list[str]]:

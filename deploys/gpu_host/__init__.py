@@ -36,7 +36,6 @@ def deploy(plan: HostPlan) -> Manifest:
     distro_packages = [p for p in manifest.packages if p not in docker.CONTAINER_PACKAGES]
     managed.packages(name="GPU host packages", manifest=manifest, names=distro_packages)
     managed.directories(name="GPU host directories", manifest=manifest)
-    managed.binaries(name="cloudflared (pinned, SHA-256 verified)", manifest=manifest)
     managed.files(name="GPU host files", manifest=manifest)
     managed.sweep(name="GPU host files no longer wanted", manifest=manifest)
 

@@ -86,10 +86,11 @@ def add_to(manifest: Manifest, plan: HostPlan) -> list[str]:
 
 
 def deploy(manifest: Manifest, inputs: list[str]) -> None:
-    """The connector's unit, restarted when its binary, config or credential changed."""
-    services.unit(
+    """The pinned cloudflared and the connector's unit, restarted when its binary, config or
+    credential changed; a new cloudflared that does not come up is rolled back."""
+    services.binary_service(
+        manifest,
         name="cloudflared-node",
-        manifest=manifest,
         unit_name=UNIT,
         unit_file=UNIT_FILE,
         inputs=inputs,

@@ -1,7 +1,31 @@
-"""The k3s cluster: servers, agents, and what they are built from.
+"""The k3s cluster: servers on `k3s_servers`, agents on `k3s_agents`, labels from host data.
 
 Each part is data first and tested as data: `config` (config.yaml), `units` (the systemd units,
-kernel modules and sysctls), `kubeconfig` (the operator's kubeconfig for the SSH tunnel).
-The role that installs them on the `k3s_servers` and `k3s_agents` hosts is not wired into
-deploys/site.py yet.
+kernel modules and sysctls), `endpoint` (HAProxy), `kubeconfig` (the operator's kubeconfig for
+the SSH tunnel). `server` and `agent` are the two roles, each one Manifest read in one fact.
+
+`deploy` is called by deploys/site.py for every host. pyinfra orders operations by the line
+that queues them, so every server operation (below, `server.deploy`) runs before any agent's,
+and the node labels last, once the agents have joined. With `enable_node_provisioning` off
+nothing of k3s is installed or changed: each node says in one line what it runs.
 """
+
+from __future__ import annotations
+
+from deploys.k3s import agent, cluster, server
+from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, HostPlan, Site
+from operations import k3s as k3s_ops
+
+
+def deploy(plan: HostPlan, site: Site) -> None:
+    if not {K3S_SERVERS, K3S_AGENTS} & plan.roles:
+        return
+    if not plan.settings.enable_node_provisioning:
+        k3s_ops.report(name="k3s on this node (provisioning off)")
+        return
+    if K3S_SERVERS in plan.roles:
+        server.deploy(plan, site)
+    if K3S_AGENTS in plan.roles:
+        agent.deploy(plan, site)
+    if plan.name == cluster.servers(site)[0].name:
+        k3s_ops.node_labels(name="k3s node labels and taints", wanted=cluster.wanted_labels(site))

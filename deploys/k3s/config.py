@@ -71,6 +71,25 @@ def _check_value(value: str, what: str) -> None:
         )
 
 
+def check_api_label(key: str, value: str) -> None:
+    """Refuse a node label that is not valid Kubernetes (what the API itself refuses)."""
+    _check_key(key, "node label")
+    _check_value(value, f"node label {key}")
+
+
+def registration_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels the kubelet accepts at registration (`check_label`); the others, such as
+    ``node-role.kubernetes.io/*``, are set only through the API after the node joined."""
+    accepted = {}
+    for key, value in labels.items():
+        try:
+            check_label(key, value)
+        except ValueError:
+            continue
+        accepted[key] = value
+    return accepted
+
+
 def check_label(key: str, value: str) -> None:
     """Refuse a node label that is not valid Kubernetes or that the kubelet would refuse."""
     _check_key(key, "node label")
@@ -133,7 +152,9 @@ def config(
     flannel_iface: str | None = None,
     labels: Mapping[str, str] | None = None,
     taints: Sequence[str] = (),
-    token_file: str = TOKEN_FILE,
+    token_file: str | None = TOKEN_FILE,
+    cluster_init: bool = False,
+    join: str | None = None,
 ) -> dict:
     """
     The config.yaml document for one node.
@@ -147,7 +168,10 @@ def config(
     + flannel_iface: the interface pod traffic between nodes uses, when not the default
     + labels: node labels; k3s applies them only when the node first registers
     + taints: node taints, ``key[=value]:Effect``; also applied at first registration only
-    + token_file: the 0600 file holding the cluster token
+    + token_file: the 0600 file holding the cluster token; None on a first server without
+      a token of ours (k3s then generates one, which later nodes are given)
+    + cluster_init: the first server starts the embedded etcd cluster
+    + join: a later server joins the cluster through this endpoint (``server:``)
     """
     host = endpoint_host(endpoint)
     labels = dict(labels or {})
@@ -161,11 +185,16 @@ def config(
         document["write-kubeconfig-mode"] = "0600"
         document["tls-san"] = list(dict.fromkeys([node_name, address, host, "127.0.0.1"]))
         document["disable"] = list(DISABLED_COMPONENTS)
+        if cluster_init:
+            document["cluster-init"] = True
+        elif join:
+            document["server"] = join
     elif role == "agent":
         document["server"] = endpoint
     else:
         raise ValueError(f"k3s role must be 'server' or 'agent', got {role!r}")
-    document["token-file"] = token_file
+    if token_file is not None:
+        document["token-file"] = token_file
     document["node-name"] = node_name
     if node_ip:
         document["node-ip"] = node_ip

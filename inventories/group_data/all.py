@@ -17,6 +17,8 @@ __all__ = [
     "secrets_file",
     "manage_dns",
     "cloudflare_api_base_url",
+    "enable_node_provisioning",
+    "enable_control_plane_lb",
     "k3s",
     "cloudflared",
     "admin_ssh_keys",
@@ -34,12 +36,18 @@ except FileNotFoundError:
 secret_sources = ["file"]
 secrets_file = str(_lab / "secrets.yaml")
 manage_dns = True
+# The full deploy: k3s installed and joined, its API behind HAProxy on each server.
+enable_node_provisioning = True
+enable_control_plane_lb = True
 cloudflare_api_base_url = CLOUDFLARE_URL  # the lab's Cloudflare API stand-in
 k3s = _pins["k3s"]
 cloudflared = _pins["cloudflared"]
 admin_ssh_keys = [(_lab / "ssh" / "id_ed25519.pub").read_text().strip()]
 
 hosts = {
+    # k3s nodes: the lab's addresses (lab/topology.py); nodes advertise them to each other.
+    "tethys": {"k3s": {"address": "10.77.0.11", "node_ip": "10.77.0.11"}},
+    "styx": {"k3s": {"address": "10.77.0.12", "node_ip": "10.77.0.12"}},
     "calypso": {
         "ssh_user": "oceanid",
         "sudo": True,
@@ -49,6 +57,12 @@ hosts = {
             "tunnel_credential_key": "cloudflareNodeTunnelToken",
             "require_gpu": False,
             "service": {"kind": "triton", "runtime": "host", "port": 8000},
+        },
+        "k3s": {
+            "address": "10.77.0.13",
+            "node_ip": "10.77.0.13",
+            "labels": {"oceanid.cluster/tunnel-enabled": "true"},
+            "taints": ["workload-type=gpu-compute:NoSchedule"],
         },
     },
     # A second GPU host: one inventory line, this entry, and its two ESC keys.

@@ -40,5 +40,12 @@ def test_a_node_without_a_ready_condition_is_not_ready() -> None:
         indent=4,
     )
     assert K3sNodes().process(output.splitlines()) == [
-        {"name": "styx", "ready": False, "labels": {}, "taints": [], "kubelet_version": None}
+        {
+            "name": "styx",
+            "ready": False,
+            "labels": {},
+            "annotations": {},
+            "taints": [],
+            "kubelet_version": None,
+        }
     ]

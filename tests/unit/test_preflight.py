@@ -73,9 +73,29 @@ def test_only_enabled_features_need_keys(data, secrets_file, lab_secrets):
     check(views(data, ["styx"]), environ=secrets_file({}))  # styx alone needs nothing yet
     check(views(data), environ=secrets_file(values))
     data["enable_node_provisioning"] = True
+    # without k3s_token the first server generates the token the other nodes join with
+    site = check(views(data), environ=secrets_file(values | {"k3s_token": ""}))
+    assert "k3s_token" not in site.required
+
+
+def test_k3s_roles_that_cannot_be_provisioned_are_refused(data, secrets_file, lab_secrets):
+    data.update(secret_sources=["file"], manage_dns=False, enable_node_provisioning=True)
+    groups = {"styx": {"k3s_agents"}, "tethys": {"k3s_servers", "k3s_agents"}}
     with pytest.raises(PreflightError) as err:
-        check(views(data), environ=secrets_file(values | {"k3s_token": ""}))
-    assert err.value.problems[0].startswith("k3s_token: missing (needed for node provisioning")
+        check(views(data, ["styx"]), environ=secrets_file(lab_secrets))
+    assert err.value.problems == [
+        "k3s_agents: agents need a server to join, and k3s_servers is empty in this inventory"
+    ]
+    with pytest.raises(PreflightError) as err:
+        check(
+            [HostView(n, frozenset(g), data) for n, g in groups.items()],
+            environ=secrets_file(lab_secrets),
+        )
+    assert err.value.problems == [
+        "tethys: in both k3s_servers and k3s_agents; a node is one or the other"
+    ]
+    data["enable_node_provisioning"] = False  # the minimal deploy only reads what is there
+    check(views(data, ["styx"]), environ=secrets_file(lab_secrets))
 
 
 def test_credential_for_another_tunnel_is_refused(data, secrets_file, lab_secrets):

@@ -1,0 +1,56 @@
+"""The cluster as data: which nodes there are, how they reach each other, the endpoint, the
+token, the labels. Pure functions of the validated site, shared by the server and agent roles."""
+
+from __future__ import annotations
+
+from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, HostPlan, Site
+
+RUNTIME_CLASS = "nvidia"
+
+
+def servers(site: Site) -> list[HostPlan]:
+    """The k3s servers in inventory order: the first starts the cluster, the others join it."""
+    return [plan for plan in site.hosts.values() if K3S_SERVERS in plan.roles]
+
+
+def nodes(site: Site) -> list[HostPlan]:
+    """Every k3s node, servers first."""
+    return servers(site) + [p for p in site.hosts.values() if K3S_AGENTS in p.roles]
+
+
+def address(plan: HostPlan) -> str:
+    """How the cluster reaches this node: its `hosts.<name>.k3s.address`, else its name."""
+    return plan.settings.host(plan.name).k3s.address or plan.name
+
+
+def endpoint(site: Site, plan: HostPlan) -> str:
+    """The control-plane endpoint agents, `tls-san` and the kubeconfig use: the first server's
+    HAProxy with `enable_control_plane_lb`, else its API on 6443."""
+    first = servers(site)[0]
+    lb = plan.settings.enable_control_plane_lb
+    port = plan.settings.k3s_lb_port if lb else 6443
+    return f"https://{address(first)}:{port}"
+
+
+def token(site: Site) -> str | None:
+    """ESC k3s_token, or None: the first server then generates the cluster's token."""
+    return site.secrets.get("k3s_token") or None
+
+
+def gpu_agents(site: Site) -> list[HostPlan]:
+    """Agents that are GPU hosts that must have a GPU: k3s's containerd gets the NVIDIA runtime
+    there, and the cluster the `nvidia` RuntimeClass."""
+    return [
+        plan
+        for plan in site.hosts.values()
+        if K3S_AGENTS in plan.roles and plan.gpu is not None and plan.gpu.require_gpu
+    ]
+
+
+def wanted_labels(site: Site) -> dict[str, dict]:
+    """node name -> its labels and taints from host data, for `operations.k3s.node_labels`."""
+    wanted = {}
+    for plan in nodes(site):
+        data = plan.settings.host(plan.name).k3s
+        wanted[plan.name] = {"labels": dict(data.labels), "taints": list(data.taints)}
+    return wanted

@@ -1,0 +1,71 @@
+"""The k3s server role (`k3s_servers`): the control plane, and with `enable_control_plane_lb`
+HAProxy in front of every server's API.
+
+The first server in the inventory starts the cluster (`cluster-init`, embedded etcd); each
+later one joins it through the endpoint, so a second server is one inventory line. Before
+anything changes, a cluster whose token is not ESC `k3s_token` stops the run.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from deploys.k3s import cluster, endpoint, node
+from oceanid.preflight import HostPlan, Site
+from operations import k3s as k3s_ops
+from operations import managed, services
+from operations.managed import ManagedFile, Manifest
+
+# k3s deploys what it finds here (its auto-deploy manifests); the folder exists once it ran.
+MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
+RUNTIME_CLASS_FILE = f"{MANIFESTS}/oceanid-nvidia-runtimeclass.yaml"
+# k3s's own view of its API's health, through the admin kubeconfig it writes
+HEALTH = "k3s kubectl get --raw /readyz >/dev/null 2>&1"
+
+
+def runtime_class() -> dict:
+    """The `nvidia` RuntimeClass: pods that name it run with the NVIDIA runtime that k3s's
+    containerd registers (as `nvidia`) on a node where it finds nvidia-container-runtime."""
+    return {
+        "apiVersion": "node.k8s.io/v1",
+        "kind": "RuntimeClass",
+        "metadata": {"name": "nvidia"},
+        "handler": "nvidia",
+    }
+
+
+def manifest(plan: HostPlan, site: Site) -> tuple[Manifest, list[str], list[str]]:
+    """(the role's Manifest, what restarts k3s, the files written before k3s starts)."""
+    role = Manifest(name=f"k3s server {plan.name}")
+    inputs = node.add_to(role, plan, site, "server")
+    if plan.settings.enable_control_plane_lb:
+        servers = [(p.name, cluster.address(p)) for p in cluster.servers(site)]
+        endpoint.add_to(role, plan, servers)
+    before_start = [f.path for f in role.files]
+    if cluster.gpu_agents(site) and plan.name == cluster.servers(site)[0].name:
+        text = node.config.HEADER + yaml.safe_dump(runtime_class(), sort_keys=False)
+        role.files.append(ManagedFile(RUNTIME_CLASS_FILE, text.encode(), mode="0600"))
+    return role, inputs, before_start
+
+
+def deploy(plan: HostPlan, site: Site) -> Manifest:
+    role, inputs, before_start = manifest(plan, site)
+    k3s_ops.cluster_token(name="k3s cluster token unchanged", token=cluster.token(site))
+    node.install(role, before_start)
+    node.join_token(plan, site)
+    if plan.settings.enable_control_plane_lb:
+        services.unit(
+            name="HAProxy (k3s API endpoint)",
+            manifest=role,
+            unit_name=endpoint.UNIT,
+            unit_file=None,
+            inputs=[endpoint.CONFIG],
+        )
+    node.start(role, "server", inputs, HEALTH)
+    if len(role.files) > len(before_start):
+        managed.files(
+            name="k3s auto-deploy manifests",
+            manifest=role,
+            paths=[f.path for f in role.files[len(before_start) :]],
+        )
+    return role

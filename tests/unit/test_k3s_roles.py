@@ -1,0 +1,203 @@
+"""The k3s roles as data: one Manifest per role, built from a site that went through preflight.
+
+Each site here is what `pyinfra inventory.py deploys/site.py` would validate: the group data as
+shipped (or as the lab's overrides make it), the inventory's groups, and fake secrets in a file.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from deploys.k3s import agent, cluster, config, endpoint, server, units
+from oceanid.preflight import HostView, Site, check
+from oceanid.settings import from_data
+
+SERVERS, AGENTS, GPU = "k3s_servers", "k3s_agents", "gpu_hosts"
+INVENTORY = {"tethys": {SERVERS}, "styx": {AGENTS}, "calypso": {AGENTS, GPU}}
+
+
+@pytest.fixture
+def make_site(data, lab_secrets, tmp_path):
+    """A validated Site for an inventory {name: groups}, with provisioning on."""
+
+    def make(inventory=None, *, lb: bool = True, token: bool = True, **changes) -> Site:
+        data.update(secret_sources=["file"], enable_node_provisioning=True)
+        data.update(enable_control_plane_lb=lb, **changes)
+        secrets = dict(lab_secrets)
+        if not token:
+            secrets.pop("k3s_token")
+        path = tmp_path / "secrets.yaml"
+        path.write_text(yaml.safe_dump(secrets))
+        path.chmod(0o600)
+        views = [
+            HostView(name, frozenset(groups), data)
+            for name, groups in (inventory or INVENTORY).items()
+        ]
+        return check(views, environ={"SECRETS_FILE": str(path)})
+
+    return make
+
+
+def _document(role_manifest) -> dict:
+    return yaml.safe_load(role_manifest.file(config.CONFIG).content)
+
+
+def test_first_server_starts_the_cluster_and_agents_join_through_the_endpoint(make_site) -> None:
+    site = make_site()
+    tethys, _, _ = server.manifest(site.hosts["tethys"], site)
+    styx, _ = agent.manifest(site.hosts["styx"], site)
+    first, joining = _document(tethys), _document(styx)
+    assert first["cluster-init"] is True and "server" not in first
+    assert joining["server"] == "https://tethys:7443"  # HAProxy on the first server
+    assert first["token-file"] == joining["token-file"] == config.TOKEN_FILE
+    assert "token" not in first and "token" not in joining
+
+
+def test_without_the_balancer_agents_use_the_first_servers_api(make_site) -> None:
+    site = make_site(lb=False)
+    styx, _ = agent.manifest(site.hosts["styx"], site)
+    assert _document(styx)["server"] == "https://tethys:6443"
+    tethys, _, _ = server.manifest(site.hosts["tethys"], site)
+    assert endpoint.CONFIG not in [f.path for f in tethys.files]
+    assert "haproxy" not in tethys.packages
+
+
+def test_the_token_file_holds_the_secret_only_0600_and_restarts_k3s(make_site, lab_secrets):
+    site = make_site()
+    for role, inputs in (
+        server.manifest(site.hosts["tethys"], site)[:2],
+        agent.manifest(site.hosts["styx"], site),
+    ):
+        token = role.file(config.TOKEN_FILE)
+        secret = lab_secrets["k3s_token"].split("::server:")[1]
+        assert token.content == f"{secret}\n".encode()
+        assert (token.mode, token.user, token.secret) == ("0600", "root", True)
+        assert config.TOKEN_FILE in inputs
+        for other in role.files:  # the token is in no other file, the unit above all
+            if other is not token:
+                assert secret.encode() not in other.content
+
+
+def test_without_k3s_token_the_first_server_generates_it_and_no_node_has_a_file(make_site):
+    site = make_site(token=False)
+    tethys, inputs, _ = server.manifest(site.hosts["tethys"], site)
+    styx, _ = agent.manifest(site.hosts["styx"], site)
+    assert "token-file" not in _document(tethys)  # k3s generates the cluster's token
+    assert _document(styx)["token-file"] == config.TOKEN_FILE  # copied from the server
+    for role in (tethys, styx):
+        assert config.TOKEN_FILE not in [f.path for f in role.files]
+    assert config.TOKEN_FILE not in inputs
+
+
+def test_a_second_server_is_one_inventory_line(make_site) -> None:
+    site = make_site({"tethys": {SERVERS}, "nereid": {SERVERS}, "styx": {AGENTS}})
+    assert [p.name for p in cluster.servers(site)] == ["tethys", "nereid"]
+    nereid, _, _ = server.manifest(site.hosts["nereid"], site)
+    document = _document(nereid)
+    assert document["server"] == "https://tethys:7443" and "cluster-init" not in document
+    assert document["token-file"] == config.TOKEN_FILE
+    haproxy = nereid.file(endpoint.CONFIG).content.decode()
+    assert re.findall(r"^    server (\S+) (\S+)$", haproxy, re.MULTILINE) == [
+        ("tethys", "tethys:6443"),
+        ("nereid", "nereid:6443"),
+    ]
+    assert "bind :7443" in haproxy
+
+
+def test_haproxy_is_checked_before_it_replaces_its_config_and_is_plain_tcp(make_site) -> None:
+    site = make_site()
+    tethys, _, _ = server.manifest(site.hosts["tethys"], site)
+    cfg = tethys.file(endpoint.CONFIG)
+    assert cfg.validate == "haproxy -c -q -f {path}"
+    assert "haproxy" in tethys.packages and endpoint.UNIT in tethys.units
+    sections = endpoint.config(7443, [("tethys", "10.77.0.11")])
+    assert "mode tcp" in sections["defaults"] and "mode tcp" in sections["backend k3s-servers"]
+    text = endpoint.render(sections)
+    assert "\nbackend k3s-servers\n    mode tcp\n" in text
+    assert "    server tethys 10.77.0.11:6443\n" in text
+
+
+def test_node_data_reaches_config_except_labels_the_kubelet_refuses(make_site, data) -> None:
+    data["hosts"]["styx"] = {
+        "k3s": {
+            "address": "10.77.0.12",
+            "node_ip": "10.77.0.12",
+            "flannel_iface": "host0",
+            "labels": {"node-role.kubernetes.io/worker": "true", "oceanid.cluster/x": "y"},
+        }
+    }
+    site = make_site()
+    document = _document(agent.manifest(site.hosts["styx"], site)[0])
+    assert document["node-ip"] == "10.77.0.12" and document["flannel-iface"] == "host0"
+    assert document["node-label"] == ["oceanid.cluster/x=y"]
+    # the refused one is set through the API instead
+    assert cluster.wanted_labels(site)["styx"]["labels"] == {
+        "node-role.kubernetes.io/worker": "true",
+        "oceanid.cluster/x": "y",
+    }
+
+
+def test_calypso_is_labelled_and_tainted_from_its_host_data(make_site) -> None:
+    wanted = cluster.wanted_labels(make_site())
+    assert list(wanted) == ["tethys", "styx", "calypso"]  # servers first
+    assert wanted["calypso"] == {
+        "labels": {"oceanid.cluster/tunnel-enabled": "true"},
+        "taints": ["workload-type=gpu-compute:NoSchedule"],
+    }
+
+
+def test_a_gpu_agent_that_needs_its_gpu_gets_the_runtime_class_on_the_first_server(make_site):
+    site = make_site()  # group_data as shipped: calypso require_gpu True
+    tethys, _, before_start = server.manifest(site.hosts["tethys"], site)
+    runtime_class = tethys.file(server.RUNTIME_CLASS_FILE)
+    assert runtime_class.path not in before_start  # its folder exists once k3s ran
+    assert yaml.safe_load(runtime_class.content) == {
+        "apiVersion": "node.k8s.io/v1",
+        "kind": "RuntimeClass",
+        "metadata": {"name": "nvidia"},
+        "handler": "nvidia",
+    }
+
+
+def test_without_a_required_gpu_there_is_no_runtime_class(make_site, data) -> None:
+    data["hosts"]["calypso"]["gpu"]["require_gpu"] = False
+    site = make_site()
+    tethys, _, _ = server.manifest(site.hosts["tethys"], site)
+    assert server.RUNTIME_CLASS_FILE not in [f.path for f in tethys.files]
+
+
+def test_units_binary_and_kernel_files_are_the_roles(make_site) -> None:
+    site = make_site()
+    tethys, inputs, _ = server.manifest(site.hosts["tethys"], site)
+    styx, _ = agent.manifest(site.hosts["styx"], site)
+    assert [b.path for b in tethys.binaries] == [units.BINARY]
+    assert tethys.binaries[0].version == site.hosts["tethys"].settings.k3s.version
+    assert (
+        "ExecStart=/usr/local/bin/k3s server"
+        in tethys.file("/etc/systemd/system/k3s.service").content.decode()
+    )
+    assert (
+        "ExecStart=/usr/local/bin/k3s agent"
+        in styx.file("/etc/systemd/system/k3s-agent.service").content.decode()
+    )
+    assert units.MODULES_FILE in [f.path for f in styx.files]
+    assert units.BINARY in inputs and config.CONFIG in inputs
+
+
+@pytest.mark.parametrize("port", [6443, 6444, 10250, 2379])
+def test_the_balancer_never_takes_a_port_k3s_binds(data, port) -> None:
+    data["k3s_lb_port"] = port
+    with pytest.raises(ValueError, match="k3s_lb_port: k3s itself binds this port"):
+        from_data(data)
+
+
+def test_a_label_kubernetes_refuses_is_refused_in_settings(data) -> None:
+    data["hosts"]["calypso"]["k3s"]["labels"] = {"bad key!": "x"}
+    data["hosts"]["calypso"]["k3s"]["taints"] = ["gpu:Sometimes"]
+    with pytest.raises(ValueError) as error:
+        from_data(data)
+    assert "hosts.calypso.k3s.labels: node label key 'bad key!'" in str(error.value)
+    assert "hosts.calypso.k3s.taints: node taint 'gpu:Sometimes'" in str(error.value)
