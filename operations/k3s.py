@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
+from pyinfra.api.exceptions import FactProcessError
 from pyinfra.context import ctx_host
 
 from facts.k3s import SERVER_TOKEN, K3sInstall, K3sNode, K3sNodes, token_secret
@@ -41,7 +42,7 @@ def cluster_token(token: str | None):
     be refused by k3s at its next start, or worse, split the cluster. Compared by the SHA-256 of
     the secret (`K3sInstall`): the token never leaves the host.
     """
-    found = host.get_fact(K3sInstall)["token_sha256"]
+    found = None if token is None else host.get_fact(K3sInstall)["token_sha256"]
     if token is None or found is None:
         host.noop("no cluster token to compare (a new cluster, or none set in ESC)")
         return
@@ -139,8 +140,12 @@ def _copy_token(state, host, server: str, path: str) -> bool:
     """Execution: the server's token, read over its connection, written 0600 here; the token
     goes on stdin, never on a command line or in output."""
     source = next((h for h in state.inventory if short_name(h.name) == server), None)
-    if source is None or source not in state.activated_hosts:
-        host.log_styled(f"k3s server {server} is not connected: no token to join with", fg="red")
+    if source is None or source not in state.active_hosts:
+        host.log_styled(
+            f"k3s server {server} is not connected: no token to join with",
+            fg="red",
+            log_func=logger.error,
+        )
         return False
     ok, output = source.run_shell_command(
         StringCommand("cat", SERVER_TOKEN),
@@ -150,7 +155,9 @@ def _copy_token(state, host, server: str, path: str) -> bool:
     )
     token = output.stdout.strip() if ok else ""
     if not token:
-        host.log_styled(f"could not read {SERVER_TOKEN} on {server}", fg="red")
+        host.log_styled(
+            f"could not read {SERVER_TOKEN} on {server}", fg="red", log_func=logger.error
+        )
         return False
     new = f"{path}.oceanid-new"
     write = StringCommand(
@@ -258,7 +265,10 @@ def _reconcile_at_execution(state, host, wanted: Mapping[str, dict], wait: int) 
         ok, output = host.run_shell_command(
             StringCommand(K3sNodes().command()), print_output=False, **connector
         )
-        nodes = K3sNodes().process(output.stdout_lines) if ok else None
+        try:
+            nodes = K3sNodes().process(output.stdout_lines) if ok else None
+        except FactProcessError:
+            nodes = None
         missing = _missing(nodes, wanted)
         if nodes is not None and not missing:
             break
@@ -267,6 +277,7 @@ def _reconcile_at_execution(state, host, wanted: Mapping[str, dict], wait: int) 
                 f"k3s nodes not registered within {wait}s: {', '.join(missing)}; "
                 "their labels and taints were not set",
                 fg="red",
+                log_func=logger.error,
             )
             return False
         time.sleep(5)
@@ -275,7 +286,11 @@ def _reconcile_at_execution(state, host, wanted: Mapping[str, dict], wait: int) 
         for args in node_commands(by_name[name], want["labels"], want["taints"]):
             ok, output = host.run_shell_command(_kubectl(args), **connector)
             if not ok:
-                host.log_styled(f"k3s kubectl {' '.join(args[:3])}: {output.stderr}", fg="red")
+                host.log_styled(
+                    f"k3s kubectl {' '.join(args[:3])}: {output.stderr}",
+                    fg="red",
+                    log_func=logger.error,
+                )
                 return False
     return True
 

@@ -45,7 +45,7 @@ from pyinfra_testing.util import FakeHost, FakeState
 
 from facts.gpu import GpuDevices
 from facts.managed import Account, ManagedState, PathState
-from operations import apt_repo, failure, gpu, managed, services
+from operations import apt_repo, failure, gpu, k3s, managed, services
 from operations import triton as triton_ops
 from operations.managed import (
     STAGING,
@@ -126,7 +126,7 @@ def test_every_fixture_folder_names_an_operation_and_has_cases() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", [apt_repo, gpu, managed, services, triton_ops], ids=lambda m: m.__name__
+    "module", [apt_repo, gpu, k3s, managed, services, triton_ops], ids=lambda m: m.__name__
 )
 def test_every_operation_is_a_generator(module) -> None:
     """pyinfra iterates an operation's body; one that only raises or noops must still yield."""
