@@ -106,7 +106,8 @@ Route = Answer | Callable[[Any, bytes], Answer]
 @contextmanager
 def http_server(routes: Mapping[str, Route], tls: Path | None = None) -> Iterator[str]:
     """An HTTP/1.1 server answering `path -> (status, body[, headers])` or `path -> f(headers,
-    body)`, 404 otherwise; over TLS with `tls` (a PEM holding key and certificate). Yields its base URL.
+    body)`, 404 otherwise; over TLS with `tls` (a PEM holding key and certificate). Yields its
+    base URL.
 
     HTTP/1.1 with Content-Length because tritonclient's client keeps connections open.
     """
