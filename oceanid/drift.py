@@ -36,8 +36,9 @@ ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 # pyinfra's per-host log line: four spaces, "[host] ", the message. Diff bodies are indented
 # further and never start with "[".
 HOST_LINE_RE = re.compile(r"^ {4}\[(?P<host>[^\]]+)\] (?P<message>.+)$")
-# Progress messages, not findings.
+# Progress messages, not findings: per host, and pyinfra's steps.
 PROGRESS = ("Connected", "Ready: ", "Loading: ")
+PROGRESS_STEPS = ("--> Loading", "--> Connecting", "--> Preparing", "--> Disconnecting")
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,10 @@ def parse(returncode: int, stdout: str, stderr: str) -> Verdict:
         elif line.startswith("--> ") and "error" in line.lower():
             errors.append(line[4:])
     failed = returncode != 0 or not plan_read
-    if failed and not errors and not messages:
-        errors = [ANSI_RE.sub("", line).strip() for line in stderr.splitlines()[-5:]]
-        errors = [line for line in errors if line] or [f"pyinfra exited {returncode}"]
+    if failed and not errors and not messages:  # e.g. an inventory that refuses to load
+        lines = [ANSI_RE.sub("", line).strip() for line in stderr.splitlines()]
+        lines = [line for line in lines if line and not line.startswith(PROGRESS_STEPS)]
+        errors = lines[-3:] or [f"pyinfra exited {returncode}"]
     if not failed:
         # A host that changes nothing has nothing to say here.
         changed = {h for change in changes for h in change.hosts + change.conditional}

@@ -108,12 +108,15 @@ def inventory_hosts(path: str) -> list[InventoryHost]:
     ]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Load the inventory once, before collection, so a refusal is one line, not a traceback."""
+    given = config.getoption("--inventory", None)
+    wanted = given is not None or config.getoption("hosts", None) is not None
+    config._oceanid_hosts = inventory_hosts(given or DEFAULT_INVENTORY) if wanted else None
+
+
 def _hosts(config: pytest.Config) -> list[InventoryHost] | None:
-    if not hasattr(config, "_oceanid_hosts"):
-        given = config.getoption("--inventory")
-        wanted = given is not None or config.getoption("hosts", None) is not None
-        config._oceanid_hosts = inventory_hosts(given or DEFAULT_INVENTORY) if wanted else None
-    return config._oceanid_hosts
+    return getattr(config, "_oceanid_hosts", None)
 
 
 def role_hosts(module: str, hosts: list[InventoryHost]) -> list[InventoryHost]:

@@ -118,3 +118,15 @@ def test_the_dry_run_has_no_yes_flag():
     argv = drift.pyinfra_argv("inventory.py", "deploys/site.py")
     assert "-y" not in argv and "--yes" not in argv
     assert argv[1:] == ["--dry", "--diff", "--json", "inventory.py", "deploys/site.py"]
+
+
+def test_an_inventory_that_refuses_to_load_is_its_one_line(tmp_path):
+    inventory = tmp_path / "lab.py"
+    inventory.write_text('raise SystemExit("lab: the lab is down (no bridge ocl-br0)")\n')
+    path = deploy(tmp_path, f'files.directory(name="Models", path="{tmp_path}")\n')
+    done = run_drift(str(inventory), "--deploy", str(path))
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        "ERROR lab: the lab is down (no bridge ocl-br0)",
+        "drift: the dry run failed; the hosts' state is unknown",
+    ]

@@ -96,8 +96,10 @@ def test_an_inventory_that_refuses_to_load_is_one_line(tmp_path):
     inventory.write_text('raise SystemExit("lab: the lab is down (no bridge ocl-br0)")\n')
     done = collect(f"--inventory={inventory}")
     assert done.returncode != 0
-    assert f"--inventory {inventory}: lab: the lab is down (no bridge ocl-br0)" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        f"ERROR: --inventory {inventory}: lab: the lab is down (no bridge ocl-br0)"
+    )
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 def test_lab_verify_takes_the_lab_inventory():
