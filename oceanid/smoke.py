@@ -576,6 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{prog}: {line}", file=sys.stderr)
         print(f"{prog}: {len(exc.problems)} problem(s) in {args.inventory}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # an inventory that refuses to load (the lab while it is down)
+        print(f"{prog}: {args.inventory}: {exc}", file=sys.stderr)
+        return 2
     if args.status_only and not _settings(site).manage_dns:
         print(
             f"{prog}: manage_dns is off, so no Cloudflare API access is configured",

@@ -380,3 +380,11 @@ def test_public_names_without_cloudflares_edge_are_skipped(tmp_path, lab_secrets
     assert lines(done.stdout, "FAIL gpu.boathou.se Triton — ")
     assert "PASS label" not in done.stdout
     assert done.returncode == 1
+
+
+def test_an_inventory_that_refuses_to_load_exits_2_with_its_line(tmp_path):
+    site = site_dir(tmp_path)
+    (site / "inventory.py").write_text('raise SystemExit("lab: the lab is down (no bridge)")\n')
+    done = run_smoke(site, {})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "smoke: inventory.py: lab: the lab is down (no bridge)\n"
