@@ -453,3 +453,57 @@ def test_instances_name_what_is_switched_off(data, lab_secrets, tmp_path):
         "oceanid-node-tunnel": False,
     }
     assert ml_backend.APP == "ml-backend-connector"
+
+
+def materialise(pod: dict, found: dict, root) -> dict[str, str]:
+    """Write a pod's ConfigMap and Secret volumes under `root` as the kubelet would mount
+    them; mount path -> the folder standing in for it."""
+    mounts = {}
+    (container,) = pod["containers"]
+    for volume in pod["volumes"]:
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        folder = root / volume["name"]
+        folder.mkdir()
+        if "configMap" in volume:
+            items = find(found, "ConfigMap", volume["configMap"]["name"])["data"]
+        else:
+            data = find(found, "Secret", volume["secret"]["secretName"])["stringData"]
+            items = {i["path"]: data[i["key"]] for i in volume["secret"]["items"]}
+        for name, text in items.items():
+            (folder / name).write_text(text)
+        mounts[mount["mountPath"]] = str(folder)
+    return mounts
+
+
+@pytest.mark.parametrize("shape", ["token", "credentials"])
+@pytest.mark.parametrize(
+    ("kind", "name"), [("Deployment", "cloudflared"), ("DaemonSet", "cloudflared-node-calypso")]
+)
+def test_the_rendered_connector_runs_under_the_cloudflared_stand_in(
+    data, lab_secrets, tmp_path, shape, kind, name
+):
+    """The image's entrypoint (`cloudflared --no-autoupdate`) plus the pod's args, with its
+    volumes written out: the stand-in applies cloudflared's flag and config rules."""
+    from tests.gpu.triton_smoke import free_ports
+    from tests.standins.test_standins import CLOUDFLARED, started
+
+    data["cluster_apps"]["node_tunnel_mode"] = "daemonset"
+    files = files_of(data, with_credential_shapes(lab_secrets, shape, shape), tmp_path)
+    workload = find(files, kind, name)
+    pod = workload["spec"]["template"]["spec"]
+    mounts = materialise(pod, files, tmp_path)
+    config_file = tmp_path / "config" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    (port,) = free_ports(1)
+    config["metrics"] = f"127.0.0.1:{port}"  # the pod's own network namespace, here shared
+    text = yaml.safe_dump(config)
+    args = pod["containers"][0]["args"]
+    for mount_path, folder in mounts.items():
+        text = text.replace(mount_path, folder)
+        args = [arg.replace(mount_path, folder) for arg in args]
+    config_file.write_text(text)
+    tunnel = config["tunnel"]
+    with started(CLOUDFLARED, "--no-autoupdate", *args, env={"HOME": str(tmp_path)}) as cfd:
+        cfd.wait_for(f"Starting tunnel tunnelID={tunnel}")
+        cfd.wait_for(r"Registered tunnel connection connIndex=0")
+        assert cfd.terminate() == 0
