@@ -159,8 +159,8 @@ LS_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{6,40}$")
 def cluster_apps_problems(
     plans: Iterable[HostPlan], settings: Settings, secrets: secrets_mod.Secrets
 ) -> list[str]:
-    """What would make Label Studio start wrong: on SQLite, or with an admin it cannot
-    create. No value is echoed."""
+    """What would make a cluster app start wrong: Label Studio on SQLite or with an admin it
+    cannot create, a node tunnel DaemonSet with no node to run on. No value is echoed."""
     plans = list(plans)
     apps = settings.cluster_apps
     if not any(K3S_SERVERS in p.roles for p in plans):
@@ -187,6 +187,14 @@ def cluster_apps_problems(
                 "labelStudioApiToken: must be a legacy API token of 6 to 40 letters, digits, "
                 "- or _ (Label Studio stores the admin's token in a 40-character column)"
             )
+    if apps.node_tunnel_mode == "daemonset":
+        for plan in plans:
+            if plan.gpu is not None and not {K3S_SERVERS, K3S_AGENTS} & plan.roles:
+                problems.append(
+                    f"cluster_apps.node_tunnel_mode: daemonset runs {plan.name}'s tunnel on its "
+                    f"k3s node, but {plan.name} is in neither k3s_agents nor k3s_servers; add it "
+                    "to k3s_agents or keep node_tunnel_mode host"
+                )
     return problems
 
 

@@ -29,12 +29,12 @@ def k8s_minor(data: dict) -> str:
     return ".".join(data["k3s"]["version"].lstrip("v").split(".")[:2])
 
 
-def site_for(data, values, tmp_path, names=("tethys", "styx", "calypso")):
+def site_for(data, values, tmp_path, names=("tethys", "styx", "calypso"), groups=GROUPS):
     data["secret_sources"] = ["file"]
     path = tmp_path / "secrets.yaml"
     path.write_text(yaml.safe_dump(values))
     path.chmod(0o600)
-    views = [HostView(n, frozenset(GROUPS[n]), data) for n in names]
+    views = [HostView(n, frozenset(groups[n]), data) for n in names]
     site = check(views, environ={"SECRETS_FILE": str(path)})
     return site, from_data(data)
 
@@ -507,3 +507,17 @@ def test_the_rendered_connector_runs_under_the_cloudflared_stand_in(
         cfd.wait_for(f"Starting tunnel tunnelID={tunnel}")
         cfd.wait_for(r"Registered tunnel connection connIndex=0")
         assert cfd.terminate() == 0
+
+
+def test_a_daemonset_tunnel_needs_its_gpu_host_in_the_cluster(data, lab_secrets, tmp_path):
+    data["cluster_apps"]["node_tunnel_mode"] = "daemonset"
+    groups = GROUPS | {"calypso": {"gpu_hosts"}}
+    with pytest.raises(PreflightError) as err:
+        site_for(data, lab_secrets, tmp_path, groups=groups)
+    assert err.value.problems == [
+        "cluster_apps.node_tunnel_mode: daemonset runs calypso's tunnel on its k3s node, "
+        "but calypso is in neither k3s_agents nor k3s_servers; add it to k3s_agents or "
+        "keep node_tunnel_mode host"
+    ]
+    data["cluster_apps"]["node_tunnel_mode"] = "host"
+    site_for(data, lab_secrets, tmp_path, groups=groups)
