@@ -22,6 +22,7 @@ VERSION_RE = re.compile(r"^k3s version (v\S+)")
 
 # Printed instead of the JSON when kubectl gets no answer from the API (server stopped, starting).
 API_UNAVAILABLE_MARKER = "##k3s-api-unavailable"
+OUR_ANNOTATIONS = "oceanid.cluster/"
 
 
 class K3sTaint(TypedDict):
@@ -77,7 +78,11 @@ def _node(raw: dict[str, Any]) -> K3sNode:
         name=metadata["name"],
         ready=ready,
         labels=dict(metadata.get("labels", {})),
-        annotations=dict(metadata.get("annotations", {})),
+        annotations={  # only the deploy's own (what it set): k3s's are long and many
+            key: value
+            for key, value in metadata.get("annotations", {}).items()
+            if key.startswith(OUR_ANNOTATIONS)
+        },
         taints=[_taint(taint) for taint in spec.get("taints", [])],
         kubelet_version=status.get("nodeInfo", {}).get("kubeletVersion"),
     )
@@ -98,6 +103,7 @@ class K3sNodes(FactBase[list[K3sNode] | None]):
                 "name": "calypso",
                 "ready": True,
                 "labels": {"oceanid.cluster/tunnel-enabled": "true", ...},
+                "annotations": {"oceanid.cluster/managed-labels": "...", ...},  # ours only
                 "taints": [
                     {"key": "workload-type", "value": "gpu-compute", "effect": "NoSchedule"},
                 ],

@@ -97,17 +97,21 @@ def kernel(manifest: Manifest, modules_file: str, sysctl_file: str, modules: Seq
 
 
 @operation()
-def wait_for_server(endpoint: str, wait: int = JOIN_WAIT):
+def wait_for_server(endpoint: str, needed: bool = True, wait: int = JOIN_WAIT):
     """
     Wait until the cluster's API answers at `endpoint` before this node starts joining.
 
     + endpoint: ``https://HOST:PORT``, the control-plane endpoint
+    + needed: whether this node (re)starts k3s in this run; a node that does not, waits not
     + wait: at most this many seconds
 
     k3s's ``/ping`` answers ``pong`` without credentials (its certificate is the cluster's own
     CA's, hence ``-k``: nothing secret is sent).
     """
     url = f"{endpoint.rstrip('/')}/ping"
+    if not needed:
+        host.noop(f"k3s does not (re)start here: no wait for {url}")
+        return
     loop = f"until curl -ksf --max-time 5 {shlex.quote(url)} >/dev/null; do sleep 2; done"
     yield StringCommand(
         "timeout",
@@ -300,13 +304,17 @@ def node_labels(wanted: Mapping[str, dict], wait: int = NODES_WAIT):
     """
     Reconcile the nodes' labels and taints from data, through the API (one ``get nodes``).
 
-    + wanted: node name -> ``{"labels": {key: value}, "taints": ["key[=value]:Effect"]}``
+    + wanted: node name -> ``{"labels": {key: value}, "taints": ["key[=value]:Effect"]}``;
+      empty on every node but the first server (all queue it, so it runs after all joined)
     + wait: how long a fresh cluster's nodes may take to register (execution only)
 
     k3s applies config.yaml's labels and taints only when a node first registers, and the
     kubelet refuses ``node-role.kubernetes.io/*`` there: both are set here. A node that has not
     registered while planning (a fresh cluster) is reconciled at execution, once it has.
     """
+    if not wanted:
+        host.noop("node labels and taints are reconciled on the first k3s server")
+        return
     nodes = host.get_fact(K3sNodes)
     missing = _missing(nodes, wanted)
     if missing:

@@ -18,6 +18,14 @@ from operations import k3s as k3s_ops
 
 
 def deploy(plan: HostPlan, site: Site) -> None:
+    """
+    Every k3s node's part, in an order pyinfra keeps across hosts.
+
+    pyinfra runs each host's operations in order but interleaves different hosts' by depth,
+    so "servers, then agents" is made a dependency: two operations that every k3s node queues
+    from the same line (the wait for the API, the labels) are one step for all of them, after
+    everything before it on every node and before everything after it.
+    """
     if not {K3S_SERVERS, K3S_AGENTS} & plan.roles:
         return
     if not plan.settings.enable_node_provisioning:
@@ -25,7 +33,16 @@ def deploy(plan: HostPlan, site: Site) -> None:
         return
     if K3S_SERVERS in plan.roles:
         server.deploy(plan, site)
-    if K3S_AGENTS in plan.roles:
-        agent.deploy(plan, site)
-    if plan.name == cluster.servers(site)[0].name:
-        k3s_ops.node_labels(name="k3s node labels and taints", wanted=cluster.wanted_labels(site))
+    joining = agent.prepare(plan, site) if K3S_AGENTS in plan.roles else None
+    k3s_ops.wait_for_server(
+        name="k3s API answers before agents join",
+        endpoint=cluster.endpoint(site, plan),
+        needed=joining is not None and agent.will_start(joining),
+    )
+    if joining is not None:
+        agent.start(plan, site, joining)
+    first = plan.name == cluster.servers(site)[0].name
+    k3s_ops.node_labels(
+        name="k3s node labels and taints",
+        wanted=cluster.wanted_labels(site) if first else {},
+    )

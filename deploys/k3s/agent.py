@@ -9,13 +9,22 @@ RuntimeClass. A GPU host without that requirement (the lab) skips both, saying s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyinfra import host
 
-from deploys.k3s import cluster, node, units
+from deploys.k3s import node, units
 from oceanid.preflight import HostPlan, Site
-from operations import k3s as k3s_ops
 from operations import services
 from operations.managed import Manifest
+
+
+@dataclass
+class Joining:
+    """An agent's Manifest and what restarts it, between its files and its start."""
+
+    manifest: Manifest
+    inputs: list[str]
 
 
 def manifest(plan: HostPlan, site: Site) -> tuple[Manifest, list[str]]:
@@ -23,18 +32,23 @@ def manifest(plan: HostPlan, site: Site) -> tuple[Manifest, list[str]]:
     return role, node.add_to(role, plan, site, "agent")
 
 
-def deploy(plan: HostPlan, site: Site) -> Manifest:
+def prepare(plan: HostPlan, site: Site) -> Joining:
+    """The agent's files and kernel settings: nothing here needs the server."""
     role, inputs = manifest(plan, site)
     if plan.gpu is not None and not plan.gpu.require_gpu:
         host.log("k3s: no GPU required here (require_gpu: false): NVIDIA runtime skipped")
     node.install(role, [f.path for f in role.files])
-    node.join_token(plan, site)
+    return Joining(role, inputs)
+
+
+def will_start(joining: Joining) -> bool:
+    """Whether k3s-agent (re)starts in this run, so it must find the server answering."""
     unit = units.UNIT_NAMES["agent"]
-    todo = services.actions(role, unit, node.unit_file("agent"), inputs)
-    if {"start", "restart"} & set(todo):
-        k3s_ops.wait_for_server(
-            name="k3s API answers before this node joins",
-            endpoint=cluster.endpoint(site, plan),
-        )
-    node.start(role, "agent", inputs, None)
-    return role
+    todo = services.actions(joining.manifest, unit, node.unit_file("agent"), joining.inputs)
+    return bool({"start", "restart"} & set(todo))
+
+
+def start(plan: HostPlan, site: Site, joining: Joining) -> None:
+    """Once the server answers: the token (when k3s generated it), the binary, the unit."""
+    node.join_token(plan, site)
+    node.start(joining.manifest, "agent", joining.inputs, None)

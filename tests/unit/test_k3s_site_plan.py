@@ -1,0 +1,179 @@
+"""The k3s part of the site as pyinfra plans it: which operations run where, in which order,
+and that a converged cluster plans no change.
+
+pyinfra's CLI orders operations by the call stack's line numbers and then interleaves hosts by
+depth; these tests queue the roles in a pyinfra State in CLI mode, as `pyinfra inventory.py
+deploys/site.py` does, with the facts answered from values (fresh hosts, or converged ones built
+from the roles' own manifests) and no host contacted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyinfra
+import pytest
+import yaml
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.state import StateStage
+from pyinfra.context import ctx_host, ctx_state
+
+from deploys import k3s
+from deploys.k3s import agent, server
+from facts.k3s import K3sInstall, K3sNodes
+from facts.managed import ManagedState, PathState
+from oceanid.preflight import HostView, check
+from operations import managed
+from operations.k3s import MANAGED_LABELS, MANAGED_TAINTS
+
+INVENTORY = {"tethys": {"k3s_servers"}, "styx": {"k3s_agents"}, "calypso": {"k3s_agents"}}
+
+
+@pytest.fixture(autouse=True)
+def _cli_mode(monkeypatch):
+    monkeypatch.setattr(pyinfra, "is_cli", True)
+    managed._STATE_CACHE.clear()
+    yield
+    managed._STATE_CACHE.clear()
+
+
+@pytest.fixture
+def site(data, lab_secrets, tmp_path):
+    def make(provisioning: bool = True):
+        data.update(secret_sources=["file"], manage_dns=False)
+        data.update(enable_node_provisioning=provisioning, enable_control_plane_lb=provisioning)
+        path = tmp_path / "secrets.yaml"
+        path.write_text(yaml.safe_dump(lab_secrets))
+        path.chmod(0o600)
+        views = [HostView(n, frozenset(g), data) for n, g in INVENTORY.items()]
+        return check(views, environ={"SECRETS_FILE": str(path)})
+
+    return make
+
+
+def _fresh(host_name: str, site) -> dict:
+    return {
+        ManagedState: {**managed._EMPTY_STATE, "arch": "amd64"},
+        K3sInstall: {"version": None, "units": {}, "token_sha256": None, "token_file": False},
+        K3sNodes: None,
+    }
+
+
+def _converged(host_name: str, site) -> dict:
+    """The facts of a node on which the roles already ran."""
+    plan = site.hosts[host_name]
+    role = (
+        server.manifest(plan, site)[0]
+        if "k3s_servers" in plan.roles
+        else agent.manifest(plan, site)[0]
+    )
+    paths: dict = {d.path: PathState("directory", "0755", "root", "root") for d in role.directories}
+    for f in role.files:
+        paths[f.path] = PathState("file", f.mode.zfill(4), f.user, f.group, f.sha256)
+    for b in role.binaries:
+        paths[b.path] = PathState("file", "0755", "root", "root", b.sha256["amd64"])
+    record = (json.dumps(role.declared(), indent=1, sort_keys=True) + "\n").encode()
+    nodes = []
+    for name, want in k3s.cluster.wanted_labels(site).items():
+        taints = []
+        for text in want["taints"]:
+            key_value, _, effect = text.rpartition(":")
+            key, _, value = key_value.partition("=")
+            taints.append({"key": key, "value": value or None, "effect": effect})
+        nodes.append(
+            {
+                "name": name,
+                "ready": True,
+                "labels": {"kubernetes.io/hostname": name, **want["labels"]},
+                "annotations": {
+                    MANAGED_LABELS: ",".join(sorted(want["labels"])),
+                    MANAGED_TAINTS: ",".join(sorted(f"{t['key']}:{t['effect']}" for t in taints)),
+                },
+                "taints": taints,
+                "kubelet_version": "v1.33.4+k3s1",
+            }
+        )
+    secret = site.secrets.get("k3s_token").split("::server:")[1]
+    return {
+        ManagedState: {
+            **managed._EMPTY_STATE,
+            "arch": "amd64",
+            "paths": paths,
+            "packages": {name: "1" for name in role.packages},
+            "record": record,
+            "units": {u: {"enabled": "enabled", "active": "active"} for u in role.units},
+        },
+        K3sInstall: {
+            "version": "v1.33.4+k3s1",
+            "units": {},
+            "token_sha256": hashlib.sha256(secret.encode()).hexdigest(),
+            "token_file": True,
+        },
+        K3sNodes: nodes,
+    }
+
+
+def _plan(site, facts_for) -> tuple[State, list[tuple[str, list[str], dict[str, list]]]]:
+    """Queue k3s.deploy for every host; return [(op name, hosts, host -> commands)] in order."""
+    inventory = Inventory(
+        (list(INVENTORY), {}),
+        k3s_servers=(["tethys"], {}),
+        k3s_agents=(["styx", "calypso"], {}),
+    )
+    state = State(inventory, Config())
+    state.current_deploy_filename = __file__
+    state.current_op_file_number = 0
+    state.set_stage(StateStage.Prepare)
+    for host in inventory:
+        facts = facts_for(host.name, site)
+        host.get_fact = lambda cls, *a, _facts=facts, **k: _facts[cls]  # type: ignore[method-assign]
+        state.activate_host(host)
+        with ctx_state.use(state), ctx_host.use(host):
+            k3s.deploy(site.hosts[host.name], site)  # the line deploys/site.py runs
+    order = []
+    for op_hash in state.get_op_order():
+        names = sorted(state.get_op_meta(op_hash).names)
+        commands = {}
+        for host in inventory:
+            if op_hash in state.ops[host]:
+                with ctx_state.use(state), ctx_host.use(host):
+                    host.current_op_hash = op_hash
+                    commands[host.name] = list(state.ops[host][op_hash].command_generator())
+        order.append((names[0], list(commands), commands))
+    return state, order
+
+
+def test_servers_then_the_wait_then_agents_then_labels(site) -> None:
+    _, order = _plan(site(), _fresh)
+    names = [name for name, _, _ in order]
+    wait = names.index("k3s API answers before agents join")
+    labels = names.index("k3s node labels and taints")
+    server_start, agent_start = names.index("k3s"), names.index("k3s-agent")
+    assert server_start < wait < agent_start < labels == len(names) - 1
+    assert order[wait][1] == order[labels][1] == ["tethys", "styx", "calypso"]  # one step
+    assert order[names.index("k3s cluster token unchanged")][1] == ["tethys"]
+    started = order[server_start][2]["tethys"]
+    assert len(started) == 3  # daemon-reload, enable, start
+    waited = order[wait][2]
+    assert waited["tethys"] == []  # the server's own health check covers it
+    assert "https://tethys:7443/ping" in str(waited["styx"][0])
+
+
+def test_a_converged_cluster_plans_no_change(site) -> None:
+    _, order = _plan(site(), _converged)
+    changes = {
+        (name, host): commands
+        for name, _, by_host in order
+        for host, commands in by_host.items()
+        if commands
+    }
+    assert changes == {}
+
+
+def test_provisioning_off_changes_nothing_and_reports_each_node(site) -> None:
+    _, order = _plan(site(provisioning=False), _fresh)
+    assert [(name, hosts) for name, hosts, _ in order] == [
+        ("k3s on this node (provisioning off)", ["tethys", "styx", "calypso"])
+    ]
+    assert all(commands == [] for commands in order[0][2].values())
