@@ -120,6 +120,22 @@ def k3s_problems(plans: Iterable[HostPlan], settings: Settings) -> list[str]:
         for p in plans
         if {K3S_SERVERS, K3S_AGENTS} <= p.roles
     ]
+    for p in plans:
+        service = p.gpu.service if p.gpu and p.gpu.require_gpu else None
+        if (
+            K3S_AGENTS in p.roles
+            and service
+            and (service.kind, service.runtime)
+            == (
+                "triton",
+                "host",
+            )
+        ):
+            problems.append(
+                f"hosts.{p.name}.gpu.service.runtime: a k3s agent that requires its GPU "
+                "needs the NVIDIA container toolkit, which only runtime container installs "
+                "(k3s gives its containerd the nvidia runtime when it finds it)"
+            )
     if any(K3S_AGENTS in p.roles for p in plans) and not any(K3S_SERVERS in p.roles for p in plans):
         problems.append(
             "k3s_agents: agents need a server to join, and k3s_servers is empty in this inventory"

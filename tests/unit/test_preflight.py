@@ -98,6 +98,22 @@ def test_k3s_roles_that_cannot_be_provisioned_are_refused(data, secrets_file, la
     check(views(data, ["styx"]), environ=secrets_file(lab_secrets))
 
 
+def test_a_gpu_agent_gets_the_nvidia_runtime_only_with_the_container_toolkit(
+    data, secrets_file, lab_secrets
+):
+    data.update(secret_sources=["file"], manage_dns=False, enable_node_provisioning=True)
+    data["hosts"]["calypso"]["gpu"]["service"]["runtime"] = "host"
+    with pytest.raises(PreflightError) as err:
+        check(views(data), environ=secrets_file(lab_secrets))
+    assert err.value.problems == [
+        "hosts.calypso.gpu.service.runtime: a k3s agent that requires its GPU needs the NVIDIA "
+        "container toolkit, which only runtime container installs (k3s gives its containerd "
+        "the nvidia runtime when it finds it)"
+    ]
+    data["hosts"]["calypso"]["gpu"]["require_gpu"] = False  # the lab: skipped, with a note
+    check(views(data), environ=secrets_file(lab_secrets))
+
+
 def test_credential_for_another_tunnel_is_refused(data, secrets_file, lab_secrets):
     data["secret_sources"] = ["file"]
     lab_secrets["cloudflareNodeTunnelToken"] = lab_secrets["cloudflareTunnelToken"]
