@@ -31,22 +31,28 @@ JOIN_WAIT = 300  # seconds an agent waits for the server's API before it starts
 NODES_WAIT = 300  # seconds the server waits for the nodes to register (a fresh cluster)
 
 
+def token_sha256(token: str) -> str:
+    """The SHA-256 of a token's secret: what `cluster_token` compares (never the token)."""
+    return hashlib.sha256(token_secret(token).encode()).hexdigest()
+
+
 @operation()
-def cluster_token(token: str | None):
+def cluster_token(expected_sha256: str | None):
     """
     Refuse to go on when this server's cluster has a token other than ours.
 
-    + token: ESC ``k3s_token`` (the full ``K10…::server:…`` form or just its secret), or None
+    + expected_sha256: `token_sha256` of ESC ``k3s_token``, or None when ESC has none
 
     k3s keeps its token in ``/var/lib/rancher/k3s/server/token``; a config naming another would
-    be refused by k3s at its next start, or worse, split the cluster. Compared by the SHA-256 of
-    the secret (`K3sInstall`): the token never leaves the host.
+    be refused by k3s at its next start, or worse, split the cluster. Both sides are compared
+    by the SHA-256 of the secret (`K3sInstall`): no token is read off the host, nor passed to
+    this operation, whose arguments pyinfra may print.
     """
-    found = None if token is None else host.get_fact(K3sInstall)["token_sha256"]
-    if token is None or found is None:
+    found = None if expected_sha256 is None else host.get_fact(K3sInstall)["token_sha256"]
+    if expected_sha256 is None or found is None:
         host.noop("no cluster token to compare (a new cluster, or none set in ESC)")
         return
-    if hashlib.sha256(token_secret(token).encode()).hexdigest() != found:
+    if expected_sha256 != found:
         yield from refuse(
             f"{host.name}: this k3s cluster's token ({SERVER_TOKEN}) is not ESC k3s_token; "
             "the deploy never replaces a cluster's token. To rotate it, run `k3s token rotate "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import yaml
 
-from deploys.k3s import cluster, endpoint, node
+from deploys.k3s import cluster, config, endpoint, node
 from oceanid.preflight import HostPlan, Site
 from operations import k3s as k3s_ops
 from operations import managed, services
@@ -43,14 +43,18 @@ def manifest(plan: HostPlan, site: Site) -> tuple[Manifest, list[str], list[str]
         endpoint.add_to(role, plan, servers)
     before_start = [f.path for f in role.files]
     if cluster.gpu_agents(site) and plan.name == cluster.servers(site)[0].name:
-        text = node.config.HEADER + yaml.safe_dump(runtime_class(), sort_keys=False)
+        text = config.HEADER + yaml.safe_dump(runtime_class(), sort_keys=False)
         role.files.append(ManagedFile(RUNTIME_CLASS_FILE, text.encode(), mode="0600"))
     return role, inputs, before_start
 
 
 def deploy(plan: HostPlan, site: Site) -> Manifest:
     role, inputs, before_start = manifest(plan, site)
-    k3s_ops.cluster_token(name="k3s cluster token unchanged", token=cluster.token(site))
+    token = cluster.token(site)
+    k3s_ops.cluster_token(
+        name="k3s cluster token unchanged",
+        expected_sha256=None if token is None else k3s_ops.token_sha256(token),
+    )
     node.install(role, before_start)
     node.join_token(plan, site)
     if plan.settings.enable_control_plane_lb:

@@ -65,7 +65,8 @@ def _fake_tools(tmp_path: Path, **scripts: str) -> dict[str, str]:
 
 def test_a_cluster_with_another_token_stops_the_run_saying_how_to_rotate(caplog) -> None:
     other = _install(token_sha256=hashlib.sha256(b"someone-elses").hexdigest())
-    run = run_op(k3s_ops.cluster_token, ESC_TOKEN, facts={K3sInstall: other}, name="tethys")
+    expected = k3s_ops.token_sha256(ESC_TOKEN)
+    run = run_op(k3s_ops.cluster_token, expected, facts={K3sInstall: other}, name="tethys")
     message = assert_refused(run, caplog, "is not ESC k3s_token")
     assert "k3s token rotate" in message and "store <new> as k3s_token in ESC" in message
     assert SECRET not in caplog.text
@@ -73,14 +74,15 @@ def test_a_cluster_with_another_token_stops_the_run_saying_how_to_rotate(caplog)
 
 @pytest.mark.parametrize("esc", [ESC_TOKEN, SECRET, f"{SECRET}\n"])
 def test_the_same_token_in_either_form_goes_on(esc: str) -> None:
-    run = run_op(k3s_ops.cluster_token, esc, facts={K3sInstall: _install()}, name="tethys")
+    expected = k3s_ops.token_sha256(esc)
+    run = run_op(k3s_ops.cluster_token, expected, facts={K3sInstall: _install()}, name="tethys")
     assert run.commands == [] and run.noop == "the cluster's token is ESC k3s_token"
 
 
-@pytest.mark.parametrize("esc,found", [(None, "x" * 64), (ESC_TOKEN, None)])
-def test_nothing_to_compare_without_a_cluster_or_a_token(esc, found) -> None:
+@pytest.mark.parametrize("expected,found", [(None, "x" * 64), ("y" * 64, None)])
+def test_nothing_to_compare_without_a_cluster_or_a_token(expected, found) -> None:
     facts = {K3sInstall: _install(token_sha256=found)}
-    run = run_op(k3s_ops.cluster_token, esc, facts=facts, name="tethys")
+    run = run_op(k3s_ops.cluster_token, expected, facts=facts, name="tethys")
     assert run.commands == [] and run.noop.startswith("no cluster token to compare")
 
 

@@ -15,7 +15,7 @@ import json
 import pyinfra
 import pytest
 import yaml
-from pyinfra.api import Config, Inventory, State
+from pyinfra.api import Config, FileUploadCommand, Inventory, State, StringCommand
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
 
@@ -177,3 +177,27 @@ def test_provisioning_off_changes_nothing_and_reports_each_node(site) -> None:
         ("k3s on this node (provisioning off)", ["tethys", "styx", "calypso"])
     ]
     assert all(commands == [] for commands in order[0][2].values())
+
+
+def test_the_token_is_in_no_operation_argument_or_command(site, lab_secrets) -> None:
+    secret = lab_secrets["k3s_token"].split("::server:")[1]
+    planned = site()
+    state, order = _plan(planned, _fresh)
+    for op_hash in state.get_op_order():
+        meta = state.get_op_meta(op_hash)
+        assert all(secret not in arg for arg in meta.args)
+        assert secret not in repr(meta.global_arguments)
+    for _, _, by_host in order:
+        for commands in by_host.values():
+            for command in commands:
+                if isinstance(command, StringCommand):
+                    assert secret not in command.get_raw_value()
+    # the token file is an upload into the private staging folder, its content never shown
+    uploads = [
+        c
+        for _, _, by_host in order
+        for commands in by_host.values()
+        for c in commands
+        if isinstance(c, FileUploadCommand) and secret in c.src.getvalue().decode()
+    ]
+    assert len(uploads) == 3  # tethys, styx, calypso: /etc/rancher/k3s/token
