@@ -50,5 +50,5 @@ def will_start(joining: Joining) -> bool:
 
 def start(plan: HostPlan, site: Site, joining: Joining) -> None:
     """Once the server answers: the token (when k3s generated it), the binary, the unit."""
-    node.join_token(plan, site)
+    node.join_token(joining.manifest, plan, site)
     node.start(joining.manifest, "agent", joining.inputs, None)

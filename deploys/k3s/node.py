@@ -86,16 +86,18 @@ def install(manifest: Manifest, paths: list[str]) -> None:
     )
 
 
-def join_token(plan: HostPlan, site: Site) -> None:
-    """Without ESC k3s_token, a node other than the first server gets the generated token."""
+def join_token(manifest: Manifest, plan: HostPlan, site: Site) -> None:
+    """Without ESC k3s_token, a node other than the first server gets the generated token
+    (again, when this run's sweep removes the one an earlier run wrote from ESC's)."""
     first = cluster.servers(site)[0]
     if cluster.token(site) is not None or plan.name == first.name:
         return
+    present = host.get_fact(K3sInstall)["token_file"]
     k3s_ops.join_token(
         name="k3s join token (the first server's)",
         path=config.TOKEN_FILE,
         server=first.name,
-        present=host.get_fact(K3sInstall)["token_file"],
+        present=present and config.TOKEN_FILE not in manifest.unwanted(),
     )
 
 

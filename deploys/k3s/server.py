@@ -56,7 +56,7 @@ def deploy(plan: HostPlan, site: Site) -> Manifest:
         expected_sha256=None if token is None else k3s_ops.token_sha256(token),
     )
     node.install(role, before_start)
-    node.join_token(plan, site)
+    node.join_token(role, plan, site)
     if plan.settings.enable_control_plane_lb:
         services.unit(
             name="HAProxy (k3s API endpoint)",

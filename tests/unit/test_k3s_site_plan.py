@@ -15,12 +15,19 @@ import json
 import pyinfra
 import pytest
 import yaml
-from pyinfra.api import Config, FileUploadCommand, Inventory, State, StringCommand
+from pyinfra.api import (
+    Config,
+    FileUploadCommand,
+    FunctionCommand,
+    Inventory,
+    State,
+    StringCommand,
+)
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
 
 from deploys import k3s
-from deploys.k3s import agent, server
+from deploys.k3s import agent, config, server
 from facts.k3s import K3sInstall, K3sNodes
 from facts.managed import ManagedState, PathState
 from oceanid.preflight import HostView, check
@@ -40,11 +47,14 @@ def _cli_mode(monkeypatch):
 
 @pytest.fixture
 def site(data, lab_secrets, tmp_path):
-    def make(provisioning: bool = True):
+    def make(provisioning: bool = True, token: bool = True):
         data.update(secret_sources=["file"], manage_dns=False)
         data.update(enable_node_provisioning=provisioning, enable_control_plane_lb=provisioning)
         path = tmp_path / "secrets.yaml"
-        path.write_text(yaml.safe_dump(lab_secrets))
+        secrets = (
+            lab_secrets if token else {k: v for k, v in lab_secrets.items() if k != "k3s_token"}
+        )
+        path.write_text(yaml.safe_dump(secrets))
         path.chmod(0o600)
         views = [HostView(n, frozenset(g), data) for n, g in INVENTORY.items()]
         return check(views, environ={"SECRETS_FILE": str(path)})
@@ -94,7 +104,8 @@ def _converged(host_name: str, site) -> dict:
                 "kubelet_version": "v1.33.4+k3s1",
             }
         )
-    secret = site.secrets.get("k3s_token").split("::server:")[1]
+    token = site.secrets.get("k3s_token")
+    secret = token.split("::server:")[1] if token else ""
     return {
         ManagedState: {
             **managed._EMPTY_STATE,
@@ -107,7 +118,7 @@ def _converged(host_name: str, site) -> dict:
         K3sInstall: {
             "version": "v1.33.4+k3s1",
             "units": {},
-            "token_sha256": hashlib.sha256(secret.encode()).hexdigest(),
+            "token_sha256": hashlib.sha256(secret.encode()).hexdigest() if token else None,
             "token_file": True,
         },
         K3sNodes: nodes,
@@ -121,6 +132,7 @@ def _plan(site, facts_for) -> tuple[State, list[tuple[str, list[str], dict[str, 
         k3s_servers=(["tethys"], {}),
         k3s_agents=(["styx", "calypso"], {}),
     )
+    managed._STATE_CACHE.clear()  # each plan is a pyinfra run of its own
     state = State(inventory, Config())
     state.current_deploy_filename = __file__
     state.current_op_file_number = 0
@@ -201,3 +213,24 @@ def test_the_token_is_in_no_operation_argument_or_command(site, lab_secrets) -> 
         if isinstance(c, FileUploadCommand) and secret in c.src.getvalue().decode()
     ]
     assert len(uploads) == 3  # tethys, styx, calypso: /etc/rancher/k3s/token
+
+
+def test_without_k3s_token_agents_get_the_generated_one_once(site) -> None:
+    planned = site(token=False)
+    _, order = _plan(planned, _fresh)
+    copies = [by_host for name, _, by_host in order if name.startswith("k3s join token")]
+    assert len(copies) == 1 and sorted(copies[0]) == ["calypso", "styx"]
+    assert all(isinstance(c[0], FunctionCommand) for c in copies[0].values())
+    names = [name for name, _, _ in order]
+    assert names.index("k3s") < names.index("k3s join token (the first server's)")
+
+    def converged_without_token(name, site):
+        facts = _converged(name, site)
+        facts[ManagedState]["record"] = json.dumps(  # an earlier run wrote ESC's token
+            {"files": [config.TOKEN_FILE], "directories": []}
+        ).encode()
+        return facts
+
+    _, order = _plan(planned, converged_without_token)
+    copies = [by_host for name, _, by_host in order if name.startswith("k3s join token")]
+    assert all(commands for commands in copies[0].values())  # swept, so copied again
