@@ -223,6 +223,9 @@ def test_health_and_the_login_redirect(server, venv, rendered):
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     assert version == label_studio_version(rendered)
+    log = server.log.read_text(errors="replace")
+    for outside in ("pypi.org", "sentry.io"):  # no version check, no error reports
+        assert outside not in log
 
 
 def test_tables_are_in_postgresql_and_no_sqlite_file(server, database, rendered):
