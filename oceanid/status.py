@@ -29,11 +29,21 @@ from typing import Any
 from oceanid import preflight
 from oceanid.settings import SettingsError, from_data, short_name
 
-MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
+# The cluster apps' files in k3s's auto-deploy folder (deploys/cluster_apps: `oceanid-<app>.yaml`
+# and `oceanid-<app>-secret.yaml`); k3s's own manifests there are not ours to report.
+MANIFEST_GLOB = "oceanid-*.yaml"
 GPU_UNITS = ("cloudflared-node.service", "tritonserver.service")
 K3S_UNITS = {preflight.K3S_SERVERS: "k3s.service", preflight.K3S_AGENTS: "k3s-agent.service"}
 
 Report = dict[str, dict[str, Any]]
+
+
+def manifest_dir() -> str:
+    """k3s's auto-deploy folder, as the cluster apps' deploy names it (imported late: the deploy
+    code loads ssl, which must wait for gevent's patch in main)."""
+    from deploys.cluster_apps import MANIFEST_DIR
+
+    return MANIFEST_DIR
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -112,7 +122,8 @@ def read_host(state: Any, host: Any) -> dict[str, Any]:
     if preflight.K3S_SERVERS in roles:
         found["k3s"]["nodes"] = read.fact(K3sNodes)
         manifests = []
-        for path in sorted(read.fact(FindFiles, path=MANIFESTS, maxdepth=1) or []):
+        found_files = read.fact(FindFiles, path=manifest_dir(), maxdepth=1, fname=MANIFEST_GLOB)
+        for path in sorted(found_files or []):
             stat = read.fact(File, path=path) or {}
             manifests.append({"path": path, "changed": stat.get("mtime"), "mode": stat.get("mode")})
         found["manifests"] = manifests
@@ -234,7 +245,7 @@ def _k3s_rows(found: dict[str, Any]) -> list[tuple[str, str]]:
 def _manifest_rows(found: dict[str, Any]) -> list[tuple[str, str]]:
     manifests = found["manifests"]
     if not manifests:
-        return [("manifests", f"none in {MANIFESTS}")]
+        return [("manifests", f"none in {manifest_dir()}")]
     rows = []
     for manifest in manifests:
         changed = manifest.get("changed")

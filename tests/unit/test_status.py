@@ -173,7 +173,7 @@ def test_manifests_render_with_their_last_change():
             "k3s": {"version": "v1.33.4+k3s1", "nodes": None},
             "manifests": [
                 {
-                    "path": f"{status.MANIFESTS}/label-studio.yaml",
+                    "path": f"{status.manifest_dir()}/oceanid-label-studio.yaml",
                     "changed": "2026-11-29T12:00:00+00:00",
                     "mode": 384,
                 }
@@ -186,7 +186,7 @@ def test_manifests_render_with_their_last_change():
         "roles k3s_servers",
         "k3s k3s.service running; v1.33.4+k3s1",
         "nodes the API does not answer",
-        "manifest label-studio.yaml changed 2026-11-29 12:00 UTC",
+        "manifest oceanid-label-studio.yaml changed 2026-11-29 12:00 UTC",
     ]
     assert status.exit_code(report) == 0
 
