@@ -9,7 +9,10 @@ from __future__ import annotations
 import yaml
 
 from deploys.k3s.config import CONFIG, TOKEN_FILE
+from deploys.k3s.node import unit_file
 from deploys.k3s.units import BINARY, MODULES_FILE, SYSCTL_FILE, UNIT_NAMES
+
+GENERATED_TOKEN = "/var/lib/rancher/k3s/server/token"  # what k3s writes when given none
 
 
 def check_node(host, role: str) -> None:
@@ -23,15 +26,18 @@ def check_node(host, role: str) -> None:
     for path in (MODULES_FILE, SYSCTL_FILE):
         assert host.file(path).is_file, f"{path} is missing"
     with host.sudo():
-        token = host.file(TOKEN_FILE)
-        assert (token.user, token.group, token.mode) == ("root", "root", 0o600), TOKEN_FILE
         config = yaml.safe_load(host.file(CONFIG).content_string)
-        unit_text = host.file(f"/etc/systemd/system/{unit}").content_string
+        # Ours (token-file, 0600), or on a first server without a k3s_token k3s's own.
+        token_path = config.get("token-file") or (GENERATED_TOKEN if role == "server" else None)
+        assert token_path in (TOKEN_FILE, GENERATED_TOKEN), f"{CONFIG}: no token-file"
+        token = host.file(token_path)
+        assert (token.user, token.mode) == ("root", 0o600), f"{token_path} is not root's 0600"
+        unit_text = host.file(unit_file(role)).content_string
         secret = token.content_string.strip()
         processes = host.check_output("ps -eo args")
-    assert config["token-file"] == TOKEN_FILE and "token" not in config, CONFIG
+    assert "token" not in config, f"{CONFIG} holds the token itself"
     # Booleans first: pytest's assertion messages would print the values compared.
     long_enough, in_unit, in_args = len(secret) >= 16, secret in unit_text, secret in processes
-    assert long_enough, f"{TOKEN_FILE} holds no token"
+    assert long_enough, f"{token_path} holds no token"
     assert not in_unit, f"the cluster token is in {unit}"
     assert not in_args, "the cluster token is in a process's arguments"
