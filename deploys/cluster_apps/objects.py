@@ -70,9 +70,22 @@ def secret_env(name: str, secret_name: str, key: str | None = None) -> dict[str,
     }
 
 
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper writing multi-line strings (a config file, the job's script) as literal
+    blocks, so a file and its `--diff` read line by line as the embedded file does."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
+
+
 def dump(objects: list[dict[str, Any]]) -> bytes:
     """One YAML stream, objects in order (a Namespace before what lives in it)."""
-    return (HEADER + yaml.safe_dump_all(objects, sort_keys=False)).encode()
+    return (HEADER + yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False)).encode()
 
 
 def _secret_values(content: bytes | str | None) -> dict[str, str]:

@@ -383,6 +383,13 @@ def test_ml_backend_connector(data, lab_secrets, tmp_path):
     assert secret == {"LABEL_STUDIO_API_KEY": lab_secrets["labelStudioApiToken"]}
     script = find(files, "ConfigMap", "ml-backend-connector")["data"]["ensure_ml_backend.py"]
     assert script == (REPO / "deploys/cluster_apps/ensure_ml_backend.py").read_text()
+    # A literal block: the file, and so its --diff, shows the script line by line.
+    text = files[cluster_apps.path("ml-backend-connector")].content.decode()
+    assert (
+        "\n  ensure_ml_backend.py: |\n"
+        + "".join(f"    {line}\n" if line else "\n" for line in script.splitlines())
+        in text
+    )
     (mount,) = container["volumeMounts"]
     assert container["command"][-1] == f"{mount['mountPath']}/ensure_ml_backend.py"
     assert container["image"] == data["cluster_apps"]["label_studio"]["image"]  # carries the SDK
