@@ -287,7 +287,8 @@ class ClusterApps(Strict):
 
     label_studio: LabelStudioApp = LabelStudioApp()
     cluster_connector: bool = True
-    cluster_connector_replicas: int = Field(default=2, ge=1, le=10)
+    # at least 2: with one, the PodDisruptionBudget (minAvailable 1) would block every drain
+    cluster_connector_replicas: int = Field(default=2, ge=2, le=10)
     ml_backend: MlBackendConnector = MlBackendConnector()
     node_tunnel_mode: Literal["host", "daemonset"] = "host"
 

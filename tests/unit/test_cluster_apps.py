@@ -528,3 +528,19 @@ def test_a_daemonset_tunnel_needs_its_gpu_host_in_the_cluster(data, lab_secrets,
     ]
     data["cluster_apps"]["node_tunnel_mode"] = "host"
     site_for(data, lab_secrets, tmp_path, groups=groups)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("cluster_connector_replicas", 1, "greater than or equal to 2"),
+        ("node_tunnel_mode", "sidecar", "'host' or 'daemonset'"),
+    ],
+)
+def test_cluster_app_settings_are_checked(data, key, value, message):
+    data["cluster_apps"][key] = value
+    with pytest.raises(SettingsError) as err:
+        from_data(data)
+    (line,) = err.value.problems
+    assert line.startswith(f"cluster_apps.{key}: ")
+    assert message in line
