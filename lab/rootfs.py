@@ -37,6 +37,7 @@ PACKAGES = (
     "procps",
     "iputils-ping",
     "less",
+    "openssl",
 )
 CA_DIR = Path("/usr/local/share/ca-certificates")
 
