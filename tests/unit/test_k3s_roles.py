@@ -201,3 +201,22 @@ def test_a_label_kubernetes_refuses_is_refused_in_settings(data) -> None:
         from_data(data)
     assert "hosts.calypso.k3s.labels: node label key 'bad key!'" in str(error.value)
     assert "hosts.calypso.k3s.taints: node taint 'gpu:Sometimes'" in str(error.value)
+
+
+def test_every_nodes_config_is_one_the_k3s_standin_accepts_for_its_role(make_site, tmp_path):
+    """The stand-in refuses keys the role's k3s command does not have, as k3s does."""
+    from tests.unit.test_k3s_config import _standin
+
+    standin = _standin()
+    site = make_site({"tethys": {SERVERS}, "nereid": {SERVERS}, "styx": {AGENTS}})
+    for name, role, built in (
+        ("tethys", "server", server.manifest(site.hosts["tethys"], site)[0]),
+        ("nereid", "server", server.manifest(site.hosts["nereid"], site)[0]),
+        ("styx", "agent", agent.manifest(site.hosts["styx"], site)[0]),
+    ):
+        path = tmp_path / f"{name}.yaml"
+        path.write_bytes(built.file(config.CONFIG).content)
+        options = standin.Options(role, ["--config", str(path)])
+        standin.node_labels(options)
+        standin.node_taints(options)
+        assert options.get("node-name") == name
