@@ -368,6 +368,36 @@ def test_a_stopped_agent_turns_not_ready_after_the_grace_period(
         assert cluster.ready("tethys") == "True"
 
 
+def test_a_joining_server_registers_and_forwards_the_api(tmp_path: Path, kubectl_binary: Path):
+    with k3s_server(tmp_path / "first", kubectl_binary, "cluster-init: true\n") as first:
+        second = tmp_path / "second"
+        second.mkdir()
+        port = free_port()
+        config = server_config(second, port, f"server: {first.url}\n")
+        config.write_text(
+            config.read_text()
+            .replace("node-name: tethys", "node-name: tethys2")
+            .replace(f"token: {K3S_TOKEN}", f"token: {first.token}")
+        )
+        notify = Notifications(second / "notify")
+        try:
+            env = {"NOTIFY_SOCKET": str(notify.path)}
+            with started(K3S, "server", "--config", str(config), env=env) as joined:
+                notify.wait_ready()
+                nodes = first.nodes()
+                for name in ("tethys", "tethys2"):
+                    labels = nodes[name]["metadata"]["labels"]
+                    assert labels["node-role.kubernetes.io/control-plane"] == "true"
+                    assert labels["node-role.kubernetes.io/etcd"] == "true"
+                through_second = Cluster(second, port, joined, kubectl_binary)
+                assert set(through_second.nodes()) == {"tethys", "tethys2"}
+                assert (second / "data" / "server" / "token").read_text().strip() == first.token
+                assert joined.terminate() == 0
+                assert_no_secret(joined.stderr)
+        finally:
+            notify.close()
+
+
 # --- configuration ---------------------------------------------------------------------------
 
 
@@ -391,6 +421,12 @@ REFUSED = {
         "failed to parse --write-kubeconfig-mode '0o644'",
     ),
     "unknown key in a drop-in": ("server", None, "Unknown flag --no-such-key"),
+    "node-role label through the kubelet": (
+        "agent",
+        "node-label:\n  - node-role.kubernetes.io/worker=true\n",
+        "unknown 'kubernetes.io' or 'k8s.io' labels specified with --node-labels: "
+        "[node-role.kubernetes.io/worker]",
+    ),
 }
 
 
