@@ -1,10 +1,31 @@
-"""Fixtures shared by every test folder."""
+"""Fixtures shared by every test folder; and gevent's monkey-patching, done first.
+
+pyinfra's CLI module patches the standard library with gevent when it is imported. A test
+module importing it (the pyinfra-testing harness does) after `ssl` and urllib3 were
+imported leaves them half patched, and HTTPS clients then fail with RecursionError (the
+`kubernetes` client against the k3s stand-in, when both ran in one session). Patching
+here, before any test module is imported, runs every test in the same fully patched
+process that pyinfra runs in.
+
+The pyinfra-testing fact harness freezes the clock (freezegun) around each fact's parser.
+Starting a freeze walks every loaded module's attributes; the `kubernetes` client's models
+are lazy, so that walk imported them with freezegun's fake datetime in place, pydantic
+refused it, and the half-started freeze kept the clock at 2025-01-01 for the rest of the
+session. freezegun leaves the modules on its ignore list alone.
+"""
 
 from __future__ import annotations
 
-import pytest
+from gevent import monkey
 
-from lab import fake_secrets
+monkey.patch_all()
+
+import freezegun  # noqa: E402 - after the patching, on purpose
+import pytest  # noqa: E402
+
+freezegun.configure(extend_ignore_list=["kubernetes"])
+
+from lab import fake_secrets  # noqa: E402
 
 
 @pytest.fixture
