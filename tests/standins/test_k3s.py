@@ -184,14 +184,22 @@ def test_server_notifies_writes_token_and_serves_https(tmp_path: Path, kubectl_b
         assert f"server: https://127.0.0.1:{cluster.port}\n" in text
         assert base64.b64encode(ca).decode() in text
 
-        trusted = ssl.create_default_context(cadata=ca.decode())  # checks the SAN 127.0.0.1
-        assert https_get(f"{cluster.url}/readyz", trusted) == (200, "ok")
-        status, body = https_get(f"{cluster.url}/version", trusted)
+        anonymous = ssl.create_default_context(cadata=ca.decode())  # checks the SAN 127.0.0.1
+        assert https_get(f"{cluster.url}/ping", anonymous) == (200, "pong")
+        assert https_get(f"{cluster.url}/cacerts", anonymous) == (200, ca.decode())
+        for path in ("/readyz", "/version", "/api/v1/nodes"):  # k3s: --anonymous-auth=false
+            status, body = https_get(f"{cluster.url}{path}", anonymous)
+            assert status == 401 and json.loads(body)["reason"] == "Unauthorized"
+
+        admin = ssl.create_default_context(cadata=ca.decode())
+        tls = server_dir / "tls"
+        admin.load_cert_chain(tls / "client-admin.crt", tls / "client-admin.key")
+        assert https_get(f"{cluster.url}/readyz", admin) == (200, "ok")
+        assert https_get(f"https://localhost:{cluster.port}/livez", admin) == (200, "ok")
+        status, body = https_get(f"{cluster.url}/version", admin)
         assert status == 200 and json.loads(body)["gitVersion"] == "v1.33.4+k3s1"
-        status, body = https_get(f"{cluster.url}/api/v1/nodes", trusted)
-        assert status == 401 and json.loads(body)["reason"] == "Unauthorized"
-        localhost = ssl.create_default_context(cadata=ca.decode())
-        assert https_get(f"https://localhost:{cluster.port}/livez", localhost) == (200, "ok")
+        status, body = https_get(f"{cluster.url}/no/such/path", admin)
+        assert status == 404 and json.loads(body)["kind"] == "Status"
 
 
 def test_server_refuses_a_different_token_for_its_existing_data(
@@ -258,6 +266,25 @@ def test_real_kubectl_gets_labels_taints_and_annotates_nodes(
         assert node["spec"]["taints"] == [
             {"key": "dedicated", "value": "infra", "effect": "NoExecute"}
         ]
+
+        readyz = cluster.kubectl("get", "--raw", "/readyz")
+        assert (readyz.returncode, readyz.stdout) == (0, "ok")
+        explicit = run(
+            K3S,
+            "kubectl",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "get",
+            "nodes",
+            env={
+                "K3S_STANDIN_KUBECTL": str(kubectl_binary),
+                "KUBECONFIG": "",
+                "HOME": str(tmp_path),
+            },
+        )
+        assert explicit.returncode == 0 and "tethys" in explicit.stdout
+        absent = run(K3S, "kubectl", "get", "nodes", env={"K3S_STANDIN_KUBECTL": "/nonexistent"})
+        assert absent.returncode == 1 and "the real kubectl is not at /nonexistent" in absent.stderr
 
         missing = cluster.kubectl("get", "node", "nosuch")
         assert missing.returncode == 1
