@@ -117,17 +117,19 @@ def server_config(root: Path, port: int, text: str = "") -> Path:
 
 
 @contextmanager
-def k3s_server(root: Path, kubectl_path: Path, text: str = "") -> Iterator[Cluster]:
+def k3s_server(root: Path, kubectl_path: Path, text: str = "", port: int = 0) -> Iterator[Cluster]:
     root.mkdir(exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     config = server_config(root, port, text)
-    notify = Notifications(root / "notify")
+    notify = Notifications(root / f"notify-{os.urandom(4).hex()}")
     try:
         env = {"NOTIFY_SOCKET": str(notify.path)}
         with started(K3S, "server", "--config", str(config), env=env) as server:
             notify.wait_ready()
             yield Cluster(root, port, server, kubectl_path)
-            assert server.terminate() == 0
+            if server.process.poll() is None:  # a test may have stopped it already
+                server.terminate()
+            assert server.process.returncode == 0
             assert_no_secret(server.stderr)
     finally:
         notify.close()
@@ -352,6 +354,26 @@ def test_agent_joins_and_keeps_its_first_registration_labels(
         other = agent_config(tmp_path / "styx", cluster, "styx", cluster.token)
         with k3s_agent(other):
             assert cluster.ready("styx") == "True"
+
+
+def test_nodes_outlive_a_server_restart_and_a_lost_node_registers_again(
+    tmp_path: Path, kubectl_binary: Path
+) -> None:
+    port = free_port()
+    with k3s_server(tmp_path / "server", kubectl_binary, port=port) as cluster:
+        config = agent_config(
+            tmp_path / "styx", cluster, "styx", cluster.token, "node-label:\n  - a=1\n"
+        )
+        with k3s_agent(config) as agent:
+            assert cluster.server.terminate() == 0
+            with k3s_server(tmp_path / "server", kubectl_binary, port=port) as restarted:
+                assert restarted.nodes()["styx"]["metadata"]["labels"]["a"] == "1"
+            (cluster.data / "server" / "db" / "standin-nodes.json").unlink()
+            with k3s_server(tmp_path / "server", kubectl_binary, port=port) as wiped:
+                assert "styx" not in wiped.nodes()
+                agent.wait_for(r"Failed to post node status, will retry: .*404 Not Found")
+                agent.wait_for(r"Node registered with the server(.|\n)*Node registered")
+                assert wiped.ready("styx") == "True"
 
 
 def test_agent_with_a_wrong_token_is_refused_and_retries(tmp_path: Path, kubectl_binary: Path):
