@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from lab import kubectl
 from lab.topology import (
     CACHE_DIR,
     GATEWAY,
@@ -157,6 +158,11 @@ def prepare_host(lab_host: LabHost, tarball: Path) -> None:
         target = root / "etc/ssh" / kind
         shutil.copyfile(key, target)
         target.chmod(0o644 if kind.endswith(".pub") else 0o600)
+    # the real kubectl, where only the k3s stand-in looks (`k3s kubectl …` execs it)
+    target = root / kubectl.STANDIN_PATH.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(kubectl.kubectl(), target)
+    target.chmod(0o755)
     authorized = (SSH_DIR / "id_ed25519.pub").read_text()
     if lab_host.ssh_user == "root":
         _write(root, "root/.ssh/authorized_keys", authorized, 0o600)
