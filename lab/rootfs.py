@@ -57,9 +57,13 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 """
 APT_PROXY = f'Acquire::http::Proxy "{PROXY_URL}";\nAcquire::https::Proxy "{PROXY_URL}";\n'
 PIP_CONF = f"[global]\nproxy = {PROXY_URL}\ncert = /etc/ssl/certs/ca-certificates.crt\n"
-ENVIRONMENT = (
-    f"http_proxy={PROXY_URL}\nhttps_proxy={PROXY_URL}\nno_proxy=localhost,127.0.0.1,{GATEWAY}\n"
+# The proxy is for the registries only: the hosts reach each other directly (k3s agents join the
+# server, curl waits for its API), as they would without a proxy. Addresses are listed one by
+# one, since Python's urllib (the stand-ins) reads no CIDR in no_proxy.
+_DIRECT = ",".join(
+    ["localhost", "127.0.0.1", GATEWAY, *(h.address for h in HOSTS), *(h.name for h in HOSTS)]
 )
+ENVIRONMENT = f"http_proxy={PROXY_URL}\nhttps_proxy={PROXY_URL}\nno_proxy={_DIRECT}\n"
 SSHD_CONF = "PasswordAuthentication no\nPermitRootLogin prohibit-password\nUseDNS no\n"
 
 

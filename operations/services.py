@@ -89,7 +89,13 @@ def actions(
     inputs: list[str],
     restart: bool = False,
 ) -> list[str]:
-    """What `unit` will do: any of daemon-reload, enable, start, restart; decided up front."""
+    """What `unit` will do: any of daemon-reload, enable, start, restart; decided up front.
+
+    When something the unit reads changes, it is restarted even if it was not running when
+    the state was read: a package installed in the same run (haproxy, docker.io) starts its
+    service from the files it ships, before ours replace them, so a plain start would be a
+    no-op on a service still running the old configuration. `restart` starts a stopped unit.
+    """
     current = manifest.state()["units"].get(name, {"enabled": "not-found", "active": "unknown"})
     reload = unit_file is not None and manifest.will_change([unit_file])
     todo = []
@@ -97,10 +103,10 @@ def actions(
         todo.append("daemon-reload")
     if current["enabled"] != "enabled":
         todo.append("enable")
-    if current["active"] != "active":
-        todo.append("start")
-    elif reload or restart or manifest.will_change(inputs):
+    if reload or restart or manifest.will_change(inputs):
         todo.append("restart")
+    elif current["active"] != "active":
+        todo.append("start")
     return todo
 
 

@@ -406,7 +406,7 @@ def test_a_version_bump_keeps_the_previous_binary_and_restarts_once() -> None:
 
 def test_a_first_install_has_nothing_to_roll_back_to() -> None:
     _, unit = _upgrade(installed_sha=None, active="inactive")
-    assert unit.strings[0].startswith("timeout 150 systemctl start k3s.service")
+    assert unit.strings[0].startswith("timeout 150 systemctl restart k3s.service")
     assert ".previous" not in unit.strings[0]
 
 

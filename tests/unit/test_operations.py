@@ -561,10 +561,18 @@ def test_a_change_outside_the_files_restarts_only() -> None:
     assert run.commands == [_alive("restart")]
 
 
-def test_inactive_unit_is_started_not_restarted() -> None:
-    run, todo = _unit_run(input_changed=True, active="failed")
+def test_inactive_unit_is_started() -> None:
+    run, todo = _unit_run(active="failed")
     assert todo == ["start"]
     assert run.commands == [_alive("start")]
+
+
+def test_inactive_unit_whose_inputs_change_is_restarted() -> None:
+    """A package installed in this run may have started the unit from its own files before
+    ours replaced them (haproxy, docker.io): only a restart makes it read ours."""
+    run, todo = _unit_run(input_changed=True, active="inactive")
+    assert todo == ["restart"]
+    assert run.commands == [_alive("restart")]
 
 
 def test_disabled_unit_is_enabled() -> None:
