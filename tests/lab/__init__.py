@@ -7,13 +7,21 @@ next one finds a converged lab.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import yaml
 
+from lab.converge import lab_env
 from lab.topology import REPO
 from oceanid import tunnel_credentials
+
+SSH = f"ssh -F {REPO / '.lab/ssh/config'} -o BatchMode=yes"
 
 
 def lab_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -58,3 +66,41 @@ def lab_secret_lines() -> list[tuple[str, str]]:
         if "Tunnel" in key:
             found.append((key, tunnel_credentials.parse(values[key], key=key).tunnel_secret))
     return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@contextmanager
+def k3s_tunnel(tmp_path: Path) -> Iterator[Path]:
+    """`make kubeconfig` and `make tunnel` as an operator runs them, on a free local port."""
+    port = free_port()
+    kubeconfig = tmp_path / "kubeconfig.yaml"
+    env = {"SSH": SSH, "LOCAL_PORT": str(port), "CONTROL_DIR": str(tmp_path / "ctl")}
+    wrote = subprocess.run(
+        [sys.executable, "-m", "deploys.k3s.kubeconfig", "tethys",
+         "--server", f"https://127.0.0.1:{port}", "--output", str(kubeconfig)],
+        cwd=REPO, env={**lab_env(), **env}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert wrote.returncode == 0, wrote.stderr
+    tunnel = [str(REPO / "scripts/k3s-ssh-tunnel.sh")]
+    opened = subprocess.run([*tunnel, "tethys"], env={**lab_env(), **env}, timeout=60)
+    assert opened.returncode == 0
+    try:
+        wait_port(port)
+        yield kubeconfig
+    finally:
+        subprocess.run([*tunnel, "--close", "tethys"], env={**lab_env(), **env}, timeout=60)

@@ -18,7 +18,7 @@ import pytest
 from lab import network, processes
 from lab.converge import lab_env, pyinfra, verify_argv
 from lab.topology import GPU_HOSTS, HOSTS, REPO
-from tests.lab import lab_cli, lab_secret_lines, ssh
+from tests.lab import free_port, lab_cli, lab_secret_lines, ssh
 
 pytestmark = pytest.mark.lab
 
@@ -191,12 +191,6 @@ def test_server_reboot_comes_back_and_stays_converged(converged):
         assert ssh("calypso2", f"systemctl is-active {unit}").stdout.strip() == "active", unit
     again = pyinfra("deploys/site.py", "--limit", "calypso2")
     assert again.returncode == 0 and again.changed == {}, again.changed
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_smoke_through_port_forwards(converged):

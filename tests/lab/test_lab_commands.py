@@ -15,7 +15,6 @@ edge learns from the connector's connections.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -30,12 +29,11 @@ import yaml
 from lab.converge import lab_env, pyinfra
 from lab.services import CLOUDFLARE_URL
 from lab.topology import REPO, SECRETS_FILE
-from tests.lab import lab_secret_lines, ssh
+from tests.lab import SSH, free_port, k3s_tunnel, lab_secret_lines, ssh, wait_port
 
 pytestmark = pytest.mark.lab
 
 LAB = "inventories/lab.py"
-SSH = f"ssh -F {REPO / '.lab/ssh/config'} -o BatchMode=yes"
 GPU_NAMES = {"calypso": "gpu", "calypso2": "gpu2"}
 NODE_TUNNEL_KEYS = {"calypso": "cloudflareNodeTunnelId", "calypso2": "cloudflareNode2TunnelId"}
 CONNECTOR_CONFIG = "/etc/cloudflared/config.yaml"
@@ -57,22 +55,6 @@ def make(target: str, *args: str) -> subprocess.CompletedProcess[str]:
 def drift() -> subprocess.CompletedProcess[str]:
     """Not through make: make turns every failure into its own exit status 2."""
     return run(sys.executable, "-m", "oceanid.drift", LAB)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
 
 
 @contextmanager
@@ -231,28 +213,6 @@ def test_hand_edited_config_is_drift(converged):
 
 
 # -- k3s (needs the k3s role in the lab: deploys/k3s wired into deploys/site.py) -----------------
-
-
-@contextmanager
-def k3s_tunnel(tmp_path: Path) -> Iterator[Path]:
-    """`make kubeconfig` and `make tunnel` as an operator runs them, on a free local port."""
-    port = free_port()
-    kubeconfig = tmp_path / "kubeconfig.yaml"
-    env = {"SSH": SSH, "LOCAL_PORT": str(port), "CONTROL_DIR": str(tmp_path / "ctl")}
-    wrote = subprocess.run(
-        [sys.executable, "-m", "deploys.k3s.kubeconfig", "tethys",
-         "--server", f"https://127.0.0.1:{port}", "--output", str(kubeconfig)],
-        cwd=REPO, env={**lab_env(), **env}, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert wrote.returncode == 0, wrote.stderr
-    tunnel = [str(REPO / "scripts/k3s-ssh-tunnel.sh")]
-    opened = subprocess.run([*tunnel, "tethys"], env={**lab_env(), **env}, timeout=60)
-    assert opened.returncode == 0
-    try:
-        wait_port(port)
-        yield kubeconfig
-    finally:
-        subprocess.run([*tunnel, "--close", "tethys"], env={**lab_env(), **env}, timeout=60)
 
 
 def node_check(kubeconfig: Path) -> subprocess.CompletedProcess[str]:
