@@ -14,7 +14,10 @@ def test_server_unit_binary_and_token(host):
 
 
 def test_api_listens_on_6443(host):
-    assert host.socket("tcp://6443").is_listening
+    """On every address: real k3s binds [::]:6443 (both families), an IPv4-only one 0.0.0.0."""
+    assert any(
+        host.socket(f"tcp://{any_address}:6443").is_listening for any_address in ("0.0.0.0", "::")
+    )
 
 
 def test_kubeconfig_is_private(host):
