@@ -47,6 +47,14 @@ _read() {  # $3: the section (read, peek, record); $4: at most this many bytes
     if [ -n "$4" ]; then head -c "$4" < "$2"; else cat < "$2"; fi | base64 -w0; echo
   else echo -; fi
 }
+_lines() {  # $3: the salt; one salted SHA-256 per line, never the line (a secret's)
+  echo "@@oceanid lines $1"
+  if [ -f "$2" ] && [ -r "$2" ]; then
+    while IFS= read -r l || [ -n "$l" ]; do
+      printf '%s\n%s' "$3" "$l" | sha256sum | cut -d' ' -f1
+    done < "$2"
+  else echo -; fi
+}
 _user() {
   echo "@@oceanid user $1"
   getent passwd "$2" || true
@@ -102,12 +110,17 @@ def script(
     trees: tuple[str, ...] = (),
     peek: tuple[str, ...] = (),
     record: str | None = None,
+    lines: tuple[str, ...] = (),
+    salt: str = "",
 ) -> str:
     """The shell script `sh -s` runs for these arguments (see `ManagedState`), and:
 
     + peek: non-secret files read back for `--diff`, left out of ``peeks`` when missing or
       larger than PEEK_LIMIT
     + record: the file in which the role records the paths it manages
+    + lines: secret files whose lines come back only as SHA-256 of `salt` and the line, so
+      `--diff` can tell which Secret keys change without the content leaving the host
+      (not even in a -vvv fact output)
     """
     body = [
         f"echo '{MARK} host'",
@@ -126,6 +139,7 @@ def script(
     # `read` is whole files (merges need all of them); `peek` stops one byte past the limit
     body += [_call("_read", path, "read") for path in read]
     body += [_call("_read", path, "peek", str(PEEK_LIMIT + 1)) for path in peek]
+    body += [_call("_lines", path, shlex.quote(salt)) for path in lines]
     if record is not None:
         body.append(_call("_read", record, "record"))
     body += [_call("_unit", unit) for unit in units]
@@ -268,5 +282,9 @@ def _consume(result: dict, section: list[str]) -> None:
         content = _decode(body[0] if body else "-")
         if content is not None and len(content) <= PEEK_LIMIT:
             result["peeks"][rest] = content
+    elif kind == "lines":
+        hashes = [line.strip() for line in body]
+        # only where asked for (--diff of a secret file): other states stay as they were
+        result.setdefault("line_hashes", {})[rest] = None if hashes == ["-"] else hashes
     elif kind == "record":
         result["record"] = _decode(body[0] if body else "-")

