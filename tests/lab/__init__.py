@@ -7,9 +7,11 @@ next one finds a converged lab.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,7 +91,9 @@ def k3s_tunnel(tmp_path: Path) -> Iterator[Path]:
     """`make kubeconfig` and `make tunnel` as an operator runs them, on a free local port."""
     port = free_port()
     kubeconfig = tmp_path / "kubeconfig.yaml"
-    env = {"SSH": SSH, "LOCAL_PORT": str(port), "CONTROL_DIR": str(tmp_path / "ctl")}
+    # a control socket's path must fit a sun_path (108 bytes): pytest's tmp_path may not
+    control = Path(tempfile.mkdtemp(prefix="k3s-ctl-", dir="/tmp"))
+    env = {"SSH": SSH, "LOCAL_PORT": str(port), "CONTROL_DIR": str(control)}
     wrote = subprocess.run(
         [sys.executable, "-m", "deploys.k3s.kubeconfig", "tethys",
          "--server", f"https://127.0.0.1:{port}", "--output", str(kubeconfig)],
@@ -104,3 +108,4 @@ def k3s_tunnel(tmp_path: Path) -> Iterator[Path]:
         yield kubeconfig
     finally:
         subprocess.run([*tunnel, "--close", "tethys"], env={**lab_env(), **env}, timeout=60)
+        shutil.rmtree(control, ignore_errors=True)

@@ -203,7 +203,8 @@ def test_hand_edited_config_is_drift(converged):
         assert ssh("calypso", edit).returncode == 0
         done = drift()
         assert done.returncode == 2, done.stdout + done.stderr
-        assert f"  [calypso] {CONNECTOR_CONFIG}: changes" in done.stdout.splitlines()
+        named = [line.split() for line in done.stdout.splitlines()]
+        assert ["[calypso]", f"{CONNECTOR_CONFIG}:", "changes"] in named, done.stdout
         changes = [line for line in done.stdout.splitlines() if line.startswith("CHANGE ")]
         assert changes and all(line.endswith("— calypso") for line in changes), changes
         assert done.stdout.splitlines()[-1].endswith("would change calypso")

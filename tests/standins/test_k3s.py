@@ -575,3 +575,17 @@ def test_a_namespace_another_manifest_creates_or_a_builtin_one_is_accepted(tmp_p
     assert standin.check_manifest(path) == ["ConfigMap/script", "ConfigMap/system"]
     data = standin.read_manifest(path)[0]["data"]
     assert data == {"run.py": 'import os  # not a YAML comment\n\nprint("a: b")', "other": "plain"}
+
+
+def test_a_node_registering_again_reports_its_new_kubelet_version(tmp_path: Path) -> None:
+    """An upgraded agent registers with its new version: labels stay from the first
+    registration, the kubelet version (what `kubectl get nodes` shows) follows the binary."""
+    from tests.unit.test_k3s_config import _standin
+
+    standin = _standin()
+    store = standin.NodeStore(str(tmp_path / "nodes.json"))
+    store.register("styx", {"a": "1"}, [], "10.77.0.12", False, "v1.33.4+k3s1")
+    store.register("styx", {"a": "2"}, [], "10.77.0.12", False, "v1.33.5+k3s1")
+    node = store.nodes["styx"]
+    assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.33.5+k3s1"
+    assert node["metadata"]["labels"]["a"] == "1"
