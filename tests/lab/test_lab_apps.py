@@ -134,7 +134,7 @@ def test_a_rotated_admin_password_changes_only_the_secret_file(converged):
 
         run = pyinfra("deploys/site.py", env=env)
         assert run.returncode == 0, run.output[-4000:]
-        assert run.changed == {"k3s auto-deploy manifests": 1}, run.changed
+        assert run.changed == {"k3s auto-deploy manifests": [SERVER]}, run.changed
         assert new not in run.output
         after = app_files()
         assert [p for p in before if after[p] != before[p]] == [SECRET]
