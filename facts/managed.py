@@ -149,6 +149,23 @@ def script(
     return "export LC_ALL=C\n" + _FUNCTIONS + main + "main </dev/null\n"
 
 
+def empty_state() -> dict:
+    """A host with none of what was asked for: where `process` starts, and what a host whose
+    state could not be read is taken as (flagged there, so every operation on it refuses)."""
+    return {
+        "arch": None,
+        "python": None,
+        "paths": {},
+        "packages": {},
+        "users": {},
+        "contents": {},
+        "peeks": {},
+        "record": None,
+        "units": {},
+        "trees": {},
+    }
+
+
 class ManagedState(FactBase):
     """
     Returns the state of the given paths, packages and accounts, read in one command.
@@ -191,18 +208,7 @@ class ManagedState(FactBase):
         return "sh -s"
 
     def process(self, output: list[str]) -> dict:
-        result: dict = {
-            "arch": None,
-            "python": None,
-            "paths": {},
-            "packages": {},
-            "users": {},
-            "contents": {},
-            "peeks": {},
-            "record": None,
-            "units": {},
-            "trees": {},
-        }
+        result = empty_state()
         section: list[str] = []
         for line in output:
             if line.startswith(MARK + " "):

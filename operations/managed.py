@@ -38,7 +38,7 @@ from pyinfra.api import (
 )
 from pyinfra.operations.util.files import generate_color_diff
 
-from facts.managed import PEEK_LIMIT, ManagedState, PathState, script
+from facts.managed import PEEK_LIMIT, ManagedState, PathState, empty_state, script
 from operations.failure import fail_host, first_time, refuse
 
 STAGING = ".oceanid-staging"
@@ -191,7 +191,7 @@ class Manifest:
             value = host.get_fact(ManagedState, _stdin=stdin, _ignore_errors=True, **args)
             if value is None:
                 fail_host(self.unreadable_message())
-                value = {**_EMPTY_STATE, "unreadable": True}
+                value = {**empty_state(), "unreadable": True}
             _STATE_CACHE[key] = value
         return _STATE_CACHE[key]
 
@@ -252,18 +252,6 @@ class Manifest:
 
 
 _STATE_CACHE: dict[tuple, dict] = {}
-_EMPTY_STATE: dict = {
-    "arch": None,
-    "python": None,
-    "paths": {},
-    "packages": {},
-    "users": {},
-    "contents": {},
-    "peeks": {},
-    "record": None,
-    "units": {},
-    "trees": {},
-}
 
 
 def _record_paths(content: bytes | None) -> dict[str, list[str]]:

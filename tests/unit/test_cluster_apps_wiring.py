@@ -21,7 +21,7 @@ from pyinfra.context import ctx_host, ctx_state
 from deploys import cluster_apps
 from deploys.gpu_host import cloudflared_node
 from deploys.k3s import server
-from facts.managed import ManagedState, PathState, script
+from facts.managed import ManagedState, PathState, empty_state, script
 from operations import managed
 from operations.managed import Manifest
 from tests.unit import test_k3s_roles, test_k3s_site_plan
@@ -201,7 +201,7 @@ def test_the_host_connector_follows_node_tunnel_mode(make_site, mode) -> None:
     unit = running if mode == "daemonset" else stopped  # as the other mode left it
     facts = {
         ManagedState: {
-            **managed._EMPTY_STATE,
+            **empty_state(),
             "arch": "amd64",
             "paths": paths,
             "record": (json.dumps(manifest.declared(), indent=1, sort_keys=True) + "\n").encode(),

@@ -29,7 +29,7 @@ from pyinfra.context import ctx_host, ctx_state
 from deploys import k3s
 from deploys.k3s import agent, config, server
 from facts.k3s import K3sInstall, K3sNodes
-from facts.managed import ManagedState, PathState
+from facts.managed import ManagedState, PathState, empty_state
 from oceanid.preflight import HostView, check
 from operations import managed
 from operations.k3s import MANAGED_LABELS, MANAGED_TAINTS
@@ -64,7 +64,7 @@ def site(data, lab_secrets, tmp_path):
 
 def _fresh(host_name: str, site) -> dict:
     return {
-        ManagedState: {**managed._EMPTY_STATE, "arch": "amd64"},
+        ManagedState: {**empty_state(), "arch": "amd64"},
         K3sInstall: {"version": None, "units": {}, "token_sha256": None, "token_file": False},
         K3sNodes: None,
     }
@@ -108,7 +108,7 @@ def _converged(host_name: str, site) -> dict:
     secret = token.split("::server:")[1] if token else ""
     return {
         ManagedState: {
-            **managed._EMPTY_STATE,
+            **empty_state(),
             "arch": "amd64",
             "paths": paths,
             "packages": {name: "1" for name in role.packages},
