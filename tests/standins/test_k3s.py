@@ -26,6 +26,7 @@ import pytest
 from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 
+from deploys.k3s import apps
 from lab.kubectl import CACHE, KUBECTL_SHA256, KUBECTL_VERSION, kubectl
 from tests.standins.test_standins import K3S, K3S_TOKEN, Running, assert_no_secret, run, started
 
@@ -589,3 +590,72 @@ def test_a_node_registering_again_reports_its_new_kubelet_version(tmp_path: Path
     node = store.nodes["styx"]
     assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.33.5+k3s1"
     assert node["metadata"]["labels"]["a"] == "1"
+
+
+def app_manifest(instance: str, namespace: str) -> str:
+    """One of each kind the cluster apps render, labelled as they are."""
+    labels = f"  labels:\n    app.kubernetes.io/instance: {instance}\n"
+    kinds = [
+        ("v1", "ConfigMap", "data:\n  a: b\n"),
+        ("v1", "Secret", "stringData:\n  a: b\n"),
+        ("v1", "Service", "spec:\n  ports:\n  - port: 80\n"),
+        ("v1", "PersistentVolumeClaim", "spec:\n  accessModes: [ReadWriteOnce]\n"),
+        ("apps/v1", "Deployment", "spec:\n  replicas: 1\n"),
+        ("apps/v1", "DaemonSet", "spec: {}\n"),
+        ("batch/v1", "CronJob", 'spec:\n  schedule: "*/5 * * * *"\n'),
+        ("policy/v1", "PodDisruptionBudget", "spec:\n  minAvailable: 1\n"),
+    ]
+    documents = [f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n{labels}"]
+    documents += [
+        f"apiVersion: {version}\nkind: {kind}\nmetadata:\n  name: {instance}\n"
+        f"  namespace: {namespace}\n{labels}{spec}"
+        for version, kind, spec in kinds
+    ]
+    return "---\n".join(documents)
+
+
+def listed(cluster: Cluster, resources: str, selector: str) -> set[str]:
+    done = cluster.kubectl("get", resources, "-A", "-l", selector, "-o", "name")
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+ALL_KINDS = f"{apps.KINDS},persistentvolumeclaims,namespaces"
+
+
+def test_an_app_switched_off_keeps_its_objects_until_the_deploys_delete(
+    tmp_path: Path, kubectl_binary: Path
+) -> None:
+    """k3s applies a manifest's objects and never deletes them when the file goes: the deploy's
+    own `kubectl delete -l app.kubernetes.io/instance=...` does, for that app only."""
+    with k3s_server(tmp_path, kubectl_binary) as cluster:
+        manifests = cluster.data / "server" / "manifests"
+        (manifests / "one.yaml").write_text(app_manifest("oceanid-one", "one"))
+        (manifests / "two.yaml").write_text(app_manifest("oceanid-two", "two"))
+        one = "app.kubernetes.io/instance=oceanid-one"
+        deadline = time.monotonic() + 20
+        while len(listed(cluster, ALL_KINDS, "app.kubernetes.io/instance")) < 18:
+            assert time.monotonic() < deadline, "the manifests' objects never appeared"
+            time.sleep(0.5)
+        assert listed(cluster, "deployments", one) == {"deployment.apps/oceanid-one"}
+        done = cluster.kubectl("get", "cronjobs", "-A", "-l", one)
+        assert done.returncode == 0 and "oceanid-one" in done.stdout, done.stderr
+        others = listed(cluster, "namespaces", "app.kubernetes.io/instance!=oceanid-one")
+        assert {"namespace/two", "namespace/kube-system"} <= others
+        assert "namespace/one" not in others
+        assert listed(cluster, "configmaps", "!app.kubernetes.io/instance") == set()
+
+        (manifests / "one.yaml").unlink()
+        time.sleep(2.5)  # the stand-in looks at the folder every second
+        assert len(listed(cluster, ALL_KINDS, one)) == 9
+
+        delete = ("delete", f"{apps.KINDS},namespaces", "-A", "--ignore-not-found", "-l", one)
+        done = cluster.kubectl(*delete)  # kubectl lists each kind, deletes, GETs until 404
+        assert done.returncode == 0, done.stderr
+        assert 'deployment.apps "oceanid-one" deleted' in done.stdout
+        assert 'namespace "one" deleted' in done.stdout
+        assert listed(cluster, ALL_KINDS, one) == set()
+        assert len(listed(cluster, ALL_KINDS, "app.kubernetes.io/instance=oceanid-two")) == 9
+
+        again = cluster.kubectl(*delete)
+        assert again.returncode == 0 and "deleted" not in again.stdout, again.stderr
