@@ -659,3 +659,9 @@ def test_an_app_switched_off_keeps_its_objects_until_the_deploys_delete(
 
         again = cluster.kubectl(*delete)
         assert again.returncode == 0 and "deleted" not in again.stdout, again.stderr
+
+        (manifests / "one.yaml").write_text(app_manifest("oceanid-one", "one"))  # on again
+        deadline = time.monotonic() + 20
+        while len(listed(cluster, ALL_KINDS, one)) < 9:
+            assert time.monotonic() < deadline, "the file put back was not applied again"
+            time.sleep(0.5)
