@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from deploys import cluster_apps
+from deploys.cluster_apps import ml_backend
 from lab.converge import pyinfra
 from lab.topology import REPO, SECRETS_FILE
 from tests.lab import lab_secret_lines, ssh
@@ -144,5 +145,58 @@ def test_a_rotated_admin_password_changes_only_the_secret_file(converged):
         back = pyinfra("deploys/site.py")
     assert back.returncode == 0, back.output[-4000:]
     assert app_files() == before
+    again = pyinfra("deploys/site.py")
+    assert again.returncode == 0 and again.changed == {}, again.changed
+
+
+def cluster_objects(kinds: str, instance: str) -> set[str]:
+    """`k3s kubectl get KINDS -A -l app.kubernetes.io/instance=INSTANCE -o name` on tethys."""
+    selector = f"app.kubernetes.io/instance={instance}"
+    done = ssh(SERVER, f"sudo k3s kubectl get {kinds} -A -l {selector} -o name")
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_an_app_switched_off_has_its_file_removed_and_its_objects_deleted(converged):
+    """k3s leaves the objects of a file that disappears: the run deletes them, says so,
+    and leaves the other apps' objects; switched on again, they come back."""
+    connector = f"oceanid-{ml_backend.APP}"
+    kinds = "cronjobs,configmaps,secrets"
+    deadline = time.monotonic() + STANDIN_WAIT
+    while not cluster_objects("cronjobs", connector):
+        assert time.monotonic() < deadline, "the ML backend connector's CronJob is not there"
+        time.sleep(1)
+    label_studio_objects = cluster_objects("deployments,services,pvc", "oceanid-label-studio")
+    assert label_studio_objects
+    apps = group_apps()
+    apps["ml_backend"]["enabled"] = False
+    off = f"cluster_apps={json.dumps(apps)}"
+    try:
+        run = pyinfra("deploys/site.py", "--limit", SERVER, "--data", off, json_output=False)
+        assert run.returncode == 0, run.output[-4000:]
+        assert f"cluster app {connector} switched off: its objects are deleted" in run.output
+        files = app_files()
+        assert cluster_apps.path(ml_backend.APP) not in files
+        assert cluster_apps.path(ml_backend.APP, secret=True) not in files
+        assert cluster_objects(kinds, connector) == set()
+        assert cluster_objects("namespaces", "oceanid-label-studio") == {"namespace/apps"}
+        assert (
+            cluster_objects("deployments,services,pvc", "oceanid-label-studio")
+            == label_studio_objects
+        )
+        still_off = pyinfra("deploys/site.py", "--limit", SERVER, "--data", off)
+        assert still_off.returncode == 0 and still_off.changed == {}, still_off.changed
+    finally:
+        back = pyinfra("deploys/site.py")
+    assert back.returncode == 0, back.output[-4000:]
+    assert cluster_apps.path(ml_backend.APP) in app_files()
+    deadline = time.monotonic() + STANDIN_WAIT
+    while cluster_objects(kinds, connector) != {
+        f"cronjob.batch/{ml_backend.NAME}",
+        f"configmap/{ml_backend.NAME}",
+        f"secret/{ml_backend.SECRET}",
+    }:
+        assert time.monotonic() < deadline, cluster_objects(kinds, connector)
+        time.sleep(1)
     again = pyinfra("deploys/site.py")
     assert again.returncode == 0 and again.changed == {}, again.changed
