@@ -66,6 +66,10 @@ _unit() {
   a=$(systemctl is-active "$2" 2>/dev/null)
   echo "${e:-not-found} ${a:-unknown}"
 }
+_probe() {  # $3: a shell command; its stdout, whatever it holds, comes back as base64
+  echo "@@oceanid probe $1"
+  sh -c "$3" </dev/null 2>/dev/null | base64 -w0; echo
+}
 _tree() {
   echo "@@oceanid tree $1"
   if [ -d "$2" ]; then find "$2" -mindepth 1 -printf '%y %P\0' | tr '\n\0' '\1\n' | sort; fi
@@ -112,6 +116,7 @@ def script(
     record: str | None = None,
     lines: tuple[str, ...] = (),
     salt: str = "",
+    probes: tuple[tuple[str, str], ...] = (),
 ) -> str:
     """The shell script `sh -s` runs for these arguments (see `ManagedState`), and:
 
@@ -121,6 +126,10 @@ def script(
     + lines: secret files whose lines come back only as SHA-256 of `salt` and the line, so
       `--diff` can tell which Secret keys change without the content leaving the host
       (not even in a -vvv fact output)
+    + probes: (name, shell command) pairs whose standard output comes back as lines in
+      ``probes[name]``: another fact's command read in this same round trip (its exit
+      status and stderr are dropped). The output is base64-encoded, so no line of it can
+      be taken for a section of this script, whatever bytes it holds.
     """
     body = [
         f"echo '{MARK} host'",
@@ -144,6 +153,7 @@ def script(
         body.append(_call("_read", record, "record"))
     body += [_call("_unit", unit) for unit in units]
     body += [_call("_tree", tree) for tree in trees]
+    body += [_call("_probe", name, shlex.quote(command)) for name, command in probes]
     body.append(f"echo '{MARK} end'")
     main = "main() {\n" + "\n".join(body) + "\n}\n"
     return "export LC_ALL=C\n" + _FUNCTIONS + main + "main </dev/null\n"
@@ -163,6 +173,7 @@ def empty_state() -> dict:
         "record": None,
         "units": {},
         "trees": {},
+        "probes": {},
     }
 
 
@@ -182,11 +193,12 @@ class ManagedState(FactBase):
             "contents": {"/home/oceanid/.ssh/authorized_keys": b"..." or None},
             "peeks": {"/etc/cloudflared/config.yaml": b"..."},  # small files only
             "record": b"..." or None,
+            "probes": {"k3s": ["version k3s version v1.33.4+k3s1 (148243c4)", ...]},
         }
 
     The command is `sh -s`: pass `script(...)` of the same arguments as `_stdin`; the
-    script also takes `peek` and `record`, which name no state of their own (they are left
-    out of the fact's arguments, on which pyinfra-testing keys its fixtures).
+    script also takes `peek`, `record`, `lines` and `probes`, which name no state of their own
+    (they are left out of the fact's arguments, on which pyinfra-testing keys its fixtures).
 
     + files: paths whose type, mode, owner and SHA-256 are compared
     + packages: Debian packages whose installed version is wanted
@@ -292,5 +304,8 @@ def _consume(result: dict, section: list[str]) -> None:
         hashes = [line.strip() for line in body]
         # only where asked for (--diff of a secret file): other states stay as they were
         result.setdefault("line_hashes", {})[rest] = None if hashes == ["-"] else hashes
+    elif kind == "probe":
+        text = (_decode(body[0] if body else "") or b"").decode(errors="replace")
+        result["probes"][rest] = text.removesuffix("\n").split("\n") if text else []
     elif kind == "record":
         result["record"] = _decode(body[0] if body else "-")

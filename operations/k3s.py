@@ -22,13 +22,46 @@ from pyinfra.context import ctx_host
 
 from facts.k3s import SERVER_TOKEN, K3sInstall, K3sNode, K3sNodes, token_secret
 from oceanid.settings import short_name
-from operations.failure import first_time, refuse
+from operations.failure import fail_host, first_time, refuse
 from operations.managed import Manifest
 
 MANAGED_LABELS = "oceanid.cluster/managed-labels"  # annotation: the label keys we set
 MANAGED_TAINTS = "oceanid.cluster/managed-taints"  # annotation: the taints (key:Effect) we set
 JOIN_WAIT = 300  # seconds an agent waits for the server's API before it starts
 NODES_WAIT = 300  # seconds the server waits for the nodes to register (a fresh cluster)
+# The role's Manifest probes (read in its one ManagedState, not a fact of their own each)
+INSTALL_PROBE = "k3s install"  # K3sInstall's command: every k3s node
+NODES_PROBE = "k3s nodes"  # K3sNodes' command: the first server, which reconciles the labels
+
+
+def probe_install(manifest: Manifest) -> None:
+    """Have the role's one fact read what `install_state` needs."""
+    manifest.probes[INSTALL_PROBE] = K3sInstall().command()
+
+
+def probe_nodes(manifest: Manifest) -> None:
+    """Have the role's one fact read the cluster's nodes (`nodes_state`)."""
+    manifest.probes[NODES_PROBE] = K3sNodes().command()
+
+
+def install_state(manifest: Manifest) -> dict:
+    """`K3sInstall` as read by the role's fact (k3s absent where it could not be read: the
+    role's operations refuse that host anyway). Output that is not k3s's fails the host."""
+    try:
+        return K3sInstall().process(manifest.probe(INSTALL_PROBE))
+    except FactProcessError as error:
+        fail_host(f"{host.name}: {error}; is /usr/local/bin/k3s the pinned k3s binary?")
+        return K3sInstall().process([])
+
+
+def nodes_state(manifest: Manifest) -> list[K3sNode] | None:
+    """`K3sNodes` as read by the role's fact; None (the API did not answer) also when the
+    output is not kubectl's, as at execution (`_reconcile_at_execution`)."""
+    lines = manifest.probe(NODES_PROBE)
+    try:
+        return K3sNodes().process(lines) if lines else None
+    except FactProcessError:
+        return None
 
 
 def token_sha256(token: str) -> str:
@@ -37,10 +70,11 @@ def token_sha256(token: str) -> str:
 
 
 @operation()
-def cluster_token(expected_sha256: str | None):
+def cluster_token(manifest: Manifest, expected_sha256: str | None):
     """
     Refuse to go on when this server's cluster has a token other than ours.
 
+    + manifest: the server role's Manifest, probing `K3sInstall` (`probe_install`)
     + expected_sha256: `token_sha256` of ESC ``k3s_token``, or None when ESC has none
 
     k3s keeps its token in ``/var/lib/rancher/k3s/server/token``; a config naming another would
@@ -48,7 +82,7 @@ def cluster_token(expected_sha256: str | None):
     by the SHA-256 of the secret (`K3sInstall`): no token is read off the host, nor passed to
     this operation, whose arguments pyinfra may print.
     """
-    found = None if expected_sha256 is None else host.get_fact(K3sInstall)["token_sha256"]
+    found = None if expected_sha256 is None else install_state(manifest)["token_sha256"]
     if expected_sha256 is None or found is None:
         host.noop("no cluster token to compare (a new cluster, or none set in ESC)")
         return
@@ -306,10 +340,13 @@ def _reconcile_at_execution(state, host, wanted: Mapping[str, dict], wait: int) 
 
 
 @operation()
-def node_labels(wanted: Mapping[str, dict], wait: int = NODES_WAIT):
+def node_labels(
+    wanted: Mapping[str, dict], manifest: Manifest | None = None, wait: int = NODES_WAIT
+):
     """
     Reconcile the nodes' labels and taints from data, through the API (one ``get nodes``).
 
+    + manifest: the first server's Manifest, probing `K3sNodes` (`probe_nodes`); None elsewhere
     + wanted: node name -> ``{"labels": {key: value}, "taints": ["key[=value]:Effect"]}``;
       empty on every node but the first server (all queue it, so it runs after all joined)
     + wait: how long a fresh cluster's nodes may take to register (execution only)
@@ -318,10 +355,10 @@ def node_labels(wanted: Mapping[str, dict], wait: int = NODES_WAIT):
     kubelet refuses ``node-role.kubernetes.io/*`` there: both are set here. A node that has not
     registered while planning (a fresh cluster) is reconciled at execution, once it has.
     """
-    if not wanted:
+    if not wanted or manifest is None:
         host.noop("node labels and taints are reconciled on the first k3s server")
         return
-    nodes = host.get_fact(K3sNodes)
+    nodes = nodes_state(manifest)
     missing = _missing(nodes, wanted)
     if missing:
         if first_time("nodes-later"):
@@ -345,12 +382,14 @@ def node_labels(wanted: Mapping[str, dict], wait: int = NODES_WAIT):
 
 
 @operation()
-def report():
+def report(manifest: Manifest):
     """
     The minimal deploy (``enable_node_provisioning`` off): one line saying what k3s this node
     runs, changing nothing.
+
+    + manifest: a Manifest of nothing but `probe_install` (still one batched fact)
     """
-    found = host.get_fact(K3sInstall)
+    found = install_state(manifest)
     version = found["version"] or "not installed"
     units = ", ".join(f"{unit} {active}" for unit, active in sorted(found["units"].items()))
     line = f"k3s: {version}; {units} (enable_node_provisioning is off: nothing changed)"

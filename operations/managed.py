@@ -128,6 +128,9 @@ class Manifest:
     read: list[str] = field(default_factory=list)
     units: list[str] = field(default_factory=list)
     trees: list[str] = field(default_factory=list)
+    # name -> shell command whose output the role needs (another fact's command): read in
+    # the same round trip as the rest, as `probe(name)`, not as one more fact
+    probes: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.name
@@ -164,6 +167,8 @@ class Manifest:
         args: dict = {}
         if self.files or self.directories or self.binaries:
             args["record"] = self.record_path
+        if self.probes:
+            args["probes"] = tuple(sorted(self.probes.items()))
         if state.config.DIFF:
             args["peek"] = tuple(
                 f.path
@@ -194,6 +199,10 @@ class Manifest:
                 value = {**empty_state(), "unreadable": True}
             _STATE_CACHE[key] = value
         return _STATE_CACHE[key]
+
+    def probe(self, name: str) -> list[str]:
+        """The output lines of the probe `name` (none where the state could not be read)."""
+        return self.state().get("probes", {}).get(name, [])
 
     def unreadable(self) -> bool:
         return bool(self.state().get("unreadable"))

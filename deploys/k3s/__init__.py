@@ -15,6 +15,7 @@ from __future__ import annotations
 from deploys.k3s import agent, cluster, server
 from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, HostPlan, Site
 from operations import k3s as k3s_ops
+from operations.managed import Manifest
 
 
 def deploy(plan: HostPlan, site: Site) -> None:
@@ -29,10 +30,11 @@ def deploy(plan: HostPlan, site: Site) -> None:
     if not {K3S_SERVERS, K3S_AGENTS} & plan.roles:
         return
     if not plan.settings.enable_node_provisioning:
-        k3s_ops.report(name="k3s on this node (provisioning off)")
+        probed = Manifest(name=f"k3s report {plan.name}")
+        k3s_ops.probe_install(probed)  # one batched fact, as every other role reads
+        k3s_ops.report(name="k3s on this node (provisioning off)", manifest=probed)
         return
-    if K3S_SERVERS in plan.roles:
-        server.deploy(plan, site)
+    role = server.deploy(plan, site) if K3S_SERVERS in plan.roles else None
     joining = agent.prepare(plan, site) if K3S_AGENTS in plan.roles else None
     k3s_ops.wait_for_server(
         name="k3s API answers before agents join",
@@ -45,4 +47,5 @@ def deploy(plan: HostPlan, site: Site) -> None:
     k3s_ops.node_labels(
         name="k3s node labels and taints",
         wanted=cluster.wanted_labels(site) if first else {},
+        manifest=role if first else None,
     )

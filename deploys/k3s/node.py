@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pyinfra import host
-
 from deploys.k3s import cluster, config, units
-from facts.k3s import K3sInstall, token_secret
+from facts.k3s import token_secret
 from oceanid.preflight import HostPlan, Site
 from operations import k3s as k3s_ops
 from operations import managed, services
@@ -68,6 +66,7 @@ def add_to(manifest: Manifest, plan: HostPlan, site: Site, role: Role) -> list[s
         manifest.files.append(ManagedFile(config.TOKEN_FILE, secret, mode="0600", secret=True))
         inputs.append(config.TOKEN_FILE)
     manifest.units.append(units.UNIT_NAMES[role])
+    k3s_ops.probe_install(manifest)  # the token checks, read in the role's one fact
     return inputs
 
 
@@ -92,7 +91,7 @@ def join_token(manifest: Manifest, plan: HostPlan, site: Site) -> None:
     first = cluster.servers(site)[0]
     if cluster.token(site) is not None or plan.name == first.name:
         return
-    present = host.get_fact(K3sInstall)["token_file"]
+    present = k3s_ops.install_state(manifest)["token_file"]
     k3s_ops.join_token(
         name="k3s join token (the first server's)",
         path=config.TOKEN_FILE,

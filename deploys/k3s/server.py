@@ -48,6 +48,7 @@ def manifest(plan: HostPlan, site: Site) -> tuple[Manifest, list[str], list[str]
             text = config.HEADER + yaml.safe_dump(runtime_class(), sort_keys=False)
             role.files.append(ManagedFile(RUNTIME_CLASS_FILE, text.encode(), mode="0600"))
         apps.add_to(role, site, plan.settings)
+        k3s_ops.probe_nodes(role)  # for the labels and taints (deploys/k3s/__init__.py)
     return role, inputs, before_start
 
 
@@ -56,6 +57,7 @@ def deploy(plan: HostPlan, site: Site) -> Manifest:
     token = cluster.token(site)
     k3s_ops.cluster_token(
         name="k3s cluster token unchanged",
+        manifest=role,
         expected_sha256=None if token is None else k3s_ops.token_sha256(token),
     )
     node.install(role, before_start)

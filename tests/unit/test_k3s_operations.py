@@ -21,8 +21,8 @@ from pyinfra.connectors.util import CommandOutput, OutputLine
 
 from deploys.k3s import server as k3s_server
 from deploys.k3s import units
-from facts.k3s import SERVER_TOKEN, K3sInstall, K3sNodes
-from facts.managed import ManagedState
+from facts.k3s import API_UNAVAILABLE_MARKER, SERVER_TOKEN, K3sInstall
+from facts.managed import ManagedState, script
 from operations import k3s as k3s_ops
 from operations import managed, services
 from operations.managed import ManagedBinary, ManagedFile, Manifest
@@ -49,6 +49,27 @@ def _install(**changes) -> dict:
     return found | changes
 
 
+def _install_lines(**changes) -> list[str]:
+    """What K3sInstall's command prints on a host with `_install(**changes)`."""
+    found = _install(**changes)
+    version = found["version"]
+    lines = [f"version k3s version {version} (148243c4)" if version else "version -"]
+    lines += [f"unit {unit} {active}" for unit, active in found["units"].items()]
+    lines.append(f"token {found['token_sha256'] or '-'}")
+    lines.append(f"token-file {'yes' if found['token_file'] else '-'}")
+    return lines
+
+
+def _probed(install: list[str] | None = None, nodes: list[str] | None = None):
+    """(a role's Manifest probing k3s, the facts of a host whose probes print these lines)."""
+    managed._STATE_CACHE.clear()  # each call is a pyinfra run of its own
+    role = Manifest(name="k3s server tethys")
+    k3s_ops.probe_install(role)
+    k3s_ops.probe_nodes(role)
+    probes = {k3s_ops.INSTALL_PROBE: install or [], k3s_ops.NODES_PROBE: nodes or []}
+    return role, {ManagedState: {**managed_state(), "probes": probes}}
+
+
 def _fake_tools(tmp_path: Path, **scripts: str) -> dict[str, str]:
     """An environment whose PATH finds these scripts first."""
     bin_dir = tmp_path / "bin"
@@ -66,7 +87,8 @@ def _fake_tools(tmp_path: Path, **scripts: str) -> dict[str, str]:
 def test_a_cluster_with_another_token_stops_the_run_saying_how_to_rotate(caplog) -> None:
     other = _install(token_sha256=hashlib.sha256(b"someone-elses").hexdigest())
     expected = k3s_ops.token_sha256(ESC_TOKEN)
-    run = run_op(k3s_ops.cluster_token, expected, facts={K3sInstall: other}, name="tethys")
+    role, facts = _probed(install=_install_lines(token_sha256=other["token_sha256"]))
+    run = run_op(k3s_ops.cluster_token, role, expected, facts=facts, name="tethys")
     message = assert_refused(run, caplog, "is not ESC k3s_token")
     assert "k3s token rotate" in message and "store <new> as k3s_token in ESC" in message
     assert SECRET not in caplog.text
@@ -75,14 +97,16 @@ def test_a_cluster_with_another_token_stops_the_run_saying_how_to_rotate(caplog)
 @pytest.mark.parametrize("esc", [ESC_TOKEN, SECRET, f"{SECRET}\n"])
 def test_the_same_token_in_either_form_goes_on(esc: str) -> None:
     expected = k3s_ops.token_sha256(esc)
-    run = run_op(k3s_ops.cluster_token, expected, facts={K3sInstall: _install()}, name="tethys")
+    role, facts = _probed(install=_install_lines())
+    run = run_op(k3s_ops.cluster_token, role, expected, facts=facts, name="tethys")
     assert run.commands == [] and run.noop == "the cluster's token is ESC k3s_token"
+    assert [fact for fact, _ in run.facts] == [ManagedState]  # the role's one fact
 
 
 @pytest.mark.parametrize("expected,found", [(None, "x" * 64), ("y" * 64, None)])
 def test_nothing_to_compare_without_a_cluster_or_a_token(expected, found) -> None:
-    facts = {K3sInstall: _install(token_sha256=found)}
-    run = run_op(k3s_ops.cluster_token, expected, facts=facts, name="tethys")
+    role, facts = _probed(install=_install_lines(token_sha256=found))
+    run = run_op(k3s_ops.cluster_token, role, expected, facts=facts, name="tethys")
     assert run.commands == [] and run.noop.startswith("no cluster token to compare")
 
 
@@ -103,6 +127,29 @@ def test_install_fact_hashes_the_token_secret_never_printing_it(tmp_path: Path) 
     assert found["token_sha256"] == hashlib.sha256(SECRET.encode()).hexdigest()
 
 
+def test_the_role_fact_probes_k3s_in_its_one_run(tmp_path: Path) -> None:
+    """The probes' commands, run for real in the role's `sh -s` script, read back as the
+    K3sInstall and K3sNodes facts would (kubectl's JSON over many lines included)."""
+    nodes = json.dumps({"items": [_node("calypso")]}, indent=2)
+    (tmp_path / "nodes.json").write_text(nodes)
+    env = _fake_tools(
+        tmp_path,
+        k3s=f'[ "$1" = kubectl ] && exec cat {tmp_path / "nodes.json"}\n'
+        'echo "k3s version v1.33.4+k3s1 (148243c4)"',
+        systemctl="echo active",
+    )
+    role, _ = _probed()
+    text = script(probes=tuple(role.probes.items()))
+    result = subprocess.run(["sh", "-s"], input=text, env=env, capture_output=True, text=True)
+    state = ManagedState().process(result.stdout.splitlines())
+    facts = {ManagedState: {**managed_state(), "probes": state["probes"]}}
+    run = run_op(k3s_ops.node_labels, {"calypso": CALYPSO_WANTED}, manifest=role, facts=facts)
+    assert len(run.commands) == 3  # calypso was read: labelled now, not at execution
+    managed._STATE_CACHE.clear()
+    run = run_op(k3s_ops.report, role, facts=facts, name="styx")
+    assert run.noop.startswith("k3s: v1.33.4+k3s1; k3s-agent.service active, k3s.service active")
+
+
 def test_install_fact_without_k3s() -> None:
     lines = ["version -", "unit k3s.service inactive", "unit k3s-agent.service inactive"]
     found = K3sInstall().process([*lines, "token -", "token-file -"])
@@ -119,7 +166,8 @@ def test_install_fact_without_k3s() -> None:
 
 def test_provisioning_off_reports_one_line_and_changes_nothing(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="pyinfra"):
-        run = run_op(k3s_ops.report, facts={K3sInstall: _install(version=None)}, name="styx")
+        role, facts = _probed(install=_install_lines(version=None))
+        run = run_op(k3s_ops.report, role, facts=facts, name="styx")
     assert run.commands == []
     line = (
         "k3s: not installed; k3s-agent.service inactive, k3s.service active "
@@ -229,8 +277,15 @@ def _node(name: str, labels=None, taints=(), annotations=None) -> dict:
     }
 
 
-def _nodes_fact(*raw: dict):
-    return K3sNodes().process(json.dumps({"items": list(raw)}).splitlines())
+def _nodes_fact(*raw: dict) -> list[str]:
+    """What K3sNodes' command prints for these nodes (`kubectl get nodes -o json`)."""
+    return json.dumps({"items": list(raw)}, indent=4).splitlines()
+
+
+def _labels(wanted, nodes: list[str] | None, name: str = "calypso"):
+    """node_labels on the first server, whose role's fact read `nodes` (the probe's lines)."""
+    role, facts = _probed(nodes=nodes)
+    return run_op(k3s_ops.node_labels, wanted, manifest=role, facts=facts, name=name)
 
 
 CALYPSO_WANTED = {
@@ -240,8 +295,7 @@ CALYPSO_WANTED = {
 
 
 def test_a_registered_node_gets_its_labels_and_taints_in_three_commands() -> None:
-    facts = {K3sNodes: _nodes_fact(_node("calypso"))}
-    run = run_op(k3s_ops.node_labels, {"calypso": CALYPSO_WANTED}, facts=facts, name="tethys")
+    run = _labels({"calypso": CALYPSO_WANTED}, _nodes_fact(_node("calypso")), name="tethys")
     assert run.commands == [
         "k3s kubectl label node calypso --overwrite oceanid.cluster/tunnel-enabled=true",
         "k3s kubectl taint node calypso --overwrite workload-type=gpu-compute:NoSchedule",
@@ -249,7 +303,7 @@ def test_a_registered_node_gets_its_labels_and_taints_in_three_commands() -> Non
         "oceanid.cluster/managed-labels=oceanid.cluster/tunnel-enabled "
         "oceanid.cluster/managed-taints=workload-type:NoSchedule",
     ]
-    assert [fact for fact, _ in run.facts] == [K3sNodes]  # one kubectl get nodes
+    assert [fact for fact, _ in run.facts] == [ManagedState]  # get nodes, in the role's fact
 
 
 def _apply_locally(node: dict, commands: list[str], tmp_path: Path) -> dict:
@@ -293,11 +347,11 @@ def _apply_locally(node: dict, commands: list[str], tmp_path: Path) -> dict:
 def test_reconciled_nodes_need_nothing_on_the_next_run(tmp_path) -> None:
     nodes = [_node("calypso"), _node("styx", labels={"team": "ops"})]
     wanted = {"calypso": CALYPSO_WANTED, "styx": {"labels": {}, "taints": []}}
-    run = run_op(k3s_ops.node_labels, wanted, facts={K3sNodes: _nodes_fact(*nodes)})
+    run = _labels(wanted, _nodes_fact(*nodes))
     assert all(" styx " not in line for line in run.strings[:2])  # only its record
     applied = [_apply_locally(nodes[0], run.strings[:3], tmp_path), nodes[1]]
     applied[1] = _apply_locally(nodes[1], run.strings[3:], tmp_path)
-    again = run_op(k3s_ops.node_labels, wanted, facts={K3sNodes: _nodes_fact(*applied)})
+    again = _labels(wanted, _nodes_fact(*applied))
     assert again.commands == []
     assert again.noop == "2 node(s) carry the labels and taints their data gives"
     assert applied[1]["metadata"]["labels"]["team"] == "ops"  # never ours, left alone
@@ -317,7 +371,7 @@ def test_what_the_deploy_set_and_data_dropped_is_removed_others_stay(tmp_path) -
         },
     )
     wanted = {"calypso": {"labels": {"oceanid.cluster/tunnel-enabled": "true"}, "taints": []}}
-    run = run_op(k3s_ops.node_labels, wanted, facts={K3sNodes: _nodes_fact(before)})
+    run = _labels(wanted, _nodes_fact(before))
     assert run.strings[:2] == [
         "k3s kubectl label node calypso --overwrite node-role.kubernetes.io/gpu-",
         "k3s kubectl taint node calypso --overwrite workload-type:NoSchedule-",
@@ -325,7 +379,7 @@ def test_what_the_deploy_set_and_data_dropped_is_removed_others_stay(tmp_path) -
     after = _apply_locally(before, run.strings, tmp_path)
     assert "node-role.kubernetes.io/gpu" not in after["metadata"]["labels"]
     assert after["spec"]["taints"] == [{"key": "someone-elses", "effect": "NoExecute"}]
-    again = run_op(k3s_ops.node_labels, wanted, facts={K3sNodes: _nodes_fact(after)})
+    again = _labels(wanted, _nodes_fact(after))
     assert again.commands == []
 
 
@@ -333,20 +387,22 @@ def test_a_changed_taint_value_is_overwritten() -> None:
     node = _node(
         "calypso", taints=[{"key": "workload-type", "value": "cpu", "effect": "NoSchedule"}]
     )
-    run = run_op(
-        k3s_ops.node_labels, {"calypso": CALYPSO_WANTED}, facts={K3sNodes: _nodes_fact(node)}
-    )
+    run = _labels({"calypso": CALYPSO_WANTED}, _nodes_fact(node))
     assert "k3s kubectl taint node calypso --overwrite workload-type=gpu-compute:NoSchedule" in (
         run.strings
     )
 
 
-@pytest.mark.parametrize("nodes", [None, "styx only"])
+@pytest.mark.parametrize("nodes", ["no API", "not kubectl's", "styx only"])
 def test_nodes_not_registered_while_planning_are_reconciled_at_execution(caplog, nodes) -> None:
-    fact = None if nodes is None else _nodes_fact(_node("styx"))
+    output = {
+        "no API": [API_UNAVAILABLE_MARKER],
+        "not kubectl's": ["The connection to the server was refused"],
+        "styx only": _nodes_fact(_node("styx")),
+    }[nodes]
     wanted = {"styx": {"labels": {}, "taints": []}, "calypso": CALYPSO_WANTED}
     with caplog.at_level(logging.INFO, logger="pyinfra"):
-        run = run_op(k3s_ops.node_labels, wanted, facts={K3sNodes: fact}, name="tethys")
+        run = _labels(wanted, output, name="tethys")
     assert len(run.raw) == 1 and run.raw[0].function is k3s_ops._reconcile_at_execution
     assert run.raw[0].args == (wanted, k3s_ops.NODES_WAIT)
     assert "calypso not registered yet" in ANSI.sub("", caplog.text)

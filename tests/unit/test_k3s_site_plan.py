@@ -28,11 +28,11 @@ from pyinfra.context import ctx_host, ctx_state
 
 from deploys import k3s
 from deploys.k3s import agent, config, server
-from facts.k3s import K3sInstall, K3sNodes
+from facts.k3s import API_UNAVAILABLE_MARKER
 from facts.managed import ManagedState, PathState, empty_state
 from oceanid.preflight import HostView, check
 from operations import managed
-from operations.k3s import MANAGED_LABELS, MANAGED_TAINTS
+from operations.k3s import INSTALL_PROBE, MANAGED_LABELS, MANAGED_TAINTS, NODES_PROBE
 
 INVENTORY = {"tethys": {"k3s_servers"}, "styx": {"k3s_agents"}, "calypso": {"k3s_agents"}}
 
@@ -63,11 +63,12 @@ def site(data, lab_secrets, tmp_path):
 
 
 def _fresh(host_name: str, site) -> dict:
-    return {
-        ManagedState: {**empty_state(), "arch": "amd64"},
-        K3sInstall: {"version": None, "units": {}, "token_sha256": None, "token_file": False},
-        K3sNodes: None,
+    """A host without k3s: the role's fact, with what its probes print there."""
+    probes = {
+        INSTALL_PROBE: ["version -", "token -", "token-file -"],
+        NODES_PROBE: [API_UNAVAILABLE_MARKER],
     }
+    return {ManagedState: {**empty_state(), "arch": "amd64", "probes": probes}}
 
 
 def _converged(host_name: str, site) -> dict:
@@ -91,21 +92,34 @@ def _converged(host_name: str, site) -> dict:
             key_value, _, effect = text.rpartition(":")
             key, _, value = key_value.partition("=")
             taints.append({"key": key, "value": value or None, "effect": effect})
-        nodes.append(
+        nodes.append(  # as `kubectl get nodes -o json` lists it
             {
-                "name": name,
-                "ready": True,
-                "labels": {"kubernetes.io/hostname": name, **want["labels"]},
-                "annotations": {
-                    MANAGED_LABELS: ",".join(sorted(want["labels"])),
-                    MANAGED_TAINTS: ",".join(sorted(f"{t['key']}:{t['effect']}" for t in taints)),
+                "metadata": {
+                    "name": name,
+                    "labels": {"kubernetes.io/hostname": name, **want["labels"]},
+                    "annotations": {
+                        MANAGED_LABELS: ",".join(sorted(want["labels"])),
+                        MANAGED_TAINTS: ",".join(
+                            sorted(f"{t['key']}:{t['effect']}" for t in taints)
+                        ),
+                    },
                 },
-                "taints": taints,
-                "kubelet_version": "v1.33.4+k3s1",
+                "spec": {"taints": [{k: v for k, v in t.items() if v} for t in taints]},
+                "status": {
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                    "nodeInfo": {"kubeletVersion": "v1.33.4+k3s1"},
+                },
             }
         )
     token = site.secrets.get("k3s_token")
     secret = token.split("::server:")[1] if token else ""
+    token_sha256 = hashlib.sha256(secret.encode()).hexdigest() if token else "-"
+    install = [
+        "version k3s version v1.33.4+k3s1 (148243c4)",
+        "unit k3s.service active",
+        f"token {token_sha256}",
+        "token-file yes",
+    ]
     return {
         ManagedState: {
             **empty_state(),
@@ -114,15 +128,26 @@ def _converged(host_name: str, site) -> dict:
             "packages": {name: "1" for name in role.packages},
             "record": record,
             "units": {u: {"enabled": "enabled", "active": "active"} for u in role.units},
+            "probes": {  # what K3sInstall's and K3sNodes' commands print there
+                INSTALL_PROBE: install,
+                NODES_PROBE: json.dumps({"items": nodes}, indent=2).splitlines(),
+            },
         },
-        K3sInstall: {
-            "version": "v1.33.4+k3s1",
-            "units": {},
-            "token_sha256": hashlib.sha256(secret.encode()).hexdigest() if token else None,
-            "token_file": True,
-        },
-        K3sNodes: nodes,
     }
+
+
+_facts_read: dict[str, list[str]] = {}  # host -> the fact classes it was asked for, in order
+
+
+def _counting(host_name: str, facts: dict):
+    """The fake host's get_fact: answers from `facts`, recording each call by class."""
+    _facts_read[host_name] = []
+
+    def get_fact(cls, *args, **kwargs):
+        _facts_read[host_name].append(cls.__name__)
+        return facts[cls]
+
+    return get_fact
 
 
 def _plan(site, facts_for) -> tuple[State, list[tuple[str, list[str], dict[str, list]]]]:
@@ -139,7 +164,7 @@ def _plan(site, facts_for) -> tuple[State, list[tuple[str, list[str], dict[str, 
     state.set_stage(StateStage.Prepare)
     for host in inventory:
         facts = facts_for(host.name, site)
-        host.get_fact = lambda cls, *a, _facts=facts, **k: _facts[cls]  # type: ignore[method-assign]
+        host.get_fact = _counting(host.name, facts)  # type: ignore[method-assign]
         state.activate_host(host)
         with ctx_state.use(state), ctx_host.use(host):
             k3s.deploy(site.hosts[host.name], site)  # the line deploys/site.py runs
@@ -181,6 +206,15 @@ def test_a_converged_cluster_plans_no_change(site) -> None:
         if commands
     }
     assert changes == {}
+
+
+@pytest.mark.parametrize("facts_for", [_converged, _fresh])
+@pytest.mark.parametrize("provisioning", [True, False])
+def test_each_host_reads_its_k3s_state_in_one_fact(site, facts_for, provisioning) -> None:
+    """Issue 10: one SSH round trip per role, the k3s install and the cluster's nodes
+    included (probes of the role's ManagedState), not a fact of their own each."""
+    _plan(site(provisioning=provisioning), facts_for)
+    assert _facts_read == {name: ["ManagedState"] for name in INVENTORY}
 
 
 def test_provisioning_off_changes_nothing_and_reports_each_node(site) -> None:

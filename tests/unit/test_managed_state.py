@@ -263,3 +263,26 @@ def test_a_state_that_cannot_be_read_is_one_line_naming_the_host(
     assert output.count(line) == 1, output
     assert "Traceback" not in output and "TypeError" not in output, output
     assert not target.exists()
+
+
+def test_probe_output_comes_back_as_lines_whatever_it_holds(tmp_path: Path) -> None:
+    """A probe's output is another command's, not ours: a line that looks like one of the
+    script's section markers, binary bytes, no final newline, stderr and a failing exit
+    status come back as that probe's lines and change no other section."""
+    probes = (
+        ("marker", "echo '@@oceanid end'; echo '@@oceanid path L2V0Yw=='; echo missing"),
+        ("binary", r"printf 'a\000b\377\nlast'"),
+        ("noisy", "echo out; echo err >&2; exit 3"),
+        ("silent", "true"),
+        ("it's odd $(touch PWNED)", "echo quoted; cat"),  # stdin is not the script
+    )
+    state = run_script(script(files=("/nonexistent",), probes=probes), tmp_path)
+    assert state["probes"] == {
+        "marker": ["@@oceanid end", "@@oceanid path L2V0Yw==", "missing"],
+        "binary": ["a\x00b\ufffd", "last"],
+        "noisy": ["out"],
+        "silent": [],
+        "it's odd $(touch PWNED)": ["quoted"],
+    }
+    assert state["paths"] == {"/nonexistent": None}  # the fake "/etc" section is not one
+    assert not (tmp_path / "PWNED").exists()
