@@ -66,12 +66,9 @@ _unit() {
   a=$(systemctl is-active "$2" 2>/dev/null)
   echo "${e:-not-found} ${a:-unknown}"
 }
-_probe_start() {  # $3: a shell command, run in the background while the rest is read
-  (sh -c "$3" </dev/null 2>/dev/null | base64 -w0 >"$_probes/$2") &
-}
-_probe() {  # $3: the probe's number; its stdout, whatever it held, comes back as base64
+_probe() {  # $3: a shell command; its stdout, whatever it holds, comes back as base64
   echo "@@oceanid probe $1"
-  cat "$_probes/$3"; echo
+  sh -c "$3" </dev/null 2>/dev/null | base64 -w0; echo
 }
 _tree() {
   echo "@@oceanid tree $1"
@@ -156,14 +153,7 @@ def script(
         body.append(_call("_read", record, "record"))
     body += [_call("_unit", unit) for unit in units]
     body += [_call("_tree", tree) for tree in trees]
-    if probes:  # started first, so slow ones (`kubectl get nodes`) overlap everything else
-        start = ["_probes=$(mktemp -d) || exit 1"]
-        start += [
-            _call("_probe_start", str(i), shlex.quote(cmd)) for i, (_, cmd) in enumerate(probes)
-        ]
-        body = start + body + ["wait"]
-        body += [_call("_probe", name, str(i)) for i, (name, _) in enumerate(probes)]
-        body.append('rm -rf "$_probes"')
+    body += [_call("_probe", name, shlex.quote(command)) for name, command in probes]
     body.append(f"echo '{MARK} end'")
     main = "main() {\n" + "\n".join(body) + "\n}\n"
     return "export LC_ALL=C\n" + _FUNCTIONS + main + "main </dev/null\n"
