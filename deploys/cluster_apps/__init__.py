@@ -2,8 +2,9 @@
 
 k3s applies every YAML file in /var/lib/rancher/k3s/server/manifests/; each app here is
 one `oceanid-<app>.yaml`, and its Secrets sit beside it in `oceanid-<app>-secret.yaml`,
-mode 0600, whose content `--dry --diff` never shows (objects.secret_key_changes names the
-keys that change). Objects are built as data by one module per app from validated
+mode 0600, whose content `--dry --diff` never shows: the host sends back salted hashes of
+the old file's lines, and `objects.secret_key_lines` maps the changed lines to the keys it
+names. Objects are built as data by one module per app from validated
 settings and secrets (preflight.Site), and dumped with PyYAML.
 
 k3s does not delete the objects of a file that disappears: an app switched off has its

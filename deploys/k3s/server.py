@@ -30,8 +30,8 @@ def runtime_class() -> dict:
     return {
         "apiVersion": "node.k8s.io/v1",
         "kind": "RuntimeClass",
-        "metadata": {"name": "nvidia"},
-        "handler": "nvidia",
+        "metadata": {"name": cluster.RUNTIME_CLASS},
+        "handler": cluster.RUNTIME_CLASS,
     }
 
 
