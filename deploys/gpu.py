@@ -9,11 +9,15 @@ from pyinfra.api.exceptions import PyinfraError
 
 from deploys import base, dns, gpu_host
 from oceanid.site import site, this_host
+from operations import managed
 
 plan = this_host()
 if plan.gpu is None:
     raise PyinfraError(f"{plan.name}: not a GPU host (no hosts.{plan.name}.gpu in group_data)")
 gpu_host.check(plan)
-base.deploy(plan)
-gpu_host.deploy(plan)
+core = base.manifest(plan)
+role = gpu_host.declare(plan)
+managed.read_together(core, role.manifest)  # the host's state in one round trip
+base.deploy(plan, core)
+gpu_host.deploy(plan, role)
 dns.deploy(plan, site())

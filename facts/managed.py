@@ -4,6 +4,7 @@ pyinfra's built-in operations read one fact per file (one SSH round trip each, a
 170 ms here), so a no-op converge of a few dozen files costs seconds. A role instead
 declares its files, directories, packages and accounts up front and reads their state
 here in a single shell command; its operations then compare against that.
+`ManagedStates` reads several roles of a host the same way, in one command for them all.
 
 The command is a constant `sh -s`; the script it runs comes on stdin (`script()`, passed
 as pyinfra's `_stdin` by `Manifest.state`). A script passed as the `sh -c` argument is
@@ -105,7 +106,7 @@ def _call(function: str, value: str, *extra: str) -> str:
     return " ".join([function, _name(value), shlex.quote(value), *extra])
 
 
-def script(
+def _body(
     files: tuple[str, ...] = (),
     packages: tuple[str, ...] = (),
     users: tuple[str, ...] = (),
@@ -117,8 +118,8 @@ def script(
     lines: tuple[str, ...] = (),
     salt: str = "",
     probes: tuple[tuple[str, str], ...] = (),
-) -> str:
-    """The shell script `sh -s` runs for these arguments (see `ManagedState`), and:
+) -> list[str]:
+    """The commands that read one role's state, for these arguments (see `ManagedState`), and:
 
     + peek: non-secret files read back for `--diff`, left out of ``peeks`` when missing or
       larger than PEEK_LIMIT
@@ -155,8 +156,24 @@ def script(
     body += [_call("_tree", tree) for tree in trees]
     body += [_call("_probe", name, shlex.quote(command)) for name, command in probes]
     body.append(f"echo '{MARK} end'")
-    main = "main() {\n" + "\n".join(body) + "\n}\n"
+    return body
+
+
+def script(**args) -> str:
+    """The shell script `sh -s` runs for one role's arguments (`_body`; see `ManagedState`)."""
+    main = "main() {\n" + "\n".join(_body(**args)) + "\n}\n"
     return "export LC_ALL=C\n" + _FUNCTIONS + main + "main </dev/null\n"
+
+
+def script_together(roles: list[dict]) -> str:
+    """One script for several roles' arguments (see `ManagedStates`): each role's part is a
+    function of its own, all defined before the first runs, then run in order after a
+    `role N` line, so a host's whole state comes back from one command."""
+    mains = [
+        f"main_{i}() {{\n" + "\n".join(_body(**args)) + "\n}\n" for i, args in enumerate(roles)
+    ]
+    calls = [f"echo '{MARK} role {i}'\nmain_{i} </dev/null\n" for i in range(len(roles))]
+    return "export LC_ALL=C\n" + _FUNCTIONS + "".join(mains) + "".join(calls)
 
 
 def empty_state() -> dict:
@@ -232,6 +249,30 @@ class ManagedState(FactBase):
         if not section or section[0] != "end":
             raise FactProcessError("ManagedState: output ended early (the command did not finish)")
         return result
+
+
+class ManagedStates(FactBase):
+    """
+    Several roles' `ManagedState` read in one command: a list of their states, in order.
+
+    A host with three roles would otherwise read its state in three round trips, one after
+    the other. The command is `sh -s`: pass `script_together` of the roles' arguments as
+    `_stdin`. A role whose part did not finish fails the whole fact.
+
+    + roles: the roles' names (what the fact is cached under, with their arguments' digest)
+    """
+
+    def command(self, roles: tuple[str, ...] = (), digest: str = "") -> str:
+        return "sh -s"
+
+    def process(self, output: list[str]) -> list[dict]:
+        parts: list[list[str]] = []
+        for line in output:
+            if line.startswith(f"{MARK} role "):
+                parts.append([])
+            elif parts:
+                parts[-1].append(line)
+        return [ManagedState().process(part) for part in parts]
 
 
 def installed(status: str) -> bool:

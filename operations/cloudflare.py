@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationValueError, operation
@@ -26,6 +27,44 @@ from oceanid.cloudflare_dns import (
     plan_routes,
 )
 from operations.failure import refuse
+
+# What `read_routes` read, per pyinfra run (its State) and per host and arguments.
+_READS: WeakKeyDictionary[State, dict[tuple, RoutesPlan | CloudflareError]] = WeakKeyDictionary()
+
+
+def read_routes(
+    access: CloudflareAccess,
+    records: Sequence[DesiredRecord] = (),
+    ingress: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    takeover: Iterable[str] = (),
+    tunnel_keys: Mapping[str, str] | None = None,
+) -> RoutesPlan | CloudflareError:
+    """The zone and tunnels read for ``routes`` on the current host, once per run.
+
+    ``routes`` plans from this read both when pyinfra detects changes and when it executes, so
+    what runs is what was shown. A deploy file may call it first, while it is loaded: each
+    host's reads then overlap the other hosts' (and their SSH facts) instead of running at the
+    end of the run. A failed read is returned, not raised, and the operation refuses with it.
+    """
+    key = (
+        host.name,
+        access.account_id,
+        access.zone_id,
+        access.base_url,
+        repr(list(records)),
+        repr(sorted((ingress or {}).items())),
+        tuple(takeover),
+        repr(sorted((tunnel_keys or {}).items())),
+    )
+    reads = _READS.setdefault(host.state, {})
+    if key not in reads:
+        try:
+            reads[key] = plan_routes(
+                access.client(), access, records, ingress, takeover, tunnel_keys
+            )
+        except CloudflareError as error:
+            reads[key] = error
+    return reads[key]
 
 
 def _apply(state: State, host: Host, access: CloudflareAccess, routes: RoutesPlan) -> bool:
@@ -93,10 +132,9 @@ def routes(
     if isinstance(takeover, str):
         raise OperationValueError("takeover must be a list of names, not one string")
 
-    try:
-        planned = plan_routes(access.client(), access, records, ingress, takeover, tunnel_keys)
-    except CloudflareError as error:
-        yield from refuse(str(error))
+    planned = read_routes(access, records, ingress, takeover, tunnel_keys)
+    if isinstance(planned, CloudflareError):
+        yield from refuse(str(planned))
         return
 
     others = {name.lower() for name in others}

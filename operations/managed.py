@@ -1,11 +1,12 @@
 """Operations over a role's declared state, read once through `facts.managed.ManagedState`.
 
-A role builds one `Manifest` (its files, directories, packages, accounts); every
-operation here compares the manifest with the state read in that single fact and
-yields commands only for what differs. Files are replaced atomically: uploaded into a
-private (0700) staging folder in the SSH user's home, copied beside the target with a
-077 umask, validated, given their owner and mode, then renamed over the target, so no
-reader ever sees a half-written or briefly world-readable file.
+A role builds one `Manifest` (its files, directories, packages, accounts); every operation
+here compares the manifest with the state read in that single fact and yields commands only
+for what differs. A deploy file that declares every role's manifest first reads them all in
+one command (`read_together`). Files are replaced atomically: uploaded into a private (0700)
+staging folder in the SSH user's home, copied beside the target with a 077 umask, validated,
+given their owner and mode, then renamed over the target, so no reader ever sees a half-
+written or briefly world-readable file.
 
 Each operation plans every change first, reports it (`--diff`: every file's diff, a
 secret file by name only), then yields its commands: pyinfra's change detection takes
@@ -38,7 +39,15 @@ from pyinfra.api import (
 )
 from pyinfra.operations.util.files import generate_color_diff
 
-from facts.managed import PEEK_LIMIT, ManagedState, PathState, empty_state, script
+from facts.managed import (
+    PEEK_LIMIT,
+    ManagedState,
+    ManagedStates,
+    PathState,
+    empty_state,
+    script,
+    script_together,
+)
 from operations.failure import fail_host, first_time, refuse
 
 STAGING = ".oceanid-staging"
@@ -181,16 +190,21 @@ class Manifest:
                 args["salt"] = _SALT
         return args
 
+    def _reading(self) -> tuple[tuple, dict, dict]:
+        """(what its state is cached under, the fact's arguments, the script's other ones)."""
+        args = self.fact_args()
+        extra = self.script_args()
+        return (host.name, self.name, repr(sorted({**args, **extra}.items()))), args, extra
+
     def state(self) -> dict:
-        """The role's state on the current host, read once per pyinfra run.
+        """The role's state on the current host, read once per pyinfra run (or together with
+        the host's other roles, by `read_together`).
 
         A fact that fails (the command failed, its output was cut short) is one red line
         naming the host and the role; the host is failed while planning, and the role's
         operations refuse to run on it (`unreadable`), never acting on a state not read.
         """
-        args = self.fact_args()
-        extra = self.script_args()
-        key = (host.name, self.name, repr(sorted({**args, **extra}.items())))
+        key, args, extra = self._reading()
         if key not in _STATE_CACHE:
             stdin = script(**args, **extra)
             value = host.get_fact(ManagedState, _stdin=stdin, _ignore_errors=True, **args)
@@ -261,6 +275,42 @@ class Manifest:
 
 
 _STATE_CACHE: dict[tuple, dict] = {}
+
+
+def read_together(*manifests: Manifest) -> None:
+    """Read these roles' states on the current host in one command, for their `state()`.
+
+    A deploy file that declares every role's manifest first, then calls this, reads the
+    host in one round trip instead of one per role, one after the other. A manifest changed
+    afterwards (another file declared) is read again by its own `state()`, never stale.
+    """
+    todo: dict[tuple, tuple[Manifest, dict]] = {}
+    for manifest in manifests:
+        key, args, extra = manifest._reading()
+        if key not in _STATE_CACHE:
+            todo.setdefault(key, (manifest, {**args, **extra}))
+    if len(todo) < 2:
+        for manifest, _ in todo.values():
+            manifest.state()
+        return
+    roles = [args for _, args in todo.values()]
+    digest = hashlib.sha256(repr(list(todo)).encode()).hexdigest()
+    values = host.get_fact(
+        ManagedStates,
+        _stdin=script_together(roles),
+        _ignore_errors=True,
+        roles=tuple(manifest.name for manifest, _ in todo.values()),
+        digest=digest,
+    )
+    if values is None or len(values) != len(todo):
+        names = ", ".join(manifest.name for manifest, _ in todo.values())
+        fail_host(
+            f"{host.name}: could not read the state of {names} (the command's output is "
+            "above); nothing of them was changed on this host"
+        )
+        values = [{**empty_state(), "unreadable": True} for _ in todo]
+    for key, value in zip(todo, values, strict=True):
+        _STATE_CACHE[key] = value
 
 
 def _record_paths(content: bytes | None) -> dict[str, list[str]]:

@@ -60,8 +60,9 @@ def authorized_keys(plan: HostPlan, base: Manifest) -> ManagedFile | None:
     return ManagedFile(path, content, "0600", user, user, shared=True)
 
 
-def deploy(plan: HostPlan) -> Manifest:
-    base = manifest(plan)
+def deploy(plan: HostPlan, base: Manifest | None = None) -> Manifest:
+    """The base, from `base` (this host's `manifest`, when the site declared it first)."""
+    base = base or manifest(plan)
     keys = authorized_keys(plan, base)
     if keys is not None:
         base.files.append(keys)

@@ -65,12 +65,18 @@ def deploy(plan: HostPlan, site: Site) -> None:
         zone_id=site.secrets["cloudflareZoneId"],
         base_url=settings.cloudflare_api_base_url,
     )
+    routes = {
+        "access": access,
+        "records": wanted,
+        "ingress": ingress,
+        "takeover": list(settings.cloudflare_takeover_records),
+        "tunnel_keys": tunnel_keys(plan, site),
+    }
+    # Read now, while the deploy file loads: the hosts' API reads overlap their SSH facts
+    # instead of queueing up behind every other operation; the operation plans from this read.
+    cloudflare.read_routes(**routes)
     cloudflare.routes(
         name="Cloudflare DNS records and tunnel routes",
-        access=access,
-        records=wanted,
-        ingress=ingress,
-        takeover=settings.cloudflare_takeover_records,
         others=sorted(site_names(plan) - {record.name for record in wanted}),
-        tunnel_keys=tunnel_keys(plan, site),
+        **routes,
     )

@@ -1,13 +1,15 @@
 """The GPU host role: its own tunnel connector and the GPU service behind `gpu.<base>`.
 
-Everything the role manages is declared in one Manifest and read in one fact; the
-operations then change only what differs. This file only composes: each service
-declares its part of the manifest (`add_to`) and, once the role's packages, folders
-and files are in place, runs its own steps (`deploy`) in its own module. A host marked
-`require_gpu` without a usable NVIDIA GPU fails before anything on it changes.
+Everything the role manages is declared in one Manifest (`declare`) and read in one fact,
+with the host's other roles; the operations then change only what differs. This file only
+composes: each service declares its part of the manifest (`add_to`) and, once the role's
+packages, folders and files are in place, runs its own steps (`deploy`) in its own module. A
+host marked `require_gpu` without a usable NVIDIA GPU fails before anything on it changes.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from deploys.gpu_host import cloudflared_node, docker, http_service, triton
 from oceanid.preflight import HostPlan
@@ -21,7 +23,19 @@ def check(plan: HostPlan) -> None:
         gpu.require(name="A usable NVIDIA GPU", gpus=plan.gpu.gpus)
 
 
-def deploy(plan: HostPlan) -> Manifest:
+@dataclass
+class Role:
+    """The role's Manifest, declared whole before anything is read or run, and what each
+    service's steps need from its declaration."""
+
+    manifest: Manifest
+    uses_docker: bool
+    tunnel_inputs: list[str]
+    service_inputs: list[str]
+    by_model: dict[str, list[str]] = field(default_factory=dict)
+
+
+def declare(plan: HostPlan) -> Role:
     service = plan.gpu.service
     manifest = Manifest(name=f"gpu host {plan.name}")
     tunnel_inputs = cloudflared_node.add_to(manifest, plan)
@@ -29,21 +43,25 @@ def deploy(plan: HostPlan) -> Manifest:
     if uses_docker:
         docker.add_to(manifest)
     if service.kind == "triton":
-        triton_inputs, by_model = triton.add_to(manifest, plan)
-    else:
-        http_inputs = http_service.add_to(manifest, plan)
+        service_inputs, by_model = triton.add_to(manifest, plan)
+        return Role(manifest, uses_docker, tunnel_inputs, service_inputs, by_model)
+    return Role(manifest, uses_docker, tunnel_inputs, http_service.add_to(manifest, plan))
 
+
+def deploy(plan: HostPlan, role: Role | None = None) -> Manifest:
+    """The role's steps, from `role` (this host's `declare`, when the site declared it first)."""
+    role = role or declare(plan)
+    manifest = role.manifest
     distro_packages = [p for p in manifest.packages if p not in docker.CONTAINER_PACKAGES]
     managed.packages(name="GPU host packages", manifest=manifest, names=distro_packages)
     managed.directories(name="GPU host directories", manifest=manifest)
     managed.files(name="GPU host files", manifest=manifest)
     managed.sweep(name="GPU host files no longer wanted", manifest=manifest)
-
-    if uses_docker:
+    if role.uses_docker:
         docker.deploy(manifest, plan)
-    if service.kind == "triton":
-        triton.deploy(manifest, plan, triton_inputs, by_model)
+    if plan.gpu.service.kind == "triton":
+        triton.deploy(manifest, plan, role.service_inputs, role.by_model)
     else:
-        http_service.deploy(manifest, http_inputs)
-    cloudflared_node.deploy(manifest, tunnel_inputs, plan)
+        http_service.deploy(manifest, role.service_inputs)
+    cloudflared_node.deploy(manifest, role.tunnel_inputs, plan)
     return manifest

@@ -1,8 +1,9 @@
 """The k3s cluster: servers on `k3s_servers`, agents on `k3s_agents`, labels from host data.
 
-Each part is data first and tested as data: `config` (config.yaml), `units` (the systemd units,
-kernel modules and sysctls), `endpoint` (HAProxy), `kubeconfig` (the operator's kubeconfig for
-the SSH tunnel). `server` and `agent` are the two roles, each one Manifest read in one fact.
+Each part is data first and tested as data: `config` (config.yaml), `units` (the systemd
+units, kernel modules and sysctls), `endpoint` (HAProxy), `kubeconfig` (the operator's
+kubeconfig for the SSH tunnel). `server` and `agent` are the two roles, each one Manifest
+(`declare`), read in the host's one fact.
 
 `deploy` is called by deploys/site.py for every host. pyinfra orders operations by the line
 that queues them, so every server operation (below, `server.deploy`) runs before any agent's,
@@ -12,13 +13,43 @@ nothing of k3s is installed or changed: each node says in one line what it runs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from deploys.k3s import agent, cluster, server
 from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, HostPlan, Site
 from operations import k3s as k3s_ops
 from operations.managed import Manifest
 
 
-def deploy(plan: HostPlan, site: Site) -> None:
+@dataclass
+class Node:
+    """This node's k3s Manifests, declared whole before anything is read or run: the report's
+    (provisioning off), or the server's and the agent's with what their steps need."""
+
+    report: Manifest | None = None
+    server: tuple[Manifest, list[str], list[str]] | None = None
+    agent: tuple[Manifest, list[str]] | None = None
+
+    def manifests(self) -> list[Manifest]:
+        found = [self.report] + [part[0] for part in (self.server, self.agent) if part]
+        return [manifest for manifest in found if manifest is not None]
+
+
+def declare(plan: HostPlan, site: Site) -> Node | None:
+    """The node's manifests (None on a host that is no k3s node)."""
+    if not {K3S_SERVERS, K3S_AGENTS} & plan.roles:
+        return None
+    if not plan.settings.enable_node_provisioning:
+        probed = Manifest(name=f"k3s report {plan.name}")
+        k3s_ops.probe_install(probed)  # one batched fact, as every other role reads
+        return Node(report=probed)
+    return Node(
+        server=server.manifest(plan, site) if K3S_SERVERS in plan.roles else None,
+        agent=agent.manifest(plan, site) if K3S_AGENTS in plan.roles else None,
+    )
+
+
+def deploy(plan: HostPlan, site: Site, node: Node | None = None) -> None:
     """
     Every k3s node's part, in an order pyinfra keeps across hosts.
 
@@ -27,15 +58,14 @@ def deploy(plan: HostPlan, site: Site) -> None:
     from the same line (the wait for the API, the labels) are one step for all of them, after
     everything before it on every node and before everything after it.
     """
-    if not {K3S_SERVERS, K3S_AGENTS} & plan.roles:
+    node = node or declare(plan, site)
+    if node is None:
         return
-    if not plan.settings.enable_node_provisioning:
-        probed = Manifest(name=f"k3s report {plan.name}")
-        k3s_ops.probe_install(probed)  # one batched fact, as every other role reads
-        k3s_ops.report(name="k3s on this node (provisioning off)", manifest=probed)
+    if node.report is not None:
+        k3s_ops.report(name="k3s on this node (provisioning off)", manifest=node.report)
         return
-    role = server.deploy(plan, site) if K3S_SERVERS in plan.roles else None
-    joining = agent.prepare(plan, site) if K3S_AGENTS in plan.roles else None
+    role = server.deploy(plan, site, node.server) if node.server else None
+    joining = agent.prepare(plan, site, node.agent) if node.agent else None
     k3s_ops.wait_for_server(
         name="k3s API answers before agents join",
         endpoint=cluster.endpoint(site, plan),

@@ -32,9 +32,12 @@ def manifest(plan: HostPlan, site: Site) -> tuple[Manifest, list[str]]:
     return role, node.add_to(role, plan, site, "agent")
 
 
-def prepare(plan: HostPlan, site: Site) -> Joining:
-    """The agent's files and kernel settings: nothing here needs the server."""
-    role, inputs = manifest(plan, site)
+def prepare(
+    plan: HostPlan, site: Site, declared: tuple[Manifest, list[str]] | None = None
+) -> Joining:
+    """The agent's files and kernel settings: nothing here needs the server. `declared` is
+    its `manifest`, when the site declared it first."""
+    role, inputs = declared or manifest(plan, site)
     if plan.gpu is not None and not plan.gpu.require_gpu:
         host.log("k3s: no GPU required here (require_gpu: false): NVIDIA runtime skipped")
     node.install(role, [f.path for f in role.files])

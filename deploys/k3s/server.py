@@ -52,8 +52,11 @@ def manifest(plan: HostPlan, site: Site) -> tuple[Manifest, list[str], list[str]
     return role, inputs, before_start
 
 
-def deploy(plan: HostPlan, site: Site) -> Manifest:
-    role, inputs, before_start = manifest(plan, site)
+def deploy(
+    plan: HostPlan, site: Site, declared: tuple[Manifest, list[str], list[str]] | None = None
+) -> Manifest:
+    """The server's steps, from `declared` (its `manifest`, when the site declared it first)."""
+    role, inputs, before_start = declared or manifest(plan, site)
     token = cluster.token(site)
     k3s_ops.cluster_token(
         name="k3s cluster token unchanged",

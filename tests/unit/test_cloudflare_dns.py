@@ -455,7 +455,9 @@ def test_operation_dry_run_shows_changes_and_makes_none(standin: Standin, caplog
 
     real = _pyinfra_state()
     _add_routes(real, standin)
-    _execute(real)
+    reads = len(standin.requests("GET", "/dns_records"))
+    _execute(real)  # writes the plan read while preparing: the change made is the one shown
+    assert len(standin.requests("GET", "/dns_records")) == reads
     assert len(standin.requests("POST", "/dns_records")) == 2
     assert len(standin.requests("PUT", "/configurations")) == 1
 

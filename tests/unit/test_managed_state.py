@@ -15,8 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pyinfra.api.exceptions import FactProcessError
 
-from facts.managed import PEEK_LIMIT, ManagedState, script
+from facts.managed import PEEK_LIMIT, ManagedState, ManagedStates, script, script_together
 
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = REPO / ".venv" / "bin" / "pyinfra"
@@ -286,3 +287,78 @@ def test_probe_output_comes_back_as_lines_whatever_it_holds(tmp_path: Path) -> N
     }
     assert state["paths"] == {"/nonexistent": None}  # the fake "/etc" section is not one
     assert not (tmp_path / "PWNED").exists()
+
+
+# ---- several roles in one command
+
+
+def test_roles_read_together_come_back_as_each_read_alone(tmp_path: Path) -> None:
+    """`script_together` is each role's own script in one command: every role's state is the
+    one its own script reads, whatever a probe prints (a line like the role separator too)."""
+    (tmp_path / "a.conf").write_text("a\n")
+    (tmp_path / "b.conf").write_text("b\n")
+    roles = [
+        {"files": (str(tmp_path / "a.conf"),), "units": ("nothing.service",)},
+        {
+            "files": (str(tmp_path / "b.conf"), str(tmp_path / "gone")),
+            "read": (str(tmp_path / "b.conf"),),
+            "probes": (("marker", "echo '@@oceanid role 7'; echo '@@oceanid end'"),),
+        },
+        {"packages": ("no-such-package-here",), "record": str(tmp_path / "none.paths")},
+    ]
+    done = subprocess.run(
+        ["sh", "-s"], input=script_together(roles).encode(), capture_output=True, check=True
+    )
+    together = ManagedStates().process(done.stdout.decode().splitlines())
+    alone = [run_script(script(**args), tmp_path) for args in roles]
+    assert together == alone
+    assert together[1]["probes"]["marker"] == ["@@oceanid role 7", "@@oceanid end"]
+    assert together[1]["contents"][str(tmp_path / "b.conf")] == b"b\n"
+
+
+def test_a_role_cut_short_fails_the_whole_read() -> None:
+    output = ["@@oceanid role 0", "@@oceanid host", "amd64", "3.11", "@@oceanid end"]
+    output += ["@@oceanid role 1", "@@oceanid host", "amd64"]
+    with pytest.raises(FactProcessError):
+        ManagedStates().process(output)
+
+
+TOGETHER = """
+from operations import managed
+from operations.managed import ManagedFile, Manifest
+
+first = Manifest(name="first", files=[ManagedFile({a!r}, b"a\\n")])
+second = Manifest(name="second", files=[ManagedFile({b!r}, b"b\\n")], units=["x.service"])
+managed.read_together(first, second)
+managed.files(name="First files", manifest=first)
+managed.files(name="Second files", manifest=second)
+managed.sweep(name="Second sweep", manifest=second)
+"""
+
+
+def test_read_together_is_one_command_for_the_host(tmp_path: Path) -> None:
+    """Through the real CLI: two roles read in one fact, counted by the commands pyinfra
+    runs (`--debug` logs each one), and the roles then converge from that read."""
+    a, b = tmp_path / "a.conf", tmp_path / "b.conf"
+    deploy = tmp_path / "deploy.py"
+    deploy.write_text(TOGETHER.format(a=str(a), b=str(b)))
+    first = _pyinfra(tmp_path, "-y", "@local", str(deploy))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert a.read_text() == "a\n" and b.read_text() == "b\n"
+    again = _pyinfra(tmp_path, "-y", "--debug", "@local", str(deploy))
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output
+    assert output.count("Getting fact: facts.managed.ManagedStates (") == 1, output
+    assert "Getting fact: facts.managed.ManagedState (" not in output, output
+    assert "No changes" in output
+
+
+def test_roles_read_together_that_cannot_be_read_are_one_line(tmp_path: Path) -> None:
+    deploy = tmp_path / "deploy.py"
+    deploy.write_text(TOGETHER.format(a=str(tmp_path / "a"), b=str(tmp_path / "b")))
+    run = _pyinfra(tmp_path, "--data", "_chdir=/nonexistent", "-y", "@local", str(deploy))
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output
+    assert output.count("@local: could not read the state of first, second") == 1, output
+    assert "Traceback" not in output, output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
