@@ -35,8 +35,8 @@ from collections.abc import Iterator, Mapping
 
 LISTEN_HOST = "127.0.0.1"
 CHUNK = 64 * 1024
-#: Chunks in flight per direction before the relay stops reading (64 MiB): bounds its memory
-#: when a receiver is slow, far above what a 100 ms link carries at this machine's speed.
+#: Chunks held per direction before the relay stops reading (64 MiB): bounds its memory when
+#: a receiver is slow, yet lets a 100 ms relay carry 640 MiB/s, so it never sets the pace.
 IN_FLIGHT = 1024
 
 _DELAY = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s)?")
