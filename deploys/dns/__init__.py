@@ -8,18 +8,21 @@ what would change, and it writes nothing when there is a conflict anywhere in it
 
 from __future__ import annotations
 
-from oceanid.cloudflare_dns import (
-    CloudflareAccess,
-    DesiredRecord,
-    desired_ingress,
-    tunnel_target,
-)
+from typing import TYPE_CHECKING
+
 from oceanid.preflight import K3S_SERVERS, HostPlan, Site
-from operations import cloudflare
+
+if TYPE_CHECKING:
+    from oceanid.cloudflare_dns import DesiredRecord
+
+# The Cloudflare SDK (about 0.2 s of CPU to import) is imported where it is used, not when
+# deploys/site.py loads: by then each host's SSH read is under way, and the import overlaps it.
 
 
 def records(plan: HostPlan, site: Site) -> tuple[list[DesiredRecord], dict]:
     """This host's records, and the ingress of its node tunnel (if Cloudflare manages it)."""
+    from oceanid.cloudflare_dns import DesiredRecord, desired_ingress, tunnel_target
+
     base = plan.settings.base_domain
     wanted: list[DesiredRecord] = []
     ingress: dict = {}
@@ -59,6 +62,9 @@ def deploy(plan: HostPlan, site: Site) -> None:
     wanted, ingress = records(plan, site)
     if not wanted:
         return
+    from oceanid.cloudflare_dns import CloudflareAccess
+    from operations import cloudflare
+
     access = CloudflareAccess(
         api_token=site.secrets["cloudflareApiToken"],
         account_id=site.secrets["cloudflareAccountId"],
