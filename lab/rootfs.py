@@ -65,6 +65,9 @@ _DIRECT = ",".join(
 )
 ENVIRONMENT = f"http_proxy={PROXY_URL}\nhttps_proxy={PROXY_URL}\nno_proxy={_DIRECT}\n"
 SSHD_CONF = "PasswordAuthentication no\nPermitRootLogin prohibit-password\nUseDNS no\n"
+# sshd logs every command a connection runs ("Starting session: command for root from ..."),
+# so the bench counts each host's round trips from the host's side (lab/roundtrips.py).
+SSHD_COUNT_CONF = "LogLevel VERBOSE\n"
 
 
 def _ca_files() -> list[Path]:
@@ -153,6 +156,7 @@ def prepare_host(lab_host: LabHost, tarball: Path) -> None:
     root.mkdir(parents=True)
     subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-xpf", str(tarball)], check=True)
     _write(root, "etc/hostname", lab_host.name + "\n")
+    _write(root, "etc/ssh/sshd_config.d/lab-count.conf", SSHD_COUNT_CONF)
     _write(root, "etc/hosts", _hosts_file())
     _write(
         root, "etc/resolv.conf", "# the lab has no DNS; registries are reached through the proxy\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import network, processes
+from lab import network, processes, roundtrips
 from lab.converge import lab_env, pyinfra, verify_argv
 from lab.topology import GPU_HOSTS, HOSTS, REPO
 from tests.lab import free_port, lab_cli, lab_secret_lines, ssh
@@ -58,11 +58,16 @@ def test_first_converge_output_shows_no_secret(converged):
 
 
 def test_second_converge_changes_nothing(converged):
+    """...and costs each host one connection and one command, counted by the host's sshd:
+    every role's state is read in one command, and nothing else runs."""
+    marks = roundtrips.cursors()
     second = pyinfra("deploys/site.py")
     assert second.returncode == 0, second.output[-6000:]
     assert second.totals["error"] == 0
     assert second.changed == {}, f"the second converge changed: {second.changed}"
     assert second.totals["success"] == 0
+    counts = roundtrips.since(marks)
+    assert counts == {h.name: roundtrips.Count(1, 1) for h in HOSTS}, counts
 
 
 def test_held_package_counts_as_installed(converged):
