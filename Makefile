@@ -75,8 +75,8 @@ test: venv lab-deps  ## everything CI runs: lint, unit, contract and lab tests
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q tests/unit tests/standins tests/contract tests/lab
 
-bench: venv  ## with the lab up: boot, first and no-op converge, bare exec, ratio
-	$(PY) -m lab.bench
+bench: venv lab-deps  ## boots the lab; no-op, dry run, bare exec, reference; LATENCY=50ms adds WAN delay
+	$(PY) -m lab.bench --latency $(or $(LATENCY),0)
 
 clean: lab-down
 	rm -rf .lab

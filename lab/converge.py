@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lab.topology import REPO, SECRETS_FILE
@@ -19,6 +21,7 @@ class Run:
     failed_hosts: list[str]
     changed: dict[str, list[str]]  # operation name -> hosts it changed
     output: str
+    peak_mib: float = 0.0  # the pyinfra process's peak resident memory
 
 
 def lab_env() -> dict[str, str]:
@@ -58,15 +61,7 @@ def pyinfra(
         argv.append("--json")
     argv += ["inventories/lab.py", *args]
     started = time.monotonic()
-    done = subprocess.run(
-        argv,
-        cwd=REPO,
-        env={**lab_env(), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    done, peak_mib = _run_measured(argv, {**lab_env(), **(env or {})}, timeout)
     seconds = time.monotonic() - started
     totals, failed, changed = {}, [], {}
     if json_output and done.stdout.strip().startswith("{"):
@@ -77,5 +72,38 @@ def pyinfra(
             op["name"]: op["success"] for op in results.get("operations", []) if op["success"]
         }
     return Run(
-        done.returncode, seconds, totals, failed, changed, (done.stdout or "") + (done.stderr or "")
+        done.returncode,
+        seconds,
+        totals,
+        failed,
+        changed,
+        (done.stdout or "") + (done.stderr or ""),
+        peak_mib,
     )
+
+
+def _run_measured(
+    argv: list[str], env: dict[str, str], timeout: float
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run `argv` like `subprocess.run`, and return its peak memory too (MiB): waited for
+    with `os.wait4`, whose resource usage is that one process's (pyinfra's children, the SSH
+    connections it makes, run as its threads)."""
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    fired = threading.Event()
+    killer = threading.Timer(timeout, lambda: (fired.set(), proc.kill()))
+    killer.start()
+    with ThreadPoolExecutor(2) as pool:
+        out = pool.submit(proc.stdout.read)
+        err = pool.submit(proc.stderr.read)
+        _, status, usage = os.wait4(proc.pid, 0)
+        stdout, stderr = out.result(), err.result()
+    killer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stdout.close()
+    proc.stderr.close()
+    if fired.is_set():
+        raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr)
+    done = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+    return done, usage.ru_maxrss / 1024
