@@ -39,6 +39,12 @@ SSH_KEY_RE = re.compile(
 IMAGE_RE = re.compile(
     r"^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)+:[A-Za-z0-9._-]+(@sha256:[0-9a-f]{64})?$"
 )
+# An image ID as Docker reports it (`docker image inspect -f '{{.Id}}'`): what an image built or
+# loaded without a registry is pinned by.
+IMAGE_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+IMAGE_HINT = (
+    "must be an image reference registry/name:tag[@sha256:…] or an image ID sha256:<64 hex>"
+)
 ADDRESS_RE = re.compile(r"^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|\[::1\]):\d{1,5}$")
 
 #: Host data keys that belong to pyinfra (connectors and global arguments), not to us.
@@ -110,21 +116,41 @@ class PipPin(Strict):
     sha256: dict[Literal["amd64", "arm64"], Sha256] = Field(min_length=1)
 
 
+def image_reference(value: str) -> bool:
+    return bool(IMAGE_RE.match(value) or IMAGE_ID_RE.match(value))
+
+
+class ImageArchive(Strict):
+    """A `docker save` archive of an image, for a host that reaches no registry: the deploy
+    downloads it, checks its SHA-256, `docker load`s it and checks that the image it pins is
+    then on disk."""
+
+    url: HttpUrl
+    sha256: Sha256
+
+
 class GpuService(Strict):
-    """What serves `gpu.<base>` on a GPU host."""
+    """What serves `gpu.<base>` on a GPU host.
+
+    `memlock` is the container's locked-memory limit (`docker run --ulimit memlock=`):
+    unlimited, as Triton's documentation runs it, unless the host caps it lower (the lab's
+    machine allows 8 MiB).
+    """
 
     kind: Literal["triton", "http"] = "triton"
     runtime: Literal["container", "host"] = "container"
     image: str | None = None
+    image_archive: ImageArchive | None = None
     port: int = Field(default=8000, ge=1, le=65535)
     environment: dict[str, str] = Field(default_factory=dict)
     docker_package: str = "docker.io"
+    memlock: Literal["unlimited"] | Annotated[int, Field(ge=65536)] = "unlimited"
 
     @field_validator("image")
     @classmethod
     def _image(cls, value: str | None) -> str | None:
-        if value is not None and not IMAGE_RE.match(value):
-            raise ValueError("must be an image reference registry/name:tag[@sha256:…]")
+        if value is not None and not image_reference(value):
+            raise ValueError(IMAGE_HINT)
         return value
 
     @model_validator(mode="after")
@@ -318,6 +344,7 @@ class Settings(Strict):
     k3s: Artifact
     cloudflared: Artifact
     triton_image: str
+    triton_image_archive: ImageArchive | None = None
     triton_wheel: PipPin
     nvidia_container_key_fingerprint: str = Field(pattern=r"^[0-9A-F]{40}$")
     tunnel_protocol: Literal["auto", "http2", "quic"]
@@ -345,8 +372,8 @@ class Settings(Strict):
     @field_validator("triton_image")
     @classmethod
     def _triton_image(cls, value: str) -> str:
-        if not IMAGE_RE.match(value):
-            raise ValueError("must be an image reference registry/name:tag[@sha256:…]")
+        if not image_reference(value):
+            raise ValueError(IMAGE_HINT)
         return value
 
     @model_validator(mode="after")
