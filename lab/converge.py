@@ -85,25 +85,34 @@ def pyinfra(
 def _run_measured(
     argv: list[str], env: dict[str, str], timeout: float
 ) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run `argv` like `subprocess.run`, and return its peak memory too (MiB): waited for
-    with `os.wait4`, whose resource usage is that one process's (pyinfra's children, the SSH
-    connections it makes, run as its threads)."""
+    """Run `argv` like `subprocess.run`, and return its peak memory too (MiB), which
+    `os.wait4` reports for that one process (pyinfra makes its SSH connections in-process);
+    0 under gevent, which reaps the process before it can be asked."""
     proc = subprocess.Popen(
         argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     fired = threading.Event()
     killer = threading.Timer(timeout, lambda: (fired.set(), proc.kill()))
     killer.start()
+    peak_mib = 0.0
     with ThreadPoolExecutor(2) as pool:
         out = pool.submit(proc.stdout.read)
         err = pool.submit(proc.stderr.read)
-        _, status, usage = os.wait4(proc.pid, 0)
+        while True:  # polled: a blocking wait would stall a gevent-patched caller's readers
+            try:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            except ChildProcessError:  # gevent reaps its children itself: no usage then
+                proc.wait()
+                break
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                peak_mib = usage.ru_maxrss / 1024
+                break
+            time.sleep(0.002)
         stdout, stderr = out.result(), err.result()
     killer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     proc.stdout.close()
     proc.stderr.close()
     if fired.is_set():
         raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr)
-    done = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
-    return done, usage.ru_maxrss / 1024
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr), peak_mib
