@@ -16,7 +16,17 @@ import sys
 import time
 from contextlib import contextmanager
 
-from lab import fake_secrets, hosts, keys, mirror, network, processes, rootfs, services
+from lab import (
+    docker_host,
+    fake_secrets,
+    hosts,
+    keys,
+    mirror,
+    network,
+    processes,
+    rootfs,
+    services,
+)
 from lab.converge import lab_env, pyinfra, verify_argv
 from lab.topology import HOSTS, HOSTS_DIR, LAB_DIR, REPO
 
@@ -48,6 +58,8 @@ def require_root() -> None:
 def down(*, quiet: bool = False) -> list[str]:
     """Stop everything the lab started and remove what it created."""
     removed = [f"host {name}" for name in hosts.stop(list(HOSTS))]
+    for lab_host in HOSTS:
+        removed += [f"cgroup {path}" for path in docker_host.remove_cgroups(lab_host.name)]
     services.stop()
     for name in processes.names():
         if processes.stop(name):

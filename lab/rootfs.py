@@ -10,11 +10,12 @@ a new VPS: hostname, SSH host keys, the operator's authorized key.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
-from lab import kubectl
+from lab import docker_host, kubectl
 from lab.topology import (
     CACHE_DIR,
     GATEWAY,
@@ -157,6 +158,8 @@ def prepare_host(lab_host: LabHost, tarball: Path) -> None:
     subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-xpf", str(tarball)], check=True)
     _write(root, "etc/hostname", lab_host.name + "\n")
     _write(root, "etc/ssh/sshd_config.d/lab-count.conf", SSHD_COUNT_CONF)
+    if lab_host.docker:  # an operator's daemon.json, which the deploy's merge must keep
+        _write(root, "etc/docker/daemon.json", json.dumps(docker_host.daemon_json()) + "\n")
     _write(root, "etc/hosts", _hosts_file())
     _write(
         root, "etc/resolv.conf", "# the lab has no DNS; registries are reached through the proxy\n"

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lab import docker_host
 from lab.topology import RUN_DIR, host
 
 REBOOT_EXIT = 133
@@ -40,6 +41,7 @@ def nspawn_argv(name: str) -> list[str]:
         "--link-journal=no",
         "--resolv-conf=off",
         "--timezone=off",
+        *(docker_host.nspawn_options() if lab_host.docker else []),
     ]
 
 
@@ -47,6 +49,9 @@ def main(name: str) -> int:
     stop_flag = RUN_DIR / f"{name}.stop"
     stop_flag.unlink(missing_ok=True)
     env = {**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"}
+    if host(name).docker:
+        env.update(docker_host.nspawn_env())
+    docker_host.join_cgroups(name)  # a cgroup tree of the host's own (lab/docker.md, Traps)
     while True:
         rc = subprocess.call(nspawn_argv(name), env=env)
         if rc != REBOOT_EXIT or stop_flag.exists():

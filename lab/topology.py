@@ -41,6 +41,7 @@ class LabHost:
     octet: int
     role: str
     ssh_user: str = "root"
+    docker: bool = False  # runs Docker (lab/docker_host.py: the nspawn settings it needs)
 
     @property
     def address(self) -> str:
@@ -67,7 +68,7 @@ HOSTS = (
     LabHost("tethys", 11, "k3s server"),
     LabHost("styx", 12, "k3s agent"),
     LabHost("calypso", 13, "gpu host, k3s agent", ssh_user="oceanid"),
-    LabHost("calypso2", 14, "gpu host (second tunnel)"),
+    LabHost("calypso2", 14, "gpu host (second tunnel), Triton in Docker", docker=True),
 )
 GPU_HOSTS = ("calypso", "calypso2")
 

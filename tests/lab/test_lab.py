@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import network, processes, roundtrips
+from lab import docker_host, network, processes, roundtrips
 from lab.converge import lab_env, pyinfra, verify_argv
 from lab.topology import GPU_HOSTS, HOSTS, REPO
 from tests.lab import free_port, lab_cli, lab_secret_lines, ssh
@@ -252,3 +252,4 @@ def test_teardown_leaves_nothing(lab):
     assert ".lab/hosts" not in mounts and "/run/netns/ocl-" not in mounts
     for lab_host in HOSTS:
         assert not lab_host.rootfs.exists()
+        assert docker_host.remove_cgroups(lab_host.name) == [], "lab down left a cgroup"
