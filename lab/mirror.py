@@ -66,3 +66,9 @@ def populate() -> dict[str, dict]:
         }
     ARTIFACTS_FILE.write_text(json.dumps(pins, indent=2) + "\n")
     return pins
+
+
+def record(pins: dict[str, dict]) -> None:
+    """Add entries to .lab/artifacts.json next to populate()'s (the lab's images, lab/images.py)."""
+    current = json.loads(ARTIFACTS_FILE.read_text()) if ARTIFACTS_FILE.exists() else {}
+    ARTIFACTS_FILE.write_text(json.dumps(current | pins, indent=2) + "\n")
