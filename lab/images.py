@@ -213,6 +213,8 @@ def build(
     log(f"images: building {archive.name}")
     cache.mkdir(parents=True, exist_ok=True)
     for stale in cache.glob(f"image-{name}-*"):
+        if os.path.ismount(stale / "proc"):  # a killed build's chroot
+            subprocess.run(["umount", str(stale / "proc")], check=True)
         if stale.is_dir():
             shutil.rmtree(stale)
         else:
