@@ -27,6 +27,31 @@ START_WAIT = 300  # seconds a (re)started Triton has to load every model and ans
 LOG_LINES = 40  # journal lines shown when Triton did not come up
 
 
+IMAGE_MOUNT = "/oceanid-env"  # where the building container sees the new environment
+IMAGE_REQUIREMENTS = "requirements.txt"  # copied into the environment for the image's pip
+IMAGE_SITE = "site"  # the packages, for the running container's PYTHONPATH
+IMAGE_PYTHON = "python-version"  # the image's Python, `3.12`: what the packages were built for
+
+
+def image_build_command(env: str, image: str) -> StringCommand:
+    """A one-shot container of `image` installs the requirements into `env` for its own
+    Python; `--network host` lets its pip reach the host's proxy or the internet."""
+    mount = IMAGE_MOUNT
+    script = shlex.join(
+        ["python3", "-m", "pip", *["install", "-q", "--disable-pip-version-check"]]
+        + ["--no-cache-dir", "--target", f"{mount}/{IMAGE_SITE}"]
+        + ["-r", f"{mount}/{IMAGE_REQUIREMENTS}"]
+    )
+    script += " && " + shlex.join(
+        ["python3", "-c", 'import sys; print("%d.%d" % sys.version_info[:2])']
+    )
+    script += " > " + shlex.quote(f"{mount}/{IMAGE_PYTHON}")
+    return StringCommand(
+        "docker", "run", "--rm", "--network", "host", "-v", QuoteString(f"{env}:{mount}"),
+        QuoteString(image), "sh", "-c", QuoteString(script),
+    )  # fmt: skip
+
+
 @operation()
 def environment(
     manifest: Manifest,
@@ -36,7 +61,8 @@ def environment(
     stamp: bytes,
     wheel_requirements: str | None,
     model_requirements: str,
-    finish: str,
+    finish: StringCommand | None,
+    image: str | None = None,
 ):
     """
     Build Triton's Python environment beside the current one when its inputs changed.
@@ -49,6 +75,9 @@ def environment(
     + wheel_requirements: a hash-pinned requirements file for the Triton wheel, if any
     + model_requirements: the models' requirements file
     + finish: a shell command run in the new environment after the installs (backends, links)
+    + image: build it with this container image's Python instead of the host's: the image
+      installs the requirements (`pip --target <env>/site`) and writes its Python's version
+      to `<env>/python-version`; the container runtime mounts the environment read-only
 
     `link` moves to the new environment (a rename of a new link over it, which is atomic)
     only after every step passed; until then Triton keeps the environment it runs on. A
@@ -60,16 +89,28 @@ def environment(
         return
     new, pip = QuoteString(env), QuoteString(f"{env}/bin/pip")
     in_use = f"{link} links to {env}, the environment in use; build it elsewhere"
-    yield StringCommand(
+    fresh = [
         "if", "[", '"$(readlink', QuoteString(link), ')"', "=", new, "];", "then",
         "echo", QuoteString(in_use), ">&2;", "exit", "1;", "fi;",
-        "rm", "-rf", new, "&&", "python3", "-m", "venv", new,
-    )  # fmt: skip
+        "rm", "-rf", new, "&&",
+    ]  # fmt: skip
     quiet = ["install", "-q", "--disable-pip-version-check"]
-    if wheel_requirements:
-        yield StringCommand(pip, *quiet, "--no-deps", "--require-hashes", "-r", wheel_requirements)
-    yield StringCommand(pip, *quiet, "-r", model_requirements)
-    yield finish
+    if image is not None:
+        yield StringCommand(
+            *fresh, "install", "-d", "-m", "0755", new, "&&",
+            "install", "-m", "0644", QuoteString(model_requirements),
+            QuoteString(f"{env}/{IMAGE_REQUIREMENTS}"),
+        )  # fmt: skip
+        yield image_build_command(env, image)
+    else:
+        yield StringCommand(*fresh, "python3", "-m", "venv", new)
+        if wheel_requirements:
+            yield StringCommand(
+                pip, *quiet, "--no-deps", "--require-hashes", "-r", wheel_requirements
+            )
+        yield StringCommand(pip, *quiet, "-r", model_requirements)
+    if finish is not None:
+        yield finish
     yield StringCommand(
         "printf", "%s", QuoteString(stamp.decode()), ">", QuoteString(f"{env}/{stamp_name}")
     )

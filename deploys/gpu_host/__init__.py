@@ -41,7 +41,7 @@ def declare(plan: HostPlan) -> Role:
     tunnel_inputs = cloudflared_node.add_to(manifest, plan)
     uses_docker = service.kind == "http" or service.runtime == "container"
     if uses_docker:
-        docker.add_to(manifest)
+        docker.add_to(manifest, plan)
     if service.kind == "triton":
         service_inputs, by_model = triton.add_to(manifest, plan)
         return Role(manifest, uses_docker, tunnel_inputs, service_inputs, by_model)
@@ -62,6 +62,6 @@ def deploy(plan: HostPlan, role: Role | None = None) -> Manifest:
     if plan.gpu.service.kind == "triton":
         triton.deploy(manifest, plan, role.service_inputs, role.by_model)
     else:
-        http_service.deploy(manifest, role.service_inputs)
+        http_service.deploy(manifest, plan, role.service_inputs)
     cloudflared_node.deploy(manifest, role.tunnel_inputs, plan)
     return manifest

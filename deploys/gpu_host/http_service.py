@@ -2,7 +2,9 @@
 HTTP server case): image, port and environment from host data.
 
 The environment goes to an 0600 env file that Docker reads, so values such as an access
-token never appear in the unit or in `docker run`'s arguments.
+token never appear in the unit or in `docker run`'s arguments. The image is made present
+by the deploy (pulled, or loaded from `image_archive`) before the unit starts, so a start
+never needs a registry; a changed image changes the unit, which restarts it once.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from string import Template
 
-from deploys.gpu_host.triton import docker_gpus
+from deploys.gpu_host.triton import gpu_options, unit_options
 from oceanid.preflight import HostPlan
+from operations import docker as docker_ops
 from operations import services
 from operations.managed import ManagedDirectory, ManagedFile, Manifest
 
@@ -24,10 +27,11 @@ ENV_FILE = "/etc/oceanid/gpu-http.env"
 def add_to(manifest: Manifest, plan: HostPlan) -> list[str]:
     service = plan.gpu.service
     unit = Template((HERE / "gpu-http.service").read_text()).substitute(
-        image=service.image, gpus=docker_gpus(plan.gpu.gpus), port=service.port, env_file=ENV_FILE
-    )
+        image=service.image, options=unit_options(gpu_options(plan)), port=service.port,
+        env_file=ENV_FILE,
+    )  # fmt: skip
     env = "".join(f"{key}={value}\n" for key, value in sorted(service.environment.items()))
-    manifest.packages.append(service.docker_package)
+    docker_ops.probe_image(manifest, service.image)
     manifest.directories.append(ManagedDirectory("/etc/oceanid", "0755"))
     manifest.files += [
         ManagedFile(ENV_FILE, env.encode(), mode="0600", secret=True),
@@ -37,8 +41,20 @@ def add_to(manifest: Manifest, plan: HostPlan) -> list[str]:
     return [ENV_FILE]
 
 
-def deploy(manifest: Manifest, inputs: list[str]) -> None:
-    """The service's unit, restarted when its env file (or the unit) changed."""
+def deploy(manifest: Manifest, plan: HostPlan, inputs: list[str]) -> None:
+    """The image on disk, then the service's unit, restarted when its env file (or the
+    unit) changed."""
+    service = plan.gpu.service
+    archive = service.image_archive
+    docker_ops.image(
+        name="GPU HTTP service's image",
+        manifest=manifest,
+        image=service.image,
+        archive_url=archive.url if archive else None,
+        archive_sha256=archive.sha256 if archive else None,
+        setting=f"hosts.{plan.name}.gpu.service.image",
+        archive_setting=f"hosts.{plan.name}.gpu.service.image_archive",
+    )
     services.unit(
         name="GPU HTTP service",
         manifest=manifest,

@@ -12,19 +12,29 @@ one after, all on 127.0.0.1, so the tunnel's ingress, the unit, the readiness wa
 model loads agree. Its Python environment is one of /opt/triton/venvs, reached through the
 /opt/triton/venv link, which the unit uses for every path: switching the link to a new
 environment takes effect only when Triton restarts, which the deploy then does.
+
+In a container the models' packages must match the image's Python, not the host's (the
+NGC image runs 3.12; a Debian 12 host builds for 3.11, and numpy's compiled modules would
+not import): the image itself installs them (`pip --target`) into the new environment,
+which the unit mounts read-only at CONTAINER_ENV. The image is on disk before the unit
+starts (pulled, or loaded from an archive, by the deploy), so a start needs no registry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shlex
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from string import Template
 
+from pyinfra.api import QuoteString, StringCommand
+
 from oceanid import triton_repo
 from oceanid.preflight import HostPlan
 from oceanid.triton_runtime import STUB, TritonDistribution, server_command
+from operations import docker as docker_ops
 from operations import managed, services
 from operations import triton as triton_ops
 from operations.managed import ManagedDirectory, ManagedFile, Manifest
@@ -36,17 +46,28 @@ ROOT = "/opt/triton"
 MODELS = f"{ROOT}/models"
 VENV = f"{ROOT}/venv"  # a link to the current environment under ENVS: the unit's paths use it
 ENVS = f"{ROOT}/venvs"
-DIST = f"{VENV}/dist"  # link to the environment's site-packages: version-free paths for the unit
+DIST = f"{VENV}/dist"  # host runtime: link to the env's site-packages, version-free for the unit
+CONTAINER_ENV = "/opt/oceanid/env"  # where the container sees the environment (read-only)
 BACKENDS = f"{VENV}/backends"
 STAMP_NAME = ".oceanid-stamp"
 STAMP = f"{VENV}/{STAMP_NAME}"
 LEGACY = [f"{ROOT}/dist", f"{ROOT}/backends"]  # the layout before ENVS; removed with old envs
 LAYOUT = "envs under venvs/, dist and backends inside each"  # in the stamp: a new layout rebuilds
+CONTAINER_LAYOUT = "built by the image: site/ and python-version inside each env"
 WHEEL_REQUIREMENTS = f"{ROOT}/wheel-requirements.txt"
 MODEL_REQUIREMENTS = f"{ROOT}/model-requirements.txt"
 UNIT = "tritonserver.service"
 UNIT_FILE = f"/etc/systemd/system/{UNIT}"
 HOST_PACKAGES = ["python3-venv", "libpython3-dev"]
+
+
+def model_gpus(plan: HostPlan) -> list[int] | None:
+    """The GPU indexes config.pbtxt names: the host's, or in a container the devices as Docker
+    renumbers them from 0 (`gpus: [1]` is passed as `device=1` and seen as GPU 0 there)."""
+    gpus = plan.gpu.gpus
+    if gpus is None or not plan.gpu.require_gpu:
+        return None
+    return list(range(len(gpus))) if plan.gpu.service.runtime == "container" else list(gpus)
 
 
 def model_files(plan: HostPlan) -> dict[str, bytes]:
@@ -59,7 +80,7 @@ def model_files(plan: HostPlan) -> dict[str, bytes]:
     return triton_repo.render_repository(
         MODEL_SOURCE,
         instance_kind="KIND_GPU" if on_gpu else "KIND_CPU",
-        gpus=list(gpu.gpus) if on_gpu and gpu.gpus is not None else None,
+        gpus=model_gpus(plan),
         parameters_by_model=parameters,
     )
 
@@ -112,14 +133,35 @@ def docker_gpus(gpus: list[int] | None) -> str:
     return "all" if gpus is None else "'\"device=" + ",".join(map(str, gpus)) + "\"'"
 
 
+def unit_word(value: str) -> str:
+    """`value` as one word of a unit's command line: quoted as the shell would (systemd
+    splits the same way), with systemd's own specifier and variable signs doubled."""
+    return shlex.quote(value).replace("%", "%%").replace("$", "$$")
+
+
+def unit_options(words: Sequence[str]) -> str:
+    """Optional words of a unit's `docker run`, each followed by its space (none: empty)."""
+    return "".join(f"{word} " for word in words)
+
+
+def gpu_options(plan: HostPlan) -> list[str]:
+    """`--gpus` only where a GPU is required: the lab's hosts have none to pass."""
+    return ["--gpus", docker_gpus(plan.gpu.gpus)] if plan.gpu.require_gpu else []
+
+
 def container_unit(plan: HostPlan) -> str:
+    memlock = plan.gpu.service.memlock
+    granite = plan.gpu.granite_model_dir
+    volumes = ["-v", unit_word(f"{granite}:{granite}:ro")] if granite else []
     return Template((HERE / "tritonserver-container.service").read_text()).substitute(
         image=plan.settings.triton_image,
-        gpus=docker_gpus(plan.gpu.gpus),
+        options=unit_options(gpu_options(plan)),
         shm_size="1g",
+        memlock=-1 if memlock == "unlimited" else memlock,
         models=MODELS,
         model_env=VENV,
-        model_site=DIST,
+        container_env=CONTAINER_ENV,
+        volumes=unit_options(volumes),
         http_port=ports(plan)[0],
         grpc_port=ports(plan)[1],
         metrics_port=ports(plan)[2],
@@ -132,8 +174,13 @@ def environment_stale(manifest: Manifest, plan: HostPlan) -> bool:
 
 
 def stamp(plan: HostPlan) -> bytes:
-    """What the environment was built from; a different stamp builds a new one."""
+    """What the environment was built from; a different stamp builds a new one. In a
+    container: the image (its Python) and the models' requirements."""
     digest = hashlib.sha256()
+    if plan.gpu.service.runtime == "container":
+        for part in (plan.settings.triton_image, "\n".join(requirements()), CONTAINER_LAYOUT):
+            digest.update(part.encode())
+        return f"container {digest.hexdigest()}\n".encode()
     for part in (wheel_requirement(plan), "\n".join(requirements()), LAYOUT):
         digest.update(part.encode())
     return f"{plan.settings.triton_wheel.version} {digest.hexdigest()}\n".encode()
@@ -179,8 +226,8 @@ def add_to(manifest: Manifest, plan: HostPlan) -> tuple[list[str], dict[str, lis
         manifest.packages += HOST_PACKAGES
         unit_text = host_unit(plan)
         restart_on = [WHEEL_REQUIREMENTS, MODEL_REQUIREMENTS]
-    else:
-        manifest.packages += [plan.gpu.service.docker_package, "python3-venv"]
+    else:  # Docker is the Docker role's (deploys/gpu_host/docker.py); the image builds the env
+        docker_ops.probe_image(manifest, plan.settings.triton_image)
         unit_text = container_unit(plan)
         restart_on = [MODEL_REQUIREMENTS]
     manifest.files.append(ManagedFile(UNIT_FILE, unit_text.encode()))
@@ -188,32 +235,34 @@ def add_to(manifest: Manifest, plan: HostPlan) -> tuple[list[str], dict[str, lis
     return restart_on, by_model
 
 
-def _python(env: str, expression: str) -> str:
-    """`$(…)`: what the new environment's Python says `expression` is (needs `import os, sys`)."""
+def _joined(*bits: object) -> StringCommand:
+    """One shell word made of `bits` (quoted parts and `"$var"` side by side)."""
+    return StringCommand(*bits, _separator="")
+
+
+def _python(env: str, expression: str) -> StringCommand:
+    """`"$(…)"`: what the new environment's Python says `expression` is."""
     script = f"import os, sys, sysconfig; print({expression})"
-    return f"$({shlex.quote(env)}/bin/python -c {shlex.quote(script)})"
+    return _joined('"$(', QuoteString(f"{env}/bin/python"), " -c ", QuoteString(script), ')"')
 
 
-def site_link_command(env: str) -> str:
-    """The container runtime mounts the environment for the models' requirements; `dist` in it
-    points to its site-packages by a relative path, which holds inside the container too."""
+def backend_copy_command(env: str) -> StringCommand:
+    """Host runtime: `dist` links to the environment's site-packages (a relative link), and
+    its backends folder is assembled from its wheel, for its Python version."""
     site = _python(env, 'os.path.relpath(sysconfig.get_paths()["purelib"], sys.prefix)')
-    return f'ln -sfn "{site}" {shlex.quote(env)}/dist'
-
-
-def backend_copy_command(env: str) -> str:
-    """Assemble the environment's backends folder from its wheel, for its Python version."""
-    new = shlex.quote(env)
-    python_backend = f"{new}/dist/pytriton/tritonserver/backends/python"
-    stub = f'{new}/dist/pytriton/tritonserver/python_backend_stubs/"$version"/{STUB}'
-    version = _python(env, '"%d.%d" % sys.version_info[:2]')
-    return (
-        f'{site_link_command(env)} && version="{version}" && '
-        f"install -d -m 0755 {new}/backends/python && "
-        f"install -m 0644 {python_backend}/libtriton_python.so "
-        f"{python_backend}/triton_python_backend_utils.py {new}/backends/python/ && "
-        f"install -m 0755 {stub} {new}/backends/python/{STUB}"
-    )
+    python_backend = f"{env}/dist/pytriton/tritonserver/backends/python"
+    stubs = QuoteString(f"{env}/dist/pytriton/tritonserver/python_backend_stubs/")
+    backends = f"{env}/backends/python"
+    return StringCommand(
+        "ln", "-sfn", site, QuoteString(f"{env}/dist"), "&&",
+        _joined("version=", _python(env, '"%d.%d" % sys.version_info[:2]')), "&&",
+        "install", "-d", "-m", "0755", QuoteString(backends), "&&",
+        "install", "-m", "0644", QuoteString(f"{python_backend}/libtriton_python.so"),
+        QuoteString(f"{python_backend}/triton_python_backend_utils.py"),
+        QuoteString(f"{backends}/"), "&&",
+        "install", "-m", "0755", _joined(stubs, '"$version"/', STUB),
+        QuoteString(f"{backends}/{STUB}"),
+    )  # fmt: skip
 
 
 def deploy(manifest: Manifest, plan: HostPlan, restart_on: list[str], by_model: dict) -> None:
@@ -226,10 +275,22 @@ def deploy(manifest: Manifest, plan: HostPlan, restart_on: list[str], by_model: 
     """
     http_port = ports(plan)[0]
     host_runtime = plan.gpu.service.runtime == "host"
+    image = None if host_runtime else plan.settings.triton_image
     models = sorted(by_model)
     rebuilt = environment_stale(manifest, plan)
     env = environment_path(plan)
     managed.account(name="Triton's service account", manifest=manifest, user="triton", system=True)
+    if image is not None:  # before the environment, which this image builds
+        archive = plan.settings.triton_image_archive
+        docker_ops.image(
+            name="Triton's image",
+            manifest=manifest,
+            image=image,
+            archive_url=archive.url if archive else None,
+            archive_sha256=archive.sha256 if archive else None,
+            setting="triton_image",
+            archive_setting="triton_image_archive",
+        )
     triton_ops.environment(
         name="Triton's Python environment",
         manifest=manifest,
@@ -239,7 +300,8 @@ def deploy(manifest: Manifest, plan: HostPlan, restart_on: list[str], by_model: 
         stamp=stamp(plan),
         wheel_requirements=WHEEL_REQUIREMENTS if host_runtime else None,
         model_requirements=MODEL_REQUIREMENTS,
-        finish=backend_copy_command(env) if host_runtime else site_link_command(env),
+        finish=backend_copy_command(env) if host_runtime else None,
+        image=image,
     )
     stray = triton_ops.strays(manifest, MODELS, set(by_model))
     triton_ops.prune(name="Stray model files", manifest=manifest, root=MODELS, models=models)

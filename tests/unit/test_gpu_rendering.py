@@ -22,6 +22,7 @@ import yaml
 from deploys.gpu_host import cloudflared_node, docker, http_service, triton
 from oceanid import triton_repo
 from oceanid.preflight import HostPlan, HostView, PreflightError, check
+from operations import triton as triton_ops
 from operations.managed import Manifest
 
 TUNNEL_SECRET = base64.b64encode(b"tunnel secret: 32 bytes exactly!").decode()
@@ -251,9 +252,28 @@ def test_every_environment_path_of_the_units_goes_through_the_stable_link(make_p
     for unit in (host, container):
         assert "/opt/triton/venvs" not in unit and "/opt/triton/dist" not in unit
     assert "Environment=PATH=/opt/triton/venv/bin:" in host
-    argv = _exec_start(container)
-    assert "/opt/triton/venv:/opt/triton/venv:ro" in argv
-    assert "PYTHONPATH=/opt/triton/venv/dist" in argv
+
+
+def _volumes(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == "-v"]
+
+
+def test_the_container_sees_the_environment_it_was_built_with(make_plan):
+    """The image's packages are mounted (read-only) where PYTHONPATH points inside the
+    container; a host path on PYTHONPATH would name nothing there."""
+    argv = _exec_start(triton.container_unit(make_plan()))
+    assert "/opt/triton/venv:/opt/oceanid/env:ro" in _volumes(argv)
+    assert argv[argv.index("-e") + 1] == "PYTHONPATH=/opt/oceanid/env/site"
+    assert argv[argv.index("-e") + 1].removeprefix("PYTHONPATH=") == (
+        f"{triton.CONTAINER_ENV}/{triton_ops.IMAGE_SITE}"  # where the image's pip installs
+    )
+
+
+def test_granite_model_dir_is_mounted_read_only_at_its_own_path(make_plan):
+    without = _volumes(_exec_start(triton.container_unit(make_plan())))
+    assert not any("granite" in volume for volume in without)
+    argv = _exec_start(triton.container_unit(make_plan(gpu={"granite_model_dir": "/srv/granite"})))
+    assert _volumes(argv) == [*without, "/srv/granite:/srv/granite:ro"]
 
 
 def test_each_build_gets_a_new_environment_folder_named_after_its_inputs(make_plan):
@@ -302,7 +322,7 @@ def test_container_unit_passes_the_gpu_ports_models_and_pinned_image(make_plan, 
         "--model-repository=/models",
         "--model-control-mode=explicit",
     ]
-    assert f"ExecStartPre=/usr/bin/docker pull {image}" in unit
+    assert "docker pull" not in unit  # the image is on disk before the unit starts
 
 
 def _docker_gpu_fields(unit: str) -> list[str]:
@@ -323,6 +343,68 @@ def test_two_gpus_reach_docker_as_one_device_request(make_plan):
     ]
 
 
+@pytest.mark.parametrize(
+    ("gpus", "device", "inside"), [([1], "device=1", [0]), ([1, 3], "device=1,3", [0, 1])]
+)
+def test_container_gpus_are_passed_by_host_index_and_named_from_0_inside(
+    make_plan, gpus, device, inside
+):
+    plan = make_plan(gpu={"gpus": gpus})
+    assert _docker_gpu_fields(triton.container_unit(plan)) == [device]
+    wanted = f"gpus: [ {', '.join(map(str, inside))} ]"
+    for text in _configs(triton.model_files(plan)).values():
+        assert wanted in text[text.rindex("instance_group") :]
+
+
+def test_the_host_runtime_names_the_hosts_gpu_indexes(make_plan):
+    plan = make_plan(gpu={"gpus": [1, 3], **HOST_RUNTIME})
+    for text in _configs(triton.model_files(plan)).values():
+        assert "gpus: [ 1, 3 ]" in text[text.rindex("instance_group") :]
+
+
+def test_without_a_gpu_the_container_gets_no_gpus_and_runs_on_the_cpu(make_plan):
+    plan = make_plan(gpu={"require_gpu": False, "gpus": None})
+    assert "--gpus" not in _exec_start(triton.container_unit(plan))
+    for text in _configs(triton.model_files(plan)).values():
+        assert "kind: KIND_CPU" in text
+
+
+@pytest.mark.parametrize(
+    ("memlock", "flag"), [("unlimited", "memlock=-1"), (8388608, "memlock=8388608")]
+)
+def test_the_containers_memlock_follows_the_setting(make_plan, memlock, flag):
+    plan = make_plan(gpu={"service": {"kind": "triton", "memlock": memlock}})
+    argv = _exec_start(triton.container_unit(plan))
+    limits = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--ulimit"]
+    assert limits == [flag, "stack=67108864"]
+
+
+def test_an_image_pinned_by_id_is_what_the_unit_runs(make_plan, data):
+    image_id = "sha256:" + "b3" * 32
+    data["triton_image"] = image_id
+    argv = _exec_start(triton.container_unit(make_plan()))
+    assert argv[argv.index(image_id) + 1] == "tritonserver"
+
+
+def test_the_container_environment_is_rebuilt_for_a_new_image_or_requirements(
+    make_plan, data, monkeypatch
+):
+    first = triton.stamp(make_plan())
+    data["triton_image"] = "sha256:" + "b3" * 32
+    new_image = triton.stamp(make_plan())
+    monkeypatch.setattr(triton, "requirements", lambda: ["numpy<2", "pillow"])
+    new_requirements = triton.stamp(make_plan())
+    assert len({first, new_image, new_requirements}) == 3
+
+
+def test_the_host_runtimes_stamp_does_not_follow_the_image(make_plan, data):
+    """The host runtime's environment (proven in the lab) is not rebuilt for a new image."""
+    before = triton.stamp(make_plan(gpu=HOST_RUNTIME))
+    data["triton_image"] = "sha256:" + "b3" * 32
+    assert triton.stamp(make_plan(gpu=HOST_RUNTIME)) == before
+    assert before.startswith(b"0.7.0 ")
+
+
 def test_triton_add_to_declares_models_stamp_and_unit(make_plan):
     plan = make_plan()
     manifest = Manifest(name="gpu host calypso")
@@ -337,6 +419,14 @@ def test_triton_add_to_declares_models_stamp_and_unit(make_plan):
     assert manifest.file(triton.UNIT_FILE).content.decode() == triton.container_unit(plan)
     wheel = manifest.file(triton.WHEEL_REQUIREMENTS).content.decode()
     assert wheel.startswith("nvidia-pytriton==0.7.0 --hash=sha256:21f063ff93bb426d")
+    # the image is read in the role's one fact; Docker itself is the Docker role's, and the
+    # environment is built by the image, not by the host's python3-venv
+    image = plan.settings.triton_image
+    assert manifest.probes == {
+        f"docker image {image}": "docker image inspect -f '{{.Id}} {{join .RepoDigests \" \"}}' "
+        f"{image} 2>/dev/null || echo -"
+    }
+    assert manifest.packages == []
 
 
 def test_renamed_model_folder_is_refused_by_name(tmp_path):
@@ -392,16 +482,41 @@ def test_http_service_environment_is_only_in_the_0600_env_file(make_plan):
             assert HF_TOKEN.encode() not in managed.content
 
 
+@pytest.mark.parametrize("require_gpu", [True, False])
+def test_http_service_image_is_on_disk_before_start_and_gpus_only_where_required(
+    make_plan, require_gpu
+):
+    image = "ghcr.io/example/docling-granite:1.0"
+    plan = make_plan(
+        gpu={
+            "require_gpu": require_gpu,
+            "gpus": [1],
+            "service": {"kind": "http", "image": image, "port": 8080},
+        }
+    )
+    manifest = Manifest(name="gpu host calypso")
+    http_service.add_to(manifest, plan)
+    unit = manifest.file(http_service.UNIT_FILE).content.decode()
+    assert "docker pull" not in unit
+    assert f"docker image {image}" in manifest.probes
+    assert manifest.packages == []  # Docker is the Docker role's: an existing one is kept
+    argv = _exec_start(unit)
+    if require_gpu:
+        assert argv[argv.index("--gpus") + 1] == '"device=1"'
+    else:
+        assert "--gpus" not in argv
+
+
 def test_host_runtime_restarts_for_new_wheel_or_model_pins(make_plan):
     plan = make_plan(gpu={"service": {"kind": "triton", "runtime": "host", "port": 8000}})
     restart_on, _ = triton.add_to(Manifest(name="gpu host calypso"), plan)
     assert restart_on == [triton.WHEEL_REQUIREMENTS, triton.MODEL_REQUIREMENTS]
 
 
-def test_nvidia_sources_list_is_written_only_by_the_verified_repository_step():
+def test_nvidia_sources_list_is_written_only_by_the_verified_repository_step(make_plan):
     """The sources list is no managed file (which would be written before the key is
     checked); the role reads it and the keyring each run for the repository step."""
     manifest = Manifest(name="gpu host calypso")
-    docker.add_to(manifest)
+    docker.add_to(manifest, make_plan())
     assert docker.NVIDIA_SOURCES not in [f.path for f in manifest.files]
     assert {docker.NVIDIA_KEYRING, docker.NVIDIA_SOURCES} <= set(manifest.read)

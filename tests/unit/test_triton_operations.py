@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,8 +67,9 @@ def _environment(
     root: Path,
     current: bytes | None,
     requirements: str,
-    finish: str = "true",
+    finish: str | None = "true",
     wheel: str | None = None,
+    image: str | None = None,
 ):
     link, env = root / "venv", root / "venvs" / "new"
     (root / "model-requirements.txt").write_text(requirements)
@@ -82,6 +85,7 @@ def _environment(
         wheel_requirements=wheel,
         model_requirements=str(root / "model-requirements.txt"),
         finish=finish,
+        image=image,
         facts={ManagedState: state},
     )
 
@@ -136,13 +140,10 @@ def test_a_failed_build_leaves_the_running_environment_and_its_link(tmp_path: Pa
 def test_a_complete_build_switches_the_link_and_keeps_the_old_until_ready(tmp_path: Path) -> None:
     old = _running_env(tmp_path)
     env = tmp_path / "venvs" / "new"
-    run = _environment(tmp_path, b"0.6.0 old\n", "", finish=triton.site_link_command(str(env)))
+    run = _environment(tmp_path, b"0.6.0 old\n", "")
     assert run_in_order(run.strings) is None
     assert os.readlink(tmp_path / "venv") == str(env)
     assert (tmp_path / "venv" / ".oceanid-stamp").read_bytes() == STAMP  # what the fact reads
-    site = (tmp_path / "venv" / "dist").resolve()
-    assert site.name == "site-packages" and site.is_relative_to(env)
-    assert not os.readlink(env / "dist").startswith("/")  # holds inside the container's mount
     assert old.is_dir()  # until Triton answered ready on the new one
 
     leftover = tmp_path / "dist"
@@ -159,6 +160,95 @@ def test_a_complete_build_switches_the_link_and_keeps_the_old_until_ready(tmp_pa
     assert sorted(p.name for p in (tmp_path / "venvs").iterdir()) == ["new"]
     assert not leftover.is_symlink()
     assert (tmp_path / "venv" / ".oceanid-stamp").read_bytes() == STAMP
+
+
+# ---- the container runtime: the environment is built by the image, for its Python
+
+IMAGE = "sha256:" + "b3" * 32
+
+# `docker run --rm --network host -v SRC:DST IMAGE sh -c SCRIPT`, run here: SCRIPT with DST
+# read as SRC, and `python3` an interpreter other than the one the tests run on, standing in
+# for the image's (its version differs from the host's, as 3.12 in the NGC image from 3.11)
+FAKE_DOCKER = r"""#!/bin/sh
+echo "$*" >> "$LOG"
+[ "$1 $2 $3 $4 $5" = "run --rm --network host -v" ] || exit 64
+src=${6%%:*}; dst=${6#*:}; image=$7
+[ "$image" = "$IMAGE" ] && [ "$8 $9" = "sh -c" ] || exit 65
+shift 9
+printf '%s' "$1" | sed "s#$dst#$src#g" > "$src/.script"
+PATH="$IMAGE_BIN:$PATH" sh "$src/.script"; status=$?; rm -f "$src/.script"; exit $status
+"""
+IMAGE_PYTHON = r"""#!/bin/sh
+if [ "$1 $2" = "-m pip" ]; then
+  shift 2; exec "$REAL_PYTHON" -m pip "$@"
+fi
+echo 3.99
+"""
+
+
+def _image_environment(tmp_path: Path, requirements: str):
+    bin_dir, image_bin = tmp_path / "bin", tmp_path / "image-bin"
+    for folder, name, text in (
+        (bin_dir, "docker", FAKE_DOCKER),
+        (image_bin, "python3", IMAGE_PYTHON),
+    ):
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    root = tmp_path / "opt-triton"
+    root.mkdir()
+    run = _environment(root, None, requirements, finish=None, image=IMAGE)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "LOG": str(tmp_path / "docker.log"),
+        "IMAGE": IMAGE,
+        "IMAGE_BIN": str(image_bin),
+        "PIP_NO_INDEX": "1",
+        "REAL_PYTHON": sys.executable,
+    }
+    return root, run, env
+
+
+def test_the_image_builds_the_environment_for_its_own_python(tmp_path: Path) -> None:
+    project = tmp_path / "tiny_pkg-1-py3-none-any.whl"  # a requirement pip needs no index for
+    with zipfile.ZipFile(project, "w") as wheel:
+        wheel.writestr("tiny_pkg/__init__.py", "")
+        info = "tiny_pkg-1.dist-info"
+        wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: tiny_pkg\nVersion: 1\n")
+        wheel.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
+        wheel.writestr(f"{info}/RECORD", "")
+    root, run, env = _image_environment(tmp_path, f"{project}\n")
+    assert shell_syntax_errors(run.commands) == []
+    assert not any("python3 -m venv" in text or "/bin/pip" in text for text in run.strings)
+    docker_run = next(text for text in run.strings if text.startswith("docker run"))
+    new = root / "venvs" / "new"
+    assert docker_run.startswith(
+        f"docker run --rm --network host -v {new}:/oceanid-env {IMAGE} sh -c "
+    )
+    for command in run.strings:
+        done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, (command, done.stderr)
+    built = root / "venv"
+    assert os.readlink(built) == str(new)
+    assert (built / "requirements.txt").read_text() == f"{project}\n"
+    assert (built / "python-version").read_text() == "3.99\n"  # the image's, not the host's
+    assert (built / "site" / "tiny_pkg" / "__init__.py").is_file()
+    assert (built / ".oceanid-stamp").read_bytes() == STAMP
+
+
+def test_a_failed_image_build_leaves_the_running_environment(tmp_path: Path) -> None:
+    root, run, env = _image_environment(tmp_path, "./no-such-requirement\n")
+    old = _running_env(root)
+    for command in run.strings:
+        done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True)
+        if done.returncode:
+            break
+    assert done.returncode != 0 and "no-such-requirement" in done.stderr
+    assert os.readlink(root / "venv") == str(old)
+    assert not (root / "venvs" / "new" / ".oceanid-stamp").exists()
 
 
 def test_the_environment_in_use_is_never_built_over(tmp_path: Path) -> None:
@@ -388,9 +478,8 @@ def test_backends_are_assembled_inside_the_new_environment(tmp_path: Path) -> No
     for name in ("pytriton", "nvidia_pytriton.libs"):
         (site / name).symlink_to(wheel / name)
     (tmp_path / "venv").symlink_to(env)
-    done = subprocess.run(
-        ["sh", "-c", triton.backend_copy_command(str(env))], capture_output=True, text=True
-    )
+    command = triton.backend_copy_command(str(env)).get_raw_value()
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     # the unit's paths, through the link, now lead to this environment's files
     unit_root = tmp_path / "venv"

@@ -1,0 +1,213 @@
+"""Docker on a host: the engine found or installed, daemon.json merged, images on disk.
+
+Everything is decided from the role's one fact: the manifest's probes say whether a Docker
+engine is installed (`command -v dockerd`, whichever package provides it) and whether each
+image is on disk (`docker image inspect`); daemon.json's bytes are in its `read` list.
+
+An image is made present by the deploy, never by the unit that runs it: a unit that pulls
+at start cannot come back after a reboot while the registry is unreachable, although the
+image is on disk. With an archive (a `docker save` file) the host needs no registry at all.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from pyinfra import host
+from pyinfra.api import QuoteString, StringCommand, operation
+
+from operations.failure import refuse
+from operations.managed import (
+    ManagedBinary,
+    ManagedFile,
+    Manifest,
+    _download_commands,
+    _log_once,
+    _replace_commands,
+    _report,
+)
+
+ENGINE_PROBE = "docker engine"
+IMAGE_DOWNLOADS = "/var/tmp/oceanid-images"  # root's, 0700: archives between download and load
+
+
+def probe_engine(manifest: Manifest) -> None:
+    """Have the role's one fact say where dockerd is ("-" when no Docker is installed)."""
+    manifest.probes[ENGINE_PROBE] = "command -v dockerd || echo -"
+
+
+def engine(manifest: Manifest) -> str | None:
+    """dockerd's path as the role's fact read it, or None when no Docker is installed."""
+    lines = [line for line in manifest.probe(ENGINE_PROBE) if line.strip()]
+    return None if not lines or lines[0] == "-" else lines[0]
+
+
+def _image_probe(image: str) -> str:
+    return f"docker image {image}"
+
+
+def probe_image(manifest: Manifest, image: str) -> None:
+    """Have the role's one fact read whether `image` is on disk: its ID and repo digests."""
+    inspect = "docker image inspect -f '{{.Id}} {{join .RepoDigests \" \"}}'"
+    manifest.probes[_image_probe(image)] = f"{inspect} {shlex.quote(image)} 2>/dev/null || echo -"
+
+
+def _digest(image: str) -> str | None:
+    """`sha256:…` of an image given by digest (`name:tag@sha256:…`), else None."""
+    return image.rsplit("@", 1)[1] if "@" in image else None
+
+
+def on_disk(manifest: Manifest, image: str) -> str | None:
+    """The image's ID when the fact found `image` on disk as pinned: an ID must be the
+    image's own, a digest must be among its repo digests. None otherwise."""
+    lines = [line for line in manifest.probe(_image_probe(image)) if line.strip()]
+    if not lines or lines[0].strip() == "-":
+        return None
+    image_id, *repo_digests = lines[0].split()
+    if image.startswith("sha256:") and image_id != image:
+        return None
+    digest = _digest(image)
+    if digest is not None and not any(d.endswith(f"@{digest}") for d in repo_digests):
+        return None
+    return image_id
+
+
+def _check_command(image: str, message: str) -> StringCommand:
+    """Fail with `message` unless Docker now has `image` as pinned (ID, or digest)."""
+    inspect = ["docker", "image", "inspect", "-f", "'{{.Id}} {{join .RepoDigests \" \"}}'"]
+    wanted = _digest(image)
+    found = [*inspect, QuoteString(image), "2>/dev/null"]
+    if image.startswith("sha256:"):
+        found += ["|", "grep", "-q", QuoteString(f"^{image} ")]
+    elif wanted is not None:
+        found += ["|", "grep", "-qF", QuoteString(f"@{wanted}")]
+    else:
+        found += [">/dev/null"]
+    return StringCommand(*found, "||", "{", "echo", QuoteString(message), ">&2;", "exit", "1;", "}")
+
+
+@operation()
+def image(
+    manifest: Manifest,
+    image: str,
+    archive_url: str | None = None,
+    archive_sha256: str | None = None,
+    setting: str = "image",
+    archive_setting: str = "image_archive",
+):
+    """
+    Make a container image present on disk before the unit that runs it starts.
+
+    + manifest: the role's Manifest, probing the image (`probe_image`)
+    + image: the reference the unit runs: ``registry/name:tag[@sha256:…]`` or an image ID
+    + archive_url: a `docker save` archive holding the image, for a host without a registry
+    + archive_sha256: the archive's pinned SHA-256
+    + setting, archive_setting: the settings' names, for the messages
+
+    With an archive: downloaded into a root-only folder, checked against its SHA-256,
+    `docker load`ed and deleted; without: `docker pull`. Either way Docker must then have
+    the image as pinned (its ID; a digest among its repo digests), or the run fails saying
+    which setting to fix. Docker must be running (the role starts it first).
+    """
+    if manifest.unreadable():
+        yield from refuse(manifest.unreadable_message())
+        return
+    found = on_disk(manifest, image)
+    if found is not None:
+        host.noop(f"image {image} is on disk ({found[:19]})")
+        return
+    if archive_url is None and image.startswith("sha256:"):
+        yield from refuse(
+            f"{host.name}: {setting} is an image ID ({image}) that this host's Docker does not "
+            f"have, and an ID cannot be pulled: set {archive_setting} (url, sha256) to an "
+            "archive holding it, or load it on the host by hand"
+        )
+        return
+    if archive_url is None:
+        _log_once(image, f"image {image}: pulled")
+        yield StringCommand("docker", "pull", "-q", QuoteString(image))
+        yield _check_command(
+            image, f"docker pull {image} did not leave it on disk as pinned; check {setting}"
+        )
+        return
+    tar = f"{IMAGE_DOWNLOADS}/{archive_sha256}.tar"
+    _log_once(image, f"image {image}: loaded from {archive_url} (SHA-256 {archive_sha256})")
+    yield StringCommand("mkdir", "-p", IMAGE_DOWNLOADS, "&&", "chmod", "0700", IMAGE_DOWNLOADS)
+    download = ManagedBinary(tar, archive_url, "", {}, mode="0600")
+    yield from _download_commands(download, archive_url, archive_sha256)
+    yield StringCommand(
+        "docker", "load", "-q", "-i", QuoteString(tar), ";", "loaded=$?;",
+        "rm", "-f", QuoteString(tar), ";", '[ "$loaded" = 0 ]', "||",
+        "{", "echo", QuoteString(f"docker load of {archive_url} failed"), ">&2;", "exit", "1;", "}",
+    )  # fmt: skip
+    yield _check_command(
+        image,
+        f"{archive_setting} ({archive_url}) does not hold image {image} ({setting}): "
+        "point it at a `docker save` archive of that image, or fix the reference",
+    )
+
+
+def merged_daemon_json(
+    current: bytes | None, runtimes: dict[str, dict]
+) -> tuple[dict | None, str | None]:
+    """(daemon.json with `runtimes` merged in, or None when it already has them; or why the
+    current file cannot be merged into). Every other key, and every other runtime, stays."""
+    try:
+        data = json.loads(current) if current is not None else {}
+    except ValueError as error:
+        return None, f"it is not valid JSON ({error})"
+    if not isinstance(data, dict):
+        return None, "it is not a JSON object"
+    present = data.get("runtimes", {})
+    if not isinstance(present, dict):
+        return None, 'its "runtimes" is not a JSON object'
+    if current is not None and all(present.get(k) == v for k, v in runtimes.items()):
+        return None, None
+    return {**data, "runtimes": {**present, **runtimes}}, None
+
+
+def daemon_json_changes(manifest: Manifest, path: str, runtimes: dict[str, dict]) -> bool:
+    """Whether `daemon_json` writes the file in this run (so Docker must restart).
+
+    A file the role's record lists but no longer declares is removed by `sweep` before
+    this step runs (an older deploy wrote it whole): it is written again, merged from what
+    the fact read.
+    """
+    merged, problem = merged_daemon_json(manifest.state()["contents"].get(path), runtimes)
+    return problem is None and (merged is not None or path in manifest.unwanted())
+
+
+@operation()
+def daemon_json(manifest: Manifest, path: str, runtimes: dict[str, dict]):
+    """
+    Merge container runtimes into Docker's daemon.json, keeping every other setting.
+
+    + manifest: the role's Manifest; its `read` lists `path`
+    + path: Docker's daemon.json
+    + runtimes: runtime name -> its definition (``{"path": …, "args": []}``)
+
+    The operator's data-root, log and registry settings stay; only the named runtimes are
+    set, and the file is rewritten only when one of them differs, so Docker (restarted for
+    a changed file) keeps its containers running otherwise. A file that is not a JSON
+    object is refused, not replaced.
+    """
+    if manifest.unreadable():
+        yield from refuse(manifest.unreadable_message())
+        return
+    current = manifest.state()["contents"].get(path)
+    merged, problem = merged_daemon_json(current, runtimes)
+    if problem is not None:
+        yield from refuse(
+            f"{host.name}: {path}: {problem}; make it a JSON object (or remove it), the "
+            f"deploy merges the {', '.join(sorted(runtimes))} runtime into it"
+        )
+        return
+    if merged is None and path not in manifest.unwanted():
+        host.noop(f"{path} has the {', '.join(sorted(runtimes))} runtime")
+        return
+    data = merged if merged is not None else json.loads(current or b"{}")
+    new = ManagedFile(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    was = manifest.state()["paths"].get(path)
+    _report(manifest, new, was if current is not None else None)
+    yield from _replace_commands(new)

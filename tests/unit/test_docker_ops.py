@@ -1,0 +1,401 @@
+"""
+Docker's operations (operations/docker.py) and the Docker role's decisions
+(deploys/gpu_host/docker.py), against fact values as the role's one fact returns them.
+
+Docker cannot run here: an image's download, check, load and verification are run for real
+against a fake `docker` (it records its arguments and answers `image inspect` from what was
+"loaded") and a local HTTP server holding the archive, stopping at the first failed command
+as pyinfra does. The lab runs the same commands against Debian's docker.io.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyinfra.api import FileUploadCommand
+from pyinfra.context import ctx_host, ctx_state
+from pyinfra_testing.util import FakeState
+
+from deploys.gpu_host import docker
+from facts.managed import ManagedState, script
+from operations import docker as docker_ops
+from operations import managed
+from operations.managed import ManagedFile, Manifest
+from tests.unit.test_gpu_rendering import make_plan  # noqa: F401 - a fixture
+from tests.unit.test_operations import (
+    _fake_host_with,
+    assert_refused,
+    file_state,
+    managed_state,
+    run_op,
+    shell_syntax_errors,
+)
+
+IMAGE_ID = "sha256:" + "b3" * 32
+DIGEST = "sha256:" + "d1" * 32
+TAGGED = "nvcr.io/nvidia/tritonserver:25.08-py3"
+BY_DIGEST = f"{TAGGED}@{DIGEST}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state_cache():
+    managed._STATE_CACHE.clear()
+    yield
+    managed._STATE_CACHE.clear()
+
+
+def _state(probes: dict[str, list[str]] | None = None, **kwargs) -> dict:
+    return {**managed_state(**kwargs), "probes": probes or {}}
+
+
+def _inspected(image: str, line: str) -> dict[str, list[str]]:
+    """The probe's output for `image`: `<ID> <repo digests…>`, or `-` when not on disk."""
+    return {f"docker image {image}": [line]}
+
+
+# ---- the probes: read in the role's one fact
+
+
+def test_the_probes_run_in_the_roles_one_read(tmp_path) -> None:
+    """The role's fact script, run for real: what it reads of Docker comes back as the
+    operations read it (a fake docker has the image loaded; a fake dockerd is installed)."""
+    manifest = Manifest(name="gpu host calypso")
+    docker_ops.probe_image(manifest, IMAGE_ID)
+    docker_ops.probe_image(manifest, TAGGED)  # not on disk
+    docker_ops.probe_engine(manifest)
+    env = _fake_docker(tmp_path, holds="")
+    (tmp_path / "loaded").write_text(f"{IMAGE_ID} nvcr.io/nvidia/tritonserver@{DIGEST}\n")
+    (tmp_path / "bin" / "dockerd").write_text("#!/bin/sh\n")
+    (tmp_path / "bin" / "dockerd").chmod(0o755)
+    with ctx_state.use(FakeState()):
+        stdin = script(**manifest.fact_args(), **manifest.script_args())
+    done = subprocess.run(["sh"], input=stdin, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    facts = {ManagedState: ManagedState().process(done.stdout.splitlines())}
+    with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with(facts)):
+        assert docker_ops.on_disk(manifest, IMAGE_ID) == IMAGE_ID
+        assert docker_ops.on_disk(manifest, TAGGED) is None
+        assert docker_ops.engine(manifest) == f"{tmp_path}/bin/dockerd"
+
+
+@pytest.mark.parametrize(
+    ("line", "found"),
+    [(["-"], None), ([], None), (["/usr/bin/dockerd"], "/usr/bin/dockerd")],
+)
+def test_an_existing_docker_is_found_by_its_daemon(line, found) -> None:
+    manifest = Manifest(name="gpu host calypso")
+    docker_ops.probe_engine(manifest)
+    facts = {ManagedState: _state({docker_ops.ENGINE_PROBE: line})}
+    with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with(facts)):
+        assert docker_ops.engine(manifest) == found
+
+
+# ---- image: present before the unit starts, never pulled by it
+
+
+def _image_run(image: str, line: str, archive: tuple[str, str] | None = None, **kwargs):
+    manifest = Manifest(name="gpu host calypso")
+    docker_ops.probe_image(manifest, image)
+    url, sha256 = archive or (None, None)
+    return run_op(
+        docker_ops.image,
+        manifest,
+        image,
+        url,
+        sha256,
+        "triton_image",
+        "triton_image_archive",
+        facts={ManagedState: _state(_inspected(image, line))},
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    ("image", "line"),
+    [
+        (IMAGE_ID, f"{IMAGE_ID} "),
+        (TAGGED, f"{IMAGE_ID} nvcr.io/nvidia/tritonserver@{DIGEST}"),
+        (BY_DIGEST, f"{IMAGE_ID} nvcr.io/nvidia/tritonserver@{DIGEST}"),
+    ],
+)
+def test_an_image_on_disk_as_pinned_is_a_noop(image, line) -> None:
+    run = _image_run(image, line)
+    assert run.commands == []
+    assert run.noop == f"image {image} is on disk ({IMAGE_ID[:19]})"
+
+
+def test_an_image_without_an_archive_is_pulled_then_checked() -> None:
+    run = _image_run(BY_DIGEST, "-")
+    assert run.strings[0] == f"docker pull -q {BY_DIGEST}"
+    assert f"grep -qF @{DIGEST} ||" in run.strings[1]
+    assert shell_syntax_errors(run.commands) == []
+
+
+def test_an_image_on_disk_under_another_digest_is_pulled() -> None:
+    """The tag is there, but not the pinned build: the digest decides."""
+    other = "sha256:" + "e2" * 32
+    run = _image_run(BY_DIGEST, f"{IMAGE_ID} nvcr.io/nvidia/tritonserver@{other}")
+    assert run.strings[0] == f"docker pull -q {BY_DIGEST}"
+
+
+def test_an_image_id_without_archive_is_refused_in_one_line(caplog) -> None:
+    caplog.set_level(logging.ERROR)
+    run = _image_run(IMAGE_ID, "-")
+    message = assert_refused(run, caplog, "cannot be pulled")
+    assert "triton_image is an image ID" in message and "set triton_image_archive" in message
+
+
+# -- the archive path, run for real against a fake docker
+
+
+FAKE_DOCKER = r"""#!/bin/sh
+echo "$*" >> "$LOG"
+case "$1 $2" in
+  "load -q") cat "$4" > /dev/null && cat "$ARCHIVE_HOLDS" >> "$LOADED"; exit 0;;
+  "image inspect")
+    for ref; do :; done
+    while read -r id digests; do
+      [ "$id" = "$ref" ] && { echo "$id $digests"; exit 0; }
+    done < "$LOADED"
+    exit 1;;
+esac
+exit 1
+"""
+
+
+class _Files(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def archive_server() -> Iterator[type[_Files]]:
+    handler = type("Handler", (_Files,), {"body": b"a docker save archive\n"})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    handler.url = f"http://127.0.0.1:{server.server_address[1]}/triton.tar"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield handler
+    server.shutdown()
+
+
+def _fake_docker(tmp_path: Path, holds: str) -> dict[str, str]:
+    """The environment that puts the fake docker first on PATH; an archive it loads holds
+    the images listed in `holds` (`<ID> <digests…>` lines)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    (tmp_path / "holds").write_text(holds)
+    (tmp_path / "loaded").touch()
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "LOG": str(tmp_path / "docker.log"),
+        "ARCHIVE_HOLDS": str(tmp_path / "holds"),
+        "LOADED": str(tmp_path / "loaded"),
+    }
+
+
+def _run_with_fake_docker(tmp_path: Path, commands: list[str], holds: str):
+    env = _fake_docker(tmp_path, holds)
+    for command in commands:
+        done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            return done
+    return None
+
+
+def _archive_run(tmp_path, monkeypatch, server, sha256: str | None = None):
+    monkeypatch.setattr(docker_ops, "IMAGE_DOWNLOADS", str(tmp_path / "images"))
+    pinned = sha256 or hashlib.sha256(server.body).hexdigest()
+    return _image_run(IMAGE_ID, "-", (server.url, pinned)), pinned
+
+
+def test_an_archive_is_verified_loaded_removed_and_must_hold_the_image(
+    tmp_path, monkeypatch, archive_server
+) -> None:
+    run, pinned = _archive_run(tmp_path, monkeypatch, archive_server)
+    assert shell_syntax_errors(run.commands) == []
+    assert _run_with_fake_docker(tmp_path, run.strings, f"{IMAGE_ID}\n") is None
+    assert list((tmp_path / "images").iterdir()) == []  # the archive is not kept
+    assert (tmp_path / "images").stat().st_mode & 0o777 == 0o700
+    log = (tmp_path / "docker.log").read_text().splitlines()
+    assert log[0] == f"load -q -i {tmp_path}/images/{pinned}.tar"
+    assert log[1].startswith("image inspect") and log[1].endswith(IMAGE_ID)
+
+
+def test_an_archive_without_the_image_fails_naming_both_settings(
+    tmp_path, monkeypatch, archive_server
+) -> None:
+    run, _ = _archive_run(tmp_path, monkeypatch, archive_server)
+    other = "sha256:" + "0f" * 32
+    failed = _run_with_fake_docker(tmp_path, run.strings, f"{other}\n")
+    assert failed is not None
+    assert failed.stderr.strip() == (
+        f"triton_image_archive ({archive_server.url}) does not hold image {IMAGE_ID} "
+        "(triton_image): point it at a `docker save` archive of that image, or fix the reference"
+    )
+    assert list((tmp_path / "images").iterdir()) == []
+
+
+def test_an_archive_with_another_sha256_is_never_loaded(
+    tmp_path, monkeypatch, archive_server
+) -> None:
+    run, _ = _archive_run(tmp_path, monkeypatch, archive_server, sha256="0" * 64)
+    failed = _run_with_fake_docker(tmp_path, run.strings, f"{IMAGE_ID}\n")
+    assert failed is not None and "SHA-256 mismatch" in failed.stderr
+    assert not (tmp_path / "docker.log").exists()  # docker was never called
+    assert list((tmp_path / "images").iterdir()) == []
+
+
+def test_the_archive_download_is_named_in_a_dry_run(tmp_path, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(docker_ops, "IMAGE_DOWNLOADS", str(tmp_path / "images"))
+    _image_run(IMAGE_ID, "-", ("https://mirror.example/triton.tar", "a" * 64), diff=True)
+    assert any(
+        f"image {IMAGE_ID}: loaded from https://mirror.example/triton.tar" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+# ---- daemon.json: merged, never overwritten whole
+
+DAEMON = docker.DOCKER_DAEMON
+OPERATOR = {
+    "data-root": "/srv/docker",
+    "log-driver": "journald",
+    "registry-mirrors": ["https://mirror.example"],
+    "runtimes": {"crun": {"path": "/usr/bin/crun"}},
+}
+
+
+def _daemon_run(current: bytes | None, record: bytes | None = None):
+    managed._STATE_CACHE.clear()  # each call is a run of its own
+    manifest = Manifest(name="gpu host calypso", read=[DAEMON])
+    paths = {} if current is None else {DAEMON: file_state(ManagedFile(DAEMON, current))}
+    state = {**_state(paths=paths, contents={DAEMON: current}), "record": record}
+    run = run_op(
+        docker_ops.daemon_json, manifest, DAEMON, docker.RUNTIMES, facts={ManagedState: state}
+    )
+    uploads = [c.src.getvalue() for c in run.raw if isinstance(c, FileUploadCommand)]
+    return run, uploads
+
+
+def test_daemon_json_keeps_every_operator_key_and_gains_the_nvidia_runtime() -> None:
+    run, [written] = _daemon_run(json.dumps(OPERATOR).encode())
+    merged = json.loads(written)
+    assert merged == {
+        **OPERATOR,
+        "runtimes": {"crun": {"path": "/usr/bin/crun"}, **docker.RUNTIMES},
+    }
+    assert any(f"mv -f {DAEMON}.oceanid-new {DAEMON} )" in text for text in run.strings)
+    assert shell_syntax_errors(run.commands) == []
+    again, uploads = _daemon_run(written)  # the second converge
+    assert (again.commands, uploads) == ([], [])
+    assert again.noop == f"{DAEMON} has the nvidia runtime"
+
+
+def test_no_daemon_json_is_created_with_only_the_runtime() -> None:
+    _, [written] = _daemon_run(None)
+    assert json.loads(written) == {"runtimes": docker.RUNTIMES}
+
+
+def test_a_daemon_json_that_already_has_the_runtime_is_left_as_the_operator_wrote_it() -> None:
+    text = b'{"runtimes": {"nvidia": {"args": [], "path": "nvidia-container-runtime"}},\n "x": 1}'
+    run, uploads = _daemon_run(text)
+    assert (run.commands, uploads) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (b"[1, 2]", "it is not a JSON object"),
+        (b'{"data-root": "/srv",}', "it is not valid JSON"),
+        (b'{"runtimes": []}', 'its "runtimes" is not a JSON object'),
+    ],
+)
+def test_a_daemon_json_that_cannot_be_merged_is_refused_not_replaced(caplog, text, why) -> None:
+    caplog.set_level(logging.ERROR)
+    run, uploads = _daemon_run(text)
+    message = assert_refused(run, caplog, DAEMON)
+    assert message.startswith(f"calypso: {DAEMON}: {why}")
+    assert message.endswith("make it a JSON object (or remove it), the deploy merges the nvidia "
+                            "runtime into it")  # fmt: skip
+    assert uploads == []
+
+
+def test_a_daemon_json_an_older_deploy_wrote_whole_is_written_again_after_the_sweep() -> None:
+    """The role's record lists it (it was a managed file); sweep removes it this run."""
+    current = json.dumps({"runtimes": docker.RUNTIMES}, indent=2).encode()
+    record = json.dumps({"files": [DAEMON], "directories": []}).encode()
+    _, [written] = _daemon_run(current, record)
+    assert json.loads(written) == {"runtimes": docker.RUNTIMES}
+
+
+# ---- the role: Docker used as found; restarted exactly when the toolkit or daemon.json change
+
+
+def _restart(plan, packages: dict, current: bytes | None) -> bool:
+    manifest = Manifest(name="gpu host calypso")
+    docker.add_to(manifest, plan)
+    state = _state(packages=packages, contents={DAEMON: current})
+    with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with({ManagedState: state})):
+        return docker.restart_needed(manifest, plan)
+
+
+MERGED = json.dumps({"runtimes": docker.RUNTIMES}).encode()
+
+
+@pytest.mark.parametrize(
+    ("toolkit", "current", "restart"),
+    [
+        (None, MERGED, True),  # installed in this run: Docker registers its runtime at start
+        (None, None, True),  # a fresh host: Docker was started by its own install, before both
+        ("1.17.8-1", None, True),
+        ("1.17.8-1", json.dumps(OPERATOR).encode(), True),
+        ("1.17.8-1", MERGED, False),
+    ],
+)
+def test_docker_restarts_exactly_when_the_toolkit_or_daemon_json_change(
+    make_plan,  # noqa: F811 - the imported fixture
+    toolkit,
+    current,
+    restart,
+) -> None:
+    plan = make_plan()
+    assert _restart(plan, {"nvidia-container-toolkit": toolkit}, current) is restart
+
+
+def test_without_a_gpu_docker_gets_no_nvidia_runtime_nor_restart(make_plan) -> None:  # noqa: F811
+    plan = make_plan(gpu={"require_gpu": False, "gpus": None})
+    manifest = Manifest(name="gpu host calypso")
+    docker.add_to(manifest, plan)
+    assert manifest.packages == [] and manifest.read == []
+    assert manifest.probes == {docker_ops.ENGINE_PROBE: "command -v dockerd || echo -"}
+    assert _restart(plan, {}, None) is False
+
+
+def test_with_a_gpu_the_role_reads_daemon_json_and_the_toolkit(make_plan) -> None:  # noqa: F811
+    manifest = Manifest(name="gpu host calypso")
+    docker.add_to(manifest, make_plan())
+    assert manifest.packages == docker.CONTAINER_PACKAGES
+    assert DAEMON in manifest.read
+    assert DAEMON not in [f.path for f in manifest.files]  # merged by its operation, not replaced
