@@ -330,14 +330,20 @@ def _chroot_apt(stage: Path, packages: Sequence[str]) -> None:
             resolv.write_bytes(saved_resolv)
         if saved_proxy is not None:
             proxy_conf.write_bytes(saved_proxy)
-    # what apt leaves behind that is no part of the image
+    # what apt leaves behind that is no part of the image; the logs and ldconfig's cache (inode
+    # numbers, times) are all that would differ between two builds from the same packages
     for leftover in ("var/lib/apt/lists", "var/cache/apt", "var/log/apt"):
         for path in (stage / leftover).glob("*"):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             elif path.name != "lock":
                 path.unlink()
-    (stage / "var/log/dpkg.log").unlink(missing_ok=True)
+    for leftover in (
+        "var/log/dpkg.log",
+        "var/log/alternatives.log",
+        "var/cache/ldconfig/aux-cache",
+    ):
+        (stage / leftover).unlink(missing_ok=True)
 
 
 def _install_triton(stage: Path, wheel: Path) -> None:
