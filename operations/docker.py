@@ -30,6 +30,7 @@ from operations.managed import (
 
 ENGINE_PROBE = "docker engine"
 IMAGE_DOWNLOADS = "/var/tmp/oceanid-images"  # root's, 0700: archives between download and load
+INSPECT = "docker image inspect -f '{{.Id}} {{join .RepoDigests \" \"}}'"  # `<ID> <digests…>`
 
 
 def probe_engine(manifest: Manifest) -> None:
@@ -49,8 +50,9 @@ def _image_probe(image: str) -> str:
 
 def probe_image(manifest: Manifest, image: str) -> None:
     """Have the role's one fact read whether `image` is on disk: its ID and repo digests."""
-    inspect = "docker image inspect -f '{{.Id}} {{join .RepoDigests \" \"}}'"
-    manifest.probes[_image_probe(image)] = f"{inspect} {shlex.quote(image)} 2>/dev/null || echo -"
+    manifest.probes[_image_probe(image)] = " ".join(
+        [INSPECT, shlex.quote(image), "2>/dev/null", "||", "echo", "-"]
+    )
 
 
 def _digest(image: str) -> str | None:
@@ -75,9 +77,8 @@ def on_disk(manifest: Manifest, image: str) -> str | None:
 
 def _check_command(image: str, message: str) -> StringCommand:
     """Fail with `message` unless Docker now has `image` as pinned (ID, or digest)."""
-    inspect = ["docker", "image", "inspect", "-f", "'{{.Id}} {{join .RepoDigests \" \"}}'"]
     wanted = _digest(image)
-    found = [*inspect, QuoteString(image), "2>/dev/null"]
+    found = [INSPECT, QuoteString(image), "2>/dev/null"]
     if image.startswith("sha256:"):
         found += ["|", "grep", "-q", QuoteString(f"^{image} ")]
     elif wanted is not None:
@@ -122,6 +123,13 @@ def image(
             f"{host.name}: {setting} is an image ID ({image}) that this host's Docker does not "
             f"have, and an ID cannot be pulled: set {archive_setting} (url, sha256) to an "
             "archive holding it, or load it on the host by hand"
+        )
+        return
+    if archive_url is not None and _digest(image) is not None:
+        yield from refuse(
+            f"{host.name}: {setting} pins a registry digest, which `docker load` does not record "
+            f"(and `docker run` would then pull it): with {archive_setting}, pin the image by "
+            "its ID (sha256:…) or by its tag"
         )
         return
     if archive_url is None:

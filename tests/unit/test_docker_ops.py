@@ -154,6 +154,14 @@ def test_an_image_id_without_archive_is_refused_in_one_line(caplog) -> None:
     assert "triton_image is an image ID" in message and "set triton_image_archive" in message
 
 
+def test_an_archive_for_an_image_pinned_by_digest_is_refused(caplog) -> None:
+    """`docker load` records no repo digest: the unit's `docker run` would pull it."""
+    caplog.set_level(logging.ERROR)
+    run = _image_run(BY_DIGEST, "-", ("https://mirror.example/triton.tar", "a" * 64))
+    message = assert_refused(run, caplog, "pins a registry digest")
+    assert "with triton_image_archive, pin the image by its ID (sha256:…) or by its tag" in message
+
+
 # -- the archive path, run for real against a fake docker
 
 
