@@ -26,4 +26,4 @@ _host = inventory_host(
 
 k3s_servers = [_host("tethys")]
 k3s_agents = [_host("styx"), _host("calypso")]
-gpu_hosts = [_host("calypso"), _host("calypso2")]
+gpu_hosts = [_host("calypso"), _host("calypso2"), _host("calypso3")]

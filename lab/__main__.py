@@ -20,6 +20,7 @@ from lab import (
     docker_host,
     fake_secrets,
     hosts,
+    images,
     keys,
     mirror,
     network,
@@ -89,6 +90,7 @@ def boot() -> None:
         fake_secrets.ensure()
         tarball = rootfs.build_base(log)
         mirror.populate()
+        images.publish(tarball, log)  # after populate, which starts the mirror afresh
         for lab_host in HOSTS:
             rootfs.prepare_host(lab_host, tarball)
     with step("network"):

@@ -31,7 +31,7 @@ def _credentials_json(account: str, tunnel: str, secret: str) -> str:
 
 def generate() -> dict[str, str]:
     account = secrets.token_hex(16)
-    cluster, node, node2 = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    cluster, node, node2, node3 = (str(uuid.uuid4()) for _ in range(4))
 
     def secret() -> str:
         return base64.b64encode(secrets.token_bytes(32)).decode()
@@ -51,6 +51,8 @@ def generate() -> dict[str, str]:
         "cloudflareNodeTunnelToken": wrapped + "\n",
         "cloudflareNode2TunnelId": node2,
         "cloudflareNode2TunnelToken": _credentials_json(account, node2, secret()),
+        "cloudflareNode3TunnelId": node3,
+        "cloudflareNode3TunnelToken": _token(account, node3, secret()),
         "cloudflareNodeTunnelHostname": "gpu.boathou.se",
         "cloudflareNodeTunnelTarget": "http://localhost:8000",
         "k3s_token": "K10" + secrets.token_hex(24) + "::server:" + secrets.token_hex(16),

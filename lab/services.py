@@ -75,6 +75,7 @@ def _cloudflare_seed() -> tuple[Path, Path]:
             tunnel("cloudflareTunnelId", "oceanid-cluster", "local"),
             tunnel("cloudflareNodeTunnelId", "calypso", "cloudflare"),
             tunnel("cloudflareNode2TunnelId", "calypso2", "local"),
+            tunnel("cloudflareNode3TunnelId", "calypso3", "local"),
         ],
     }
     seed_file, token_file = LAB_DIR / "cloudflare-seed.json", LAB_DIR / "cloudflare-token"

@@ -69,8 +69,9 @@ HOSTS = (
     LabHost("styx", 12, "k3s agent"),
     LabHost("calypso", 13, "gpu host, k3s agent", ssh_user="oceanid"),
     LabHost("calypso2", 14, "gpu host (second tunnel), Triton in Docker", docker=True),
+    LabHost("calypso3", 15, "gpu host, an HTTP model server in Docker", docker=True),
 )
-GPU_HOSTS = ("calypso", "calypso2")
+GPU_HOSTS = ("calypso", "calypso2", "calypso3")
 
 
 def host(name: str) -> LabHost:

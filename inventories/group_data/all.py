@@ -21,6 +21,8 @@ __all__ = [
     "enable_control_plane_lb",
     "k3s",
     "cloudflared",
+    "triton_image",
+    "triton_image_archive",
     "admin_ssh_keys",
     "hosts",
 ]
@@ -42,6 +44,11 @@ enable_control_plane_lb = True
 cloudflare_api_base_url = CLOUDFLARE_URL  # the lab's Cloudflare API stand-in
 k3s = _pins["k3s"]
 cloudflared = _pins["cloudflared"]
+# Triton's image for the container runtime (calypso2): built by `make lab` from the lab's root
+# filesystem and the nvidia-pytriton wheel (lab/images.py), pinned by its ID, and loaded from
+# the lab's mirror as an air-gapped site would load it: no registry is reachable.
+triton_image = _pins["triton_image"]["id"]
+triton_image_archive = {k: _pins["triton_image"][k] for k in ("url", "sha256")}
 admin_ssh_keys = [(_lab / "ssh" / "id_ed25519.pub").read_text().strip()]
 
 hosts = {
@@ -65,14 +72,37 @@ hosts = {
             "taints": ["workload-type=gpu-compute:NoSchedule"],
         },
     },
-    # A second GPU host: one inventory line, this entry, and its two ESC keys.
+    # A second GPU host: one inventory line, this entry, and its two ESC keys. Its Triton runs
+    # in Docker, as production's does (the lab's machine caps locked memory at 8 MiB).
     "calypso2": {
         "gpu": {
             "public_name": "gpu2",
             "tunnel_id_key": "cloudflareNode2TunnelId",
             "tunnel_credential_key": "cloudflareNode2TunnelToken",
             "require_gpu": False,
-            "service": {"kind": "triton", "runtime": "host", "port": 8000},
+            "service": {
+                "kind": "triton",
+                "runtime": "container",
+                "port": 8000,
+                "memlock": 8388608,
+            },
+        },
+    },
+    # A GPU host serving another HTTP model server from its image (the `http` kind).
+    "calypso3": {
+        "gpu": {
+            "public_name": "gpu3",
+            "tunnel_id_key": "cloudflareNode3TunnelId",
+            "tunnel_credential_key": "cloudflareNode3TunnelToken",
+            "require_gpu": False,
+            "service": {
+                "kind": "http",
+                "image": _pins["http_image"]["id"],
+                "image_archive": {k: _pins["http_image"][k] for k in ("url", "sha256")},
+                "port": 8000,
+                "environment": {"PORT": "8000", "OCEANID_HTTP_TOKEN": "lab-token-kept-0600"},
+                "memlock": 8388608,
+            },
         },
     },
 }

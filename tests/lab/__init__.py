@@ -48,6 +48,7 @@ SECRET_KEYS = (
     "cloudflareTunnelToken",
     "cloudflareNodeTunnelToken",
     "cloudflareNode2TunnelToken",
+    "cloudflareNode3TunnelToken",
     "k3s_token",
     "labelStudioDbUrl",
     "labelStudioApiToken",
