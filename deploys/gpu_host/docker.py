@@ -58,7 +58,9 @@ def deploy(manifest: Manifest, plan: HostPlan) -> None:
     required; then Docker running, restarted if the toolkit or daemon.json changed."""
     found = docker_ops.engine(manifest)
     if found is None:
-        managed.packages(name="Docker", manifest=manifest, names=[plan.gpu.service.docker_package])
+        managed.packages(
+            name="Docker engine package", manifest=manifest, names=[plan.gpu.service.docker_package]
+        )
     else:
         host.log(f"Docker: dockerd found at {found}; used as it is")
     if plan.gpu.require_gpu:

@@ -21,12 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pyinfra.api import FileUploadCommand
+from pyinfra.api import Config, FileUploadCommand, Inventory, State
+from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState
 
-from deploys.gpu_host import docker
-from facts.managed import ManagedState, script
+from deploys import gpu_host
+from deploys.gpu_host import docker, triton
+from facts.managed import Account, ManagedState, PathState, empty_state, script
 from operations import docker as docker_ops
 from operations import managed
 from operations.managed import ManagedFile, Manifest
@@ -407,3 +409,114 @@ def test_with_a_gpu_the_role_reads_daemon_json_and_the_toolkit(make_plan) -> Non
     assert manifest.packages == docker.CONTAINER_PACKAGES
     assert DAEMON in manifest.read
     assert DAEMON not in [f.path for f in manifest.files]  # merged by its operation, not replaced
+
+
+# ---- the whole GPU host role, planned as a run plans it: order, and a second converge
+
+
+def _plan_role(plan, state_value: dict) -> list[tuple[str, list[str]]]:
+    """Queue deploys/gpu_host for calypso on a real pyinfra State; [(op name, commands)]."""
+    inventory = Inventory((["calypso"], {}), gpu_hosts=(["calypso"], {}))
+    managed._STATE_CACHE.clear()  # a pyinfra run of its own
+    state = State(inventory, Config())
+    state.current_deploy_filename = __file__
+    state.current_op_file_number = 0
+    state.set_stage(StateStage.Prepare)
+    host = inventory.get_host("calypso")
+    host.get_fact = lambda cls, *args, **kwargs: {ManagedState: state_value}[cls]
+    state.activate_host(host)
+    with ctx_state.use(state), ctx_host.use(host):
+        gpu_host.deploy(plan)
+    assert state.failed_hosts == set()
+    order = []
+    for op_hash in state.get_op_order():
+        with ctx_state.use(state), ctx_host.use(host):
+            host.current_op_hash = op_hash
+            commands = list(state.ops[host][op_hash].command_generator())
+        name = sorted(state.get_op_meta(op_hash).names)[0]
+        order.append((name, [str(c) for c in commands]))
+    return order
+
+
+def _fresh(plan, engine: str = "-") -> dict:
+    image = plan.settings.triton_image
+    probes = {docker_ops.ENGINE_PROBE: [engine], f"docker image {image}": ["-"]}
+    return {**empty_state(), "arch": "amd64", "probes": probes}
+
+
+def test_a_fresh_gpu_host_gets_docker_the_toolkit_a_restart_then_the_image_then_triton(
+    make_plan,  # noqa: F811 - the imported fixture
+) -> None:
+    plan = make_plan()
+    order = _plan_role(plan, _fresh(plan))
+    names = [name for name, _ in order]
+    steps = [
+        "Docker engine package",
+        "NVIDIA container toolkit repository",
+        "NVIDIA container toolkit",
+        "Docker's NVIDIA runtime",
+        "Docker",
+        "Triton's image",
+        "Triton's Python environment",
+        "tritonserver",
+        "Triton answers ready",
+    ]
+    assert [name for name in names if name in steps] == steps
+    commands = dict(order)
+    assert commands["Docker engine package"][-1].endswith("--no-install-recommends docker.io")
+    assert commands["Docker"][0] == "systemctl daemon-reload"
+    assert commands["Docker"][-1].startswith("timeout 150 systemctl restart docker.service")
+    image = plan.settings.triton_image
+    assert commands["Triton's image"][0] == f"docker pull -q {image}"
+    assert any(text.startswith("docker run --rm --network host -v /opt/triton/venvs/")
+               and f":/oceanid-env {image} sh -c" in text
+               for text in commands["Triton's Python environment"])  # fmt: skip
+
+
+def test_an_existing_docker_is_used_not_replaced(make_plan) -> None:  # noqa: F811
+    plan = make_plan()
+    names = [name for name, _ in _plan_role(plan, _fresh(plan, engine="/usr/bin/dockerd"))]
+    assert "Docker engine package" not in names
+    assert "Docker" in names
+
+
+def _converged(plan, archive_state: dict) -> dict:
+    """The role's fact on the lab's Docker host after a first converge."""
+    role = gpu_host.declare(plan).manifest
+    paths: dict = {
+        d.path: PathState("directory", d.mode, d.user, d.group) for d in role.directories
+    }
+    for f in role.files:
+        paths[f.path] = PathState("file", f.mode.zfill(4), f.user, f.group, f.sha256)
+    for b in role.binaries:
+        paths[b.path] = PathState("file", b.mode.zfill(4), "root", "root", b.sha256["amd64"])
+    return {
+        **empty_state(),
+        "arch": "amd64",
+        "paths": paths,
+        "packages": dict.fromkeys(role.packages, "1"),
+        "users": {"triton": Account(999, 999, "/nonexistent", "/usr/sbin/nologin", ("triton",))},
+        "contents": {triton.STAMP: triton.stamp(plan)},
+        "record": (json.dumps(role.declared(), indent=1, sort_keys=True) + "\n").encode(),
+        "units": dict.fromkeys(role.units, {"enabled": "enabled", "active": "active"}),
+        "probes": archive_state,
+    }
+
+
+def test_the_labs_docker_host_converges_then_a_second_run_changes_nothing(make_plan, data) -> None:  # noqa: F811
+    """The lab's data: container runtime without a GPU, the image by ID from an archive,
+    memlock as the lab's machine allows."""
+    data["triton_image"] = IMAGE_ID
+    data["triton_image_archive"] = {"url": "http://10.77.0.1/triton.tar", "sha256": "a" * 64}
+    plan = make_plan(
+        gpu={"require_gpu": False, "gpus": None, "service": {"kind": "triton", "memlock": 8388608}}
+    )
+    first = dict(_plan_role(plan, _fresh(plan)))
+    assert "NVIDIA container toolkit" not in first and "Docker's NVIDIA runtime" not in first
+    assert first["Triton's image"][-2].startswith("docker load -q -i /var/tmp/oceanid-images/")
+    probes = {
+        docker_ops.ENGINE_PROBE: ["/usr/bin/dockerd"],
+        f"docker image {IMAGE_ID}": [f"{IMAGE_ID} "],
+    }
+    second = _plan_role(plan, _converged(plan, probes))
+    assert [(name, commands) for name, commands in second if commands] == []
