@@ -30,7 +30,9 @@ from operations.managed import (
 
 ENGINE_PROBE = "docker engine"
 IMAGE_DOWNLOADS = "/var/tmp/oceanid-images"  # root's, 0700: archives between download and load
-INSPECT = "docker image inspect -f '{{.Id}} {{join .RepoDigests \" \"}}'"  # `<ID> <digests…>`
+# `<ID> <repo digests as JSON>`; Docker 20.10's `join` refuses .RepoDigests ("wrong type for
+# value; expected []string; got []interface {}") for an image loaded from an archive
+INSPECT = "docker image inspect -f '{{.Id}} {{json .RepoDigests}}'"
 
 
 def probe_engine(manifest: Manifest) -> None:
@@ -66,7 +68,11 @@ def on_disk(manifest: Manifest, image: str) -> str | None:
     lines = [line for line in manifest.probe(_image_probe(image)) if line.strip()]
     if not lines or lines[0].strip() == "-":
         return None
-    image_id, *repo_digests = lines[0].split()
+    image_id, _, listed = lines[0].strip().partition(" ")
+    try:
+        repo_digests = [str(d) for d in json.loads(listed or "null") or []]
+    except ValueError:
+        repo_digests = []
     if image.startswith("sha256:") and image_id != image:
         return None
     digest = _digest(image)

@@ -60,7 +60,7 @@ def _state(probes: dict[str, list[str]] | None = None, **kwargs) -> dict:
 
 
 def _inspected(image: str, line: str) -> dict[str, list[str]]:
-    """The probe's output for `image`: `<ID> <repo digests…>`, or `-` when not on disk."""
+    """The probe's output for `image`: `<ID> <repo digests as JSON>`, or `-` when not on disk."""
     return {f"docker image {image}": [line]}
 
 
@@ -75,7 +75,7 @@ def test_the_probes_run_in_the_roles_one_read(tmp_path) -> None:
     docker_ops.probe_image(manifest, TAGGED)  # not on disk
     docker_ops.probe_engine(manifest)
     env = _fake_docker(tmp_path, holds="")
-    (tmp_path / "loaded").write_text(f"{IMAGE_ID} nvcr.io/nvidia/tritonserver@{DIGEST}\n")
+    (tmp_path / "loaded").write_text(f'{IMAGE_ID} ["nvcr.io/nvidia/tritonserver@{DIGEST}"]\n')
     (tmp_path / "bin" / "dockerd").write_text("#!/bin/sh\n")
     (tmp_path / "bin" / "dockerd").chmod(0o755)
     with ctx_state.use(FakeState()):
@@ -124,9 +124,13 @@ def _image_run(image: str, line: str, archive: tuple[str, str] | None = None, **
 @pytest.mark.parametrize(
     ("image", "line"),
     [
-        (IMAGE_ID, f"{IMAGE_ID} "),
-        (TAGGED, f"{IMAGE_ID} nvcr.io/nvidia/tritonserver@{DIGEST}"),
-        (BY_DIGEST, f"{IMAGE_ID} nvcr.io/nvidia/tritonserver@{DIGEST}"),
+        (IMAGE_ID, f"{IMAGE_ID} []"),  # loaded from an archive: no repo digest
+        (IMAGE_ID, f"{IMAGE_ID} null"),
+        (TAGGED, f'{IMAGE_ID} ["nvcr.io/nvidia/tritonserver@{DIGEST}"]'),
+        (
+            BY_DIGEST,
+            f'{IMAGE_ID} ["ghcr.io/x/y@sha256:{"0" * 64}", "nvcr.io/nvidia/tritonserver@{DIGEST}"]',
+        ),
     ],
 )
 def test_an_image_on_disk_as_pinned_is_a_noop(image, line) -> None:
@@ -145,7 +149,7 @@ def test_an_image_without_an_archive_is_pulled_then_checked() -> None:
 def test_an_image_on_disk_under_another_digest_is_pulled() -> None:
     """The tag is there, but not the pinned build: the digest decides."""
     other = "sha256:" + "e2" * 32
-    run = _image_run(BY_DIGEST, f"{IMAGE_ID} nvcr.io/nvidia/tritonserver@{other}")
+    run = _image_run(BY_DIGEST, f'{IMAGE_ID} ["nvcr.io/nvidia/tritonserver@{other}"]')
     assert run.strings[0] == f"docker pull -q {BY_DIGEST}"
 
 
@@ -208,7 +212,7 @@ def archive_server() -> Iterator[type[_Files]]:
 
 def _fake_docker(tmp_path: Path, holds: str) -> dict[str, str]:
     """The environment that puts the fake docker first on PATH; an archive it loads holds
-    the images listed in `holds` (`<ID> <digests…>` lines)."""
+    the images listed in `holds` (`<ID> <repo digests as JSON>` lines)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "docker").write_text(FAKE_DOCKER)
@@ -244,7 +248,7 @@ def test_an_archive_is_verified_loaded_removed_and_must_hold_the_image(
 ) -> None:
     run, pinned = _archive_run(tmp_path, monkeypatch, archive_server)
     assert shell_syntax_errors(run.commands) == []
-    assert _run_with_fake_docker(tmp_path, run.strings, f"{IMAGE_ID}\n") is None
+    assert _run_with_fake_docker(tmp_path, run.strings, f"{IMAGE_ID} []\n") is None
     assert list((tmp_path / "images").iterdir()) == []  # the archive is not kept
     assert (tmp_path / "images").stat().st_mode & 0o777 == 0o700
     log = (tmp_path / "docker.log").read_text().splitlines()
@@ -257,7 +261,7 @@ def test_an_archive_without_the_image_fails_naming_both_settings(
 ) -> None:
     run, _ = _archive_run(tmp_path, monkeypatch, archive_server)
     other = "sha256:" + "0f" * 32
-    failed = _run_with_fake_docker(tmp_path, run.strings, f"{other}\n")
+    failed = _run_with_fake_docker(tmp_path, run.strings, f"{other} []\n")
     assert failed is not None
     assert failed.stderr.strip() == (
         f"triton_image_archive ({archive_server.url}) does not hold image {IMAGE_ID} "
@@ -270,7 +274,7 @@ def test_an_archive_with_another_sha256_is_never_loaded(
     tmp_path, monkeypatch, archive_server
 ) -> None:
     run, _ = _archive_run(tmp_path, monkeypatch, archive_server, sha256="0" * 64)
-    failed = _run_with_fake_docker(tmp_path, run.strings, f"{IMAGE_ID}\n")
+    failed = _run_with_fake_docker(tmp_path, run.strings, f"{IMAGE_ID} []\n")
     assert failed is not None and "SHA-256 mismatch" in failed.stderr
     assert not (tmp_path / "docker.log").exists()  # docker was never called
     assert list((tmp_path / "images").iterdir()) == []

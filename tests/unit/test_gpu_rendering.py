@@ -22,6 +22,7 @@ import yaml
 from deploys.gpu_host import cloudflared_node, docker, http_service, triton
 from oceanid import triton_repo
 from oceanid.preflight import HostPlan, HostView, PreflightError, check
+from operations import docker as docker_ops
 from operations import triton as triton_ops
 from operations.managed import Manifest
 
@@ -423,8 +424,7 @@ def test_triton_add_to_declares_models_stamp_and_unit(make_plan):
     # environment is built by the image, not by the host's python3-venv
     image = plan.settings.triton_image
     assert manifest.probes == {
-        f"docker image {image}": "docker image inspect -f '{{.Id}} {{join .RepoDigests \" \"}}' "
-        f"{image} 2>/dev/null || echo -"
+        f"docker image {image}": f"{docker_ops.INSPECT} {image} 2>/dev/null || echo -"
     }
     assert manifest.packages == []
 
