@@ -27,28 +27,42 @@ START_WAIT = 300  # seconds a (re)started Triton has to load every model and ans
 LOG_LINES = 40  # journal lines shown when Triton did not come up
 
 
-IMAGE_MOUNT = "/oceanid-env"  # where the building container sees the new environment
+IMAGE_MOUNT = "/opt/oceanid/env"  # where the image's containers see the environment: build and run
 IMAGE_REQUIREMENTS = "requirements.txt"  # copied into the environment for the image's pip
-IMAGE_SITE = "site"  # the packages, for the running container's PYTHONPATH
+IMAGE_VENV = "venv"  # a venv of the image's Python, its own packages visible (system site)
 IMAGE_PYTHON = "python-version"  # the image's Python, `3.12`: what the packages were built for
+IMAGE_ENV_FILE = "container.env"  # PATH with the venv first, for the running container
+VERSION = 'import sys; print("%d.%d" % sys.version_info[:2])'
 
 
 def image_build_command(env: str, image: str) -> StringCommand:
-    """A one-shot container of `image` installs the requirements into `env` for its own
-    Python; `--network host` lets its pip reach the host's proxy or the internet."""
+    """A one-shot container of `image` builds a venv of its own Python in `env` and installs
+    the requirements there; `--network host` lets its pip reach the host's proxy or the
+    internet.
+
+    Triton's Python backend stub finds its interpreter's packages the way `python3` would:
+    through the first `python3` on PATH, so a venv whose bin/ comes first on PATH is what
+    the models import from (PYTHONPATH is not read by the stub). The build writes that PATH,
+    the venv's bin/ before the image's own PATH, to `container.env` for the unit's
+    `--env-file`; the venv is made and run at the same path (IMAGE_MOUNT), so its scripts'
+    paths hold. `--without-pip`: the image's own pip (a system site package) installs into
+    it, so an image without Debian's ensurepip works too.
+    """
     mount = IMAGE_MOUNT
-    script = shlex.join(
-        ["python3", "-m", "pip", *["install", "-q", "--disable-pip-version-check"]]
-        + ["--no-cache-dir", "--target", f"{mount}/{IMAGE_SITE}"]
-        + ["-r", f"{mount}/{IMAGE_REQUIREMENTS}"]
-    )
-    script += " && " + shlex.join(
-        ["python3", "-c", 'import sys; print("%d.%d" % sys.version_info[:2])']
-    )
-    script += " > " + shlex.quote(f"{mount}/{IMAGE_PYTHON}")
+    venv = f"{mount}/{IMAGE_VENV}"
+    steps = [
+        shlex.join(["python3", "-m", "venv", "--without-pip", "--system-site-packages", venv]),
+        shlex.join(
+            [f"{venv}/bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            + ["--no-cache-dir", "-r", f"{mount}/{IMAGE_REQUIREMENTS}"]
+        ),
+        shlex.join([f"{venv}/bin/python", "-c", VERSION]) + " > " + f"{mount}/{IMAGE_PYTHON}",
+        # $PATH is the image's own, expanded inside the container
+        f"printf 'PATH=%s\\n' \"{venv}/bin:$PATH\" > {shlex.quote(f'{mount}/{IMAGE_ENV_FILE}')}",
+    ]
     return StringCommand(
         "docker", "run", "--rm", "--network", "host", "-v", QuoteString(f"{env}:{mount}"),
-        QuoteString(image), "sh", "-c", QuoteString(script),
+        QuoteString(image), "sh", "-c", QuoteString(" && ".join(steps)),
     )  # fmt: skip
 
 
@@ -76,8 +90,9 @@ def environment(
     + model_requirements: the models' requirements file
     + finish: a shell command run in the new environment after the installs (backends, links)
     + image: build it with this container image's Python instead of the host's: the image
-      installs the requirements (`pip --target <env>/site`) and writes its Python's version
-      to `<env>/python-version`; the container runtime mounts the environment read-only
+      makes a venv of its Python in `<env>/venv`, installs the requirements there, writes its
+      Python's version to `<env>/python-version` and the PATH that puts the venv first to
+      `<env>/container.env`; the container runtime mounts the environment read-only
 
     `link` moves to the new environment (a rename of a new link over it, which is atomic)
     only after every step passed; until then Triton keeps the environment it runs on. A

@@ -13,11 +13,13 @@ model loads agree. Its Python environment is one of /opt/triton/venvs, reached t
 /opt/triton/venv link, which the unit uses for every path: switching the link to a new
 environment takes effect only when Triton restarts, which the deploy then does.
 
-In a container the models' packages must match the image's Python, not the host's (the
-NGC image runs 3.12; a Debian 12 host builds for 3.11, and numpy's compiled modules would
-not import): the image itself installs them (`pip --target`) into the new environment,
-which the unit mounts read-only at CONTAINER_ENV. The image is on disk before the unit
-starts (pulled, or loaded from an archive, by the deploy), so a start needs no registry.
+In a container the models' packages must match the image's Python, not the host's (the NGC
+image runs 3.12; a Debian 12 host builds for 3.11, and numpy's compiled modules would not
+import): the image itself builds a venv of its Python in the new environment and installs
+them there; the unit mounts it read-only at CONTAINER_ENV, the path it was built at, with
+its bin/ first on PATH, which is how Triton's Python stub finds them. The image is on disk
+before the unit starts (pulled, or loaded from an archive, by the deploy), so a start needs
+no registry.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ MODELS = f"{ROOT}/models"
 VENV = f"{ROOT}/venv"  # a link to the current environment under ENVS: the unit's paths use it
 ENVS = f"{ROOT}/venvs"
 DIST = f"{VENV}/dist"  # host runtime: link to the env's site-packages, version-free for the unit
-CONTAINER_ENV = "/opt/oceanid/env"  # where the container sees the environment (read-only)
+CONTAINER_ENV = triton_ops.IMAGE_MOUNT  # where containers see the environment (run: read-only)
 BACKENDS = f"{VENV}/backends"
 STAMP_NAME = ".oceanid-stamp"
 STAMP = f"{VENV}/{STAMP_NAME}"
@@ -161,6 +163,7 @@ def container_unit(plan: HostPlan) -> str:
         models=MODELS,
         model_env=VENV,
         container_env=CONTAINER_ENV,
+        env_file=triton_ops.IMAGE_ENV_FILE,
         volumes=unit_options(volumes),
         http_port=ports(plan)[0],
         grpc_port=ports(plan)[1],

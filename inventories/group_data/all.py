@@ -48,7 +48,10 @@ cloudflared = _pins["cloudflared"]
 # filesystem and the nvidia-pytriton wheel (lab/images.py), pinned by its ID, and loaded from
 # the lab's mirror as an air-gapped site would load it: no registry is reachable.
 triton_image = _pins["triton_image"]["id"]
-triton_image_archive = {k: _pins["triton_image"][k] for k in ("url", "sha256")}
+triton_image_archive = {
+    "url": _pins["triton_image"]["url"],
+    "sha256": _pins["triton_image"]["sha256"],
+}
 admin_ssh_keys = [(_lab / "ssh" / "id_ed25519.pub").read_text().strip()]
 
 hosts = {
@@ -98,7 +101,10 @@ hosts = {
             "service": {
                 "kind": "http",
                 "image": _pins["http_image"]["id"],
-                "image_archive": {k: _pins["http_image"][k] for k in ("url", "sha256")},
+                "image_archive": {
+                    "url": _pins["http_image"]["url"],
+                    "sha256": _pins["http_image"]["sha256"],
+                },
                 "port": 8000,
                 "environment": {"PORT": "8000", "OCEANID_HTTP_TOKEN": "lab-token-kept-0600"},
                 "memlock": 8388608,

@@ -29,10 +29,21 @@ from oceanid import preflight
 
 DEFAULT_INVENTORY = "inventory.py"
 ALL_HOSTS = None
+# What a GPU host serves, from its data (`hosts.<name>.gpu.service`): more groups to match on.
+TRITON, TRITON_HOST, TRITON_CONTAINER, GPU_HTTP = (
+    "triton",
+    "triton runtime host",
+    "triton runtime container",
+    "gpu http",
+)
 # module -> the inventory group whose hosts it checks (ALL_HOSTS: every host)
 ROLE_MODULES = {
     "test_base": ALL_HOSTS,
     "test_gpu": preflight.GPU_HOSTS,
+    "test_triton": TRITON,
+    "test_triton_host": TRITON_HOST,
+    "test_triton_container": TRITON_CONTAINER,
+    "test_gpu_http": GPU_HTTP,
     "test_k3s_server": preflight.K3S_SERVERS,
     "test_k3s_agent": preflight.K3S_AGENTS,
     "test_cluster_apps": preflight.K3S_SERVERS,
@@ -44,7 +55,7 @@ PROVISIONED = ("test_k3s_server", "test_k3s_agent", "test_cluster_apps")
 @dataclass(frozen=True)
 class InventoryHost:
     name: str
-    groups: frozenset[str]
+    groups: frozenset[str]  # its inventory groups, and what its GPU service is (TRITON…)
     spec: str  # a testinfra host spec reaching the host as pyinfra does
     provisioned: bool  # enable_node_provisioning in its data
 
@@ -81,8 +92,22 @@ import json, sys
 from oceanid import preflight
 KEYS = ("ssh_hostname", "ssh_port", "ssh_user", "ssh_config_file", "ssh_key", "_sudo",
         "enable_node_provisioning")
+
+def service(h):
+    gpu = ((h.data.get("hosts") or {}).get(h.name) or {}).get("gpu")
+    if gpu is None or "gpu_hosts" not in h.groups:
+        return []
+    kind = (gpu.get("service") or {}).get("kind", "triton")
+    runtime = (gpu.get("service") or {}).get("runtime", "container")
+    return ["gpu http"] if kind == "http" else ["triton", "triton runtime " + runtime]
+
+
 hosts = [
-    {"name": h.name, "groups": sorted(h.groups), "data": {k: h.data.get(k) for k in KEYS}}
+    {
+        "name": h.name,
+        "groups": sorted(h.groups) + service(h),
+        "data": {k: h.data.get(k) for k in KEYS},
+    }
     for h in preflight.load_inventory(sys.argv[1])
 ]
 print(json.dumps(hosts))

@@ -139,30 +139,31 @@ def test_checksum_mismatch_fails_and_keeps_the_installed_binary(converged):
     assert ssh("calypso", "sha256sum /usr/local/bin/cloudflared").stdout != drifted
 
 
-def test_model_change_reloads_without_restarting_triton(converged):
+@pytest.mark.parametrize("name", ["calypso", "calypso2"], ids=["host runtime", "container"])
+def test_model_change_reloads_without_restarting_triton(converged, name):
     model = "/opt/triton/models/docling_granite_python"
-    pid = ssh("calypso", "systemctl show -p MainPID --value tritonserver").stdout.strip()
+    pid = ssh(name, "systemctl show -p MainPID --value tritonserver").stdout.strip()
     ssh(
-        "calypso",
+        name,
         f"echo '# drift' | sudo tee -a {model}/1/model.py >/dev/null; "
         f"sudo touch {model}/stray.txt; sudo mkdir -p /opt/triton/models/local_model; "
         "sudo touch /opt/triton/models/local_model/keep.txt",
     )
-    run = pyinfra("deploys/site.py", "--limit", "calypso")
+    run = pyinfra("deploys/site.py", "--limit", name)
     assert run.returncode == 0, run.output[-4000:]
     assert "Load changed models" in run.changed and "tritonserver" not in run.changed
-    after = ssh("calypso", "systemctl show -p MainPID --value tritonserver").stdout.strip()
+    after = ssh(name, "systemctl show -p MainPID --value tritonserver").stdout.strip()
     assert after == pid, "Triton was restarted for a model change"
-    assert ssh("calypso", f"test -e {model}/stray.txt").returncode == 1
-    assert ssh("calypso", "test -e /opt/triton/models/local_model/keep.txt").returncode == 0
-    assert "# drift" not in ssh("calypso", f"cat {model}/1/model.py").stdout
+    assert ssh(name, f"test -e {model}/stray.txt").returncode == 1
+    assert ssh(name, "test -e /opt/triton/models/local_model/keep.txt").returncode == 0
+    assert "# drift" not in ssh(name, f"cat {model}/1/model.py").stdout
     ready = ssh(
-        "calypso",
+        name,
         "curl -s -o /dev/null -w '%{http_code}' "
         "localhost:8000/v2/models/docling_granite_python/ready",
     ).stdout
     assert ready == "200"
-    ssh("calypso", "sudo rm -rf /opt/triton/models/local_model")
+    ssh(name, "sudo rm -rf /opt/triton/models/local_model")
 
 
 def test_config_change_restarts_only_the_service_that_reads_it(converged):
@@ -203,7 +204,7 @@ def test_smoke_through_port_forwards(converged):
     SSH port forward standing in for its public name (the lab has no Cloudflare edge)."""
     forwards, urls = [], []
     try:
-        for name, public in (("calypso", "gpu"), ("calypso2", "gpu2")):
+        for name, public in (("calypso", "gpu"), ("calypso2", "gpu2"), ("calypso3", "gpu3")):
             port = free_port()
             forwards.append(subprocess.Popen(
                 ["ssh", "-F", str(REPO / ".lab/ssh/config"), "-N", "-o", "ExitOnForwardFailure=yes",

@@ -34,8 +34,13 @@ from tests.lab import SSH, free_port, k3s_tunnel, lab_secret_lines, ssh, wait_po
 pytestmark = pytest.mark.lab
 
 LAB = "inventories/lab.py"
-GPU_NAMES = {"calypso": "gpu", "calypso2": "gpu2"}
-NODE_TUNNEL_KEYS = {"calypso": "cloudflareNodeTunnelId", "calypso2": "cloudflareNode2TunnelId"}
+GPU_NAMES = {"calypso": "gpu", "calypso2": "gpu2", "calypso3": "gpu3"}
+TRITON_HOSTS = ("calypso", "calypso2")  # calypso3 serves the `http` kind
+NODE_TUNNEL_KEYS = {
+    "calypso": "cloudflareNodeTunnelId",
+    "calypso2": "cloudflareNode2TunnelId",
+    "calypso3": "cloudflareNode3TunnelId",
+}
 CONNECTOR_CONFIG = "/etc/cloudflared/config.yaml"
 
 
@@ -133,14 +138,23 @@ def test_smoke_passes_with_skips_for_what_the_lab_cannot_run(converged):
     assert "SKIP label.boathou.se — no Cloudflare edge serves it here" in done.stdout
     for name, public in GPU_NAMES.items():
         assert f"PASS {name}'s node tunnel ({public}.boathou.se)" in done.stdout
-        assert f"PASS {public}.boathou.se inference docling_granite_python" in done.stdout
+        if name in TRITON_HOSTS:
+            assert f"PASS {public}.boathou.se inference docling_granite_python" in done.stdout
+        else:
+            assert f"PASS {public}.boathou.se service" in done.stdout
 
 
 def test_status_shows_every_host(converged):
     done = make("status")
     assert done.returncode == 0, done.stdout + done.stderr
     tables = done.stdout.split("\n\n")
-    assert [table.splitlines()[0] for table in tables] == ["tethys", "styx", "calypso", "calypso2"]
+    assert [table.splitlines()[0] for table in tables] == [
+        "tethys",
+        "styx",
+        "calypso",
+        "calypso2",
+        "calypso3",
+    ]
     calypso = " ".join(tables[2].split())
     assert "Triton tritonserver.service running; ready" in calypso
     assert "model docling_granite_python READY" in calypso
@@ -170,7 +184,7 @@ def test_triton_stopped_on_calypso(converged):
 
         done = make("verify")
         assert done.returncode != 0
-        assert "test_gpu.py::test_units_enabled_and_active[ssh://calypso]" in done.stdout
+        assert "test_triton.py::test_unit_enabled_and_active[ssh://calypso]" in done.stdout
         assert "calypso2]" not in "".join(
             line for line in done.stdout.splitlines() if line.startswith("FAILED")
         )

@@ -473,7 +473,7 @@ def test_a_fresh_gpu_host_gets_docker_the_toolkit_a_restart_then_the_image_then_
     image = plan.settings.triton_image
     assert commands["Triton's image"][0] == f"docker pull -q {image}"
     assert any(text.startswith("docker run --rm --network host -v /opt/triton/venvs/")
-               and f":/oceanid-env {image} sh -c" in text
+               and f":/opt/oceanid/env {image} sh -c" in text
                for text in commands["Triton's Python environment"])  # fmt: skip
 
 

@@ -260,14 +260,14 @@ def _volumes(argv: list[str]) -> list[str]:
 
 
 def test_the_container_sees_the_environment_it_was_built_with(make_plan):
-    """The image's packages are mounted (read-only) where PYTHONPATH points inside the
-    container; a host path on PYTHONPATH would name nothing there."""
+    """The environment is mounted (read-only) at the path the image built it at, and the
+    PATH the build wrote (its venv's bin/ first, which is how Triton's Python stub finds the
+    packages) comes from the environment itself; no host path is named inside."""
     argv = _exec_start(triton.container_unit(make_plan()))
-    assert "/opt/triton/venv:/opt/oceanid/env:ro" in _volumes(argv)
-    assert argv[argv.index("-e") + 1] == "PYTHONPATH=/opt/oceanid/env/site"
-    assert argv[argv.index("-e") + 1].removeprefix("PYTHONPATH=") == (
-        f"{triton.CONTAINER_ENV}/{triton_ops.IMAGE_SITE}"  # where the image's pip installs
-    )
+    assert f"/opt/triton/venv:{triton_ops.IMAGE_MOUNT}:ro" in _volumes(argv)
+    assert triton.CONTAINER_ENV == triton_ops.IMAGE_MOUNT  # built and run at one path
+    assert argv[argv.index("--env-file") + 1] == f"/opt/triton/venv/{triton_ops.IMAGE_ENV_FILE}"
+    assert "-e" not in argv and not any("PYTHONPATH" in arg for arg in argv)
 
 
 def test_granite_model_dir_is_mounted_read_only_at_its_own_path(make_plan):

@@ -150,7 +150,9 @@ def test_the_labs_group_data_names_its_secrets_file_and_calypsos_login(tmp_path)
     shutil.copy(REPO / "inventories/group_data/all.py", site / "inventories/group_data")
     (site / ".lab/ssh").mkdir(parents=True)
     pin = {"version": "1", "url": "http://mirror/{version}", "sha256": {"amd64": "a" * 64}}
-    (site / ".lab/artifacts.json").write_text(json.dumps({"k3s": pin, "cloudflared": pin}))
+    image = {"id": "sha256:" + "b" * 64, "url": "http://mirror/image.tar", "sha256": "c" * 64}
+    pins = {"k3s": pin, "cloudflared": pin, "triton_image": image, "http_image": image}
+    (site / ".lab/artifacts.json").write_text(json.dumps(pins))
     (site / ".lab/ssh/id_ed25519.pub").write_text("ssh-ed25519 AAAAC3Nza lab\n")
     done = pyinfra(site, "@ssh/calypso", "--group-data=inventories/group_data", "debug-inventory")
     assert done.returncode == 0, done.stderr[-2000:]

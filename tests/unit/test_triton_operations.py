@@ -178,9 +178,19 @@ shift 9
 printf '%s' "$1" | sed "s#$dst#$src#g" > "$src/.script"
 PATH="$IMAGE_BIN:$PATH" sh "$src/.script"; status=$?; rm -f "$src/.script"; exit $status
 """
+# The image's `python3 -m venv … DIR`: a venv whose python is the image's (3.99), its pip
+# installing into DIR/site (the real pip, offline)
 IMAGE_PYTHON = r"""#!/bin/sh
-if [ "$1 $2" = "-m pip" ]; then
-  shift 2; exec "$REAL_PYTHON" -m pip "$@"
+if [ "$1 $2" = "-m venv" ]; then
+  for dir; do :; done
+  mkdir -p "$dir/bin"
+  cat > "$dir/bin/python" <<EOF
+#!/bin/sh
+if [ "\$1 \$2" = "-m pip" ]; then shift 2; exec "$REAL_PYTHON" -m pip "\$@" --target "$dir/site"; fi
+echo 3.99
+EOF
+  chmod 0755 "$dir/bin/python"
+  exit 0
 fi
 echo 3.99
 """
@@ -222,11 +232,12 @@ def test_the_image_builds_the_environment_for_its_own_python(tmp_path: Path) -> 
         wheel.writestr(f"{info}/RECORD", "")
     root, run, env = _image_environment(tmp_path, f"{project}\n")
     assert shell_syntax_errors(run.commands) == []
-    assert not any("python3 -m venv" in text or "/bin/pip" in text for text in run.strings)
+    host_side = [text for text in run.strings if not text.startswith("docker run")]
+    assert not any("python3 -m venv" in text or "/bin/pip" in text for text in host_side)
     docker_run = next(text for text in run.strings if text.startswith("docker run"))
     new = root / "venvs" / "new"
     assert docker_run.startswith(
-        f"docker run --rm --network host -v {new}:/oceanid-env {IMAGE} sh -c "
+        f"docker run --rm --network host -v {new}:/opt/oceanid/env {IMAGE} sh -c "
     )
     for command in run.strings:
         done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True)
@@ -235,7 +246,9 @@ def test_the_image_builds_the_environment_for_its_own_python(tmp_path: Path) -> 
     assert os.readlink(built) == str(new)
     assert (built / "requirements.txt").read_text() == f"{project}\n"
     assert (built / "python-version").read_text() == "3.99\n"  # the image's, not the host's
-    assert (built / "site" / "tiny_pkg" / "__init__.py").is_file()
+    assert (built / "venv" / "site" / "tiny_pkg" / "__init__.py").is_file()  # the image's venv
+    path = (built / "container.env").read_text()
+    assert path.startswith(f"PATH={new}/venv/bin:{tmp_path}/image-bin:"), path  # venv first
     assert (built / ".oceanid-stamp").read_bytes() == STAMP
 
 

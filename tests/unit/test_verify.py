@@ -40,6 +40,8 @@ def test_production_inventory_roles_and_login():
         ("test_base", "styx"),
         ("test_base", "calypso"),
         ("test_gpu", "calypso"),  # and k3s only with enable_node_provisioning, off here
+        ("test_triton", "calypso"),  # its service, from its data: Triton in a container
+        ("test_triton_container", "calypso"),
     }
     specs = {host.name: host.spec for host in inventory_hosts("inventory.py")}
     assert specs == {
@@ -63,6 +65,8 @@ def test_provisioned_inventory_gets_the_k3s_modules(tmp_path):
     assert collected(done) == {
         *{("test_base", host) for host in ("tethys", "styx", "calypso")},
         ("test_gpu", "calypso"),
+        ("test_triton", "calypso"),
+        ("test_triton_container", "calypso"),
         ("test_k3s_server", "tethys"),
         ("test_cluster_apps", "tethys"),
         ("test_k3s_agent", "styx"),
@@ -82,6 +86,8 @@ def test_plain_hosts_option_keeps_each_hosts_roles():
         ("test_base", "tethys"),
         ("test_base", "calypso"),
         ("test_gpu", "calypso"),
+        ("test_triton", "calypso"),
+        ("test_triton_container", "calypso"),
     }
     assert "deselected" in done.stdout
 
