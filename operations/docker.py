@@ -149,7 +149,7 @@ def image(
     _log_once(image, f"image {image}: loaded from {archive_url} (SHA-256 {archive_sha256})")
     yield StringCommand("mkdir", "-p", IMAGE_DOWNLOADS, "&&", "chmod", "0700", IMAGE_DOWNLOADS)
     download = ManagedBinary(tar, archive_url, "", {}, mode="0600")
-    yield from _download_commands(download, archive_url, archive_sha256)
+    yield from _download_commands(download, archive_url, archive_sha256, kept="nothing was loaded")
     yield StringCommand(
         "docker", "load", "-q", "-i", QuoteString(tar), ";", "loaded=$?;",
         "rm", "-f", QuoteString(tar), ";", '[ "$loaded" = 0 ]', "||",

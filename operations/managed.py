@@ -672,7 +672,13 @@ def binaries(manifest: Manifest, keep_previous: bool = False):
             yield from _download_commands(binary, url, sha256, keep_previous)
 
 
-def _download_commands(binary: ManagedBinary, url: str, sha256: str, keep_previous: bool = False):
+def _download_commands(
+    binary: ManagedBinary,
+    url: str,
+    sha256: str,
+    keep_previous: bool = False,
+    kept: str = "the installed binary was left in place",
+):
     new = QuoteString(f"{binary.path}.oceanid-new")
     yield StringCommand(
         "curl",
@@ -719,7 +725,7 @@ def _download_commands(binary: ManagedBinary, url: str, sha256: str, keep_previo
         ";",
         "echo",
         QuoteString(f"SHA-256 mismatch for {url}: expected {sha256},"),
-        '"got $got; the installed binary was left in place"',
+        f'"got $got; {kept}"',
         ">&2;",
         "exit",
         "1;",
