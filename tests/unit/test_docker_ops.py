@@ -276,6 +276,7 @@ def test_an_archive_with_another_sha256_is_never_loaded(
     run, _ = _archive_run(tmp_path, monkeypatch, archive_server, sha256="0" * 64)
     failed = _run_with_fake_docker(tmp_path, run.strings, f"{IMAGE_ID} []\n")
     assert failed is not None and "SHA-256 mismatch" in failed.stderr
+    assert "nothing was loaded" in failed.stderr and "binary" not in failed.stderr
     assert not (tmp_path / "docker.log").exists()  # docker was never called
     assert list((tmp_path / "images").iterdir()) == []
 
