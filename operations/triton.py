@@ -35,7 +35,7 @@ IMAGE_ENV_FILE = "container.env"  # PATH with the venv first, for the running co
 VERSION = 'import sys; print("%d.%d" % sys.version_info[:2])'
 
 
-def image_build_command(env: str, image: str) -> StringCommand:
+def image_build_command(env: str, image: str, extra: tuple[str, ...] = ()) -> StringCommand:
     """A one-shot container of `image` builds a venv of its own Python in `env` and installs
     the requirements there; `--network host` lets its pip reach the host's proxy or the
     internet.
@@ -46,7 +46,8 @@ def image_build_command(env: str, image: str) -> StringCommand:
     the venv's bin/ before the image's own PATH, to `container.env` for the unit's
     `--env-file`; the venv is made and run at the same path (IMAGE_MOUNT), so its scripts'
     paths hold. `--without-pip`: the image's own pip (a system site package) installs into
-    it, so an image without Debian's ensurepip works too.
+    it, so an image without Debian's ensurepip works too. `extra`: more `docker run` options
+    (the GPU check's offline build mounts its wheels and points pip at them).
     """
     mount = IMAGE_MOUNT
     venv = f"{mount}/{IMAGE_VENV}"
@@ -62,7 +63,7 @@ def image_build_command(env: str, image: str) -> StringCommand:
     ]
     return StringCommand(
         "docker", "run", "--rm", "--network", "host", "-v", QuoteString(f"{env}:{mount}"),
-        QuoteString(image), "sh", "-c", QuoteString(" && ".join(steps)),
+        *map(QuoteString, extra), QuoteString(image), "sh", "-c", QuoteString(" && ".join(steps)),
     )  # fmt: skip
 
 

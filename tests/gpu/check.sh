@@ -9,7 +9,8 @@
 # Environment: PYTHON (default /usr/bin/python3; its X.Y must match the bundle's stub),
 #   TORCH_VENV (default /opt/torch/.venv; reached from the model env through a .pth when present),
 #   KIND (default KIND_GPU; KIND_CPU rehearses the same steps on a machine without a GPU),
-#   WORK (default: a fresh folder under /tmp, kept for reading the logs afterwards).
+#   WORK (default: a fresh folder under /tmp, kept for reading the logs afterwards),
+#   TRITON_IMAGE (an image on this machine: also run Triton the container runtime's way).
 set -u -o pipefail
 
 GPU_FACT="facts.gpu.GpuDevices"  # the pyinfra fact class that reads nvidia-smi
@@ -85,6 +86,15 @@ if run "unpack tritonserver.tar.xz" "$python" -c \
   "$bundle/tritonserver.tar.xz" "$work/triton"; then
   PYTHONPATH="$repo" "$model_env/bin/python" -m tests.gpu.triton_check triton "$work" \
     --python "$model_env/bin/python3" --kind "$kind" || failures=$((failures + 1))
+fi
+
+# (c) the container runtime, where Docker has NVIDIA's runtime and TRITON_IMAGE names an image
+#     already on this machine (it reaches no registry): the deploy's way, on the last GPU.
+if [ -n "${TRITON_IMAGE:-}" ]; then
+  PYTHONPATH="$repo" "$check_env/bin/python" -m tests.gpu.container_check "$work" \
+    --image "$TRITON_IMAGE" --bundle "$bundle" || failures=$((failures + 1))
+else
+  echo "INFO: container variant not run (set TRITON_IMAGE to an image on this machine)"
 fi
 
 if [ "$failures" -eq 0 ]; then
