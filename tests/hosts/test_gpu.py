@@ -50,10 +50,12 @@ def test_connector_config(host):
 
 
 def listening(host) -> dict[int, set[str]]:
-    """Every listening TCP port and the addresses it listens on."""
+    """Every listening TCP port and the addresses it listens on; an IPv4 address a socket
+    took as IPv6 (gRPC's `[::ffff:127.0.0.1]`) is written as the IPv4 address it is."""
     found: dict[int, set[str]] = {}
     for line in host.check_output("ss -ltnH").splitlines():
         address, _, port = line.split()[3].rpartition(":")
+        address = address.strip("[]").removeprefix("::ffff:")
         found.setdefault(int(port), set()).add(address)
     return found
 

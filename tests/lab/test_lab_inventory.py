@@ -39,7 +39,7 @@ def assert_no_secret(output: str) -> None:
 def test_lab_check_without_secrets_file(converged):
     done = run(sys.executable, "-m", "oceanid.preflight", "inventories/lab.py")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("check: inventories/lab.py: ok: 4 hosts")
+    assert done.stdout.startswith("check: inventories/lab.py: ok: 5 hosts")
 
 
 def test_lab_inventory_converges_without_secrets_file_and_changes_nothing(converged):
