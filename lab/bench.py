@@ -64,9 +64,10 @@ def received_bytes(name: str) -> int:
 
 
 class Measure:
-    """One measured command: its runs, and each host's round trips in the last of them."""
+    """One measured command: its timed runs, each host's round trips in the last of them, and
+    pyinfra's peak memory from one more run (not timed: reading it costs a Python start-up)."""
 
-    def __init__(self, label: str, run: Callable[[], Run]):
+    def __init__(self, label: str, run: Callable[..., Run]):
         self.label = label
         self.runs: list[Run] = []
         self.counts: dict[str, roundtrips.Count] = {}
@@ -74,10 +75,7 @@ class Measure:
             marks = roundtrips.cursors()
             self.runs.append(run())
             self.counts = roundtrips.since(marks)
-
-    @property
-    def ok(self) -> bool:
-        return all(r.returncode == 0 for r in self.runs)
+        self.memory = run(memory=True)
 
     @property
     def seconds(self) -> float:
@@ -88,8 +86,12 @@ class Measure:
         return [r.totals.get("success", 0) for r in self.runs]
 
     @property
+    def ok(self) -> bool:
+        return all(r.returncode == 0 for r in [*self.runs, self.memory])
+
+    @property
     def peak_mib(self) -> float:
-        return max(r.peak_mib for r in self.runs)
+        return self.memory.peak_mib
 
 
 def relayed_ssh(delay: float, ports: dict[str, int]) -> Path:
@@ -106,20 +108,24 @@ def relayed_ssh(delay: float, ports: dict[str, int]) -> Path:
 def measure_all(env: dict[str, str]) -> tuple[dict[str, Measure], int]:
     """The measures, and how many changes the reference's first (unmeasured) run made."""
     found = {
-        "site": Measure("site no-op converge", lambda: pyinfra("deploys/site.py", env=env)),
+        "site": Measure(
+            "site no-op converge", lambda **kw: pyinfra("deploys/site.py", env=env, **kw)
+        ),
         "dry": Measure(
             "site dry run (--dry --diff)",
-            lambda: pyinfra("deploys/site.py", "--dry", "--diff", yes=False, env=env),
+            lambda **kw: pyinfra("deploys/site.py", "--dry", "--diff", yes=False, env=env, **kw),
         ),
         "bare": Measure(
-            "bare exec -- true", lambda: pyinfra("exec", "--", "true", json_output=False, env=env)
+            "bare exec -- true",
+            lambda **kw: pyinfra("exec", "--", "true", json_output=False, env=env, **kw),
         ),
     }
     settled = 0
     if (REPO / REFERENCE).exists():
         settled = pyinfra(REFERENCE, env=env).totals.get("success", 0)
         found["reference"] = Measure(
-            "reference (built-in operations) no-op", lambda: pyinfra(REFERENCE, env=env)
+            "reference (built-in operations) no-op",
+            lambda **kw: pyinfra(REFERENCE, env=env, **kw),
         )
     return found, settled
 
@@ -178,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         if delay > 0 and factor < REFERENCE_FACTOR:
             missed.append(f"reference / no-op {factor:.2f} < {REFERENCE_FACTOR}")
     rows.append(("changes in the no-op runs", ", ".join(map(str, site.changes))))
-    rows.append(("pyinfra peak memory, site no-op", f"{site.peak_mib:.0f} MiB"))
-    rows.append(("pyinfra peak memory, bare exec", f"{bare.peak_mib:.0f} MiB"))
+    rows += [(f"pyinfra peak memory, {m.label}", f"{m.peak_mib:.0f} MiB") for m in found.values()]
     print(relay.describe(delay) if delay > 0 else "latency: the lab's bridge, none added")
     lab_cli.print_table(rows)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
+import sys
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from lab.topology import REPO, SECRETS_FILE
 
@@ -50,19 +51,41 @@ def pyinfra(
     timeout: float = 1800,
     yes: bool = True,
     env: dict[str, str] | None = None,
+    memory: bool = False,
 ) -> Run:
     """`pyinfra [-y] [--json] inventories/lab.py ARGS`; a dry run passes yes=False, since
     `-y` skips pyinfra's change detection and with it everything a dry run shows. `env` is
-    added to the lab's environment (another SECRETS_FILE, say)."""
+    added to the lab's environment (another SECRETS_FILE, say). `memory`: also read pyinfra's
+    peak memory (`peak_mib`), through a small Python parent (see `peak_argv`); its start-up
+    is then in `seconds`, so the bench measures memory in runs it does not time."""
     argv = [str(REPO / ".venv/bin/pyinfra")]
     if yes:
         argv.append("-y")
     if json_output:
         argv.append("--json")
     argv += ["inventories/lab.py", *args]
+    environment = {**lab_env(), **(env or {})}
+    peak_file = None
+    if memory:
+        fd, peak_file = tempfile.mkstemp(prefix="oceanid-peak-")
+        os.close(fd)
+        argv, environment = peak_argv(argv), {**environment, PEAK_FILE: peak_file}
     started = time.monotonic()
-    done, peak_mib = _run_measured(argv, {**lab_env(), **(env or {})}, timeout)
+    done = subprocess.run(
+        argv,
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     seconds = time.monotonic() - started
+    peak_mib = 0.0
+    if peak_file is not None:
+        text = Path(peak_file).read_text().strip()
+        Path(peak_file).unlink()
+        peak_mib = int(text) / 1024 if text else 0.0
     totals, failed, changed = {}, [], {}
     if json_output and done.stdout.strip().startswith("{"):
         results = json.loads(done.stdout).get("results") or {}
@@ -82,37 +105,19 @@ def pyinfra(
     )
 
 
-def _run_measured(
-    argv: list[str], env: dict[str, str], timeout: float
-) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run `argv` like `subprocess.run`, and return its peak memory too (MiB), which
-    `os.wait4` reports for that one process (pyinfra makes its SSH connections in-process);
-    0 under gevent, which reaps the process before it can be asked."""
-    proc = subprocess.Popen(
-        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    fired = threading.Event()
-    killer = threading.Timer(timeout, lambda: (fired.set(), proc.kill()))
-    killer.start()
-    peak_mib = 0.0
-    with ThreadPoolExecutor(2) as pool:
-        out = pool.submit(proc.stdout.read)
-        err = pool.submit(proc.stderr.read)
-        while True:  # polled: a blocking wait would stall a gevent-patched caller's readers
-            try:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            except ChildProcessError:  # gevent reaps its children itself: no usage then
-                proc.wait()
-                break
-            if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                peak_mib = usage.ru_maxrss / 1024
-                break
-            time.sleep(0.002)
-        stdout, stderr = out.result(), err.result()
-    killer.cancel()
-    proc.stdout.close()
-    proc.stderr.close()
-    if fired.is_set():
-        raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr)
-    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr), peak_mib
+PEAK_FILE = "OCEANID_PEAK_FILE"
+# Runs the command as its child and writes that child's peak RSS (KiB) to $OCEANID_PEAK_FILE.
+# A process forked from a large parent counts the parent's memory as its own peak (Linux keeps
+# the high-water mark across exec), so pyinfra is started from this small Python, not the bench.
+_PEAK = (
+    "import os, resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[1:])\n"
+    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "open(os.environ['OCEANID_PEAK_FILE'], 'w').write(str(peak))\n"
+    "sys.exit(code)\n"
+)
+
+
+def peak_argv(argv: list[str]) -> list[str]:
+    """`argv` run under `_PEAK`, by this machine's Python in isolated mode (small, quick)."""
+    return [sys.executable, "-I", "-S", "-c", _PEAK, *argv]
