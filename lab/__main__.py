@@ -60,7 +60,8 @@ def down(*, quiet: bool = False) -> list[str]:
     """Stop everything the lab started and remove what it created."""
     removed = [f"host {name}" for name in hosts.stop(list(HOSTS))]
     for lab_host in HOSTS:
-        removed += [f"cgroup {path}" for path in docker_host.remove_cgroups(lab_host.name)]
+        if docker_host.remove_cgroups(lab_host.name):
+            removed.append(f"cgroups of {lab_host.name}")
     services.stop()
     for name in processes.names():
         if processes.stop(name):
