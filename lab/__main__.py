@@ -1,9 +1,9 @@
 """`python -m lab up|down|status`: the local lab of real Debian hosts.
 
-`up` clears whatever an earlier run left, builds (or reuses) the rootfs, boots tethys,
-styx, calypso and calypso2 under systemd-nspawn on the lab bridge, deploys the site into
-them with the real pyinfra CLI, verifies them with testinfra, and prints a table. `down`
-removes every process, namespace and link the lab made.
+`up` clears whatever an earlier run left, builds (or reuses) the rootfs and the container
+images, boots tethys, styx, calypso, calypso2 and calypso3 under systemd-nspawn on the lab
+bridge, deploys the site into them with the real pyinfra CLI, verifies them with testinfra,
+and prints a table. `down` removes every process, namespace, link and cgroup the lab made.
 """
 
 from __future__ import annotations
