@@ -7,12 +7,14 @@ INVENTORY ?= inventory.py
 LAB_INVENTORY := inventories/lab.py
 STAMP := $(VENV)/.installed
 # what the lab and the tests need on this machine (sshd: the SSH tunnel test); the keyring
-# lets mmdebstrap verify Debian on Ubuntu too; postgresql: the Label Studio contract test
+# lets mmdebstrap verify Debian on Ubuntu too; postgresql: the Label Studio contract test;
+# apt-cacher-ng: the lab hosts' Debian package cache (the lab runs its own, not the packaged one)
 LAB_APT := systemd-container mmdebstrap tinyproxy-bin openssh-client openssh-server iproute2 debian-archive-keyring \
-           postgresql
+           postgresql apt-cacher-ng
 
 .PHONY: venv lab-deps check deploy deploy-simple diff drift gpu smoke status verify tunnel tunnel-close \
-        kubeconfig lab lab-down lab-status lab-diff lab-check test test-unit test-lab lint bench clean
+        kubeconfig lab lab-down lab-status lab-diff lab-check test test-unit test-lab lint bench bench-scale \
+        clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -77,6 +79,9 @@ test: venv lab-deps  ## everything CI runs: lint, unit, contract and lab tests
 
 bench: venv lab-deps  ## boots the lab; no-op, dry run, bare exec, reference; LATENCY=50ms adds WAN delay
 	$(PY) -m lab.bench --latency $(or $(LATENCY),0)
+
+bench-scale: venv lab-deps  ## N (default 8) extra GPU hosts: first and no-op converge, 1 against N
+	$(PY) -m lab.bench_scale --hosts $(or $(N),8)
 
 clean: lab-down
 	rm -rf .lab

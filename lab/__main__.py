@@ -27,9 +27,10 @@ from lab import (
     processes,
     rootfs,
     services,
+    wheelhouse,
 )
 from lab.converge import lab_env, pyinfra, verify_argv
-from lab.topology import HOSTS, HOSTS_DIR, LAB_DIR, REPO
+from lab.topology import ALL_HOSTS, HOSTS, HOSTS_DIR, LAB_DIR, REPO, LabHost
 
 TIMINGS: dict[str, float] = {}
 
@@ -57,9 +58,9 @@ def require_root() -> None:
 
 
 def down(*, quiet: bool = False) -> list[str]:
-    """Stop everything the lab started and remove what it created."""
-    removed = [f"host {name}" for name in hosts.stop(list(HOSTS))]
-    for lab_host in HOSTS:
+    """Stop everything the lab started and remove what it created (the bench-scale hosts too)."""
+    removed = [f"host {name}" for name in hosts.stop(list(ALL_HOSTS))]
+    for lab_host in ALL_HOSTS:
         if docker_host.remove_cgroups(lab_host.name):
             removed.append(f"cgroups of {lab_host.name}")
     services.stop()
@@ -81,8 +82,8 @@ def testinfra() -> int:
     return subprocess.run(verify_argv(), cwd=REPO, env=lab_env(), check=False).returncode
 
 
-def boot() -> None:
-    """Everything up to booted, reachable hosts; no deploy."""
+def boot(lab_hosts: tuple[LabHost, ...] = HOSTS) -> None:
+    """Everything up to booted, reachable hosts (the lab's, or `lab_hosts`); no deploy."""
     require_root()
     with step("cleanup"):
         down(quiet=True)
@@ -90,19 +91,21 @@ def boot() -> None:
         keys.ensure()
         fake_secrets.ensure()
         tarball = rootfs.build_base(log)
+        wheels = wheelhouse.ensure(log)
         mirror.populate()
         images.publish(tarball, log)  # after populate, which starts the mirror afresh
-        for lab_host in HOSTS:
+        wheelhouse.publish(wheels)
+        for lab_host in lab_hosts:
             rootfs.prepare_host(lab_host, tarball)
     with step("network"):
         network.create_bridge()
-        for lab_host in HOSTS:
+        for lab_host in lab_hosts:
             network.create_host_netns(lab_host)
         services.start()
     with step("boot"):
-        for lab_host in HOSTS:
+        for lab_host in lab_hosts:
             hosts.boot(lab_host)
-        for lab_host in HOSTS:
+        for lab_host in lab_hosts:
             hosts.wait_ready(lab_host)
 
 
@@ -123,7 +126,7 @@ def status() -> int:
             state = f"up ({done.stdout.strip() or 'unreachable'})"
             up += 1
         rows.append((lab_host.name, lab_host.address, lab_host.role, state))
-    for name in (services.PROXY, services.MIRROR, services.CLOUDFLARE):
+    for name in (services.PROXY, services.APT_CACHE, services.MIRROR, services.CLOUDFLARE):
         rows.append((name, "-", "lab service", "up" if processes.running(name) else "down"))
     print_table(rows)
     left = network.leftovers()

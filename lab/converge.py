@@ -52,18 +52,20 @@ def pyinfra(
     yes: bool = True,
     env: dict[str, str] | None = None,
     memory: bool = False,
+    inventory: str = "inventories/lab.py",
 ) -> Run:
     """`pyinfra [-y] [--json] inventories/lab.py ARGS`; a dry run passes yes=False, since
     `-y` skips pyinfra's change detection and with it everything a dry run shows. `env` is
     added to the lab's environment (another SECRETS_FILE, say). `memory`: also read pyinfra's
     peak memory (`peak_mib`), through a small Python parent (see `peak_argv`); its start-up
-    is then in `seconds`, so the bench measures memory in runs it does not time."""
+    is then in `seconds`, so the bench measures memory in runs it does not time. `inventory`:
+    another of the lab's (make bench-scale's, inventories/scale/lab.py)."""
     argv = [str(REPO / ".venv/bin/pyinfra")]
     if yes:
         argv.append("-y")
     if json_output:
         argv.append("--json")
-    argv += ["inventories/lab.py", *args]
+    argv += [inventory, *args]
     environment = {**lab_env(), **(env or {})}
     peak_file = None
     if memory:

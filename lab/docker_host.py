@@ -113,3 +113,18 @@ def _rmdir(path: Path, removed: list[Path]) -> None:
     except OSError:
         return
     removed.append(path)
+
+
+def cpu_seconds(host: str, root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float:
+    """CPU time the host's processes have used so far (its cgroup2 `cpu.stat`), in seconds;
+    0.0 where this machine shows no such file (the bench then reports no host CPU)."""
+    for path in cgroup_dirs(host, proc_cgroup.read_text(), root):
+        try:
+            text = (path / "cpu.stat").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) / 1e6
+    return 0.0

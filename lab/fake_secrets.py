@@ -17,7 +17,7 @@ import uuid
 
 import yaml
 
-from lab.topology import SECRETS_FILE
+from lab.topology import SCALE_HOSTS, SECRETS_FILE, scale_number
 
 
 def _token(account: str, tunnel: str, secret: str) -> str:
@@ -41,7 +41,13 @@ def generate() -> dict[str, str]:
             base64.b64encode(_credentials_json(account, node, secret()).encode()).decode(), 76
         )
     )
-    return {
+    # each bench-scale host's node tunnel (lab/bench_scale.py): a connector token, as calypso3's
+    scale = {}
+    for lab_host in SCALE_HOSTS:
+        number, tunnel = scale_number(lab_host), str(uuid.uuid4())
+        scale[f"cloudflareNode{number}TunnelId"] = tunnel
+        scale[f"cloudflareNode{number}TunnelToken"] = _token(account, tunnel, secret())
+    return scale | {
         "cloudflareAccountId": account,
         "cloudflareZoneId": secrets.token_hex(16),
         "cloudflareApiToken": secrets.token_urlsafe(30),

@@ -10,7 +10,7 @@ import sys
 import time
 
 from lab import processes
-from lab.topology import HOSTS_DIR, RUN_DIR, SSH_DIR, LabHost
+from lab.topology import RUN_DIR, SSH_DIR, LabHost
 
 
 def record_name(lab_host: LabHost) -> str:
@@ -74,16 +74,17 @@ def stop(lab_hosts: list[LabHost], timeout: float = 10.0) -> list[str]:
 
     Containers are found by their root filesystem under .lab/hosts, not only through the
     supervisors' records, so a host booted by a run that was killed before it wrote the
-    record is halted too.
+    record is halted too; a host not in `lab_hosts` is left running.
     """
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     for lab_host in lab_hosts:
         (RUN_DIR / f"{lab_host.name}.stop").touch()  # no supervisor boots its host again
     owned = processes.lab_owned()
     stopped, inits = [], []
+    roots = {f"--directory={lab_host.rootfs}" for lab_host in lab_hosts}
     for pid in owned:
         argv = processes.cmdline(pid) or [""]
-        if argv[0].endswith("systemd-nspawn") and any(str(HOSTS_DIR) in a for a in argv):
+        if argv[0].endswith("systemd-nspawn") and roots.intersection(argv):
             stopped += [a.split("=", 1)[1] for a in argv if a.startswith("--machine=")]
             inits += processes.children(pid)
             os.kill(pid, signal.SIGTERM)  # nspawn asks the container's systemd to halt
@@ -92,8 +93,11 @@ def stop(lab_hosts: list[LabHost], timeout: float = 10.0) -> list[str]:
     processes.wait_gone(inits, 5.0)
     for lab_host in lab_hosts:
         processes.stop(record_name(lab_host), timeout=5.0)
+    names = {lab_host.name for lab_host in lab_hosts}
     supervisors = [
-        p for p in processes.lab_owned() if "lab.supervise" in (processes.cmdline(p) or [])
+        p
+        for p in processes.lab_owned()
+        if "lab.supervise" in (argv := processes.cmdline(p) or []) and argv[-1] in names
     ]
     processes.terminate(supervisors)
     for lab_host in lab_hosts:

@@ -268,7 +268,7 @@ def triton_wheel(version: str, sha256: str, wheels: Path = WHEELS_DIR) -> Path:
     """The pinned wheel, downloaded once (`pip download --no-deps`) and checked by SHA-256."""
     pattern = f"nvidia_pytriton-{version}-*.whl"
     if not list(wheels.glob(pattern)):
-        _pip(
+        pip(
             ["download", "--quiet", "--no-deps", "--dest", str(wheels)]
             + [f"{WHEEL_DISTRIBUTION}=={version}"],
             f"pip download {WHEEL_DISTRIBUTION}=={version}",
@@ -341,7 +341,7 @@ def _chroot_apt(stage: Path, packages: Sequence[str]) -> None:
         (stage / leftover).unlink(missing_ok=True)
 
 
-def _pip(args: list[str], what: str) -> None:
+def pip(args: list[str], what: str) -> None:
     """This machine's pip; a failure is one line: `what` and pip's last word on it."""
     done = subprocess.run(
         [sys.executable, "-m", "pip", *args], capture_output=True, text=True, check=False
@@ -353,7 +353,7 @@ def _pip(args: list[str], what: str) -> None:
 
 def _install_triton(stage: Path, wheel: Path) -> None:
     dist = stage / TRITON_DIST.lstrip("/")
-    _pip(
+    pip(
         ["install", "--quiet", "--no-deps", "--no-index", "--no-compile"]
         + ["--target", str(dist), str(wheel)],
         f"pip install {wheel.name} into the image",

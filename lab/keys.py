@@ -1,14 +1,15 @@
 """SSH material for the lab: the operator's key, each host's host keys, an SSH config.
 
 Host keys are made here and copied into each host, so the lab's known_hosts is exact
-and strict host key checking stays on, as it should against real machines.
+and strict host key checking stays on, as it should against real machines. The bench-scale
+hosts (lab/topology.SCALE_HOSTS) get theirs too, so booting them rewrites nothing here.
 """
 
 from __future__ import annotations
 
 import subprocess
 
-from lab.topology import HOSTS, SSH_DIR
+from lab.topology import ALL_HOSTS, SSH_DIR
 
 HOST_KEY_TYPES = ("ed25519",)
 
@@ -20,7 +21,7 @@ def ensure() -> None:
     if not client.exists():
         _keygen(client, "oceanid-lab")
     known = []
-    for lab_host in HOSTS:
+    for lab_host in ALL_HOSTS:
         for kind in HOST_KEY_TYPES:
             key = SSH_DIR / f"host_{lab_host.name}_ssh_host_{kind}_key"
             if not key.exists():
@@ -29,7 +30,7 @@ def ensure() -> None:
             known.append(f"{lab_host.name},{lab_host.address} {' '.join(public)}")
     (SSH_DIR / "known_hosts").write_text("\n".join(known) + "\n")
     config = []
-    for lab_host in HOSTS:
+    for lab_host in ALL_HOSTS:
         config += [
             f"Host {lab_host.name}",
             f"    HostName {lab_host.address}",

@@ -15,8 +15,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from lab import docker_host, kubectl
+from lab import docker_host, kubectl, wheelhouse
 from lab.topology import (
+    APT_CACHE_URL,
     CACHE_DIR,
     GATEWAY,
     HOSTS,
@@ -69,6 +70,11 @@ SSHD_CONF = "PasswordAuthentication no\nPermitRootLogin prohibit-password\nUseDN
 # sshd logs every command a connection runs ("Starting session: command for root from ..."),
 # so the bench counts each host's round trips from the host's side (lab/roundtrips.py).
 SSHD_COUNT_CONF = "LogLevel VERBOSE\n"
+# Each host's packages come from the lab's caches (lab/services.py, lab/wheelhouse.py): Debian's
+# through apt-cacher-ng (https, which it cannot cache, still through the registry proxy), and
+# pip's from the wheelhouse only. Written per host, over the base's, so the base stays as a
+# fresh VPS image has it and its cached tarball stays valid.
+APT_CACHED = f'Acquire::http::Proxy "{APT_CACHE_URL}";\nAcquire::https::Proxy "{PROXY_URL}";\n'
 
 
 def _ca_files() -> list[Path]:
@@ -158,6 +164,8 @@ def prepare_host(lab_host: LabHost, tarball: Path) -> None:
     subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-xpf", str(tarball)], check=True)
     _write(root, "etc/hostname", lab_host.name + "\n")
     _write(root, "etc/ssh/sshd_config.d/lab-count.conf", SSHD_COUNT_CONF)
+    _write(root, "etc/apt/apt.conf.d/00lab-proxy", APT_CACHED)
+    _write(root, "etc/pip.conf", wheelhouse.PIP_CONF)
     if lab_host.docker:  # an operator's daemon.json, which the deploy's merge must keep
         _write(root, "etc/docker/daemon.json", json.dumps(docker_host.daemon_json()) + "\n")
     _write(root, "etc/hosts", _hosts_file())

@@ -28,8 +28,16 @@ GATEWAY = f"{SUBNET}.1"
 PREFIXLEN = 24
 PROXY_PORT = 3128
 MIRROR_PORT = 8080
+# apt-cacher-ng, the lab's Debian package cache; not its usual 3142, which a packaged
+# apt-cacher-ng on this machine may hold
+APT_CACHE_PORT = 3143
 PROXY_URL = f"http://{GATEWAY}:{PROXY_PORT}"
 MIRROR_URL = f"http://{GATEWAY}:{MIRROR_PORT}"
+APT_CACHE_URL = f"http://{GATEWAY}:{APT_CACHE_PORT}"
+#: the wheels every GPU host installs (the Triton wheel, the models' requirements), served as
+#: a pip `--find-links` page by the mirror (lab/wheelhouse.py)
+WHEELHOUSE_URL = f"{MIRROR_URL}/pypi/"
+APT_CACHE_DIR = CACHE_DIR / "apt"
 
 #: Hosts that reach the package registries only through the lab proxy.
 REGISTRY_HOSTS = ("deb.debian.org", "pypi.org", "files.pythonhosted.org")
@@ -73,9 +81,27 @@ HOSTS = (
 )
 GPU_HOSTS = ("calypso", "calypso2", "calypso3")
 
+#: `make bench-scale N=…` (lab/bench_scale.py) boots up to this many extra GPU hosts, plus two
+#: more: one that fills the package cache and one that measures the one-host figures; none of
+#: them is part of `make lab`.
+SCALE_MAX = 16
+#: The first extra GPU host's number: calypso4 is `gpu4.<base>`, with the ESC keys
+#: cloudflareNode4TunnelId and cloudflareNode4TunnelToken (calypso3 is gpu3).
+SCALE_FIRST = 4
+SCALE_HOSTS = tuple(
+    LabHost(f"calypso{SCALE_FIRST + i}", 16 + i, "gpu host (bench-scale)")
+    for i in range(SCALE_MAX + 2)
+)
+ALL_HOSTS = HOSTS + SCALE_HOSTS
+
+
+def scale_number(lab_host: LabHost) -> int:
+    """The number in a bench-scale host's name, its public name and its ESC keys."""
+    return int(lab_host.name.removeprefix("calypso"))
+
 
 def host(name: str) -> LabHost:
-    for candidate in HOSTS:
+    for candidate in ALL_HOSTS:
         if candidate.name == name:
             return candidate
     raise KeyError(name)
