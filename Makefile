@@ -7,10 +7,9 @@ INVENTORY ?= inventory.py
 LAB_INVENTORY := inventories/lab.py
 STAMP := $(VENV)/.installed
 # what the lab and the tests need on this machine (sshd: the SSH tunnel test); the keyring
-# lets mmdebstrap verify Debian on Ubuntu too; postgresql: the Label Studio contract test;
-# apt-cacher-ng: the lab hosts' Debian package cache (the lab runs its own, not the packaged one)
+# lets mmdebstrap verify Debian on Ubuntu too; postgresql: the Label Studio contract test
 LAB_APT := systemd-container mmdebstrap tinyproxy-bin openssh-client openssh-server iproute2 debian-archive-keyring \
-           postgresql apt-cacher-ng
+           postgresql
 
 .PHONY: venv lab-deps check deploy deploy-simple diff drift gpu smoke status verify tunnel tunnel-close \
         kubeconfig lab lab-down lab-status lab-diff lab-check test test-unit test-lab lint bench bench-scale \

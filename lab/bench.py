@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             missed.append(f"reference / no-op {factor:.2f} < {REFERENCE_FACTOR}")
     rows.append(("changes in the no-op runs", ", ".join(map(str, site.changes))))
     rows += [(f"pyinfra peak memory, {m.label}", f"{m.peak_mib:.0f} MiB") for m in found.values()]
+    rows += [(f"pyinfra CPU time, {m.label}", f"{m.memory.cpu_s:.2f} s") for m in found.values()]
     print(relay.describe(delay) if delay > 0 else "latency: the lab's bridge, none added")
     lab_cli.print_table(rows)
 

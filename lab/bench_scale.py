@@ -11,9 +11,9 @@ one run, `deploys/gpu.py` on them:
 3. the first converge of N hosts together (calypso6 …), and their no-op converge.
 
 Every host gets its packages from this machine, as a site with many GPU hosts gets them from a
-local mirror: Debian's through the lab's apt-cacher-ng, the Triton wheel and the models'
-requirements from the lab's wheelhouse, cloudflared from the lab's artifact mirror. The bench
-counts what the cache still fetched from Debian in each step.
+local mirror: Debian's through the lab's package cache (lab/apt_cache.py), the Triton wheel and
+the models' requirements from the lab's wheelhouse, cloudflared from the lab's artifact mirror.
+The bench counts what the cache still fetched from Debian in each step.
 
 Targets (issue 14): N hosts' no-op within `NOOP_TARGET` × one host's, their first converge
 within `FIRST_TARGET` ×. The exit status is 1 when a target is missed, a run failed or a no-op
@@ -36,14 +36,14 @@ from lab import __main__ as lab_cli
 from lab import docker_host, roundtrips
 from lab.bench import received_bytes
 from lab.converge import Run, pyinfra
-from lab.topology import APT_CACHE_DIR, SCALE_HOSTS, SCALE_MAX, LabHost
+from lab.topology import LOG_DIR, SCALE_HOSTS, SCALE_MAX, LabHost
 
 NOOP_TARGET = 1.5
 FIRST_TARGET = 2.0
 RUNS = 3
 INVENTORY = "inventories/scale/lab.py"
 DEPLOY = "deploys/gpu.py"
-APT_LOG = APT_CACHE_DIR / "log" / "apt-cacher.log"
+APT_LOG = LOG_DIR / "apt-cache.log"  # lab/apt_cache.py's, kept by lab/processes.py
 
 
 def converge(lab_hosts: tuple[LabHost, ...], **kwargs) -> Run:
@@ -68,19 +68,16 @@ def apt_log_size() -> int:
 
 
 def apt_fetched(since: int) -> tuple[int, int]:
-    """(files the cache fetched from Debian, bytes with their headers) since the log was
-    `since` long.
-
-    apt-cacher-ng logs a line per transfer: `time|I|bytes|client|path` for what it fetched
-    from upstream, `O` for what it sent to a client."""
+    """(files the package cache fetched from Debian and kept, their bytes) since its log was
+    `since` long: its MISS lines (lab/apt_cache.py); release files passed through are not
+    counted, a few KiB each."""
     if not APT_LOG.exists():
         return 0, 0
     with APT_LOG.open("rb") as log:
         log.seek(since)
         lines = log.read().decode(errors="replace").splitlines()
-    fetched = [line.split("|") for line in lines if line.count("|") >= 4]
-    fetched = [fields for fields in fetched if fields[1] == "I"]
-    return len(fetched), sum(int(fields[2]) for fields in fetched if fields[2].isdigit())
+    sizes = [line.split()[1] for line in lines if line.startswith("MISS ")]
+    return len(sizes), sum(int(size) for size in sizes if size.isdigit())
 
 
 class Step:
@@ -175,9 +172,9 @@ def report(boot: float, steps: list[Step], one: LabHost) -> int:
     noop_ratio = noop_many.seconds / noop_one.seconds
     first_ratio = first_many.seconds / first_one.seconds
     cores = os.cpu_count() or 1
-    rows = [("measure", "seconds", "CPU s: hosts", "all", "from Debian", "pyinfra peak")]
+    rows = [("measure", "seconds", "CPU s: hosts", "pyinfra", "all", "from Debian", "pyinfra peak")]
     booted = 2 + len(first_many.hosts)
-    rows.append((f"lab boot: services and {booted} hosts", f"{boot:.1f}", "", "", "", ""))
+    rows.append((f"lab boot: services and {booted} hosts", f"{boot:.1f}", "", "", "", "", ""))
     for step in steps:
         label = step.label + (f" (median of {len(step.runs)})" if len(step.runs) > 1 else "")
         rows.append(
@@ -185,6 +182,7 @@ def report(boot: float, steps: list[Step], one: LabHost) -> int:
                 label,
                 f"{step.seconds:.2f}",
                 f"{step.cpu_hosts:.1f}",
+                f"{step.memory.cpu_s:.1f}",
                 f"{step.cpu_all:.1f}",
                 f"{step.apt_files} files, {step.apt_bytes / 2**20:.1f} MiB",
                 f"{step.memory.peak_mib:.0f} MiB",
@@ -192,20 +190,21 @@ def report(boot: float, steps: list[Step], one: LabHost) -> int:
         )
     rows.append(
         (f"  bytes {one.name} received in its first converge",
-         f"{first_one.received / 2**20:.1f} MiB", "", "", "", "")
+         f"{first_one.received / 2**20:.1f} MiB", "", "", "", "", "")
     )  # fmt: skip
     rows.append(
-        (f"ratio N/1, no-op (target <= {NOOP_TARGET})", f"{noop_ratio:.2f}", "", "", "", "")
+        (f"ratio N/1, no-op (target <= {NOOP_TARGET})", f"{noop_ratio:.2f}", "", "", "", "", "")
     )
     rows.append(
         (f"ratio N/1, first converge (target <= {FIRST_TARGET})", f"{first_ratio:.2f}",
-         "", "", "", "")
+         "", "", "", "", "")
     )  # fmt: skip
     print(
         f"this machine: {cores} CPU cores, which every lab host shares (a real GPU host has its "
-        f"own); no step can take less than its CPU time (`all`) / {cores}.\n"
-        "First converges are timed with pyinfra's memory read (a small Python parent, a few "
-        "hundredths of a second); `from Debian`: what the package cache fetched upstream."
+        f"own); no step can take less than its CPU time (`all`: hosts, pyinfra, the lab's "
+        f"services) / {cores}.\nFirst converges are timed with pyinfra's memory and CPU read (a "
+        "small Python parent, a few hundredths of a second); a no-op's are read in one more, "
+        "untimed run. `from Debian`: what the package cache fetched upstream."
     )
     lab_cli.print_table(rows)
     names = [h.name for h in noop_many.hosts]

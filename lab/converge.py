@@ -23,6 +23,7 @@ class Run:
     changed: dict[str, list[str]]  # operation name -> hosts it changed
     output: str
     peak_mib: float = 0.0  # the pyinfra process's peak resident memory
+    cpu_s: float = 0.0  # and the CPU time it used (user and system), read with it
 
 
 def lab_env() -> dict[str, str]:
@@ -83,11 +84,12 @@ def pyinfra(
         check=False,
     )
     seconds = time.monotonic() - started
-    peak_mib = 0.0
+    peak_mib = cpu_s = 0.0
     if peak_file is not None:
-        text = Path(peak_file).read_text().strip()
+        fields = Path(peak_file).read_text().split()
         Path(peak_file).unlink()
-        peak_mib = int(text) / 1024 if text else 0.0
+        if fields:
+            peak_mib, cpu_s = int(fields[0]) / 1024, float(fields[1])
     totals, failed, changed = {}, [], {}
     if json_output and done.stdout.strip().startswith("{"):
         results = json.loads(done.stdout).get("results") or {}
@@ -104,18 +106,21 @@ def pyinfra(
         changed,
         (done.stdout or "") + (done.stderr or ""),
         peak_mib,
+        cpu_s,
     )
 
 
 PEAK_FILE = "OCEANID_PEAK_FILE"
-# Runs the command as its child and writes that child's peak RSS (KiB) to $OCEANID_PEAK_FILE.
+# Runs the command as its child and writes that child's peak RSS (KiB) and CPU time (seconds,
+# user and system, its own children's included) to $OCEANID_PEAK_FILE.
 # A process forked from a large parent counts the parent's memory as its own peak (Linux keeps
 # the high-water mark across exec), so pyinfra is started from this small Python, not the bench.
 _PEAK = (
     "import os, resource, subprocess, sys\n"
     "code = subprocess.call(sys.argv[1:])\n"
-    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-    "open(os.environ['OCEANID_PEAK_FILE'], 'w').write(str(peak))\n"
+    "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "cpu = usage.ru_utime + usage.ru_stime\n"
+    "open(os.environ['OCEANID_PEAK_FILE'], 'w').write(f'{usage.ru_maxrss} {cpu:.3f}')\n"
     "sys.exit(code)\n"
 )
 

@@ -71,7 +71,7 @@ SSHD_CONF = "PasswordAuthentication no\nPermitRootLogin prohibit-password\nUseDN
 # so the bench counts each host's round trips from the host's side (lab/roundtrips.py).
 SSHD_COUNT_CONF = "LogLevel VERBOSE\n"
 # Each host's packages come from the lab's caches (lab/services.py, lab/wheelhouse.py): Debian's
-# through apt-cacher-ng (https, which it cannot cache, still through the registry proxy), and
+# through the package cache (https, which it cannot cache, still through the registry proxy), and
 # pip's from the wheelhouse only. Written per host, over the base's, so the base stays as a
 # fresh VPS image has it and its cached tarball stays valid.
 APT_CACHED = f'Acquire::http::Proxy "{APT_CACHE_URL}";\nAcquire::https::Proxy "{PROXY_URL}";\n'

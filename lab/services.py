@@ -2,10 +2,10 @@
 and the mirror, and the Cloudflare API stand-in on loopback.
 
 The proxy (tinyproxy) lets lab hosts reach the package registries and nothing else; the
-package cache (apt-cacher-ng) keeps every Debian package a lab host fetched in .lab/cache/apt,
-across runs, so a package is downloaded from Debian once, however many hosts install it, as a
-site with many GPU hosts would use a local mirror; the mirror is Python's own static HTTP
-server over .lab/mirror (the artifacts, the images, and the wheelhouse).
+package cache (lab/apt_cache.py) keeps every Debian package a lab host fetched in
+.lab/cache/apt, across runs, so a package is downloaded from Debian once, however many hosts
+install it, as a site with many GPU hosts would use a local mirror; the mirror is Python's own
+static HTTP server over .lab/mirror (the artifacts, the images, and the wheelhouse).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from lab.topology import (
 )
 
 PROXY, MIRROR, CLOUDFLARE, APT_CACHE = "proxy", "mirror", "cloudflare-api", "apt-cache"
-APT_CACHER = "/usr/sbin/apt-cacher-ng"
 CLOUDFLARE_PORT = 18787
 CLOUDFLARE_URL = f"http://127.0.0.1:{CLOUDFLARE_PORT}/client/v4"
 
@@ -130,42 +129,12 @@ def _proxy_config() -> str:
     return str(config)
 
 
-def apt_cache_config(folder: Path, cache: Path, address: str, port: int, **more: str | int) -> Path:
-    """apt-cacher-ng's configuration folder: a plain caching proxy (no remapping to mirror
-    lists), its cache and logs in `cache`, in the foreground, on `address:port` only; `more`:
-    further settings (a test's origin on another port than 80 needs `AllowUserPorts`).
-
-    A repository's signed release files (InRelease, Release, Release.gpg) are passed through,
-    not cached: they are the only files apt asks for by a name whose content changes, and
-    apt-cacher-ng 3.7.4 replacing a stale one for several hosts at once fails ("Failure to
-    move file ... out of the way ... File exists") and leaves their `apt-get update` waiting
-    for good; they are a few KiB. Everything else apt fetches (the package lists by hash, the
-    packages) never changes under its name, and is cached.
-
-    Its log (`cache`/log/apt-cacher.log) has a line per file: `I` fetched from upstream, `O`
-    sent to a client, which is how the bench counts what came from Debian."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (cache / "log").mkdir(parents=True, exist_ok=True)
-    settings = {
-        "CacheDir": cache / "packages",
-        "LogDir": cache / "log",
-        "SupportDir": "/usr/lib/apt-cacher-ng",
-        "Port": port,
-        "BindAddress": address,
-        "ForeGround": 1,
-        "PidFile": folder / "pid",
-        "SocketPath": folder / "socket",
-        "ExThreshold": 4,  # days an unreferenced package stays in the cache
-        "VerboseLog": 1,
-        "DontCacheRequested": r"/dists/[^/]+/(InRelease|Release|Release\.gpg)$",
-        **more,
-    }
-    (folder / "acng.conf").write_text("".join(f"{k}: {v}\n" for k, v in settings.items()))
-    return folder
-
-
-def apt_cache_argv(folder: Path) -> list[str]:
-    return [APT_CACHER, "-c", str(folder)]
+def apt_cache_argv(address: str, port: int, cache: Path) -> list[str]:
+    """The lab's Debian package cache (lab/apt_cache.py) on `address:port`."""
+    return [
+        sys.executable, "-m", "lab.apt_cache", "--listen", f"{address}:{port}",
+        "--cache", str(cache),
+    ]  # fmt: skip
 
 
 def _wait_port(port: int, address: str = GATEWAY, timeout: float = 10.0) -> None:
@@ -181,8 +150,7 @@ def _wait_port(port: int, address: str = GATEWAY, timeout: float = 10.0) -> None
 
 def start() -> None:
     processes.start(PROXY, ["tinyproxy", "-d", "-c", _proxy_config()])
-    acng = apt_cache_config(LAB_DIR / "apt-cache", APT_CACHE_DIR, GATEWAY, APT_CACHE_PORT)
-    processes.start(APT_CACHE, apt_cache_argv(acng))
+    processes.start(APT_CACHE, apt_cache_argv(GATEWAY, APT_CACHE_PORT, APT_CACHE_DIR), cwd=REPO)
     processes.start(
         MIRROR,
         [

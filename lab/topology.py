@@ -28,9 +28,7 @@ GATEWAY = f"{SUBNET}.1"
 PREFIXLEN = 24
 PROXY_PORT = 3128
 MIRROR_PORT = 8080
-# apt-cacher-ng, the lab's Debian package cache; not its usual 3142, which a packaged
-# apt-cacher-ng on this machine may hold
-APT_CACHE_PORT = 3143
+APT_CACHE_PORT = 3143  # the lab's Debian package cache (lab/apt_cache.py)
 PROXY_URL = f"http://{GATEWAY}:{PROXY_PORT}"
 MIRROR_URL = f"http://{GATEWAY}:{MIRROR_PORT}"
 APT_CACHE_URL = f"http://{GATEWAY}:{APT_CACHE_PORT}"
