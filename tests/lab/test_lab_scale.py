@@ -54,10 +54,12 @@ def test_an_extra_gpu_host_converges_from_the_caches_on_its_own_tunnel(extra):
     assert second.totals.get("success", 0) == 0, second.changed
 
     assert ssh(extra.name, "curl -sf http://127.0.0.1:8000/v2/health/ready").returncode == 0
-    # its Debian packages through apt-cacher-ng, its wheels from the wheelhouse (pip.conf: no-index)
+    # its Debian packages through the package cache, its wheels from the wheelhouse (no-index)
     log = bench_scale.APT_LOG.read_bytes()[apt_before:].decode(errors="replace")
-    sent = [line for line in log.splitlines() if "|O|" in line and f"|{extra.address}|" in line]
-    assert any(re.search(r"/python3[.0-9]*-venv_.*\.deb$", line) for line in sent), log[-2000:]
+    served = [line.split() for line in log.splitlines()]  # RESULT BYTES CLIENT URL
+    served = [f for f in served if len(f) == 4 and f[0] in ("HIT", "MISS")]
+    served = [f for f in served if f[2] == extra.address]
+    assert any(re.search(r"/python3[.0-9]*-venv_[^/]*\.deb$", f[3]) for f in served), log[-2000:]
     mirror = (LOG_DIR / "mirror.log").read_text()
     path = urllib.parse.urlsplit(WHEELHOUSE_URL).path
     wheels = re.findall(rf'^{re.escape(extra.address)} .*"GET {path}(\S+\.whl) HTTP', mirror, re.M)

@@ -362,3 +362,72 @@ def test_roles_read_together_that_cannot_be_read_are_one_line(tmp_path: Path) ->
     assert output.count("@local: could not read the state of first, second") == 1, output
     assert "Traceback" not in output, output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _kinds_tree(root: Path) -> list[str]:
+    """One path of every kind the fact tells apart, and odd owners and modes."""
+    root.mkdir()
+    (root / "file").write_text("x\n")
+    (root / "empty").write_bytes(b"")
+    (root / "setuid").write_text("#!/bin/sh\n")
+    (root / "setuid").chmod(0o4755)
+    (root / "dir").mkdir()
+    (root / "sticky").mkdir()
+    (root / "sticky").chmod(0o1777)
+    (root / "link").symlink_to("file")
+    (root / "dangling").symlink_to("nowhere")
+    os.mkfifo(root / "fifo")
+    (root / "nobody's").write_text("y\n")
+    if os.geteuid() == 0:  # an owner and a group with no name: stat says UNKNOWN
+        os.chown(root / "nobody's", 54321, 54321)
+    paths = [str(root / name) for name in ("file", "empty", "setuid", "dir", "sticky", "link")]
+    paths += [str(root / name) for name in ("dangling", "fifo", "nobody's", "missing")]
+    paths += [str(root / name) for name in ODD_NAMES if (root / name).exists()]
+    paths.append("/etc/passwd")  # root-owned, as most managed files are
+    return paths
+
+
+def test_paths_in_one_python_process_read_as_stat_and_sha256sum_do(tmp_path: Path) -> None:
+    """`_paths` (the host's python3, one process) prints, byte for byte, what `_path` (stat,
+    sha256sum and cut for each path) prints, for every kind of path and odd names."""
+    from facts.managed import _FUNCTIONS, _PATHS_PY, _call
+
+    assert "'" not in _PATHS_PY  # it is one single-quoted shell word
+    paths = _kinds_tree(tmp_path / "kinds")
+    for name in ODD_NAMES:
+        (tmp_path / "kinds" / name).write_text(f"{name}\n")
+    paths += [str(tmp_path / "kinds" / name) for name in ODD_NAMES]
+    calls = {
+        "each": "\n".join(_call("_path", path) for path in paths),
+        "together": " ".join(["_paths", *(_call("", path).strip() for path in paths)]),
+    }
+    out = {}
+    for how, call in calls.items():
+        text = "export LC_ALL=C\n" + _FUNCTIONS + call + "\n"
+        out[how] = subprocess.run(
+            ["sh", "-s"], input=text.encode(), capture_output=True, check=True
+        ).stdout
+    assert out["together"] == out["each"]
+    assert out["each"].count(b"@@oceanid path ") == len(paths)
+    assert b"|4755|" in out["each"] and b"|1777|" in out["each"] and b"fifo|" in out["each"]
+    if os.geteuid() == 0:
+        assert b"|UNKNOWN|UNKNOWN" in out["each"]
+
+
+def test_paths_without_python3_are_read_by_the_shell(tmp_path: Path) -> None:
+    """A host without python3 (PATH without it here) reads the same state through `_path`."""
+    paths = _kinds_tree(tmp_path / "kinds")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("stat", "sha256sum", "cut"):
+        (tools / tool).symlink_to(subprocess.check_output(["which", tool], text=True).strip())
+    text = script(files=tuple(paths))
+    env = {"PATH": str(tools), "LC_ALL": "C"}
+    found = {}
+    for how, environment in (("python3", None), ("shell", env)):
+        done = subprocess.run(
+            ["/bin/sh", "-s"], input=text.encode(), capture_output=True, env=environment
+        )
+        found[how] = ManagedState().process(done.stdout.decode().splitlines())["paths"]
+    assert found["shell"] == found["python3"]
+    assert found["shell"][paths[0]].sha256 == hashlib.sha256(b"x\n").hexdigest()
