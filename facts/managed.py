@@ -15,8 +15,9 @@ the output (pyinfra's local connector does) cannot deadlock on a full pipe.
 
 Every path, user and unit name is single-quoted in the script and comes back base64
 encoded in the section header, so a name with quotes, backslashes, newlines or `$(...)`
-is just a name. Hashes are read with `sha256sum < path`, whose output never carries (or
-escapes) the file name.
+is just a name. A role's paths are read by one python3 (`_paths`), whose output is what
+`stat -c '%F|%a|%U|%G'` and `sha256sum < path` print for each, never the file name; a host
+without python3 runs those per path (`_path`).
 """
 
 from __future__ import annotations
