@@ -39,7 +39,7 @@ from lab.topology import HOSTS, LAB_DIR, REPO, SSH_DIR, host
 TARGET = 2.5
 WAN_TARGET = 1.75
 REFERENCE_FACTOR = 5.0
-RUNS = 3
+RUNS = 5  # the no-ops are short and the lab is noisy: the median of five
 REFERENCE = "lab/reference_deploy.py"
 # the GPU host without k3s: what one more GPU host costs (issue 14, bytes downloaded)
 ONE_GPU_HOST = "calypso2"
