@@ -12,7 +12,9 @@ from lab import topology as _topology
 from oceanid.settings import inventory_host
 
 if not Path(f"/sys/class/net/{_topology.BRIDGE}").exists():
-    raise SystemExit("lab: the lab is down (no bridge ocl-br0); run `make bench-scale` first")
+    raise SystemExit(
+        "lab: the lab is down (no bridge ocl-br0); `python -m lab.bench_scale --keep` boots it"
+    )
 
 _here = Path(__file__).resolve().parent
 _host = inventory_host(
@@ -22,4 +24,6 @@ _host = inventory_host(
 )
 gpu_hosts = [_host(h.name) for h in _topology.SCALE_HOSTS if h.rootfs.exists()]
 if not gpu_hosts:
-    raise SystemExit("lab: no bench-scale host is booted; `make bench-scale N=…` boots them")
+    raise SystemExit(
+        "lab: no bench-scale host is up; `python -m lab.bench_scale --keep` leaves them up"
+    )
