@@ -19,8 +19,8 @@ leaves a half file in the cache. Only the registry hosts are served (REGISTRY_HO
 HTTP); anything else is refused.
 
 Its log (standard output, one line per request) is `RESULT BYTES CLIENT URL`, RESULT being HIT
-(from the cache), MISS (fetched and cached), PASS (passed through) or FAIL: the bench counts
-what came from Debian from it (lab/bench_scale.py).
+(from the cache), MISS (fetched and cached), PASS (passed through), or FAIL with the HTTP status
+in place of the bytes: the bench counts what came from Debian from it (lab/bench_scale.py).
 """
 
 from __future__ import annotations
@@ -33,11 +33,16 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from lab.topology import REGISTRY_HOSTS
+
+T = TypeVar("T")
 
 #: the request headers passed on to the archive, and the answer headers passed back
 CONDITIONAL = ("If-Modified-Since", "If-None-Match", "Range", "If-Range")
@@ -107,16 +112,20 @@ class Handler(BaseHTTPRequestHandler):
         with cache.lock(str(target)):
             result = "HIT"
             if not target.is_file():
-                try:
-                    cache.fetch(full, target)
-                except urllib.error.HTTPError as error:
-                    self._relay_error(error, full)
-                    return
-                except OSError as error:
-                    self._refuse(502, f"fetching it failed: {error}", full)
+                if self._from_archive(full, lambda: cache.fetch(full, target)) is None:
                     return
                 result = "MISS"
         self._send_file(target, result, full)
+
+    def _from_archive(self, full: str, fetch: Callable[[], T]) -> T | None:
+        """`fetch()`'s result; None once the archive's error (or 502, unreachable) is sent."""
+        try:
+            return fetch()
+        except urllib.error.HTTPError as error:
+            self._relay_error(error, full)
+        except OSError as error:
+            self._refuse(502, f"fetching it failed: {error}", full)
+        return None
 
     def _send_file(self, target: Path, result: str, full: str) -> None:
         """The cached file; `result`: HIT, or MISS when it was fetched for this request."""
@@ -132,16 +141,15 @@ class Handler(BaseHTTPRequestHandler):
     def _pass(self, full: str) -> None:
         headers = {h: self.headers[h] for h in CONDITIONAL if self.headers.get(h)}
         request = urllib.request.Request(full, headers=headers)
-        try:
+
+        def read() -> tuple[int, Message, bytes]:
             with self.server.cache.opener.open(request, timeout=TIMEOUT) as answer:
-                body = answer.read()
-                status, answer_headers = answer.status, answer.headers
-        except urllib.error.HTTPError as error:
-            self._relay_error(error, full)
+                return answer.status, answer.headers, answer.read()
+
+        got = self._from_archive(full, read)
+        if got is None:
             return
-        except OSError as error:
-            self._refuse(502, f"fetching it failed: {error}", full)
-            return
+        status, answer_headers, body = got
         self._answer(status, answer_headers, body)
         self._log(f"PASS {len(body)}", full)
 

@@ -63,7 +63,21 @@ def received_bytes(name: str) -> int:
     return total
 
 
-class Measure:
+class Timed:
+    """Runs of one measured command: their median time, and what each run changed."""
+
+    runs: list[Run]
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(r.seconds for r in self.runs)
+
+    @property
+    def changes(self) -> list[int]:
+        return [r.totals.get("success", 0) for r in self.runs]
+
+
+class Measure(Timed):
     """One measured command: its timed runs, each host's round trips in the last of them, and
     pyinfra's peak memory from one more run (not timed: reading it costs a Python start-up)."""
 
@@ -76,14 +90,6 @@ class Measure:
             self.runs.append(run())
             self.counts = roundtrips.since(marks)
         self.memory = run(memory=True)
-
-    @property
-    def seconds(self) -> float:
-        return statistics.median(r.seconds for r in self.runs)
-
-    @property
-    def changes(self) -> list[int]:
-        return [r.totals.get("success", 0) for r in self.runs]
 
     @property
     def ok(self) -> bool:

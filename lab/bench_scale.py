@@ -17,8 +17,9 @@ The bench counts what the cache still fetched from Debian in each step.
 
 Targets (issue 14): N hosts' no-op within `NOOP_TARGET` × one host's, their first converge
 within `FIRST_TARGET` ×. The exit status is 1 when a target is missed, a run failed or a no-op
-changed anything. Everything it started is gone afterwards, also when interrupted (`--keep`
-leaves the hosts up for a look; `make lab-down` removes them).
+changed anything. There is one lab per machine: a lab that is up is taken down first. Everything
+it started is gone afterwards, also when interrupted (`--keep` leaves the hosts up for a look;
+`make lab-down` removes them).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from lab import __main__ as lab_cli
 from lab import docker_host, roundtrips
-from lab.bench import received_bytes
+from lab.bench import Timed, received_bytes
 from lab.converge import Run, pyinfra
 from lab.topology import LOG_DIR, SCALE_HOSTS, SCALE_MAX, LabHost
 
@@ -80,7 +80,7 @@ def apt_fetched(since: int) -> tuple[int, int]:
     return len(sizes), sum(int(size) for size in sizes if size.isdigit())
 
 
-class Step:
+class Step(Timed):
     """One measured step on some hosts: a first converge (`noops=0`), or the median of `noops`
     no-op converges, with each host's round trips, what the package cache fetched from Debian,
     pyinfra's peak memory and, with `received`, the bytes one host received meanwhile."""
@@ -114,14 +114,6 @@ class Step:
         self.received = (received() - before_bytes) if received else 0
         # a no-op's peak memory is read in one more run, which is not timed
         self.memory = converge(lab_hosts, memory=True) if noops else self.runs[0]
-
-    @property
-    def seconds(self) -> float:
-        return statistics.median(r.seconds for r in self.runs)
-
-    @property
-    def changes(self) -> list[int]:
-        return [r.totals.get("success", 0) for r in self.runs]
 
     @property
     def failed(self) -> bool:
