@@ -404,13 +404,7 @@ def serve(built: dict[str, Built]) -> dict[str, dict]:
     pins = {}
     for key, (ident, archive, sha256) in built.items():
         relative = f"images/{MIRROR_NAMES[key]}"
-        target = MIRROR_DIR / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.unlink(missing_ok=True)
-        try:
-            os.link(archive, target)  # the cache and the mirror share .lab: no 500 MB copy
-        except OSError:
-            shutil.copyfile(archive, target)
+        mirror.place(archive, MIRROR_DIR / relative)
         pins[key] = {"id": ident, "url": f"{MIRROR_URL}/{relative}", "sha256": sha256}
     mirror.record(pins)
     return pins

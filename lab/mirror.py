@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -66,6 +67,17 @@ def populate() -> dict[str, dict]:
         }
     ARTIFACTS_FILE.write_text(json.dumps(pins, indent=2) + "\n")
     return pins
+
+
+def place(source: Path, target: Path) -> None:
+    """`source` at `target` in the mirror, replacing what is there: a hard link (the cache and
+    the mirror share .lab, so a 500 MB image is no copy), or a copy where linking fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def record(pins: dict[str, dict]) -> None:

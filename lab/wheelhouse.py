@@ -12,12 +12,11 @@ mirror's directory listing is one). The hosts' pip.conf (lab/rootfs.py) points t
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from lab import images
+from lab import images, mirror
 from lab.topology import CACHE_DIR, GATEWAY, MIRROR_DIR, WHEELHOUSE_URL
 
 #: the hosts' interpreter and platform (lab/rootfs.py: Debian 12), for `pip download`
@@ -78,13 +77,8 @@ def ensure(log: Callable[[str], None] = print, cache: Path = CACHE_DIR) -> Path:
 def publish(folder: Path) -> list[str]:
     """Serve the wheelhouse from the mirror (call it after `mirror.populate()`, which empties
     the mirror); returns the wheels' names."""
-    target = MIRROR_DIR / FOLDER
-    target.mkdir(parents=True, exist_ok=True)
     names = []
     for wheel in sorted(folder.glob("*.whl")):
-        try:
-            os.link(wheel, target / wheel.name)  # the cache and the mirror share .lab
-        except OSError:
-            shutil.copyfile(wheel, target / wheel.name)
+        mirror.place(wheel, MIRROR_DIR / FOLDER / wheel.name)
         names.append(wheel.name)
     return names
