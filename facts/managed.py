@@ -36,7 +36,8 @@ PEEK_LIMIT = 256 * 1024  # --diff reads back at most this much of a file; past i
 # Helpers, defined before `main` runs: $1 is the name as it is printed (base64), $2 the name.
 # `_paths` for all of a role's paths in one process: the host's python3 prints what `_path`
 # prints for each (stat's `%F|%a|%U|%G` in the C locale, then sha256sum's hash), which saves
-# three programs per path (stat, sha256sum, cut: about 40 ms of a GPU host's CPU per converge).
+# three programs per path (stat, sha256sum, cut; with `_host`, a lab GPU host's state read went
+# from 86 to 70 ms of CPU).
 # Without python3, or if it fails, `_path` runs for each; a path printed twice is read twice,
 # the last one counting. No single quote in it: it is one shell word.
 _PATHS_PY = """
