@@ -139,22 +139,52 @@ class K3sNodes(FactBase[list[K3sNode] | None]):
 
 
 SERVER_TOKEN = "/var/lib/rancher/k3s/server/token"
+# What k3s writes beside it: with `agent-token` set, the agent token (`K10<CA hash>::node:<secret>`,
+# a file of its own, 0600); without, a symlink to `token` (k3s pkg/server/server.go printTokens).
+SERVER_AGENT_TOKEN = "/var/lib/rancher/k3s/server/agent-token"
 TOKEN_FILE = "/etc/rancher/k3s/token"  # a node's own copy (deploys/k3s/config.py TOKEN_FILE)
+# A server's agent secret, config.yaml's `agent-token-file` (deploys/k3s/config.py AGENT_TOKEN_FILE)
+AGENT_TOKEN_FILE = "/etc/rancher/k3s/agent-token"
 UNITS = ("k3s.service", "k3s-agent.service")
+# A full agent token, as k3s writes it to server/agent-token (clientaccess FormatTokenBytes)
+AGENT_TOKEN_RE = re.compile(r"K10[0-9a-f]{64}::node:\S+")
+# A server's datastore (k3s's data dir): kine's SQLite file, or embedded etcd's folder (k3s-io/k3s
+# pkg/cluster/managed.go assignManagedDriver: an etcd found on disk is used; with cluster-init and
+# none, k3s starts etcd, and converts a SQLite datastore it finds there to it).
+DATASTORE_DIR = "/var/lib/rancher/k3s/server/db"
 
 
 def token_secret(token: str) -> str:
-    """The secret of a k3s token: what follows ``::server:`` in the full form
-    (``K10<CA hash>::server:<secret>``, what k3s writes to server/token), else all of it."""
+    """The secret of a k3s token: what follows ``K10<CA hash>::<user>:`` in the full form (the
+    server's ``::server:``, an agent token's ``::node:``), else all of it, as k3s's
+    clientaccess parseToken reads a token that does not start with ``K10``."""
     token = token.strip()
-    return token.split("::server:", 1)[1] if "::server:" in token else token
+    if token.startswith("K10") and "::" in token:
+        credentials = token.split("::", 1)[1]
+        user, colon, secret = credentials.partition(":")
+        return secret if colon else credentials
+    return token
+
+
+def _sha256_of_secret(path: str, kind: str) -> str:
+    """Shell: a line `<kind> <form> <sha256 of its secret>` for `path`, `<kind> -` when it is
+    missing or empty. The form is `node` (a full agent token), `server` (a full server token)
+    or `bare`; the secret is hashed on the host and never printed."""
+    return (
+        f"if [ -s {path} ]; then t=$(head -n1 {path} | tr -d '\\r\\n'); "
+        'case "$t" in K10?*::node:?*) f=node;; K10?*::server:?*) f=server;; *) f=bare;; esac; '
+        'case "$t" in K10*::*:*) t=${t#*::*:};; esac; '
+        f'echo "{kind} $f $(printf %s "$t" | sha256sum | cut -d\' \' -f1)"; '
+        f"else echo '{kind} -'; fi"
+    )
 
 
 class K3sInstall(FactBase[dict[str, Any]]):
     """
     Returns what is installed of k3s on a host, read in one command whether k3s is there or not:
-    its version, its units' states, and whether a server has a cluster token, as the SHA-256
-    of the token's secret (`token_secret`): the token itself never leaves the host.
+    its version, its units' states, whether a server has a cluster token, as the SHA-256 of the
+    token's secret (`token_secret`), and the node's own token files: the kind of token each
+    holds and the SHA-256 of its secret. No token ever leaves the host.
 
     .. code:: python
 
@@ -163,6 +193,15 @@ class K3sInstall(FactBase[dict[str, Any]]):
             "units": {"k3s.service": "active", "k3s-agent.service": "inactive"},
             "token_sha256": "9f86d0...",  # or None: no server/token (no cluster here yet)
             "token_file": True,  # the node's own token file (config.yaml's token-file) is there
+            # what it holds: "node" (a full agent token, K10<CA hash>::node:<secret>), "server"
+            # (a full server token), "bare" (a secret alone), or None (no file)
+            "token_file_form": "node",
+            "token_file_sha256": "2c26b4...",  # of its secret, or None
+            "agent_token_file_sha256": "fcde2b...",  # a server's agent-token-file, or None
+            # a server's datastore in its data dir (server/db): kine's SQLite file state.db,
+            # embedded etcd's folder etcd/ (both False on an agent, or before k3s first ran)
+            "sqlite_datastore": False,
+            "etcd_datastore": True,
         }
     """
 
@@ -177,7 +216,10 @@ class K3sInstall(FactBase[dict[str, Any]]):
             f"if [ -f {SERVER_TOKEN} ]; then echo \"token $(sed '1s/^.*::server://;q' "
             f"{SERVER_TOKEN} | tr -d '\\n' | sha256sum | cut -d' ' -f1)\"; "
             "else echo 'token -'; fi; "
-            f"if [ -s {TOKEN_FILE} ]; then echo 'token-file yes'; else echo 'token-file -'; fi"
+            f"{_sha256_of_secret(TOKEN_FILE, 'token-file')}; "
+            f"{_sha256_of_secret(AGENT_TOKEN_FILE, 'agent-token-file')}; "
+            f'echo "datastore $([ -e {DATASTORE_DIR}/state.db ] && echo sqlite || echo -)'
+            f' $([ -d {DATASTORE_DIR}/etcd ] && echo etcd || echo -)"'
         )
 
     @override
@@ -187,6 +229,11 @@ class K3sInstall(FactBase[dict[str, Any]]):
             "units": {},
             "token_sha256": None,
             "token_file": False,
+            "token_file_form": None,
+            "token_file_sha256": None,
+            "agent_token_file_sha256": None,
+            "sqlite_datastore": False,
+            "etcd_datastore": False,
         }
         for line in output:
             kind, _, rest = line.partition(" ")
@@ -200,6 +247,56 @@ class K3sInstall(FactBase[dict[str, Any]]):
                 result["units"][name] = active.strip() or "unknown"
             elif kind == "token" and rest != "-":
                 result["token_sha256"] = rest.strip()
-            elif kind == "token-file":
-                result["token_file"] = rest.strip() == "yes"
+            elif kind == "token-file" and rest.strip() != "-":
+                form, _, digest = rest.strip().partition(" ")
+                result["token_file"] = True
+                result["token_file_form"] = form
+                result["token_file_sha256"] = digest or None
+            elif kind == "agent-token-file" and rest.strip() != "-":
+                result["agent_token_file_sha256"] = rest.strip().partition(" ")[2] or None
+            elif kind == "datastore":
+                found = rest.split()
+                result["sqlite_datastore"] = "sqlite" in found
+                result["etcd_datastore"] = "etcd" in found
         return result
+
+
+# The Addons k3s's deploy controller keeps in kube-system, one per auto-deploy file (k3s-io/k3s
+# pkg/deploy/controller.go): "name checksum" a line.
+ADDONS_JSONPATH = '{range .items[*]}{.metadata.name}{" "}{.spec.checksum}{"\\n"}{end}'
+ADDON_LINE = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?( [0-9a-f]{64})?")
+
+
+class K3sAddons(FactBase[dict[str, str] | None]):
+    """
+    Returns the Addons k3s keeps for its auto-deploy manifests, as name -> ``spec.checksum``
+    (the SHA-256 of the content it last applied; "" before its first successful apply), or
+    ``None`` when the API does not answer (k3s absent, stopped, starting).
+
+    .. code:: python
+
+        {"oceanid-label-studio": "9f86d0...", "runtimes": "4e07a1...", "coredns": "..."}
+    """
+
+    @override
+    def requires_command(self) -> str:
+        return "k3s"
+
+    @override
+    def command(self) -> str:
+        return (
+            "k3s kubectl get addons.k3s.cattle.io -n kube-system --request-timeout=10s"
+            f" -o jsonpath='{ADDONS_JSONPATH}' || echo '{API_UNAVAILABLE_MARKER}'"
+        )
+
+    @override
+    def process(self, output: list[str]) -> dict[str, str] | None:
+        if output == [API_UNAVAILABLE_MARKER]:
+            return None
+        found = {}
+        for line in filter(None, (line.strip() for line in output)):
+            if not ADDON_LINE.fullmatch(line):
+                raise FactProcessError(f"not an Addon's name and checksum: {line[:80]!r}")
+            name, _, checksum = line.partition(" ")
+            found[name] = checksum
+        return found

@@ -13,6 +13,13 @@ The script is all function definitions and one call at the end, so the shell has
 all of it before it prints anything: a writer that sends the whole script before reading
 the output (pyinfra's local connector does) cannot deadlock on a full pipe.
 
+The same command takes the host's deploy lock (`_lock`, once however many roles are read):
+a file naming the run, whose holder is the process on the host that holds the run's
+connection (found by walking up from the script past shells and sudo: sshd's for SSH). The
+lock is held while that process lives, and taken over once it is gone (pid and start time
+both compared, so a reused pid is not it); `flock` on a guard file makes the look-and-take one
+step. A dry run only looks.
+
 Every path, user and unit name is single-quoted in the script and comes back base64
 encoded in the section header, so a name with quotes, backslashes, newlines or `$(...)`
 is just a name. A role's paths are read by one python3 (`_paths`), whose output is what
@@ -123,11 +130,62 @@ _user() {
   getent passwd "$2" || true
   id -Gn "$2" 2>/dev/null || true
 }
-_unit() {
+_unit() {  # $3: the folder of owed-restart markers (a killed run's), if any
   echo "@@oceanid unit $1"
   e=$(systemctl is-enabled "$2" 2>/dev/null)
   a=$(systemctl is-active "$2" 2>/dev/null)
   echo "${e:-not-found} ${a:-unknown}"
+  if [ -n "${3:-}" ] && [ -e "$3/$2" ]; then echo owed; fi
+}
+_holder() {  # pid and start time of the process that holds this run's connection
+  p=$$
+  while [ "$p" -gt 1 ] 2>/dev/null; do
+    s=$(cat "/proc/$p/stat" 2>/dev/null) || break
+    case $(cat "/proc/$p/comm" 2>/dev/null) in
+      sh|bash|dash|zsh|ksh|mksh|busybox|sudo|su|doas|env|timeout|nice|setsid|chroot)
+        set -- ${s##*) }; p=$2 ;;
+      *) set -- ${s##*) }; echo "$p ${20}"; return ;;
+    esac
+  done
+  echo "- -"
+}
+_alive() {  # $1 $2: a holder as `_holder` prints it; true while that process still runs
+  [ "$1" != - ] && s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  h=$2; set -- ${s##*) }; [ "$h" = "${20}" ]
+}
+_lock_run() {  # $1 file; $2 take (1) or only look (0); $3 who; $4 pid; $5 run id
+  me=$(_holder); old=-; status=free
+  if [ -f "$1" ]; then
+    old=$(base64 -w0 < "$1")
+    h=$(sed -n 's/^holder=//p' "$1")
+    if [ "$h" = "$me" ]; then status=again
+    elif _alive $h; then status=held
+    else status=stale; fi
+  fi
+  if [ "$2" = 1 ] && [ "$status" != held ] && [ "$status" != again ]; then
+    if [ "$me" = "- -" ]; then status=unlockable
+    elif printf 'who=%s\npid=%s\nrun=%s\nsince=%s\nholder=%s\n' "$3" "$4" "$5" \
+        "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$me" > "$1.$$" && mv -f "$1.$$" "$1"; then
+      [ "$status" = stale ] && status=took-stale || status=taken
+    else rm -f "$1.$$"; status=unlockable; fi
+  fi
+  if [ "$2" != 1 ] && [ "$status" = held ]; then status=seen; fi
+  echo "$status"
+  echo "$old"
+}
+_lock() {  # the deploy lock, taken (or looked at) once however many roles ask; see `lock_lines`
+  if [ -z "${_lock_lines:-}" ]; then
+    if [ "$2" = 1 ]; then
+      mkdir -p "${1%/*}" 2>/dev/null && chmod 0755 "${1%/*}" 2>/dev/null
+      if command -v flock >/dev/null 2>&1; then  # one state read at a time decides
+        _lock_lines=$({ flock -w 10 9 && _lock_run "$@"; } 9>>"$1.guard" 2>/dev/null)
+      else _lock_lines=$(_lock_run "$@"); fi
+      [ -n "$_lock_lines" ] || _lock_lines="unlockable
+-"
+    else _lock_lines=$(_lock_run "$@"); fi
+  fi
+  echo "@@oceanid lock"
+  printf '%s\n' "$_lock_lines"
 }
 _probe() {  # $3: a shell command; its stdout, whatever it holds, comes back as base64
   echo "@@oceanid probe $1"
@@ -181,6 +239,8 @@ def _body(
     lines: tuple[str, ...] = (),
     salt: str = "",
     probes: tuple[tuple[str, str], ...] = (),
+    owed: str | None = None,
+    lock: tuple[str, ...] | None = None,
 ) -> list[str]:
     """The commands that read one role's state, for these arguments (see `ManagedState`), and:
 
@@ -194,11 +254,17 @@ def _body(
       ``probes[name]``: another fact's command read in this same round trip (its exit
       status and stderr are dropped). The output is base64-encoded, so no line of it can
       be taken for a section of this script, whatever bytes it holds.
+    + owed: the folder of owed-restart markers: a unit whose marker is there comes back
+      with ``owed: True`` (a run wrote a file it reads and did not get to restart it)
+    + lock: (file, "1" to take it or "0" only to look, who, pid, run id): the deploy lock,
+      taken in this same command (``lock``; see `lock_state`)
     """
     body = [
         f"echo '{MARK} host'",
         "_host",
     ]
+    if lock is not None:  # first: the state is read under the lock, not before it
+        body.append(" ".join(["_lock", *(shlex.quote(str(word)) for word in lock)]))
     if files:  # one process for them all (`_paths`)
         body.append(" ".join(["_paths", *(f"{_name(p)} {shlex.quote(p)}" for p in files)]))
     if packages:
@@ -215,7 +281,7 @@ def _body(
     body += [_call("_lines", path, shlex.quote(salt)) for path in lines]
     if record is not None:
         body.append(_call("_read", record, "record"))
-    body += [_call("_unit", unit) for unit in units]
+    body += [_call("_unit", unit, *([shlex.quote(owed)] if owed else [])) for unit in units]
     body += [_call("_tree", tree) for tree in trees]
     body += [_call("_probe", name, shlex.quote(command)) for name, command in probes]
     body.append(f"echo '{MARK} end'")
@@ -254,6 +320,7 @@ def empty_state() -> dict:
         "units": {},
         "trees": {},
         "probes": {},
+        "lock": None,
     }
 
 
@@ -265,7 +332,7 @@ class ManagedState(FactBase):
 
         {
             "arch": "amd64", "python": "3.11",
-            "units": {"ssh.service": {"enabled": "enabled", "active": "active"}},
+            "units": {"ssh.service": {"enabled": "enabled", "active": "active", "owed": False}},
             "trees": {"/opt/triton/models": {"m/1/model.py": "file", "m": "directory"}},
             "paths": {"/etc/sudoers.d/oceanid": PathState(...), "/missing": None},
             "packages": {"curl": "7.88.1-10+deb12u12", "jq": None},
@@ -274,6 +341,7 @@ class ManagedState(FactBase):
             "peeks": {"/etc/cloudflared/config.yaml": b"..."},  # small files only
             "record": b"..." or None,
             "probes": {"k3s": ["version k3s version v1.33.4+k3s1 (148243c4)", ...]},
+            "lock": {"status": "taken", "holder": {}} or None,  # see `holder`
         }
 
     The command is `sh -s`: pass `script(...)` of the same arguments as `_stdin`; the
@@ -390,7 +458,8 @@ def _consume(result: dict, section: list[str]) -> None:
             )
     elif kind == "unit":
         enabled, _, active = (body[0].strip() if body else "not-found unknown").partition(" ")
-        result["units"][rest] = {"enabled": enabled, "active": active or "unknown"}
+        owed = len(body) > 1 and body[1].strip() == "owed"
+        result["units"][rest] = {"enabled": enabled, "active": active or "unknown", "owed": owed}
     elif kind == "tree":
         entries = {}
         for line in body:
@@ -411,5 +480,19 @@ def _consume(result: dict, section: list[str]) -> None:
     elif kind == "probe":
         text = (_decode(body[0] if body else "") or b"").decode(errors="replace")
         result["probes"][rest] = text.removesuffix("\n").split("\n") if text else []
+    elif kind == "lock":
+        status = body[0].strip() if body else "unlockable"
+        found = _decode(body[1] if len(body) > 1 else "-")
+        result["lock"] = {"status": status, "holder": holder(found)}
     elif kind == "record":
         result["record"] = _decode(body[0] if body else "-")
+
+
+def holder(content: bytes | None) -> dict[str, str]:
+    """The fields of a deploy lock file (who, pid, run, since, holder), as the lock wrote them."""
+    fields = {}
+    for line in (content or b"").decode(errors="replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key] = value
+    return fields

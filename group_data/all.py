@@ -7,13 +7,16 @@ here stops the run with the key's name instead of deploying a default.
 
 from oceanid.settings import run_login_data as _run_login_data  # "_": not a setting
 
-# Public names are <label>.<base_domain>: label.boathou.se, gpu.boathou.se, …
+# Public names are <label>.<base_domain>: label.boathou.se, gpu.boathou.se, ml.boathou.se, …
+# None: ESC cloudflareNodeTunnelHostname, as the stack we replace read it (a value in ESC other
+# than base_domain stops `make check`).
 base_domain = "boathou.se"
 
-# Secrets: Pulumi ESC first, then environment variables, then a file: the one SECRETS_FILE
-# names, else `secrets_file` (YAML or JSON, mode 0600).
+# Secrets, per key, first found wins: an environment variable (an explicit override for one
+# run: `make check` names each value it overrides), then Pulumi ESC, then a file: the one
+# SECRETS_FILE names, else `secrets_file` (YAML or JSON, mode 0600). docs/secrets.md.
 esc_environment = "default/oceanid-cluster"
-secret_sources = ["esc", "env", "file"]
+secret_sources = ["env", "esc", "file"]
 secrets_file = None
 
 # Flags from the old stack; both off for the minimal, non-disruptive deploy.
@@ -22,15 +25,21 @@ enable_control_plane_lb = False
 # With enable_control_plane_lb, HAProxy on each k3s server listens here for the API and
 # forwards to every server's 6443; never a port k3s binds itself (6443, 6444, 10250...).
 k3s_lb_port = 7443
+# Pod traffic between nodes: WireGuard (UDP 51820), encrypted and authenticated; vxlan
+# (UDP 8472, k3s's default) sends it in clear text. Set on the servers; agents take it from them.
+k3s_flannel_backend = "wireguard-native"
 
 # Reconcile the public CNAMEs through the Cloudflare API.
 manage_dns = True
 cloudflare_api_base_url = None  # the SDK's default, https://api.cloudflare.com/client/v4
 cloudflare_takeover_records = []  # names the deploy may overwrite although it did not create them
+# `make smoke` asks each ML backend (ml.<base>, mlN.<base>) for one prediction of this PDF, an
+# http(s) URL its GPU host can fetch (an operator's file server); None: that check is SKIP.
+smoke_pdf_url = None
 
 # The operators' account on every host (calypso's SSH user), with passwordless sudo.
 admin_user = "oceanid"
-admin_ssh_keys = []  # added to ~oceanid/.ssh/authorized_keys; keys already there are kept
+admin_ssh_keys = []  # in ~oceanid/.ssh/authorized_keys; one removed here goes (not hand-added ones)
 
 # What every role needs before anything else.
 base_packages = ["ca-certificates", "curl", "gnupg", "jq", "sudo"]
@@ -50,6 +59,12 @@ cloudflared = {
     "sha256": {"amd64": "a66353004197ee4c1fcb68549203824882bba62378ad4d00d234bdb8251f1114"},
 }
 triton_image = "nvcr.io/nvidia/tritonserver:25.08-py3"
+# The driver that image needs: release 25.08 is built on CUDA 13.0 and "requires NVIDIA Driver
+# release 575 or later" (data-center GPUs may also run R535 >= 535.86 or R545 >= 545.23 with
+# CUDA's forward compatibility: set that release here then). NVIDIA, Triton Inference Server
+# Release 25.08, Driver Requirements: https://docs.nvidia.com/deeplearning/
+# triton-inference-server/release-notes/rel-25-08.html. Change it with triton_image.
+triton_min_driver = "575"
 # Triton without Docker (runtime "host", and the lab): the tritonserver 2.51 that the
 # nvidia-pytriton wheel carries, installed with pip --require-hashes.
 triton_wheel = {
@@ -87,10 +102,28 @@ cluster_apps = {
         "schedule": "0 * * * *",
     },
     "node_tunnel_mode": "host",
+    # Label Studio's database (pg_dump -Fc) and media to the object store of the ESC keys
+    # backupS3*: on where they are set (None), nightly, the last 7 daily and 4 weekly kept.
+    # pg_dump comes from PostgreSQL's image of the server's major version, pinned by tag.
+    # A change of Label Studio's image backs up first unless skip_before_upgrade names it.
+    "backup": {
+        "enabled": None,
+        "schedule": "17 2 * * *",
+        "keep_daily": 7,
+        "keep_weekly": 4,
+        "postgres_image": "docker.io/library/postgres:15.18-bookworm",
+        "skip_before_upgrade": None,
+        # k3s's own etcd snapshots to the same store, on every server (config.yaml.d drop-in)
+        "etcd_snapshot_schedule": "0 */12 * * *",
+        "etcd_snapshot_retention": 14,
+    },
 }
 
 # What is particular to one host, keyed by its inventory name. `ssh_user` and `sudo` say
 # how pyinfra reaches it; hosts without them are reached as the operator's SSH config says.
+# With enable_node_provisioning, the nodes join the first server by its `k3s.address`,
+# never by its inventory alias (only the operator's SSH config resolves `tethys`): add
+# "tethys": {"k3s": {"address": "<its IP address>"}} here first (`make check` says so).
 hosts = {
     "calypso": {
         "ssh_user": "oceanid",

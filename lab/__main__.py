@@ -126,7 +126,13 @@ def status() -> int:
             state = f"up ({done.stdout.strip() or 'unreachable'})"
             up += 1
         rows.append((lab_host.name, lab_host.address, lab_host.role, state))
-    for name in (services.PROXY, services.APT_CACHE, services.MIRROR, services.CLOUDFLARE):
+    for name in (
+        services.PROXY,
+        services.APT_CACHE,
+        services.MIRROR,
+        services.CLOUDFLARE,
+        services.S3,
+    ):
         rows.append((name, "-", "lab service", "up" if processes.running(name) else "down"))
     print_table(rows)
     left = network.leftovers()

@@ -8,7 +8,8 @@ Why not a packaged cache: apt-cacher-ng 3.7.4 was tried and hung eight hosts' `a
 (replacing a stale InRelease for several clients at once fails, "Failure to move file ... out of
 the way ... File exists"), and passing those files through with its DontCacheRequested answered
 400 Bad Request; squid's and apt-cacher-ng's packages start a system service on a systemd
-machine, which squid's would start on 3128, the lab proxy's port. The README's lab traps say more.
+machine, which squid's would start on 3128, the lab proxy's port. docs/lab.md's
+known traps say more.
 
 What it caches is only what never changes under its name: packages (`/pool/…`) and the package
 lists apt fetches by hash (`/by-hash/…`). Everything else (InRelease, Release, …) is passed

@@ -17,7 +17,10 @@ import uuid
 
 import yaml
 
-from lab.topology import SCALE_HOSTS, SECRETS_FILE, scale_number
+from lab import s3
+from lab.topology import S3_URL, SCALE_HOSTS, SECRETS_FILE, scale_number
+
+LAB_BASE_DOMAIN = "boathou.se"  # group_data/all.py's base_domain, which the lab keeps
 
 
 def _token(account: str, tunnel: str, secret: str) -> str:
@@ -59,25 +62,53 @@ def generate() -> dict[str, str]:
         "cloudflareNode2TunnelToken": _credentials_json(account, node2, secret()),
         "cloudflareNode3TunnelId": node3,
         "cloudflareNode3TunnelToken": _token(account, node3, secret()),
-        "cloudflareNodeTunnelHostname": "gpu.boathou.se",
-        "cloudflareNodeTunnelTarget": "http://localhost:8000",
+        # the guide's keys, as production holds them (oceanid/preflight.py checks both)
+        "cloudflareNodeTunnelHostname": LAB_BASE_DOMAIN,
+        "cloudflareNodeTunnelTarget": f"{node}.cfargotunnel.com",
+        # the ML-backend adapter's basic auth (deploys/gpu_host/ml_backend, design.md §7)
+        "mlBackendUser": "label-studio",
+        "mlBackendPassword": secrets.token_urlsafe(24),
         "k3s_token": "K10" + secrets.token_hex(24) + "::server:" + secrets.token_hex(16),
         "labelStudioDbUrl": f"postgresql://labelstudio:{secrets.token_urlsafe(12)}@db:5432/ls",
         "labelStudioApiToken": secrets.token_hex(20),
         "labelStudioAdminEmail": "admin@boathou.se",
         "labelStudioAdminPassword": secrets.token_urlsafe(16),
         "hfAccessToken": "hf_" + secrets.token_urlsafe(24),
+        # the Cloudflare Access service token calypso3's name admits (made in the dashboard in
+        # production; the lab seeds it into the API stand-in, lab/services.py)
+        "cloudflareAccessClientId": secrets.token_hex(16) + ".access",
+        "cloudflareAccessClientSecret": secrets.token_hex(32),
+        # the backups' object store: moto's S3 server on the bridge (lab/s3.py), as R2 is
+        "backupS3Endpoint": S3_URL,
+        "backupS3Bucket": s3.BUCKET,
+        "backupS3AccessKeyId": secrets.token_hex(16),
+        "backupS3SecretAccessKey": secrets.token_hex(32),
+    }
+
+
+def derived(values: dict[str, str]) -> dict[str, str]:
+    """The keys that follow from others (not secrets): calypso's CNAME target is its tunnel's."""
+    return {
+        "cloudflareNodeTunnelHostname": LAB_BASE_DOMAIN,
+        "cloudflareNodeTunnelTarget": f"{values['cloudflareNodeTunnelId']}.cfargotunnel.com",
+        # where the lab's object store listens (lab/s3.py), not a secret either
+        "backupS3Endpoint": S3_URL,
+        "backupS3Bucket": s3.BUCKET,
     }
 
 
 def ensure() -> dict[str, str]:
-    """The lab's secrets, made anew when the file lacks a key the lab now uses."""
+    """The lab's secrets: the file's values kept (tunnel IDs stay stable, and the hosts'
+    credentials with them), a key the lab now uses and the file lacks added, and the keys
+    derived from others brought in line; rewritten only when something was added or fixed."""
+    existing: dict[str, str] = {}
     if SECRETS_FILE.exists():
         existing = yaml.safe_load(SECRETS_FILE.read_text()) or {}
-        if set(existing) >= set(generate()):
-            return existing
+    values = generate() | existing
+    values |= derived(values)
+    if values == existing:
+        return existing
     SECRETS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    values = generate()
     tmp = SECRETS_FILE.with_suffix(".new")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:

@@ -5,7 +5,8 @@ The proxy (tinyproxy) lets lab hosts reach the package registries and nothing el
 package cache (lab/apt_cache.py) keeps every Debian package a lab host fetched in
 .lab/cache/apt, across runs, so a package is downloaded from Debian once, however many hosts
 install it, as a site with many GPU hosts would use a local mirror; the mirror is Python's own
-static HTTP server over .lab/mirror (the artifacts, the images, and the wheelhouse).
+static HTTP server over .lab/mirror (the artifacts, the images, and the wheelhouse); the file
+server (lab/files.py) is an operator's, holding the documents Label Studio's tasks name.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from pathlib import Path
 
 import yaml
 
-from lab import processes
+from lab import fake_secrets, files, processes, s3
 from lab.topology import (
     APT_CACHE_DIR,
     APT_CACHE_PORT,
+    FILES_PORT,
     GATEWAY,
     LAB_DIR,
     MIRROR_DIR,
@@ -31,6 +33,8 @@ from lab.topology import (
     PROXY_PORT,
     REGISTRY_HOSTS,
     REPO,
+    S3_PORT,
+    S3_URL,
     SCALE_HOSTS,
     SECRETS_FILE,
     SUBNET,
@@ -38,6 +42,8 @@ from lab.topology import (
 )
 
 PROXY, MIRROR, CLOUDFLARE, APT_CACHE = "proxy", "mirror", "cloudflare-api", "apt-cache"
+S3 = "s3"
+FILES = "files"  # an operator's file server (lab/files.py)
 CLOUDFLARE_PORT = 18787
 CLOUDFLARE_URL = f"http://127.0.0.1:{CLOUDFLARE_PORT}/client/v4"
 
@@ -87,6 +93,15 @@ def _cloudflare_seed() -> tuple[Path, Path]:
         ]
         + [
             tunnel(f"cloudflareNode{scale_number(h)}TunnelId", h.name, "local") for h in SCALE_HOSTS
+        ],
+        # calypso3's name is behind Access (`access: service_token`): its service token exists
+        # already, as the operator makes it in the dashboard; the deploy only finds it.
+        "access_service_tokens": [
+            {
+                "name": "oceanid-gpu",
+                "client_id": values["cloudflareAccessClientId"],
+                "client_secret": values["cloudflareAccessClientSecret"],
+            }
         ],
     }
     seed_file, token_file = LAB_DIR / "cloudflare-seed.json", LAB_DIR / "cloudflare-token"
@@ -192,6 +207,18 @@ def start() -> None:
     _wait_port(APT_CACHE_PORT)
     _wait_port(MIRROR_PORT)
     _wait_port(CLOUDFLARE_PORT, "127.0.0.1")
+    files.populate()
+    processes.start(FILES, files.argv())
+    _wait_port(FILES_PORT)
+    processes.start(S3, s3.argv(GATEWAY, S3_PORT), cwd=REPO)
+    _wait_port(S3_PORT, timeout=30)
+    values = fake_secrets.ensure()
+    s3.create_bucket(
+        S3_URL,
+        values["backupS3Bucket"],
+        values["backupS3AccessKeyId"],
+        values["backupS3SecretAccessKey"],
+    )
 
 
 def stop() -> None:
@@ -199,3 +226,5 @@ def stop() -> None:
     processes.stop(APT_CACHE)
     processes.stop(MIRROR)
     processes.stop(CLOUDFLARE)
+    processes.stop(S3)
+    processes.stop(FILES)

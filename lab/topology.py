@@ -32,6 +32,13 @@ APT_CACHE_PORT = 3143  # the lab's Debian package cache (lab/apt_cache.py)
 PROXY_URL = f"http://{GATEWAY}:{PROXY_PORT}"
 MIRROR_URL = f"http://{GATEWAY}:{MIRROR_PORT}"
 APT_CACHE_URL = f"http://{GATEWAY}:{APT_CACHE_PORT}"
+S3_PORT = 9900  # the object store of the backups, moto's S3 server (lab/s3.py)
+S3_URL = f"http://{GATEWAY}:{S3_PORT}"
+#: an operator's file server: the documents whose URLs Label Studio's tasks hold, which the
+#: ML-backend adapter on a GPU host fetches (lab/files.py)
+FILES_PORT = 8090
+FILES_URL = f"http://{GATEWAY}:{FILES_PORT}"
+FILES_DIR = LAB_DIR / "files"
 #: the wheels every GPU host installs (the Triton wheel, the models' requirements), served as
 #: a pip `--find-links` page by the mirror (lab/wheelhouse.py)
 WHEELHOUSE_URL = f"{MIRROR_URL}/pypi/"

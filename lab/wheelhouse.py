@@ -1,7 +1,8 @@
 """The wheels every lab GPU host installs, fetched once on this machine and served locally.
 
 A GPU host of the host runtime installs the pinned Triton wheel (`pip --require-hashes`) and
-the models' requirements. With many GPU hosts a site gives them a local wheelhouse instead of
+the models' requirements; every `triton` GPU host installs the ML-backend adapter's hash-pinned
+venv. With many GPU hosts a site gives them a local wheelhouse instead of
 PyPI, and the lab does the same: the wheels are downloaded here once (`pip download`, for the
 hosts' Python, Debian 12's 3.11, whatever Python this machine runs), kept in .lab/cache by a
 hash of what was asked for, and served by the mirror as a pip `--find-links` page (the
@@ -35,10 +36,13 @@ PIP_CONF = (
 
 
 def requirements() -> list[str]:
-    """What the deploy's pip installs besides the pinned wheel: the models' requirements."""
+    """What the deploy's pip installs besides the pinned wheel: the models' requirements, and
+    every pin of the ML-backend adapter's venv (deploys/gpu_host/ml_backend/requirements.txt,
+    installed with --require-hashes: the wheels downloaded here are the very files pinned)."""
+    from deploys.gpu_host.ml_backend import pins
     from deploys.gpu_host.triton import requirements as model_requirements
 
-    return model_requirements()
+    return model_requirements() + pins()
 
 
 def download_argv(dest: Path, wanted: list[str]) -> list[str]:

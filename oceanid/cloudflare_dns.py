@@ -31,6 +31,8 @@ import cloudflare
 from cloudflare import Cloudflare
 from cloudflare.pagination import SyncV4PagePaginationArray
 
+from oceanid.ingress import CATCH_ALL_SERVICE
+
 MANAGED_COMMENT = "managed-by: oceanid-deploys"
 TAKEOVER_SETTING = "cloudflare_takeover_records"
 TUNNEL_DOMAIN = "cfargotunnel.com"
@@ -40,7 +42,6 @@ DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 MAX_RETRIES = 3
 TIMEOUT_S = 30.0
 LIST_PAGE_SIZE = 100
-CATCH_ALL_SERVICE = "http_status:404"
 TOKEN_HINT = (
     "check the API token (ESC cloudflareApiToken): it must be valid and allow Zone DNS Edit on the "
     "zone and Account Cloudflare Tunnel Edit"
@@ -237,7 +238,7 @@ class DesiredRecord:
 
 def _check_tunnel_id(tunnel_id: str, what: str) -> str:
     tunnel_id = tunnel_id.strip().lower()
-    if not _UUID.match(tunnel_id):
+    if not _UUID.fullmatch(tunnel_id):
         raise CloudflareError(f"{what}: tunnel id {tunnel_id!r} is not a tunnel UUID")
     return tunnel_id
 
@@ -246,7 +247,7 @@ def _public_name(name: str, base: str) -> str:
     name = _norm(name)
     if "." not in name:
         name = f"{name}.{base}"
-    if not name.endswith("." + base) or not all(_LABEL.match(p) for p in name.split(".")):
+    if not name.endswith("." + base) or not all(_LABEL.fullmatch(p) for p in name.split(".")):
         raise CloudflareError(f"public name {name!r} is not a valid name under {base}")
     return name
 
@@ -566,7 +567,8 @@ def _norm_ingress(
 
 
 def _describe_rule(rule: Mapping[str, Any]) -> str:
-    return f"{rule.get('hostname') or '*'}{rule.get('path') or ''} → {rule.get('service')}"
+    path = f" {rule['path']}" if rule.get("path") else ""
+    return f"{rule.get('hostname') or '*'}{path} → {rule.get('service')}"
 
 
 @dataclass(frozen=True)

@@ -13,24 +13,29 @@ and reads its verdict:
 
 Exit 0 when a converge would change nothing, 2 with the operations and hosts that would change,
 1 when the dry run itself failed (a host unreachable or refused, a preflight problem): then the
-state is unknown, which is not the same as "no drift".
+state is unknown, which is not the same as "no drift". Both of pyinfra's signs of a failure
+count: its exit status (1 once any host failed, ``pyinfra_cli/cli.py`` ``_exit``), and each
+host it reports as failed on stderr (``Could not connect``, a fact or operation error), which
+is named; a dry run's ``--json`` has no ``failed_hosts`` (``prints.py`` ``print_run_json``),
+and the plan of the hosts that did connect says nothing of the one that did not.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from oceanid import exitcodes
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DEPLOY = "deploys/site.py"
-NO_DRIFT, ERROR, DRIFT = 0, 1, 2
+NO_DRIFT, ERROR, DRIFT = exitcodes.OK, exitcodes.FAILED, exitcodes.DRIFT
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 # pyinfra's per-host log line: four spaces, "[host] ", the message. Diff bodies are indented
@@ -39,6 +44,19 @@ HOST_LINE_RE = re.compile(r"^ {4}\[(?P<host>[^\]]+)\] (?P<message>.+)$")
 # Progress messages, not findings: per host, and pyinfra's steps.
 PROGRESS = ("Connected", "Ready: ", "Loading: ")
 PROGRESS_STEPS = ("--> Loading", "--> Connecting", "--> Preparing", "--> Disconnecting")
+# How pyinfra says a host failed: a connection it could not open (``connectors/ssh.py``
+# raise_connect_error, logged by ``api/host.py`` connect), a command that broke
+# (``api/util.py`` log_host_command_error), a Python callback that raised (``api/operations.py``).
+HOST_FAILURES = (
+    "Could not connect",
+    "Could not resolve hostname",
+    "SSH error",
+    "EOF error",
+    "Command timed out",
+    "Command socket/SSH error",
+    "Command IO error",
+    "Unexpected error",
+)
 
 
 @dataclass(frozen=True)
@@ -58,12 +76,38 @@ class Verdict:
     messages: dict[str, list[str]]
     failed: bool
     errors: list[str]
+    failed_hosts: dict[str, str] = field(default_factory=dict)  # host -> pyinfra's reason
 
     @property
     def code(self) -> int:
         if self.failed:
             return ERROR
         return DRIFT if self.changes else NO_DRIFT
+
+    def records(self) -> list[dict[str, object]]:
+        """`--json`: one object per finding (JSON lines), for monitoring: each operation that
+        would change hosts ("drift", with the hosts' messages), each error and each host not
+        read ("failed"); a clean run is one object of status "ok"."""
+        out: list[dict[str, object]] = []
+        for change in self.changes:
+            hosts = [*change.hosts, *change.conditional]
+            out.append(
+                {
+                    "status": "drift",
+                    "check": change.name,
+                    "hosts": list(change.hosts),
+                    "maybe": list(change.conditional),
+                    "detail": [f"[{h}] {m}" for h in hosts for m in self.messages.get(h, [])],
+                }
+            )
+        out += [{"status": "failed", "check": "dry run", "detail": line} for line in self.errors]
+        out += [
+            {"status": "failed", "check": f"host {host}", "hosts": [host], "detail": reason}
+            for host, reason in sorted(self.failed_hosts.items())
+        ]
+        if not out:
+            out.append({"status": "ok", "check": "drift", "detail": self.lines()[-1]})
+        return out
 
     def lines(self) -> list[str]:
         """The report, one finding per line, changed hosts' messages under their operation."""
@@ -76,8 +120,12 @@ class Verdict:
         for host, messages in sorted(self.messages.items()):
             out += [f"  [{host}] {message}" for message in messages]
         out += [f"ERROR {line}" for line in self.errors]
+        out += [f"FAILED {host}: {reason}" for host, reason in sorted(self.failed_hosts.items())]
         hosts = sorted({h for change in self.changes for h in change.hosts + change.conditional})
-        if self.failed:
+        if self.failed_hosts:
+            names = ", ".join(sorted(self.failed_hosts))
+            out.append(f"drift: the dry run failed on {names}; the hosts' state is unknown")
+        elif self.failed:
             out.append("drift: the dry run failed; the hosts' state is unknown")
         elif self.changes:
             out.append(f"drift: {len(self.changes)} operation(s) would change {', '.join(hosts)}")
@@ -105,17 +153,21 @@ def parse(returncode: int, stdout: str, stderr: str) -> Verdict:
 
     messages: dict[str, list[str]] = {}
     errors: list[str] = []
+    failed_hosts: dict[str, str] = {}
     for raw in stderr.splitlines():
         line = ANSI_RE.sub("", raw).rstrip()
         match = HOST_LINE_RE.match(line)
         if match:
-            message = match["message"]
-            if not message.startswith(PROGRESS):
+            # pyinfra pads the host column to the longest name: "[@local]         Connected"
+            message = match["message"].strip()
+            if message.startswith(HOST_FAILURES):
+                failed_hosts.setdefault(match["host"], message)
+            elif not message.startswith(PROGRESS):
                 messages.setdefault(match["host"], []).append(message)
         elif line.startswith("--> ") and "error" in line.lower():
             errors.append(line[4:])
-    failed = returncode != 0 or not plan_read
-    if failed and not errors and not messages:  # e.g. an inventory that refuses to load
+    failed = returncode != 0 or not plan_read or bool(failed_hosts)
+    if failed and not errors and not messages and not failed_hosts:  # e.g. a bad inventory
         lines = [ANSI_RE.sub("", line).strip() for line in stderr.splitlines()]
         lines = [line for line in lines if line and not line.startswith(PROGRESS_STEPS)]
         errors = lines[-3:] or [f"pyinfra exited {returncode}"]
@@ -123,7 +175,7 @@ def parse(returncode: int, stdout: str, stderr: str) -> Verdict:
         # A host that changes nothing has nothing to say here.
         changed = {h for change in changes for h in change.hosts + change.conditional}
         messages = {host: lines for host, lines in messages.items() if host in changed}
-    return Verdict(changes, messages, failed, errors)
+    return Verdict(changes, messages, failed, errors, failed_hosts)
 
 
 def pyinfra_argv(inventory: str, deploy: str) -> list[str]:
@@ -133,11 +185,14 @@ def pyinfra_argv(inventory: str, deploy: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = exitcodes.Parser(
         prog="python -m oceanid.drift",
-        description="The dry run as a check: exit 0 no drift, 2 drift, 1 error.",
+        description="The dry run as a check: exit 0 no drift, 2 drift, 1 error, 3 bad arguments.",
     )
     parser.add_argument("inventory", nargs="?", default="inventory.py")
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON object per finding (JSON lines)"
+    )
     parser.add_argument(
         "--deploy", default=DEFAULT_DEPLOY, help=f"deploy file (default {DEFAULT_DEPLOY})"
     )
@@ -156,8 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"drift: cannot run pyinfra: {error}", file=sys.stderr)
         return ERROR
     verdict = parse(done.returncode, done.stdout, done.stderr)
-    for line in verdict.lines():
-        print(line)
+    if args.json:
+        for record in verdict.records():
+            print(json.dumps(record))
+    else:
+        for line in verdict.lines():
+            print(line)
     return verdict.code
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from oceanid.settings import has_control
+
 ESC_PREFIX = "oceanid-cluster:"
 
 #: Every key the deploy may read, as design.md §3 names it.
@@ -41,14 +43,34 @@ KNOWN_KEYS = (
     "cloudflareNodeTunnelHostname",
     "cloudflareNodeTunnelTarget",
     "k3s_token",
+    "k3sAgentToken",  # design.md §7: optional; the first server generates one without it
     "labelStudioDbUrl",
     "labelStudioApiToken",
     "labelStudioAdminEmail",
     "labelStudioAdminPassword",
     "hfAccessToken",
+    # design.md §7: the Cloudflare Access service token, with `access: service_token` on a GPU host
+    "cloudflareAccessClientId",
+    "cloudflareAccessClientSecret",
+    # design.md §7: the ML-backend adapter's HTTP basic auth (deploys/gpu_host/ml_backend)
+    "mlBackendUser",
+    "mlBackendPassword",
+    # design.md §7: the object store of Label Studio's backups and k3s's etcd snapshots
+    "backupS3Endpoint",
+    "backupS3Bucket",
+    "backupS3AccessKeyId",
+    "backupS3SecretAccessKey",
 )
 
 SOURCES = ("esc", "env", "file")
+
+#: Keys whose value is a tunnel credential. oceanid.tunnel_credentials reads it in any of its
+#: shapes, two of which span lines (base64 wrapped at 76 columns, the credentials.json text),
+#: and the deploy writes what it parsed, never the value as given: only these may hold
+#: newlines. A host's `tunnel_credential_key` names one more.
+CREDENTIAL_KEYS = ("cloudflareTunnelToken", "cloudflareNodeTunnelToken")
+
+_WHERE = {"esc": "ESC", "env": "the environment", "file": "the secrets file"}
 
 
 class SecretsError(RuntimeError):
@@ -76,6 +98,9 @@ class Secrets:
 
     values: dict[str, str] = field(default_factory=dict, repr=False)
     origins: dict[str, str] = field(default_factory=dict)
+    #: canonical key -> the later sources that also held it and lost (an override made
+    #: visible: `make check` names each, never its value)
+    shadowed: dict[str, list[str]] = field(default_factory=dict)
 
     def get(self, key: str) -> str | None:
         return self.values.get(canonical(key))
@@ -95,6 +120,39 @@ class Secrets:
     def all_values(self) -> list[str]:
         """Every secret value, for redaction filters."""
         return [v for v in self.values.values() if v]
+
+    def line_problems(self, keys: Iterable[str], *, multiline: Iterable[str] = ()) -> list[str]:
+        """One problem per key of `keys` whose value holds a newline or another control
+        character, unless it is a tunnel credential (CREDENTIAL_KEYS, and the keys of
+        `multiline`, those the hosts name); no value is echoed.
+
+        Each of these values reaches a Kubernetes Secret, a token file, an env file or an
+        HTTP header as it is: a token stored as `abc\\n` is not the token `abc` there, and a
+        newline inside one ends a line of an env file. Such a value is refused, not
+        stripped: the deploy never quietly makes a password or a token other than the one
+        the operator stored, and the message says where it came from and how to store it
+        without (a YAML `|` block is the usual way a trailing newline gets in).
+        """
+        seen = {canonical(k) for k in (*CREDENTIAL_KEYS, *multiline)}
+        problems = []
+        for key in keys:
+            value = self.get(key)
+            if canonical(key) in seen or value is None or not has_control(value):
+                continue
+            seen.add(canonical(key))
+            origin = self.origin(key) or "its source"
+            what = (
+                "ends in a newline"
+                if not has_control(value.removesuffix("\n"))
+                else "holds a newline or another control character"
+            )
+            how = " (in YAML: a quoted string, or |- rather than |)" if origin == "file" else ""
+            problems.append(
+                f"{key}: {what} (from {_WHERE.get(origin, origin)}); a secret the deploy copies "
+                f"into files and Secrets must be one line without control characters: store "
+                f"it without{how}"
+            )
+        return problems
 
 
 def _normalise(
@@ -223,7 +281,9 @@ def load(
     keys: Iterable[str] = KNOWN_KEYS,
     secrets_file: str | None = None,
 ) -> Secrets:
-    """Merge the sources; the first source in `sources` that has a key wins.
+    """Merge the sources; the first source in `sources` that has a key wins. The default
+    order (group_data: env, esc, file) makes an environment variable an explicit override of
+    one value for one run; `Secrets.shadowed` records every value that lost.
 
     The file source reads SECRETS_FILE when it is set, else the `secrets_file` setting: a
     site (the lab) names its own file, and an operator can still point one run elsewhere."""
@@ -247,4 +307,23 @@ def load(
             if key not in secrets.values:
                 secrets.values[key] = value
                 secrets.origins[key] = source
+            elif value != secrets.values[key]:
+                secrets.shadowed.setdefault(key, []).append(source)
     return secrets
+
+
+def override_lines(secrets: Secrets, keys: Iterable[str]) -> list[str]:
+    """One line per key of `keys` whose value came from one source while a later source held
+    another (with the default order, an environment variable over ESC): an override is
+    explicit and wins, and is said, by name only."""
+    lines = []
+    for key in dict.fromkeys(keys):
+        lost = secrets.shadowed.get(canonical(key))
+        if lost:
+            origin = secrets.origin(key) or "?"
+            where = _WHERE.get(origin, origin)
+            if origin == "env":
+                where += f" ({env_name(key)})"
+            others = " and ".join(_WHERE.get(o, o) for o in lost)
+            lines.append(f"{key}: the value from {where} wins over {others}'s")
+    return lines

@@ -8,7 +8,9 @@ Unknown keys are errors too: a misspelt flag silently keeping its default is how
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import ipaddress
 import re
 import runpy
 from collections.abc import Callable, Iterable, Mapping
@@ -46,39 +48,103 @@ IMAGE_HINT = (
     "must be an image reference registry/name:tag[@sha256:…] or an image ID sha256:<64 hex>"
 )
 ADDRESS_RE = re.compile(r"^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|\[::1\]):\d{1,5}$")
+# Every check against these is a full match (`fullmatch`, or pydantic's `pattern`, whose Rust
+# regex reads `$` as the end of the text): Python's `re.match(…$)` lets a value end in a
+# newline, which would reach a unit file, an env file or a Secret.
+
+#: Control characters (C0, DEL, C1) and Unicode's line and paragraph separators: what would
+#: end or break a line of a unit file, an env file, a config file or a shell command.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+ONE_LINE = "must be one line without control characters"
+
+#: What a `pattern=` of a field means, in words: pydantic's own message would print the regex.
+PATTERN_WORDS: dict[str, str] = {}
+
+
+def described(pattern: str, words: str) -> str:
+    """`pattern`, for a field's `pattern=`, its failure reported as `words` (format_errors)."""
+    PATTERN_WORDS[pattern] = words
+    return pattern
+
 
 #: Host data keys that belong to pyinfra (connectors and global arguments), not to us.
 PYINFRA_KEY_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "local_", "chroot_", "terraform_")
 
 
+def has_control(value: str) -> bool:
+    """Whether `value` holds a newline or another control character."""
+    return CONTROL_RE.search(value) is not None
+
+
+def _one_line(value: str) -> str:
+    if has_control(value):
+        raise ValueError(ONE_LINE)
+    return value
+
+
 def _hostname(value: str) -> str:
-    if not HOSTNAME_RE.match(value):
+    if not HOSTNAME_RE.fullmatch(value):
         raise ValueError("must be a lower-case DNS name such as boathou.se")
     return value
 
 
 def _sha256(value: str) -> str:
-    if not SHA256_RE.match(value):
+    if not SHA256_RE.fullmatch(value):
         raise ValueError("must be 64 lower-case hex digits (a SHA-256)")
     return value
 
 
 def _label(value: str) -> str:
-    if not LABEL_RE.match(value):
+    if not LABEL_RE.fullmatch(value):
         raise ValueError("must be one DNS label such as gpu or gpu2")
     return value
 
 
 def _http_url(value: str) -> str:
-    if not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
         raise ValueError("must be an http(s) URL")
     return value
 
 
+#: A value that reaches a unit file, an env file or a command: a newline there would end the
+#: line and start another (a second variable, a second option), so none is allowed.
+OneLine = Annotated[str, AfterValidator(_one_line)]
 Hostname = Annotated[str, AfterValidator(_hostname)]
 Label = Annotated[str, AfterValidator(_label)]
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
+HttpUrl = Annotated[OneLine, AfterValidator(_http_url)]
 Sha256 = Annotated[str, AfterValidator(_sha256)]
+
+UNIX_NAME_WORDS = (
+    "must be a Unix user name: up to 32 lower-case letters, digits, _ or -, starting with a "
+    "letter or _"
+)
+DEB_NAME_WORDS = "must be a Debian package name such as docker.io (lower-case, digits, + . -)"
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_name(value: str) -> str:
+    if not ENV_NAME_RE.fullmatch(value):
+        raise ValueError(
+            "must be letters, digits and _, not starting with a digit (a variable's name)"
+        )
+    return value
+
+
+def _mount_path(value: str) -> str:
+    if not value.startswith("/") or ":" in value:
+        raise ValueError(
+            "must be an absolute path without ':' (it is mounted with docker run -v, "
+            "which reads ':' as its separator)"
+        )
+    return value
+
+
+#: A variable's name in an env file (`NAME=value` a line).
+EnvName = Annotated[str, AfterValidator(_env_name)]
+#: A host folder a unit mounts into a container at the same path.
+MountPath = Annotated[OneLine, AfterValidator(_mount_path)]
+#: A package apt installs.
+DebName = Annotated[str, Field(pattern=described(DEB_NAME_RE.pattern, DEB_NAME_WORDS))]
 
 
 class Strict(BaseModel):
@@ -92,8 +158,8 @@ class Artifact(Strict):
     upstream release, an air-gapped site points it at its own mirror.
     """
 
-    version: str = Field(min_length=1)
-    url: str
+    version: OneLine = Field(min_length=1)
+    url: OneLine
     sha256: dict[Literal["amd64", "arm64"], Sha256] = Field(min_length=1)
 
     @field_validator("url")
@@ -112,12 +178,12 @@ class Artifact(Strict):
 class PipPin(Strict):
     """A wheel installed by pip with `--require-hashes`: its version and per-arch SHA-256."""
 
-    version: str = Field(min_length=1)
+    version: OneLine = Field(min_length=1)
     sha256: dict[Literal["amd64", "arm64"], Sha256] = Field(min_length=1)
 
 
 def image_reference(value: str) -> bool:
-    return bool(IMAGE_RE.match(value) or IMAGE_ID_RE.match(value))
+    return bool(IMAGE_RE.fullmatch(value) or IMAGE_ID_RE.fullmatch(value))
 
 
 class ImageArchive(Strict):
@@ -142,8 +208,8 @@ class GpuService(Strict):
     image: str | None = None
     image_archive: ImageArchive | None = None
     port: int = Field(default=8000, ge=1, le=65535)
-    environment: dict[str, str] = Field(default_factory=dict)
-    docker_package: str = "docker.io"
+    environment: dict[EnvName, OneLine] = Field(default_factory=dict)
+    docker_package: DebName = "docker.io"
     memlock: Literal["unlimited"] | Annotated[int, Field(ge=65536)] = "unlimited"
 
     @field_validator("image")
@@ -168,16 +234,36 @@ class GpuService(Strict):
         return self
 
 
+ACCESS_MODES = ("off", "service_token")
+
+
+def _access(value: str) -> str:
+    if value not in ACCESS_MODES:
+        raise ValueError(
+            "must be service_token (only the Cloudflare Access service token whose client ID "
+            "and secret are ESC cloudflareAccessClientId and cloudflareAccessClientSecret "
+            "reaches this name) or off (the name is open to every client)"
+        )
+    return value
+
+
 class GpuHost(Strict):
-    """What is particular to one GPU host: its public name, its tunnel, its GPUs."""
+    """What is particular to one GPU host: its public name, its tunnel, its GPUs.
+
+    `access: service_token` puts the public name behind Cloudflare Access: the deploy keeps
+    an Access application for it whose one policy admits one service token
+    (oceanid/cloudflare_access.py), so the edge refuses a client without that token before a
+    request reaches the tunnel.
+    """
 
     public_name: Label = "gpu"
-    tunnel_id_key: str = "cloudflareNodeTunnelId"
-    tunnel_credential_key: str = "cloudflareNodeTunnelToken"
+    access: Annotated[str, AfterValidator(_access)] = "off"
+    tunnel_id_key: OneLine = "cloudflareNodeTunnelId"
+    tunnel_credential_key: OneLine = "cloudflareNodeTunnelToken"
     require_gpu: bool = True
     gpus: list[Annotated[int, Field(ge=0)]] | None = None
     service: GpuService = GpuService()
-    granite_model_dir: str | None = None
+    granite_model_dir: MountPath | None = None
 
 
 # Ports k3s itself binds on a server (supervisor and API, the API's internal listener, etcd,
@@ -207,21 +293,55 @@ def _check_k3s_taints(value: list[str]) -> list[str]:
     return value
 
 
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("must be one IPv4 or IPv6 address, such as 10.77.0.11") from None
+
+
+IpAddress = Annotated[str, AfterValidator(_ip_address)]
+
+
 class K3sHost(Strict):
     """What is particular to one k3s node: how it is reached, its node labels and taints.
 
     Labels and taints are reconciled through the API after the node joined (k3s applies a
-    config's only at first registration); labels the kubelet refuses at registration
+    config's taints only at first registration, its labels only when it starts); labels the
+    kubelet refuses at registration
     (`node-role.kubernetes.io/*`) are set that way only, never through config.yaml.
     """
 
-    address: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.:-]+$")  # default: its name
-    node_ip: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f.:]+$")
-    flannel_iface: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    address: str | None = Field(  # default: its name
+        default=None,
+        pattern=described(r"^[A-Za-z0-9.:-]+$", "must be a host name or an IP address"),
+    )
+    node_ip: IpAddress | None = None  # what the node advertises (k3s's node-ip)
+    node_external_ip: IpAddress | None = None  # a public address besides it (node-external-ip)
+    flannel_iface: str | None = Field(
+        default=None,
+        pattern=described(
+            r"^[A-Za-z0-9_.-]{1,15}$",
+            "must be a network interface name: up to 15 letters, digits, _ . or -",
+        ),
+    )
     labels: Annotated[dict[str, str], AfterValidator(_check_k3s_labels)] = Field(
         default_factory=dict
     )
     taints: Annotated[list[str], AfterValidator(_check_k3s_taints)] = Field(default_factory=list)
+    # A server holding a SQLite datastore that the deploy starts with cluster-init is converted
+    # to etcd by k3s, with no way back: the deploy refuses that unless this says so.
+    convert_datastore_to_etcd: bool = False
+
+    def ip_addresses(self) -> list[str]:
+        """The node's IP addresses that the inventory states (`address` where it is one,
+        `node_ip`, `node_external_ip`): the sources the other nodes' firewalls admit."""
+        found = [self.node_ip, self.node_external_ip]
+        if self.address is not None:
+            # a host name is left out: k3s and HAProxy resolve it, a firewall cannot
+            with contextlib.suppress(ValueError):
+                found.append(str(ipaddress.ip_address(self.address)))
+        return list(dict.fromkeys(a for a in found if a is not None))
 
 
 class HostSettings(Strict):
@@ -232,7 +352,9 @@ class HostSettings(Strict):
     is reached the same way with or without an inventory file.
     """
 
-    ssh_user: str | None = Field(default=None, pattern=UNIX_NAME_RE.pattern)
+    ssh_user: str | None = Field(
+        default=None, pattern=described(UNIX_NAME_RE.pattern, UNIX_NAME_WORDS)
+    )
     sudo: bool = False
     gpu: GpuHost | None = None
     k3s: K3sHost = K3sHost()
@@ -243,7 +365,7 @@ MOVING_TAGS = ("latest", "develop", "nightly", "main", "master")
 
 
 def _memory(value: str) -> str:
-    if not MEMORY_RE.match(value):
+    if not MEMORY_RE.fullmatch(value):
         raise ValueError("must be a Kubernetes quantity in Mi or Gi such as 1Gi or 768Mi")
     return value
 
@@ -272,7 +394,7 @@ class LabelStudioApp(Strict):
     @field_validator("image")
     @classmethod
     def _pinned(cls, value: str) -> str:
-        if not IMAGE_RE.match(value):
+        if not IMAGE_RE.fullmatch(value):
             raise ValueError(
                 "must be an image reference name:tag such as heartexlabs/label-studio:1.23.2"
             )
@@ -299,8 +421,54 @@ class MlBackendConnector(Strict):
 
     enabled: bool = True
     url: HttpUrl | None = None
-    title: str = Field(default="oceanid-gpu", min_length=1, max_length=100)
-    schedule: str = Field(default="0 * * * *", pattern=r"^\S+( \S+){4}$")
+    title: OneLine = Field(default="oceanid-gpu", min_length=1, max_length=100)
+    schedule: str = Field(
+        default="0 * * * *",
+        pattern=described(
+            r"^\S+( \S+){4}$", "must be a cron schedule of five fields such as '0 * * * *'"
+        ),
+    )
+
+
+class BackupApp(Strict):
+    """Label Studio's database and media to S3-compatible storage (deploys/cluster_apps/backup.py).
+
+    `enabled` None: on where the object store is configured (the ESC keys backupS3*), off
+    where it is not; True requires them. The PostgreSQL image gives `pg_dump` and
+    `pg_restore`: its major version must be the server's (pg_dump refuses a newer server,
+    and a newer client's custom format an older pg_restore cannot read). A change of Label
+    Studio's image backs up first, unless `skip_before_upgrade` names the new image.
+    """
+
+    enabled: bool | None = None
+    schedule: str = Field(
+        default="17 2 * * *",
+        pattern=described(
+            r"^\S+( \S+){4}$", "must be a cron schedule of five fields such as '17 2 * * *'"
+        ),
+    )
+    keep_daily: int = Field(default=7, ge=1, le=366)
+    keep_weekly: int = Field(default=4, ge=0, le=520)
+    postgres_image: str = "docker.io/library/postgres:15.18-bookworm"
+    skip_before_upgrade: str | None = None
+    # k3s's own etcd snapshots to the same store (deploys/k3s/config.py `etcd_snapshots`)
+    etcd_snapshot_schedule: str = Field(
+        default="0 */12 * * *",
+        pattern=described(
+            r"^\S+( \S+){4}$", "must be a cron schedule of five fields such as '0 */12 * * *'"
+        ),
+    )
+    etcd_snapshot_retention: int = Field(default=14, ge=1, le=1000)
+
+    @field_validator("postgres_image", "skip_before_upgrade")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None and not IMAGE_RE.fullmatch(value):
+            raise ValueError(
+                "must be an image reference registry/name:tag[@sha256:…] such as "
+                "docker.io/library/postgres:15.18-bookworm"
+            )
+        return value
 
 
 class ClusterApps(Strict):
@@ -317,6 +485,7 @@ class ClusterApps(Strict):
     cluster_connector_replicas: int = Field(default=2, ge=2, le=10)
     ml_backend: MlBackendConnector = MlBackendConnector()
     node_tunnel_mode: Literal["host", "daemonset"] = "host"
+    backup: BackupApp = BackupApp()
 
     @model_validator(mode="after")
     def _ml_backend_needs_label_studio(self) -> ClusterApps:
@@ -324,6 +493,8 @@ class ClusterApps(Strict):
             raise ValueError(
                 "ml_backend.enabled needs label_studio.enabled: it talks to Label Studio"
             )
+        if self.backup.enabled and not self.label_studio.enabled:
+            raise ValueError("backup.enabled needs label_studio.enabled: it backs up Label Studio")
         return self
 
 
@@ -331,26 +502,54 @@ class Settings(Strict):
     """Every setting the deploys read. Defaults live in group_data/all.py, not here."""
 
     base_domain: Hostname
-    esc_environment: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+    esc_environment: str = Field(
+        pattern=described(
+            r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
+            "must be an ESC environment project/name such as default/oceanid-cluster",
+        )
+    )
     secret_sources: list[Literal["esc", "env", "file"]] = Field(min_length=1)
-    secrets_file: str | None = None
+    secrets_file: OneLine | None = None
     enable_node_provisioning: bool
     enable_control_plane_lb: bool
     k3s_lb_port: int = Field(ge=1024, le=65535)
+    # k3s's own values (pkg/cli/cmds/server.go), but `none`: the cluster needs flannel
+    k3s_flannel_backend: Literal["wireguard-native", "vxlan", "host-gw"]
     manage_dns: bool
-    admin_user: str = Field(pattern=UNIX_NAME_RE.pattern)
-    admin_ssh_keys: list[str]
-    base_packages: list[Annotated[str, Field(pattern=DEB_NAME_RE.pattern)]]
+    admin_user: str = Field(pattern=described(UNIX_NAME_RE.pattern, UNIX_NAME_WORDS))
+    admin_ssh_keys: list[OneLine]
+    base_packages: list[DebName]
     k3s: Artifact
     cloudflared: Artifact
     triton_image: str
+    # The NVIDIA driver release triton_image needs (NVIDIA's release notes of that Triton
+    # release, "Driver Requirements"); a GPU host's older driver stops the deploy, saying
+    # which to install (oceanid/driver.py). None: not compared.
+    triton_min_driver: str | None = Field(
+        default=None,
+        pattern=described(
+            r"^[0-9]{3,4}(\.[0-9]{1,3}){0,2}$",
+            "must be an NVIDIA driver release such as 575 or 535.86",
+        ),
+    )
     triton_image_archive: ImageArchive | None = None
     triton_wheel: PipPin
-    nvidia_container_key_fingerprint: str = Field(pattern=r"^[0-9A-F]{40}$")
+    nvidia_container_key_fingerprint: str = Field(
+        pattern=described(
+            r"^[0-9A-F]{40}$", "must be an OpenPGP fingerprint: 40 upper-case hex digits"
+        )
+    )
     tunnel_protocol: Literal["auto", "http2", "quic"]
-    cloudflared_metrics_address: str = Field(pattern=ADDRESS_RE.pattern)
+    cloudflared_metrics_address: str = Field(
+        pattern=described(
+            ADDRESS_RE.pattern,
+            "must be a loopback address and port such as 127.0.0.1:2200 or localhost:2200",
+        )
+    )
     cloudflare_api_base_url: HttpUrl | None = None
     cloudflare_takeover_records: list[Hostname] = Field(default_factory=list)
+    # `make smoke`: a PDF the GPU hosts can fetch, sent through each ML backend's /predict
+    smoke_pdf_url: HttpUrl | None = None
     hosts: dict[str, HostSettings] = Field(default_factory=dict)
     cluster_apps: ClusterApps
 
@@ -358,7 +557,7 @@ class Settings(Strict):
     @classmethod
     def _keys(cls, value: list[str]) -> list[str]:
         for i, key in enumerate(value):
-            if not SSH_KEY_RE.match(key.strip()):
+            if not SSH_KEY_RE.fullmatch(key.strip()):
                 raise ValueError(f"item {i} is not an OpenSSH public key line")
         return value
 
@@ -397,6 +596,12 @@ class Settings(Strict):
     def host(self, name: str) -> HostSettings:
         return self.hosts.get(name, HostSettings())
 
+    def node_tunnel_in_cluster(self) -> bool:
+        """Whether the cluster's DaemonSet serves each GPU host's tunnel
+        (`node_tunnel_mode: daemonset`, with k3s provisioned): the host connector is then
+        stopped, by the GPU role (deploys/gpu_host) and in what `make status` expects."""
+        return self.enable_node_provisioning and self.cluster_apps.node_tunnel_mode == "daemonset"
+
 
 class SettingsError(ValueError):
     """All settings problems, one line each, ready to print."""
@@ -415,9 +620,16 @@ def format_errors(exc: ValidationError, root: str = "") -> list[str]:
     """One line per problem: `key.path: message (got value)`."""
     lines = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))
+        path = ".".join(str(p) for p in err["loc"] if p not in ("function-after", "[key]"))
         key = f"{root}{path}" if path else root.rstrip(".") or "settings"
         message = err["msg"].removeprefix("Value error, ")
+        if err["loc"][-1:] == ("[key]",):  # a mapping's key, not its value, is wrong
+            message = f"the name {message}"
+        if err["type"] == "string_pattern_mismatch":  # pydantic's message prints the regex
+            message = PATTERN_WORDS.get(
+                err.get("ctx", {}).get("pattern", ""),
+                "is not in the form this setting takes (see its comment in group_data/all.py)",
+            )
         if err["type"] == "missing":
             lines.append(f"{key}: missing; set it in group_data/all.py")
         elif err["type"] == "extra_forbidden":

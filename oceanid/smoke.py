@@ -6,7 +6,12 @@ outside shows that. This command asks what a user would ask, through the same na
 
 - each tunnel's health from the Cloudflare API (when ``manage_dns`` gives API access);
 - ``https://<public_name>.<base>/v2/health/ready``, every model's readiness and one real inference
-  on each GPU host (``tritonclient.http``, as a client would call it);
+  on each GPU host (``tritonclient.http``, as a client would call it), and its model repository
+  API refused (``POST /v2/repository/index`` answers 404 or 403, never 200: oceanid/ingress.py);
+- ``https://ml.<base>`` (``mlN``: the ML backend beside each ``triton`` GPU name):
+  ``/health`` answers 200 with the basic auth of ESC ``mlBackendUser``/``mlBackendPassword``
+  and 401 without, and ``/predict`` returns the text of the ``smoke_pdf_url`` PDF (SKIP, saying
+  so, when that setting is not given);
 - ``https://label.<base>/health`` (Label Studio) and its ``/`` redirecting to the login page,
   when the inventory has a k3s server;
 - every k3s node of the inventory Ready in the cluster, with the labels and taints its
@@ -18,11 +23,13 @@ A public name is reached through Cloudflare's edge. Where there is none (the lab
 is ``SKIP`` with the reason, never a pass; the API checks still run against the stand-in.
 
 Every request is made once, with a timeout: a smoke check reports the site as it is, it does not
-wait for it to get better. ``--url NAME=URL`` sends a public name's checks elsewhere (a lab
-port-forward) without touching DNS. Output is one ``PASS|FAIL|SKIP what — detail`` line per
-check and a summary; any failure exits 1, a bad inventory or bad arguments exit 2. No secret is
-printed: the API token only travels inside ``CloudflareAccess``, whose repr hides it. Tunnel IDs
-are printed; they are public anyway, as the targets of the CNAMEs.
+wait for it to get better. ``--url NAME=URL`` sends a public name's checks elsewhere without
+touching DNS; a GPU name keeps its name as the Host header there, so a connector routes it by its
+own rules (the lab: a port forward to the cloudflared stand-in's edge). Output is one
+``PASS|FAIL|SKIP what — detail`` line per check and a summary; any failure exits 1, a bad
+inventory or bad arguments exit 2. No secret is printed: the API token only travels inside
+``CloudflareAccess``, whose repr hides it. Tunnel IDs are printed; they are public anyway, as the
+targets of the CNAMEs.
 """
 
 from __future__ import annotations
@@ -34,12 +41,13 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from oceanid import preflight
+from oceanid import exitcodes, preflight
+from oceanid.ingress import ml_hostname
 from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, Site
 from oceanid.settings import GpuService, Settings, short_name
 
@@ -53,10 +61,20 @@ SMOKE_MODEL = "docling_granite_python"
 LABEL_HEALTH = "/health"
 LABEL_LOGIN = "/user/login/"
 TRITON_READY = "/v2/health/ready"
+REPOSITORY_INDEX = "/v2/repository/index"
+REFUSED_STATUSES = (403, 404)  # Access without a valid token; the connector's catch-all
 # Where `make kubeconfig` writes it, relative to where the command runs (the repository's root
 # for `make smoke`): a test in another folder never reaches a real cluster by accident.
 KUBECONFIG = Path("cluster/kubeconfig.yaml")
-Kind = Literal["label", "gpu", "k3s"]
+Kind = Literal["label", "gpu", "ml", "k3s"]
+ML_HEALTH = "/health"
+ML_PREDICT = "/predict"
+# The task data key and label config the smoke prediction sends: the adapter's default PDF
+# field, and a project that shows the document and has a <TextArea> for its text.
+SMOKE_PDF_FIELD = "pdf"
+SMOKE_LABEL_CONFIG = (
+    '<View><Pdf name="document" value="$pdf"/><TextArea name="text" toName="document"/></View>'
+)
 
 
 class UsageError(Exception):
@@ -83,6 +101,11 @@ class Target:
     name: str
     url: str
     service: GpuService | None = None
+    # A GPU name behind Cloudflare Access (`access: service_token`): the service token's
+    # CF-Access-Client-Id/-Secret, sent with every request to it; never printed.
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    # an ML backend's basic auth (ESC mlBackendUser, mlBackendPassword); never printed
+    auth: tuple[str, str] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -137,12 +160,31 @@ def targets(site: Site, overrides: dict[str, str], only: Kind | None = None) -> 
         if plan.gpu is not None:
             name = f"{plan.gpu.public_name}.{base}"
             url = overrides.get(name, f"https://{name}")
-            found.append(Target("gpu", name, url, plan.gpu.service))
+            headers = _access_headers(site, plan)
+            if name in overrides:  # the name stays the Host: a connector routes by it
+                headers = {"Host": name, **headers}
+            found.append(Target("gpu", name, url, plan.gpu.service, headers))
+            if plan.ml_backend_auth is not None:  # a `triton` host: its adapter's name
+                ml = ml_hostname(name)
+                ml_headers = {"Host": ml} if ml in overrides else {}
+                url = overrides.get(ml, f"https://{ml}")
+                auth = plan.ml_backend_auth
+                found.append(Target("ml", ml, url, plan.gpu.service, ml_headers, auth))
     unknown = sorted(set(overrides) - {target.name for target in found})
     if unknown:
         known = ", ".join(target.name for target in found) or "none"
         raise UsageError(f"--url {unknown[0]}: not a public name of this inventory ({known})")
     return [target for target in found if only in (None, target.kind)]
+
+
+def _access_headers(site: Site, plan: preflight.HostPlan) -> dict[str, str]:
+    """The headers Cloudflare Access reads a service token from (a name without Access: none)."""
+    if plan.gpu is None or plan.gpu.access != "service_token":
+        return {}
+    return {
+        "CF-Access-Client-Id": site.secrets["cloudflareAccessClientId"].strip(),
+        "CF-Access-Client-Secret": site.secrets["cloudflareAccessClientSecret"].strip(),
+    }
 
 
 def tunnels(site: Site, only: Kind | None = None) -> list[Tunnel]:
@@ -226,13 +268,29 @@ def _reason(error: BaseException) -> str:
     return f"{type(deepest).__name__}: {deepest}".splitlines()[0]
 
 
-def _get(url: str, timeout: float) -> tuple[requests.Response | None, str]:
-    """One GET, no redirects (a redirect to a login page is not the service), no retries."""
+def _get(
+    url: str,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+    auth: tuple[str, str] | None = None,
+    body: Any = None,
+) -> tuple[requests.Response | None, str]:
+    """One GET (or `method`, with a JSON `body`), no redirects (a redirect to a login page is
+    not the service), no retries."""
     import requests
 
     started = time.monotonic()
     try:
-        answer = requests.get(url, timeout=timeout, allow_redirects=False)
+        answer = requests.request(
+            method,
+            url,
+            timeout=timeout,
+            allow_redirects=False,
+            headers=headers,
+            auth=auth,
+            json=body,
+        )
     except requests.Timeout:
         return None, f"no answer in {timeout:g}s"
     except requests.RequestException as error:
@@ -266,9 +324,77 @@ def check_label_login(target: Target, timeout: float) -> Result:
 def check_http_service(target: Target, timeout: float) -> Result:
     """A GPU host serving something else than Triton: the tunnel reaches an answering server
     (Cloudflare itself answers 502/530 when the origin is down)."""
-    answer, detail = _get(target.url + "/", timeout)
+    answer, detail = _get(target.url + "/", timeout, target.headers)
     ok = answer is not None and answer.status_code < 500
     return Result(ok, f"{target.name} service", f"GET {target.url}/: {detail}")
+
+
+def check_ml_backend(
+    target: Target, timeout: float, pdf_url: str | None, say: Callable[[str], None]
+) -> Iterator[Result]:
+    """The ML backend Label Studio calls: healthy with its basic auth, refusing without, and
+    one prediction of `pdf_url` whose text comes back (deploys/gpu_host/ml_backend/adapter.py
+    speaks Label Studio 1.23.2's protocol: POST /predict {tasks, label_config} -> {results})."""
+    url = target.url + ML_HEALTH
+    answer, detail = _get(url, timeout, target.headers, auth=target.auth)
+    ok = answer is not None and answer.status_code == 200
+    if ok:
+        version = _json(answer).get("model_version")
+        detail += f", {version}" if version else ""
+    elif answer is None:
+        detail += "; nothing more checked"
+    yield Result(ok, f"{target.name} ML backend", f"GET {url} with its credentials: {detail}")
+    if answer is None:
+        return
+    answer, detail = _get(url, timeout, target.headers)
+    refused = answer is not None and answer.status_code == 401
+    if answer is not None and not refused:
+        detail += "; it must refuse a request without basic auth (401)"
+    yield Result(
+        refused, f"{target.name} ML backend refuses no credentials", f"GET {url}: {detail}"
+    )
+    what = f"{target.name} ML backend prediction"
+    if pdf_url is None:
+        say(f"SKIP {what} — no smoke_pdf_url setting: set it to a PDF its GPU host can fetch")
+        return
+    yield _check_prediction(target, timeout, pdf_url, what)
+
+
+def _json(answer: requests.Response) -> dict:
+    try:
+        value = answer.json()
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _check_prediction(target: Target, timeout: float, pdf_url: str, what: str) -> Result:
+    """One task whose PDF is `pdf_url`: its prediction must hold a non-empty text."""
+    url = target.url + ML_PREDICT
+    body = {
+        "tasks": [{"id": 1, "data": {SMOKE_PDF_FIELD: pdf_url}}],
+        "project": "oceanid-smoke",
+        "label_config": SMOKE_LABEL_CONFIG,
+        "params": {},
+    }
+    answer, detail = _get(url, timeout, target.headers, "POST", target.auth, body)
+    if answer is None or answer.status_code != 200:
+        return Result(False, what, f"POST {url} ({pdf_url}): {detail}")
+    results = _json(answer).get("results")
+    entry = results[0] if isinstance(results, list) and len(results) == 1 else None
+    entry = entry[0] if isinstance(entry, list) and entry else entry
+    try:
+        text = entry["result"][0]["value"]["text"][0]
+    except (TypeError, KeyError, IndexError):
+        text = None
+    if not isinstance(text, str) or not text.strip():
+        return Result(
+            False, what, f"POST {url}: {detail}; no text came back for {pdf_url} (the host's log "
+            "says why: journalctl -u oceanid-ml-backend)",
+        )  # fmt: skip
+    version = entry.get("model_version", "?")
+    shown = " ".join(text.split())[:60]
+    return Result(True, what, f"{detail}, {version}: {shown!r} from {pdf_url}")
 
 
 def model_names(source: Path = preflight.MODEL_SOURCE) -> list[str]:
@@ -308,13 +434,14 @@ def check_triton(
     answer at all is asked nothing more, so a dead host costs one timeout, not one per check.
     """
     ready_url = target.url + TRITON_READY
-    answer, detail = _get(ready_url, timeout)
+    answer, detail = _get(ready_url, timeout, target.headers)
     if answer is None:
         detail += "; models and inference not checked"
     ok = answer is not None and answer.status_code == 200
     yield Result(ok, f"{target.name} Triton", f"GET {ready_url}: {detail}")
     if answer is None:
         return
+    yield check_repository_closed(target, timeout)
 
     import tritonclient.http as triton_http
 
@@ -332,7 +459,9 @@ def check_triton(
         models = model_names() if models is None else models
         ready: set[str] = set()
         for model in models:
-            is_ready, error = _attempt(lambda model=model: client.is_model_ready(model))
+            is_ready, error = _attempt(
+                lambda model=model: client.is_model_ready(model, headers=target.headers)
+            )
             if is_ready:
                 ready.add(model)
             yield Result(
@@ -343,6 +472,22 @@ def check_triton(
         yield _check_inference(client, target, ready)
     finally:
         client.close()
+
+
+def check_repository_closed(target: Target, timeout: float) -> Result:
+    """The model repository API must be refused on the public name: through it anyone could
+    load a model of their own (Python that runs on the host) or unload the served ones. The
+    connector's 404 (oceanid/ingress.py) or Access's 403 pass; a 200, or any answer that came
+    from Triton, fails."""
+    url = target.url + REPOSITORY_INDEX
+    answer, detail = _get(url, timeout, target.headers, method="POST")
+    refused = answer is not None and answer.status_code in REFUSED_STATUSES
+    if answer is not None and not refused:
+        detail += (
+            "; it must be refused (404 at the connector): through it anyone can load and unload "
+            "models, running their code on the host"
+        )
+    return Result(refused, f"{target.name} repository API refused", f"POST {url}: {detail}")
 
 
 def _check_inference(client: Any, target: Target, ready: set[str]) -> Result:
@@ -358,7 +503,9 @@ def _check_inference(client: Any, target: Target, ready: set[str]) -> Result:
     tensor.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
     output = triton_http.InferRequestedOutput("response")
     started = time.monotonic()
-    result, error = _attempt(lambda: client.infer(SMOKE_MODEL, [tensor], outputs=[output]))
+    result, error = _attempt(
+        lambda: client.infer(SMOKE_MODEL, [tensor], outputs=[output], headers=target.headers)
+    )
     if error is not None:
         return Result(False, what, error)
     took = time.monotonic() - started
@@ -408,6 +555,10 @@ def run_checks(
         if target.kind == "label":
             record(check_label(target, timeout))
             record(check_label_login(target, timeout))
+        elif target.kind == "ml":
+            pdf_url = _settings(site).smoke_pdf_url
+            for result in check_ml_backend(target, timeout, str(pdf_url) if pdf_url else None, say):
+                record(result)
         elif target.service is not None and target.service.kind != "triton":
             record(check_http_service(target, timeout))
         else:
@@ -506,12 +657,28 @@ def check_nodes(
 # -- command line ---------------------------------------------------------------------------------
 
 
+def check_record(line: str) -> dict[str, str]:
+    """A check's printed line as the object `--json` prints: `PASS label.boathou.se /health —
+    200` is {"status": "pass", "check": "label.boathou.se /health", "detail": "200"}."""
+    status, _, rest = line.partition(" ")
+    if status not in ("PASS", "FAIL", "SKIP"):  # a note, not a check
+        return {"status": "info", "check": "", "detail": line}
+    what, _, detail = rest.partition(" — ")
+    return {"status": status.lower(), "check": what, "detail": detail}
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = exitcodes.Parser(
         prog="python -m oceanid.smoke",
-        description="Check the public URLs and the tunnels from outside; a failure exits 1.",
+        description="Check the public URLs and the tunnels from outside: exit 0 all passed, "
+        "1 a check failed, 3 nothing checked (bad inventory, settings, secrets or arguments).",
     )
     parser.add_argument("inventory", nargs="?", default="inventory.py")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per check on stdout (JSON lines), for monitoring",
+    )
     parser.add_argument(
         "--url",
         action="append",
@@ -520,7 +687,9 @@ def _parser() -> argparse.ArgumentParser:
         help="send a public name's checks to URL instead (gpu.boathou.se=http://127.0.0.1:18000)",
     )
     parser.add_argument(
-        "--only", choices=["label", "gpu", "k3s"], help="only the label, gpu or k3s node checks"
+        "--only",
+        choices=["label", "gpu", "ml", "k3s"],
+        help="only the label, gpu, ml (ML backend) or k3s node checks",
     )
     parser.add_argument(
         "--kubeconfig",
@@ -557,7 +726,8 @@ def _patch_for_gevent() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit 0 when every check passed, 1 when one failed, 2 when nothing could be checked.
+    """Exit 0 when every check passed, 1 when one failed, 3 when nothing could be checked
+    (oceanid/exitcodes.py). With --json, each check is one JSON object on stdout.
 
     Meant for a process of its own: like pyinfra's CLI, it patches the stdlib for gevent.
     """
@@ -566,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = "status" if args.status_only else "smoke"
     if args.timeout <= 0:
         print(f"{prog}: --timeout must be positive", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
     try:
         site = preflight.check(
             preflight.views_from_inventory(preflight.load_inventory(args.inventory))
@@ -575,19 +745,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.problems:
             print(f"{prog}: {line}", file=sys.stderr)
         print(f"{prog}: {len(exc.problems)} problem(s) in {args.inventory}", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
     except SystemExit as exc:  # an inventory that refuses to load (the lab while it is down)
         print(f"{prog}: {args.inventory}: {exc}", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
     if args.status_only and not _settings(site).manage_dns:
         print(
             f"{prog}: manage_dns is off, so no Cloudflare API access is configured",
             file=sys.stderr,
         )
-        return 2
+        return exitcodes.USAGE
 
     def say(line: str) -> None:
-        print(line, flush=True)
+        print(json.dumps(check_record(line)) if args.json else line, flush=True)
 
     try:
         overrides = parse_overrides(args.url, _base(site))
@@ -602,13 +772,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except UsageError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
     if not results:
         print(f"{prog}: nothing to check in {args.inventory}", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
     failed = sum(not result.ok for result in results)
-    print(f"{prog}: {len(results) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    summary = f"{prog}: {len(results) - failed} passed, {failed} failed"
+    print(summary, file=sys.stderr if args.json else sys.stdout)
+    return exitcodes.FAILED if failed else exitcodes.OK
 
 
 if __name__ == "__main__":

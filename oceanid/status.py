@@ -6,7 +6,9 @@ the inventory says), so what it shows is what the next deploy will see:
 - every host: its roles and the state of the units its roles run;
 - a GPU host: each GPU's name, memory used/total and utilisation, the processes holding GPU
   memory (``facts/gpu.py``, nvidia-smi); the node connector's version and ready connections
-  (``facts/cloudflared.py``); Triton's readiness and every model's state (``facts/triton.py``);
+  (``facts/cloudflared.py``), or with `node_tunnel_mode: daemonset` (and provisioning on) the
+  cluster's DaemonSet pod's ready connections on the node's loopback, the host connector then
+  stopped on purpose; Triton's readiness and every model's state (``facts/triton.py``);
 - a k3s node: k3s's version (``facts/k3s.py``); a server also the cluster's nodes and their
   readiness, and the cluster apps' manifests in k3s's auto-deploy folder with their last change.
 
@@ -18,7 +20,6 @@ No secret is read: none of these facts looks at a credential.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
-from oceanid import preflight
+from oceanid import exitcodes, preflight
 from oceanid.settings import SettingsError, from_data, short_name
 
 # The cluster apps' files in k3s's auto-deploy folder (deploys/cluster_apps: `oceanid-<app>.yaml`
@@ -44,6 +45,16 @@ def manifest_dir() -> str:
     from deploys.cluster_apps import MANIFEST_DIR
 
     return MANIFEST_DIR
+
+
+def node_tunnel(host_name: str) -> tuple[str, str]:
+    """(`namespace/name` of the DaemonSet serving this GPU host's tunnel, its pod's metrics
+    address on the node), as deploys/cluster_apps/node_tunnel.py renders them (imported late,
+    as `manifest_dir`)."""
+    from deploys.cluster_apps import node_tunnel as daemon_set
+
+    name = f"{daemon_set.NAMESPACE}/{daemon_set.daemon_set_name(host_name)}"
+    return name, daemon_set.METRICS_ADDRESS
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -93,6 +104,7 @@ def read_host(state: Any, host: Any) -> dict[str, Any]:
 
     from facts.cloudflared import CloudflaredReady, CloudflaredVersion
     from facts.gpu import GpuDevices, GpuProcesses
+    from facts.jobs import K3sFailedJobs
     from facts.k3s import K3sNodes, K3sVersion
     from facts.triton import TritonState
 
@@ -108,12 +120,23 @@ def read_host(state: Any, host: Any) -> dict[str, Any]:
     if gpu is not None:
         found["gpus"] = read.fact(GpuDevices)
         found["gpu_processes"] = read.fact(GpuProcesses)
-        address = settings.cloudflared_metrics_address
-        found["connector"] = {
-            "version": read.fact(CloudflaredVersion),
-            "metrics_address": address,
-            "ready": read.fact(CloudflaredReady, metrics_address=address),
-        }
+        if settings.node_tunnel_in_cluster():
+            # the host connector is stopped on purpose; the DaemonSet's pod listens here
+            daemon_set, address = node_tunnel(short_name(host.name))
+            found["connector"] = {
+                "served_by": "daemonset",
+                "daemonset": daemon_set,
+                "metrics_address": address,
+                "ready": read.fact(CloudflaredReady, metrics_address=address),
+            }
+        else:
+            address = settings.cloudflared_metrics_address
+            found["connector"] = {
+                "served_by": "host",
+                "version": read.fact(CloudflaredVersion),
+                "metrics_address": address,
+                "ready": read.fact(CloudflaredReady, metrics_address=address),
+            }
         if gpu.service.kind == "triton":
             port = gpu.service.port
             found["triton"] = {"port": port, "state": read.fact(TritonState, http_port=port)}
@@ -121,6 +144,7 @@ def read_host(state: Any, host: Any) -> dict[str, Any]:
         found["k3s"] = {"version": read.fact(K3sVersion)}
     if preflight.K3S_SERVERS in roles:
         found["k3s"]["nodes"] = read.fact(K3sNodes)
+        found["k3s"]["failed_jobs"] = read.fact(K3sFailedJobs)
         manifests = []
         found_files = read.fact(FindFiles, path=manifest_dir(), maxdepth=1, fname=MANIFEST_GLOB)
         for path in sorted(found_files or []):
@@ -194,6 +218,16 @@ def _unit(found: dict[str, Any], unit: str) -> str:
     return f"{unit} {'running' if units.get(unit) else 'NOT running'}"
 
 
+def _daemon_set_unit(found: dict[str, Any], unit: str) -> str:
+    """The host connector where the DaemonSet serves the tunnel: stopped is as it should be."""
+    units = found.get("units")
+    if units is None:
+        return f"{unit} state unknown"
+    if units.get(unit):
+        return f"{unit} STILL running: two connectors on one tunnel until a deploy stops it"
+    return f"{unit} stopped (node_tunnel_mode daemonset)"
+
+
 def _connector_row(found: dict[str, Any]) -> tuple[str, str]:
     connector = found["connector"]
     ready = connector.get("ready")
@@ -203,8 +237,12 @@ def _connector_row(found: dict[str, Any]) -> tuple[str, str]:
         state = f"ready, {ready.get('ready_connections')} connection(s)"
     else:
         state = f"NOT ready (HTTP {ready.get('status')}, {ready.get('ready_connections')} conn.)"
+    unit = "cloudflared-node.service"
+    if connector.get("served_by") == "daemonset":
+        served = f"served by the cluster's DaemonSet {connector.get('daemonset')}: {state}"
+        return "connector", f"{served}; {_daemon_set_unit(found, unit)}"
     version = connector.get("version") or "not installed"
-    return "connector", f"{_unit(found, 'cloudflared-node.service')}; {version}; {state}"
+    return "connector", f"{_unit(found, unit)}; {version}; {state}"
 
 
 def _triton_rows(found: dict[str, Any]) -> list[tuple[str, str]]:
@@ -239,7 +277,20 @@ def _k3s_rows(found: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{node['name']} {'Ready' if node['ready'] else 'NOT Ready'}" for node in nodes
             )
             rows.append(("nodes", text or "none"))
+    if "failed_jobs" in k3s:
+        rows.append(_failed_jobs_row(k3s["failed_jobs"]))
     return rows
+
+
+def _failed_jobs_row(jobs: list[dict[str, Any]] | None) -> tuple[str, str]:
+    """Jobs that gave up (a backup among them): named, with why and since when."""
+    if jobs is None:
+        return ("failed jobs", "the API does not answer")
+    text = ", ".join(
+        f"FAILED {job['namespace']}/{job['name']} ({job['reason']}, {job['since'] or '?'})"
+        for job in jobs
+    )
+    return ("failed jobs", text or "none")
 
 
 def _manifest_rows(found: dict[str, Any]) -> list[tuple[str, str]]:
@@ -282,11 +333,13 @@ def render(report: Report) -> list[str]:
 
 
 def exit_code(report: Report) -> int:
-    return 1 if any(found.get("errors") for found in report.values()) else 0
+    """1 when a host or a fact could not be read, else 0 (oceanid/exitcodes.py)."""
+    failed = any(found.get("errors") for found in report.values())
+    return exitcodes.FAILED if failed else exitcodes.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = exitcodes.Parser(
         prog="python -m oceanid.status",
         description="Each host's state from its facts, one table per host; reads, never changes.",
     )
@@ -301,10 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         for line in error.problems:
             print(f"status: {line}", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
     except SystemExit as error:  # an inventory that refuses to load (the lab while down)
         print(f"status: {args.inventory}: {error}", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from oceanid.settings import has_control
+
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 EXPECTED_SHAPES = (
@@ -84,6 +86,8 @@ def _from_mapping(data: object, shape: Shape, key: str) -> TunnelCredential | No
         )
     if not all(isinstance(value, str) and value for value in fields):
         raise CredentialError(f"{key}: a credential field is empty or not a string")
+    if any(has_control(value) for value in fields):  # they reach config.yaml and the token file
+        raise CredentialError(f"{key}: a credential field holds a newline or a control character")
     account_tag, tunnel_id, secret = fields
     return TunnelCredential(shape, account_tag, tunnel_id.lower(), secret)
 
@@ -130,7 +134,7 @@ def parse(value: str, *, key: str) -> TunnelCredential:
         credential = _from_mapping(data, "credentials-base64", key)
     if credential is None:
         raise CredentialError(f"{key}: JSON is not an object; expected {EXPECTED_SHAPES}")
-    if not UUID_RE.match(credential.tunnel_id):
+    if not UUID_RE.fullmatch(credential.tunnel_id):
         raise CredentialError(f"{key}: the tunnel ID inside is not a UUID")
     return credential
 

@@ -18,6 +18,12 @@ from pyinfra.api import OperationValueError, QuoteString, StringCommand, operati
 
 from operations.managed import ManagedFile, Manifest, _attributes_differ, _replace_commands
 
+# The key's download gives up rather than hold the run: KEY_CONNECT_WAIT seconds to connect,
+# KEY_WAIT for one try (a key is a few kB), and no new try after KEY_RETRY_WAIT seconds.
+KEY_CONNECT_WAIT = 10
+KEY_WAIT = 60
+KEY_RETRY_WAIT = 120
+
 # The primary key of a v4 OpenPGP public key packet (RFC 4880 section 12.2); subkeys (tag
 # 14) are bound to it and signed by it, so only primaries decide whom apt trusts.
 _PUBLIC_KEY_TAG = 6
@@ -93,6 +99,12 @@ def _fetch_and_verify(key_url: str, fingerprint: str, keyring: str) -> StringCom
         "-fsSL",
         "--retry",
         "3",
+        "--connect-timeout",
+        str(KEY_CONNECT_WAIT),
+        "--max-time",
+        str(KEY_WAIT),
+        "--retry-max-time",
+        str(KEY_RETRY_WAIT),
         "-o",
         '"$d/key"',
         QuoteString(key_url),

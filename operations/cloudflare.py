@@ -9,7 +9,7 @@ happen in a Python callback when the operation executes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -18,6 +18,7 @@ from pyinfra.api import FunctionCommand, OperationValueError, operation
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
+from oceanid.cloudflare_access import AccessPlan, ServiceTokenRef, apply_access, plan_access
 from oceanid.cloudflare_dns import (
     CloudflareAccess,
     CloudflareError,
@@ -30,6 +31,9 @@ from operations.failure import refuse
 
 # What `read_routes` read, per pyinfra run (its State) and per host and arguments.
 _READS: WeakKeyDictionary[State, dict[tuple, RoutesPlan | CloudflareError]] = WeakKeyDictionary()
+_ACCESS_READS: WeakKeyDictionary[State, dict[tuple, AccessPlan | CloudflareError]] = (
+    WeakKeyDictionary()
+)
 
 
 def read_routes(
@@ -67,20 +71,43 @@ def read_routes(
     return reads[key]
 
 
-def _apply(state: State, host: Host, access: CloudflareAccess, routes: RoutesPlan) -> bool:
-    """Callback run at execution: write the plan made moments before, log each change made.
+def _apply(
+    state: State,
+    host: Host,
+    access: CloudflareAccess,
+    planned: RoutesPlan | AccessPlan,
+    write: Callable[..., list[str]] = apply_routes,
+) -> bool:
+    """Callback run at execution: write the plan made moments before (``write``: ``apply_routes``
+    or ``apply_access``), log each change made.
 
     A failure is logged as one line and reported by returning False (pyinfra then marks the
     operation failed) instead of raising, which pyinfra would print with a full traceback.
     """
     try:
-        done = apply_routes(access.client(), access, routes)
+        done = write(access.client(), access, planned)
     except CloudflareError as error:
         host.log_styled(str(error), fg="red", log_func=logger.error)
         return False
     for line in done:
         host.log(f"Cloudflare: {line}")
     return True
+
+
+def _settle(
+    access: CloudflareAccess,
+    planned: RoutesPlan | AccessPlan,
+    write: Callable[..., list[str]] = apply_routes,
+):
+    """What an operation yields for a plan: nothing and a noop line stating the settled state, or
+    each change shown (``--dry`` stops here) and the one command that writes them."""
+    if not planned.changes:
+        host.noop(planned.settled())
+        return
+    if not host.state.is_executing:
+        for line in planned.changes:
+            host.log(f"Cloudflare: would {line}")
+    yield FunctionCommand(_apply, (access, planned), {"write": write})
 
 
 @operation()
@@ -158,15 +185,7 @@ def routes(
         if tunnel_plan.kind == "local":
             host.log(f"Cloudflare: {tunnel_plan.describe()}", log_func=logger.debug)
 
-    if not planned.changes:
-        host.noop(planned.settled())
-        return
-
-    if not host.state.is_executing:
-        for line in planned.changes:
-            host.log(f"Cloudflare: would {line}")
-
-    yield FunctionCommand(_apply, (access, planned), {})
+    yield from _settle(access, planned)
 
 
 @operation()
@@ -199,3 +218,67 @@ def tunnel_ingress(
     + ingress: the rules, last one a catch-all, from ``oceanid.cloudflare_dns.desired_ingress``
     """
     yield from routes._inner(access=access, ingress={tunnel_id: ingress})
+
+
+def read_access(
+    access: CloudflareAccess, domain: str, token: ServiceTokenRef, app_name: str
+) -> AccessPlan | CloudflareError:
+    """The account's service tokens, applications and policies read for ``access_application``
+    on the current host, once per run (see ``read_routes``: what runs is what was shown)."""
+    key = (host.name, access.account_id, access.base_url, domain, token.client_id, app_name)
+    reads = _ACCESS_READS.setdefault(host.state, {})
+    if key not in reads:
+        try:
+            reads[key] = plan_access(access.client(), access.account_id, domain, token, app_name)
+        except CloudflareError as error:
+            reads[key] = error
+    return reads[key]
+
+
+@operation()
+def access_application(
+    access: CloudflareAccess,
+    domain: str,
+    token: ServiceTokenRef,
+    app_name: str,
+):
+    """
+    Put a public name behind Cloudflare Access: one application, one policy, one service token.
+
+    + access: ``CloudflareAccess`` (API token, account id, optional base URL); the token never
+      appears in pyinfra's output
+    + domain: the full public name to guard (``gpu.boathou.se``)
+    + token: ``ServiceTokenRef`` with the ESC client ID of the service token to admit; the token
+      must exist in the account (its secret is never needed here)
+    + app_name: the application's name when the deploy creates it; an application of that name
+      is moved to ``domain`` when no application guards the name yet
+
+    The application that guards ``domain`` is adopted (never duplicated); its policy is set to
+    admit only the service token (decision ``non_identity``) where it differs, and any other
+    policy of that application is removed. An application that also guards other names, or is
+    not self-hosted, stops the run before anything is written, as does a token that is missing,
+    disabled or expired. Everything is read while the operation is planned, so ``--dry`` shows
+    each change.
+
+    **Example:**
+
+    .. code:: python
+
+        cloudflare.access_application(
+            name="Cloudflare Access for gpu.boathou.se",
+            access=CloudflareAccess(api_token=token, account_id=acct, zone_id=zone),
+            domain="gpu.boathou.se",
+            token=ServiceTokenRef(client_id),
+            app_name="oceanid calypso",
+        )
+    """
+    if not isinstance(access, CloudflareAccess):
+        raise OperationValueError("access must be a CloudflareAccess (keeps the token out of logs)")
+    if not isinstance(token, ServiceTokenRef):
+        raise OperationValueError("token must be a ServiceTokenRef (hides its client ID)")
+
+    planned = read_access(access, domain, token, app_name)
+    if isinstance(planned, CloudflareError):
+        yield from refuse(str(planned))
+        return
+    yield from _settle(access, planned, apply_access)

@@ -30,6 +30,11 @@ from operations.managed import (
 
 ENGINE_PROBE = "docker engine"
 IMAGE_DOWNLOADS = "/var/tmp/oceanid-images"  # root's, 0700: archives between download and load
+# `docker pull` has no time limit of its own: a registry that stops answering holds the run
+# for good. Triton's image is some 10 GB, so an hour is generous for a working link; SIGTERM
+# ends the client, and the daemon cancels a pull whose client went away.
+PULL_WAIT = 3600  # seconds
+PULL_KILL_AFTER = 30  # seconds after SIGTERM before `timeout` sends SIGKILL
 # `<ID> <repo digests as JSON>`; Docker 20.10's `join` refuses .RepoDigests ("wrong type for
 # value; expected []string; got []interface {}") for an image loaded from an archive
 INSPECT = "docker image inspect -f '{{.Id}} {{json .RepoDigests}}'"
@@ -94,6 +99,24 @@ def _check_command(image: str, message: str) -> StringCommand:
     return StringCommand(*found, "||", "{", "echo", QuoteString(message), ">&2;", "exit", "1;", "}")
 
 
+def _pull_command(image: str, archive_setting: str) -> StringCommand:
+    """`docker pull` under `timeout`: exit 124 (137 once SIGKILL was needed) is the time
+    limit, said in words; any other failure is docker's own (its message is on stderr)."""
+    late = (
+        f"docker pull {image} did not finish in {PULL_WAIT} s (the limit set in "
+        "operations/docker.py, PULL_WAIT): check that the host reaches the registry, or set "
+        f"{archive_setting} to a `docker save` archive of the image"
+    )
+    return StringCommand(
+        "timeout", "-k", str(PULL_KILL_AFTER), str(PULL_WAIT),
+        # not -q: without a terminal docker prints a line per layer as each one is pulled,
+        # which pyinfra shows with -v (issue 23: a long pull says how it goes)
+        "docker", "pull", QuoteString(image), "||",
+        "{", "rc=$?;", 'case "$rc" in', "124|137)", "echo", QuoteString(late), ">&2;;", "esac;",
+        "exit", '"$rc";', "}",
+    )  # fmt: skip
+
+
 @operation()
 def image(
     manifest: Manifest,
@@ -113,7 +136,8 @@ def image(
     + setting, archive_setting: the settings' names, for the messages
 
     With an archive: downloaded into a root-only folder, checked against its SHA-256,
-    `docker load`ed and deleted; without: `docker pull`. Either way Docker must then have
+    `docker load`ed and deleted; without: `docker pull`, given PULL_WAIT seconds (it has no
+    time limit of its own; past it the run fails saying so). Either way Docker must then have
     the image as pinned (its ID; a digest among its repo digests), or the run fails saying
     which setting to fix. Docker must be running (the role starts it first).
     """
@@ -140,7 +164,7 @@ def image(
         return
     if archive_url is None:
         _log_once(image, f"image {image}: pulled")
-        yield StringCommand("docker", "pull", "-q", QuoteString(image))
+        yield _pull_command(image, archive_setting)
         yield _check_command(
             image, f"docker pull {image} did not leave it on disk as pinned; check {setting}"
         )

@@ -11,15 +11,19 @@ from pyinfra import host
 from pyinfra.api import operation
 
 from facts.gpu import GpuDevices
+from oceanid import driver
 from operations.failure import refuse
 
 
 @operation(is_idempotent=True)
-def require(gpus: list[int] | None = None):
+def require(gpus: list[int] | None = None, min_driver: str | None = None, image: str | None = None):
     """
-    Fail unless nvidia-smi sees a usable NVIDIA GPU (each of `gpus`, when given).
+    Fail unless nvidia-smi sees a usable NVIDIA GPU (each of `gpus`, when given) whose driver
+    is at least `min_driver`, the release the Triton image needs.
 
     + gpus: GPU indexes the host's services are pinned to
+    + min_driver: the NVIDIA driver release `image` needs (None: not compared)
+    + image: the container image that needs it, named in the refusal
     """
     name = host.name.rsplit("/", 1)[-1]  # "@ssh/calypso" is calypso to its settings
     devices = host.get_fact(GpuDevices)
@@ -36,7 +40,10 @@ def require(gpus: list[int] | None = None):
             f"{name}: GPU index(es) {missing} are configured in hosts.{name}.gpu.gpus but "
             f"nvidia-smi lists only {sorted(present)}"
         )
+    elif min_driver and (stale := driver.problem(name, devices, min_driver, image or "?")):
+        yield from refuse(stale)
     else:
         names = ", ".join(f"{d['index']}: {d['name']}" for d in devices)
-        host.noop(f"GPU present ({names})")
+        drivers = ", ".join(sorted({str(d["driver_version"]) for d in devices}))
+        host.noop(f"GPU present ({names}; driver {drivers})")
         yield from ()  # an operation is a generator; pyinfra iterates what it returns

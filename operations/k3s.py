@@ -10,17 +10,30 @@ that plans them on a later run, which then has nothing to do.
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 import time
 from collections.abc import Mapping, Sequence
+from weakref import WeakKeyDictionary
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.exceptions import FactProcessError
-from pyinfra.context import ctx_host
+from pyinfra.context import ctx_host, ctx_state
 
-from facts.k3s import SERVER_TOKEN, K3sInstall, K3sNode, K3sNodes, token_secret
+from facts.k3s import (
+    AGENT_TOKEN_RE,
+    DATASTORE_DIR,
+    SERVER_AGENT_TOKEN,
+    SERVER_TOKEN,
+    VERSION_RE,
+    K3sAddons,
+    K3sInstall,
+    K3sNode,
+    K3sNodes,
+    token_secret,
+)
 from oceanid.settings import short_name
 from operations.failure import fail_host, first_time, refuse
 from operations.managed import Manifest
@@ -29,6 +42,7 @@ MANAGED_LABELS = "oceanid.cluster/managed-labels"  # annotation: the label keys 
 MANAGED_TAINTS = "oceanid.cluster/managed-taints"  # annotation: the taints (key:Effect) we set
 JOIN_WAIT = 300  # seconds an agent waits for the server's API before it starts
 NODES_WAIT = 300  # seconds the server waits for the nodes to register (a fresh cluster)
+AGENT_TOKEN_WAIT = 120  # seconds an agent waits for k3s to write the server's agent token
 # The role's Manifest probes (read in its one ManagedState, not a fact of their own each)
 INSTALL_PROBE = "k3s install"  # K3sInstall's command: every k3s node
 NODES_PROBE = "k3s nodes"  # K3sNodes' command: the first server, which reconciles the labels
@@ -163,8 +177,11 @@ def wait_for_server(endpoint: str, needed: bool = True, wait: int = JOIN_WAIT):
         "{",
         "echo",
         QuoteString(
-            f"the k3s API at {url} did not answer within {wait}s; is the server up? "
-            "this node was not joined"
+            f"the k3s API at {url} did not answer within {wait}s, so this node was not "
+            "joined. Likeliest causes: k3s on the server is not up (`journalctl -u k3s -n 50` "
+            "there); the server's firewall (table inet oceanid) does not admit this node's "
+            "address (hosts.<this node>.k3s address/node_ip); the address does not resolve "
+            "or route from here (hosts.<server>.k3s.address). Try `curl -k` of that URL here"
         ),
         ">&2;",
         "exit",
@@ -177,31 +194,56 @@ def _connector_arguments(state, target) -> dict:
     """How pyinfra runs a command on `target` (its sudo, user...), outside an operation."""
     with ctx_host.use(target):
         arguments, _ = pop_global_arguments(state, target, {})
-    return {k: v for k, v in arguments.items() if k in CONNECTOR_ARGUMENT_KEYS}
+    # `_stdin` is the caller's to give (a token): pyinfra 3.10 fills in a default for it
+    # (None), which passed on beside the caller's would be the same keyword twice
+    return {k: v for k, v in arguments.items() if k in CONNECTOR_ARGUMENT_KEYS and k != "_stdin"}
 
 
-def _copy_token(state, host, server: str, path: str) -> bool:
-    """Execution: the server's token, read over its connection, written 0600 here; the token
+def _read_token(state, source_host, server: str, source: str, host) -> str:
+    """Execution: the first line of `source` on the server, over its connection, never printed.
+    k3s's agent token (SERVER_AGENT_TOKEN) is waited for in its full node form: k3s rewrites
+    it when it starts with `agent-token-file` (pkg/server/server.go printTokens), and until
+    then it is a symlink to the server token, which an agent must never be given."""
+    deadline = time.monotonic() + (AGENT_TOKEN_WAIT if source == SERVER_AGENT_TOKEN else 0)
+    while True:
+        ok, output = source_host.run_shell_command(
+            StringCommand("head", "-n1", source),
+            print_output=False,
+            print_input=False,
+            **_connector_arguments(state, source_host),
+        )
+        token = output.stdout.strip() if ok else ""
+        if source != SERVER_AGENT_TOKEN or AGENT_TOKEN_RE.fullmatch(token):
+            if not token:
+                host.log_styled(
+                    f"could not read {source} on {server}", fg="red", log_func=logger.error
+                )
+            return token
+        if time.monotonic() > deadline:
+            host.log_styled(
+                f"{source} on {server} holds no agent token (K10<CA hash>::node:<secret>) after "
+                f"{AGENT_TOKEN_WAIT}s; is agent-token-file in its config.yaml and k3s running "
+                "there? this node was given no token",
+                fg="red",
+                log_func=logger.error,
+            )
+            return ""
+        time.sleep(2)
+
+
+def _copy_token(state, host, server: str, path: str, source: str = SERVER_TOKEN) -> bool:
+    """Execution: the server's `source`, read over its connection, written 0600 here; the token
     goes on stdin, never on a command line or in output."""
-    source = next((h for h in state.inventory if short_name(h.name) == server), None)
-    if source is None or source not in state.active_hosts:
+    origin = next((h for h in state.inventory if short_name(h.name) == server), None)
+    if origin is None or origin not in state.active_hosts:
         host.log_styled(
             f"k3s server {server} is not connected: no token to join with",
             fg="red",
             log_func=logger.error,
         )
         return False
-    ok, output = source.run_shell_command(
-        StringCommand("cat", SERVER_TOKEN),
-        print_output=False,
-        print_input=False,
-        **_connector_arguments(state, source),
-    )
-    token = output.stdout.strip() if ok else ""
+    token = _read_token(state, origin, server, source, host)
     if not token:
-        host.log_styled(
-            f"could not read {SERVER_TOKEN} on {server}", fg="red", log_func=logger.error
-        )
         return False
     new = f"{path}.oceanid-new"
     write = StringCommand(
@@ -226,18 +268,54 @@ def _copy_token(state, host, server: str, path: str) -> bool:
 
 
 @operation()
-def join_token(path: str, server: str, present: bool):
+def join_token(path: str, server: str, present: bool, source: str = SERVER_TOKEN):
     """
-    Give this node the token k3s generated on the first server (no k3s_token in ESC).
+    Give this node a token from the first server, read there and written here while the run
+    executes (a token k3s or this deploy generated there is not known while planning).
 
-    + path: the node's 0600 token file (config.yaml's ``token-file``)
+    + path: the node's 0600 token file
     + server: the first server's inventory name
-    + present: whether the node has the file already (a node keeps the token it joined with)
+    + present: whether the node holds the right token already (then nothing is copied)
+    + source: the file on the server: its server token (for a joining server, no k3s_token in
+      ESC), its agent secret (AGENT_TOKEN_FILE, for a joining server), or k3s's agent token
+      (SERVER_AGENT_TOKEN, for an agent: ``K10<CA hash>::node:<secret>`` in full, so the agent
+      checks the cluster's CA on its first join, and holds no server token)
     """
     if present:
-        host.noop(f"{path} holds the cluster's token")
+        host.noop(f"{path} holds the token copied from {server}'s {source}")
         return
-    yield FunctionCommand(_copy_token, (server, path), {})
+    yield FunctionCommand(_copy_token, (server, path, source), {})
+
+
+@operation()
+def agent_secret(path: str, present: bool):
+    """
+    Generate the cluster's agent secret on the first server, once (no k3sAgentToken in ESC).
+
+    + path: the server's 0600 ``agent-token-file``
+    + present: whether the file is there already (it is kept: agents joined with it)
+
+    32 random bytes in hex, made on the host from /dev/urandom: the secret never crosses the
+    connection, nor shows in output or in a command line.
+    """
+    if present:
+        host.noop(f"{path} holds the cluster's agent secret")
+        return
+    new = QuoteString(f"{path}.oceanid-new")
+    yield StringCommand(
+        "test -s",
+        QuoteString(path),
+        "|| { umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' >",
+        new,
+        "&& echo >>",
+        new,
+        "&& chmod 0600",
+        new,
+        "&& mv -f",
+        new,
+        QuoteString(path),
+        "; }",
+    )
 
 
 def _taint_text(key: str, value: str | None, effect: str) -> str:
@@ -301,10 +379,31 @@ def _missing(nodes: list[K3sNode] | None, wanted: Mapping[str, dict]) -> list[st
     return [name for name in wanted if name not in names]
 
 
+#: How often a wait for nodes says what it waits for (issue 23: at least every 10 s).
+NODE_WAIT_SAY_S = 10
+
+
+def not_registered(missing: list[str], wait: int) -> str:
+    """What a wait for nodes waited for, its likeliest causes and what to run."""
+    names = ", ".join(missing) or "(the server's API did not answer)"
+    first = missing[0] if missing else "<node>"
+    return (
+        f"k3s nodes not registered within {wait}s: {names}; waited for each to appear in "
+        "`k3s kubectl get nodes` on this server, so their labels and taints were not set. "
+        "Likeliest causes: the firewall (table inet oceanid) does not admit the node: its "
+        "hosts.<name>.k3s address/node_ip must be the address its traffic arrives from; the "
+        "node cannot reach the server at hosts.<server>.k3s.address (6443, or k3s_lb_port); "
+        "its token was refused; the clocks differ (certificates not yet valid). Run "
+        f"`ssh {first} journalctl -u k3s-agent -n 50` and `timedatectl` there, then "
+        "`make status`; a second `make deploy-full` picks up where this one stopped"
+    )
+
+
 def _reconcile_at_execution(state, host, wanted: Mapping[str, dict], wait: int) -> bool:
     """Execution: wait for the nodes to register, then label and taint them (a fresh cluster)."""
     connector = _connector_arguments(state, host)
-    deadline = time.monotonic() + wait
+    start = time.monotonic()
+    deadline, said = start + wait, start
     while True:
         ok, output = host.run_shell_command(
             StringCommand(K3sNodes().command()), print_output=False, **connector
@@ -316,14 +415,16 @@ def _reconcile_at_execution(state, host, wanted: Mapping[str, dict], wait: int) 
         missing = _missing(nodes, wanted)
         if nodes is not None and not missing:
             break
-        if time.monotonic() > deadline:
-            host.log_styled(
-                f"k3s nodes not registered within {wait}s: {', '.join(missing)}; "
-                "their labels and taints were not set",
-                fg="red",
-                log_func=logger.error,
-            )
+        now = time.monotonic()
+        if now > deadline:
+            host.log_styled(not_registered(missing, wait), fg="red", log_func=logger.error)
             return False
+        if now - said >= NODE_WAIT_SAY_S:  # a long wait says what it waits for
+            said = now
+            logger.info(
+                f"{host.print_prefix}waiting for k3s nodes to register with the server: "
+                f"{', '.join(missing) or 'the API to answer'} ({now - start:.0f}s of {wait}s)"
+            )
         time.sleep(5)
     by_name = {node["name"]: node for node in nodes}
     for name, want in wanted.items():
@@ -351,8 +452,9 @@ def node_labels(
       empty on every node but the first server (all queue it, so it runs after all joined)
     + wait: how long a fresh cluster's nodes may take to register (execution only)
 
-    k3s applies config.yaml's labels and taints only when a node first registers, and the
-    kubelet refuses ``node-role.kubernetes.io/*`` there: both are set here. A node that has not
+    k3s applies config's taints only when a node first registers and its labels only when k3s
+    starts (adding, never removing; pkg/agent/run.go), and the kubelet refuses
+    ``node-role.kubernetes.io/*`` there: all are set here, on the running nodes. A node that has not
     registered while planning (a fresh cluster) is reconciled at execution, once it has.
     """
     if not wanted or manifest is None:
@@ -397,3 +499,433 @@ def report(manifest: Manifest):
         logger.info(f"{host.print_prefix}{line}")
     host.noop(line)
     yield from ()
+
+
+# ---- upgrades: Kubernetes' version-skew rules, a snapshot first, the datastore kept
+
+# "v1.33.4+k3s1" -> 1, 33, 4, 1 (a pre-release such as "-rc1" is left out of the order)
+RELEASE_RE = re.compile(r"v(\d+)\.(\d+)\.(\d+)(?:-[0-9A-Za-z.-]+)?(?:\+k3s(\d+))?")
+# What `k3s etcd-snapshot save` logs for each snapshot the server made (k3s-io/k3s
+# pkg/cli/etcdsnapshot/etcd_snapshot.go save: logrus.Infof("Snapshot %s saved.", name))
+SNAPSHOT_SAVED = re.compile(r"Snapshot (\S+) saved\.")
+SNAPSHOT_PREFIX = "pre-upgrade"
+# Per pyinfra run: server name -> "started" (its new binary is being started) or "done" (it
+# came up healthy on it). Servers restart one at a time (`_serial`), so one left "started"
+# when the next one's turn comes is an upgrade that failed and was rolled back.
+_UPGRADES: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def release(version: str) -> tuple[int, int, int, int]:
+    """(major, minor, patch, k3s build) of a k3s version, for ordering versions."""
+    match = RELEASE_RE.match(version)
+    if match is None:
+        raise ValueError(f"not a k3s version: {version!r} (such as v1.33.4+k3s1)")
+    return tuple(int(part or 0) for part in match.groups())  # type: ignore[return-value]
+
+
+def version_step_problem(installed: str | None, wanted: str) -> str | None:
+    """Why going from `installed` to `wanted` breaks Kubernetes' upgrade rules, or None.
+
+    Kubernetes upgrades one minor version at a time (its version-skew policy: kube-apiserver
+    instances differ by at most one minor version, and each minor version migrates what the
+    one before it stored); k3s cannot go back a minor version without restoring its datastore
+    from a snapshot taken before the upgrade."""
+    if installed is None or installed == wanted:
+        return None
+    have, want = release(installed), release(wanted)
+    if have[0] != want[0]:
+        return f"k3s {installed} -> {wanted} changes the major version; the deploy refuses it"
+    if want[1] > have[1] + 1:
+        steps = ", then ".join(f"v{want[0]}.{minor}.x" for minor in range(have[1] + 1, want[1]))
+        return (
+            f"k3s {installed} -> {wanted} skips a minor version: Kubernetes upgrades one minor "
+            f"version at a time. Set k3s.version to a {steps} release first and converge, "
+            f"then {wanted}"
+        )
+    if want[1] < have[1]:
+        return (
+            f"k3s {installed} -> {wanted} goes back a minor version, which k3s cannot do "
+            "without restoring its datastore from a snapshot taken before the upgrade "
+            "(k3s server --cluster-reset --cluster-reset-restore-path=<snapshot>); "
+            f"keep k3s.version at a v{have[0]}.{have[1]}.x release"
+        )
+    return None
+
+
+def refuse_now(manifest: Manifest, version: str, datastore_args: dict | None = None) -> None:
+    """While the deploy file runs: fail this host at once when `version_step` (and, for a
+    server, `datastore` with `datastore_args`) would refuse it. With ``-y`` pyinfra runs no
+    operation's body before executing, so without this the host's earlier steps (the base
+    role's) would run before the refusal; this way nothing runs on it. The operations still
+    say it (once) in a dry run."""
+    problems = [version_step_problem(install_state(manifest)["version"], version)]
+    if datastore_args is not None:
+        problems.append(datastore_problem(install_state(manifest), **datastore_args))
+    for problem in problems:
+        if problem is not None:
+            fail_host(f"{host.name}: {problem}")
+            return
+
+
+@operation()
+def version_step(manifest: Manifest, version: str):
+    """
+    Refuse, before anything runs, a k3s upgrade that skips a minor version or goes back one.
+
+    + manifest: the node's role Manifest, probing `K3sInstall` (`probe_install`)
+    + version: the pinned version (settings ``k3s.version``)
+    """
+    installed = install_state(manifest)["version"]
+    problem = version_step_problem(installed, version)
+    if problem is not None:
+        yield from refuse(f"{host.name}: {problem}")
+        return
+    if installed in (None, version):
+        host.noop(f"k3s {version} is the pinned version{'' if installed else ' (a new node)'}")
+    else:
+        host.noop(f"k3s {installed} -> {version} is one minor version at most")
+
+
+def datastore_problem(found: dict, cluster_init: bool, convert: bool, key: str) -> str | None:
+    """Why starting this server (`K3sInstall` as `found`) would convert its datastore by
+    surprise, or None."""
+    sqlite_only = found["sqlite_datastore"] and not found["etcd_datastore"]
+    if not (cluster_init and sqlite_only and not convert):
+        return None
+    return (
+        f"k3s here holds a SQLite datastore ({DATASTORE_DIR}/state.db) and the deploy sets "
+        "cluster-init, which converts it to etcd at k3s's next start, with no way back; copy "
+        f"state.db, then set {key}: true to convert it"
+    )
+
+
+@operation()
+def datastore(manifest: Manifest, cluster_init: bool, convert: bool, key: str):
+    """
+    Refuse to start a SQLite datastore's server with ``cluster-init``, unless data says so.
+
+    + manifest: the server's role Manifest, probing `K3sInstall` (`probe_install`)
+    + cluster_init: whether this server's config.yaml sets ``cluster-init``
+    + convert: the host's ``k3s.convert_datastore_to_etcd``
+    + key: that setting's full key, for the message
+
+    k3s finds no etcd on disk and, asked for cluster-init, starts embedded etcd
+    (pkg/cluster/managed.go assignManagedDriver) and moves the SQLite datastore it finds into
+    it: a one-way change, made at its next start with no backup of its own.
+    """
+    found = install_state(manifest)
+    problem = datastore_problem(found, cluster_init, convert, key)
+    if problem is not None:
+        yield from refuse(f"{host.name}: {problem}")
+        return
+    sqlite_only = found["sqlite_datastore"] and not found["etcd_datastore"]
+    if sqlite_only:
+        host.noop(
+            f"k3s's SQLite datastore is converted to etcd at its next start ({key})"
+            if cluster_init
+            else "k3s keeps its SQLite datastore"
+        )
+        return
+    host.noop("k3s's datastore is etcd" if found["etcd_datastore"] else "no k3s datastore yet")
+
+
+def _log_error(target, message: str) -> None:
+    target.log_styled(message, fg="red", log_func=logger.error)
+
+
+def _take_snapshot(state, host, name: str, version: str) -> bool:
+    """Execution: `k3s etcd-snapshot save --name <name>` here; print the snapshot's name."""
+    ok, output = host.run_shell_command(
+        StringCommand("k3s", "etcd-snapshot", "save", "--name", QuoteString(name)),
+        print_output=False,
+        **_connector_arguments(state, host),
+    )
+    text = "\n".join(output.stdout_lines + output.stderr_lines)
+    saved = SNAPSHOT_SAVED.findall(text)
+    if not ok or not saved:
+        last = (output.stderr_lines or output.stdout_lines or ["no output"])[-1]
+        _log_error(
+            host,
+            f"k3s etcd-snapshot save failed ({last}): k3s was not upgraded to {version} "
+            "without a snapshot to go back to",
+        )
+        return False
+    host.log_styled(
+        f"etcd snapshot {', '.join(saved)} saved before k3s is upgraded to {version} "
+        "(`k3s etcd-snapshot ls` lists it)",
+        fg="green",
+        log_func=logger.info,
+    )
+    return True
+
+
+@operation()
+def etcd_snapshot(manifest: Manifest, version: str):
+    """
+    Take an etcd snapshot on the first server before its k3s binary is replaced.
+
+    + manifest: the first server's role Manifest, probing `K3sInstall` (`probe_install`)
+    + version: the version being installed; the snapshot is ``pre-upgrade-<version>``
+
+    A minor version migrates what the datastore holds and cannot be rolled back without it;
+    k3s's own snapshot (k3s-io/k3s pkg/cli/cmds/etcd_snapshot.go, `save --name`) is written
+    by the running server to ``<data-dir>/server/db/snapshots/<name>-<node>-<unix time>``.
+    Kubernetes object names allow no ``+``, so the version's ``+`` becomes ``-``.
+    """
+    found = install_state(manifest)
+    installed = found["version"]
+    if installed is None or installed == version:
+        host.noop("k3s is not upgraded here: no etcd snapshot")
+        return
+    if not found["etcd_datastore"]:
+        host.noop(f"k3s {installed} -> {version} without embedded etcd: no etcd snapshot")
+        return
+    name = f"{SNAPSHOT_PREFIX}-{version.replace('+', '-')}"
+    if first_time("snapshot"):
+        host.log(f"etcd snapshot {name} is taken before k3s {installed} is replaced")
+    yield FunctionCommand(_take_snapshot, (name, version), {})
+
+
+def replaced_binaries(manifest: Manifest) -> list[str]:
+    """The manifest's binaries this run replaces that were there before (an upgrade)."""
+    current = manifest.state()["paths"]
+    return [
+        binary.path
+        for binary in manifest.binaries
+        if current.get(binary.path) is not None and manifest.will_change([binary.path])
+    ]
+
+
+def _name(target) -> str:
+    return short_name(target.name)
+
+
+def _restore(state, host, paths: Sequence[str]) -> None:
+    """Put each path's ``.previous`` back (a binary replaced in this run, not started on)."""
+    for path in paths:
+        previous = QuoteString(f"{path}.previous")
+        host.run_shell_command(
+            StringCommand(
+                "if [ -f", previous, "]; then mv -f", previous, QuoteString(path), "; fi"
+            ),
+            print_output=False,
+            **_connector_arguments(state, host),
+        )
+
+
+def _server_turn(state, host, version: str, restore: Sequence[str]) -> bool:
+    """Execution, right before a server restarts on its new binary: go on only when no server
+    failed its upgrade in this run; else put the old binary back and stop here."""
+    record = _UPGRADES.setdefault(state, {})
+    failed = sorted(name for name, step in record.items() if step == "started")
+    failed += sorted(_name(h) for h in state.failed_hosts if _name(h) in record)
+    if failed:
+        _restore(state, host, restore)
+        _log_error(
+            host,
+            f"k3s server {', '.join(dict.fromkeys(failed))} failed its upgrade in this run: k3s "
+            f"on {_name(host)} was not upgraded to {version} (servers one at a time; its "
+            "binary was put back)",
+        )
+        return False
+    record[_name(host)] = "started"
+    return True
+
+
+def _server_done(state, host) -> bool:
+    _UPGRADES.setdefault(state, {})[_name(host)] = "done"
+    return True
+
+
+def server_turn(manifest: Manifest, version: str) -> tuple[FunctionCommand, FunctionCommand]:
+    """The commands around a server's restart on a new binary (`services.binary_service`'s
+    `around`): one server at a time, none after one that failed in this run."""
+    return (
+        FunctionCommand(_server_turn, (version, replaced_binaries(manifest)), {}),
+        FunctionCommand(_server_done, (), {}),
+    )
+
+
+def _servers_upgraded(state, host, servers: Sequence[str], version: str) -> bool:
+    """Execution, before an agent's binary is replaced: every server is in this run, did not
+    fail, and runs `version` or newer (read there: a rolled-back server runs its old one)."""
+    record = _UPGRADES.get(state, {})
+    for name in servers:
+        origin = next((h for h in state.inventory if _name(h) == name), None)
+        problem = None
+        if origin is None or origin in state.failed_hosts or record.get(name) == "started":
+            problem = f"k3s server {name} failed in this run"
+        elif origin not in state.active_hosts:
+            problem = f"k3s server {name} is not in this run"
+        else:
+            ok, output = origin.run_shell_command(
+                StringCommand("k3s", "--version"),
+                print_output=False,
+                print_input=False,
+                **_connector_arguments(state, origin),
+            )
+            lines = output.stdout_lines if ok else []
+            match = VERSION_RE.match(lines[0]) if lines else None
+            runs = match.group(1) if match else None
+            if runs is None or release(runs) < release(version):
+                problem = f"k3s server {name} runs {runs or 'no k3s'}, not {version}"
+        if problem is not None:
+            _log_error(
+                host,
+                f"{problem}: k3s on {_name(host)} was not upgraded to {version} (agents only "
+                "once every server runs it: a kubelet is never newer than its API server)",
+            )
+            return False
+    return True
+
+
+@operation()
+def servers_first(manifest: Manifest, servers: Sequence[str], version: str):
+    """
+    Let an agent's k3s binary change only once every server runs that version in this run.
+
+    + manifest: the agent's role Manifest, probing `K3sInstall` (`probe_install`)
+    + servers: the k3s servers' inventory names
+    + version: the version the agent is given
+
+    Kubernetes' version-skew policy: a kubelet must not be newer than kube-apiserver. Servers'
+    operations come first in a run (deploys/k3s/__init__.py), so this step runs after theirs:
+    it checks each server at execution (failed in this run, or the version it runs), and the
+    agent's binary is not replaced when one is not there yet. A server outside this run
+    (``--limit``) is refused while planning already.
+    """
+    installed = install_state(manifest)["version"]
+    if installed == version:
+        host.noop(f"k3s stays {version}: nothing to wait for on the servers")
+        return
+    current = ctx_state.get()
+    in_run = {_name(h): h for h in current.inventory}
+    failed = [name for name in servers if in_run.get(name) in current.failed_hosts]
+    if failed:  # with -y this body runs at execution, after the servers' own operations
+        yield from refuse(
+            f"k3s server {', '.join(failed)} failed in this run: k3s on {host.name} was not "
+            f"upgraded to {version} (agents only once every server runs it: a kubelet is "
+            "never newer than its API server)"
+        )
+        return
+    absent = [n for n in servers if n not in in_run or in_run[n] not in current.active_hosts]
+    if absent:
+        yield from refuse(
+            f"{host.name}: k3s {installed or '(none)'} -> {version} on an agent waits for every "
+            f"server to run {version} first; {', '.join(absent)} not in this run: converge the "
+            "servers first (or without --limit)"
+        )
+        return
+    yield FunctionCommand(_servers_upgraded, (list(servers), version), {})
+
+
+# ---- the auto-deploy manifests: what k3s's deploy controller applied of them
+
+ADDONS = "addons.k3s.cattle.io"
+ADDON_NAMESPACE = "kube-system"
+ADDONS_PROBE = "k3s addons"  # K3sAddons' command: the first server, which writes the manifests
+APPLY_WAIT = 60  # seconds k3s has to apply a manifest written (its rescan: every 15 s)
+# The events k3s's deploy controller records on an Addon whose file it could not apply
+# (pkg/deploy/controller.go), its message saying why.
+APPLY_FAILURES = (
+    "ApplyManifestFailed",
+    "ParseManifestFailed",
+    "ReadManifestFailed",
+    "ValidateManifestFailed",
+)
+
+
+def probe_addons(manifest: Manifest) -> None:
+    """Have the role's one fact read the Addons' checksums (`addons_state`)."""
+    manifest.probes[ADDONS_PROBE] = K3sAddons().command()
+
+
+def addons_state(manifest: Manifest) -> dict[str, str] | None:
+    """`K3sAddons` as read by the role's fact; None where it is not known (the API did not
+    answer, it was not probed, or its output is not kubectl's)."""
+    lines = manifest.probe(ADDONS_PROBE)
+    try:
+        return K3sAddons().process(lines) if lines else None
+    except FactProcessError:
+        return None
+
+
+def addon_name(path: str) -> str:
+    """The Addon k3s keeps for an auto-deploy file: its name up to the first dot (k3s's
+    pkg/deploy/controller.go `basename`)."""
+    return path.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def _applied_script(wanted: Mapping[str, str], wait: int) -> str:
+    """Shell: poll the Addons until each of `wanted` (name -> checksum) holds its checksum, at
+    most `wait` seconds; else print, per Addon, k3s's latest failure event, and exit 1."""
+    pairs = " ".join(shlex.quote(f"{name}={checksum}") for name, checksum in wanted.items())
+    jsonpath = '{range .items[*]}{.metadata.name}={.spec.checksum}{"\\n"}{end}'
+    failures = "|".join(APPLY_FAILURES)
+    events = (
+        '{range .items[?(@.involvedObject.name==\\"$name\\")]}{.reason}: {.message}'
+        '{\\"\\\\n\\"}{end}'
+    )
+    kubectl = f"k3s kubectl --request-timeout=10s -n {ADDON_NAMESPACE}"
+    return (
+        f"end=$(( $(date +%s) + {wait} )); "
+        "while :; do "
+        f"have=$({kubectl} get {ADDONS} -o jsonpath={shlex.quote(jsonpath)} 2>/dev/null); "
+        "left=; "
+        f"for want in {pairs}; do "
+        'printf \'%s\\n\' "$have" | grep -qxF -- "$want" || left="$left ${want%%=*}"; '
+        "done; "
+        '[ -z "$left" ] && exit 0; '
+        '[ "$(date +%s)" -lt "$end" ] || break; '
+        "sleep 2; "
+        "done; "
+        "for name in $left; do "
+        f'why=$({kubectl} get events -o jsonpath="{events}" 2>/dev/null '
+        f"| grep -E '^({failures}): ' | tail -n 1); "
+        f'echo "k3s did not apply its manifest $name within {wait}s (its Addon does not hold '
+        "the file's SHA-256): ${why:-no failure event from k3s's deploy controller; is k3s "
+        'running?}" >&2; '
+        "done; "
+        "exit 1"
+    )
+
+
+@operation()
+def manifests_applied(manifest: Manifest, paths: Sequence[str], wait: int = APPLY_WAIT):
+    """
+    Confirm k3s applied the auto-deploy manifests this run writes: each file's Addon holds
+    the file's SHA-256, within `wait` seconds, else the run fails with k3s's own message.
+
+    + manifest: the first server's Manifest holding the files, probing the Addons
+      (`probe_addons`)
+    + paths: the files in k3s's auto-deploy folder
+    + wait: at most this many seconds
+
+    k3s applies the folder on its own (a rescan every 15 s), updates an Addon's checksum only
+    after a successful apply and reports a rejected file only as an event on its Addon
+    (k3s-io/k3s pkg/deploy/controller.go): without this step a deploy whose manifest k3s
+    refuses would succeed. A file is waited for when this run writes it with content its
+    Addon does not hold, or when its Addon holds other content than the file (k3s has not
+    applied it yet, or refused it). One command for all of them, none when nothing differs.
+    """
+    if manifest.unreadable():
+        yield from refuse(manifest.unreadable_message())
+        return
+    addons = addons_state(manifest)
+    pending, files = {}, []
+    for path in paths:
+        name, checksum = addon_name(path), manifest.file(path).sha256
+        held = None if addons is None else addons.get(name)
+        written = manifest.will_change([path]) and held != checksum
+        stale = held is not None and held != checksum
+        if written or stale:
+            pending[name] = checksum
+            files.append(path.rsplit("/", 1)[-1])
+    if not pending:
+        host.noop(f"k3s applied the {len(paths)} auto-deploy manifest(s) as they are")
+        return
+    host.log(
+        f"k3s applies {', '.join(files)} (content their Addons do not hold): "
+        f"the run waits up to {wait}s for it"
+    )
+    yield StringCommand("sh", "-c", QuoteString(_applied_script(pending, wait)))

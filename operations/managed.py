@@ -4,9 +4,14 @@ A role builds one `Manifest` (its files, directories, packages, accounts); every
 here compares the manifest with the state read in that single fact and yields commands only
 for what differs. A deploy file that declares every role's manifest first reads them all in
 one command (`read_together`). Files are replaced atomically: uploaded into a private (0700)
-staging folder in the SSH user's home, copied beside the target with a 077 umask, validated,
-given their owner and mode, then renamed over the target, so no reader ever sees a half-
-written or briefly world-readable file.
+staging folder of this run's own in the SSH user's home, copied beside the target with a 077
+umask, validated, given their owner and mode, then renamed over the target, so no reader ever
+sees a half-written or briefly world-readable file.
+
+That same state read takes the host's deploy lock (`lock_args`, `_locked`): a second run on a
+host fails at once, naming the first. A file or binary that a unit reads (`Manifest.reads`) is
+renamed into place in the same command that marks the unit as owing a restart (`OWED_DIR`);
+the unit's restart clears the mark, so a run killed in between leaves the restart to the next.
 
 Each operation plans every change first, reports it (`--diff`: every file's diff, a
 secret file by name only), then yields its commands: pyinfra's change detection takes
@@ -21,11 +26,16 @@ the same run.
 
 from __future__ import annotations
 
+import functools
+import getpass
 import hashlib
 import json
+import os
 import re
 import secrets
 import shlex
+import socket
+import sys
 from dataclasses import dataclass, field
 from io import BytesIO
 
@@ -52,6 +62,23 @@ from operations.failure import fail_host, first_time, refuse
 
 STAGING = ".oceanid-staging"
 RECORD_DIR = "/var/lib/oceanid"
+# Markers of restarts owed: `<unit>` is written in the command that replaces a file the unit
+# reads, before the rename, and removed by the unit's next successful (re)start.
+OWED_DIR = f"{RECORD_DIR}/owed"
+STAGING_MINUTES = 60  # a run's staging folder untouched this long is a killed run's
+# The deploy lock: on tmpfs, so a reboot (which ends every run's connection) clears it too.
+LOCK = "/run/oceanid/deploy.lock"
+# Where the unit tests put it instead, so their runs on this machine (`@local`, and pyinfra run
+# inside the test process, whose lock lasts as long as that process) never meet each other's
+# lock, nor a real deploy's; never set for a real deploy.
+LOCK_ENV = "OCEANID_TEST_DEPLOY_LOCK"
+# This pyinfra run: names its lock and its staging folder, so two runs never share either.
+RUN_ID = secrets.token_hex(8)
+# curl gives up on a server that does not answer within CONNECT_TIMEOUT seconds, or that sends
+# less than SLOW_BYTES a second for SLOW_SECONDS: a big download that keeps moving is never cut.
+CONNECT_TIMEOUT = 30
+SLOW_BYTES = 1024
+SLOW_SECONDS = 60
 ARGUMENT_BYTES = 64 * 1024  # split long removals into commands of about this size
 # Salts the per-line hashes of secret files read back for --diff (facts.managed `lines`):
 # fresh each run, so a logged hash of a short line cannot be looked up in a table.
@@ -140,9 +167,20 @@ class Manifest:
     # name -> shell command whose output the role needs (another fact's command): read in
     # the same round trip as the rest, as `probe(name)`, not as one more fact
     probes: dict[str, str] = field(default_factory=dict)
+    # unit -> the paths it reads, as `services.unit` declares them: a file or binary replaced
+    # here leaves a marker for each of its units until that unit has restarted (`owing`)
+    restarts: dict[str, list[str]] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.name
+
+    def reads(self, unit: str, paths: list[str]) -> None:
+        """Declare that `unit` reads `paths`: replacing one of them owes `unit` a restart."""
+        self.restarts[unit] = list(dict.fromkeys([*self.restarts.get(unit, []), *paths]))
+
+    def owing(self, path: str) -> list[str]:
+        """The units that reading `path` makes owe a restart when it is replaced."""
+        return sorted(unit for unit, paths in self.restarts.items() if path in paths)
 
     @property
     def record_path(self) -> str:
@@ -173,7 +211,9 @@ class Manifest:
     def script_args(self) -> dict:
         """What the fact's script reads besides `fact_args`: the record of a role that
         writes paths, and with --diff the old text of the files it owns."""
-        args: dict = {}
+        args: dict = {"lock": lock_args()}
+        if self.units:
+            args["owed"] = OWED_DIR
         if self.files or self.directories or self.binaries:
             args["record"] = self.record_path
         if self.probes:
@@ -211,7 +251,7 @@ class Manifest:
             if value is None:
                 fail_host(self.unreadable_message())
                 value = {**empty_state(), "unreadable": True}
-            _STATE_CACHE[key] = value
+            _STATE_CACHE[key] = _locked(value)
         return _STATE_CACHE[key]
 
     def probe(self, name: str) -> list[str]:
@@ -222,6 +262,9 @@ class Manifest:
         return bool(self.state().get("unreadable"))
 
     def unreadable_message(self) -> str:
+        refusal = _STATE_CACHE.get(self._reading()[0], {}).get("refusal")
+        if refusal:  # the host is another run's (`_locked`)
+            return refusal
         return (
             f"{host.name}: could not read the state of {self.name} (the command's output is "
             "above); nothing of it was changed on this host"
@@ -310,7 +353,68 @@ def read_together(*manifests: Manifest) -> None:
         )
         values = [{**empty_state(), "unreadable": True} for _ in todo]
     for key, value in zip(todo, values, strict=True):
-        _STATE_CACHE[key] = value
+        _STATE_CACHE[key] = _locked(value)
+
+
+def dry_run() -> bool:
+    """Whether this is `pyinfra --dry`. pyinfra's state does not hold the flag, and click's
+    context is not seen where deploy files run (a greenlet each), so it is read from the
+    command line, which the CLI takes it from (click knows no abbreviation of it)."""
+    return "pyinfra" in sys.argv[0] and "--dry" in sys.argv[1:]
+
+
+@functools.cache
+def _operator() -> str:
+    """user@machine of whoever runs this deploy, as the lock names them."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def lock_args() -> tuple[str, ...]:
+    """The deploy lock's arguments to the state read (`facts.managed._body`'s `lock`).
+
+    The lock is taken in the state read itself, so a converge that changes nothing still
+    costs one command. Its holder is the process on the host that holds this run's
+    connection (sshd's, for pyinfra's SSH connector): the lock lasts while that connection
+    does and needs no release command; a run killed, or ended, frees it with its connection.
+    A dry run only looks: it writes nothing on the host.
+    """
+    take = "0" if dry_run() else "1"
+    return (os.environ.get(LOCK_ENV) or LOCK, take, _operator(), str(os.getpid()), RUN_ID)
+
+
+def _locked(value: dict) -> dict:
+    """`value`, a host's state; refused (every operation on it fails) when another run holds
+    the host's deploy lock, which is said in one line naming that run and how to clear it.
+
+    A lock whose holder is gone (`took-stale`) is taken without a word: every run that ends
+    leaves its lock so, there being no release command to pay for."""
+    lock = value.get("lock") or {}
+    status, who = lock.get("status"), lock.get("holder") or {}
+    pid = (who.get("holder") or "?").split(" ")[0]  # the holder's process on the host
+    named = (
+        f"{who.get('who', 'an unknown operator')} (pyinfra pid {who.get('pid', '?')}, run "
+        f"{who.get('run', '?')}, since {who.get('since', '?')})"
+    )
+    if status == "held":
+        message = (
+            f"{host.name}: another deploy is running here: {named}; nothing was changed on "
+            f"{host.name}. Wait for it to end. If that run is gone and its connection hangs on, "
+            f"end it on the host (sudo kill {pid}) or remove the lock (sudo rm -f {LOCK})"
+        )
+        fail_host(message)
+        return {**empty_state(), "unreadable": True, "refusal": message}
+    if status == "seen" and first_time("lock", per_operation=False):
+        host.log(f"another deploy is running here: {named}; this dry run may show its changes")
+    if status == "unlockable" and first_time("lock", per_operation=False):
+        host.log(
+            f"could not take the deploy lock ({LOCK}): no lasting process holds this "
+            "connection, or the lock could not be written; this run is not locked"
+        )
+    return value
 
 
 def _record_paths(content: bytes | None) -> dict[str, list[str]]:
@@ -407,27 +511,51 @@ def _log_once(what: str, message: str) -> None:
         host.log(message)
 
 
-def _replace_commands(managed: ManagedFile):
-    staged = f"{STAGING}/{managed.sha256[:16]}"
+def _owe(units: list[str]) -> list:
+    """Words that leave an owed-restart marker for each of `units` (`OWED_DIR`), joined by
+    `&&` and ending in one, to go before the rename that replaces what they read."""
+    if not units:
+        return []
+    markers = [QuoteString(f"{OWED_DIR}/{unit}") for unit in units]
+    return ["mkdir", "-p", OWED_DIR, "&&", "touch", *markers, "&&"]
+
+
+def _replace_commands(managed: ManagedFile, owes: tuple[str, ...] | list[str] = ()):
+    """Stage, copy beside, check, own and rename; `owes`: units that read the file, marked
+    as owing a restart in the same command as the rename (before it)."""
+    run = f"{STAGING}/{RUN_ID}"
+    staged = f"{run}/{managed.sha256[:16]}"
     new = f"{managed.path}.oceanid-new"
-    # The folder's mode is fixed every time (mkdir -m does not touch an existing one); what
-    # an earlier failed upload left there is removed; the staged file exists, empty and
-    # 0600, before the upload writes into it.
+    # The folders' modes are fixed every time (mkdir -m does not touch an existing one). Each
+    # run stages in a folder of its own, so two runs never remove each other's uploads; what
+    # a killed run left there (its folder untouched for STAGING_MINUTES) is removed. The staged
+    # file exists, empty and 0600, before the upload writes into it.
     yield StringCommand(
         "umask",
         "077",
         "&&",
         "mkdir",
         "-p",
-        STAGING,
+        run,
         "&&",
         "chmod",
         "0700",
         STAGING,
+        run,
         "&&",
+        "find",
+        STAGING,
+        "-mindepth",
+        "1",
+        "-maxdepth",
+        "1",
+        "-mmin",
+        f"+{STAGING_MINUTES}",
+        "-exec",
         "rm",
-        "-f",
-        f"{STAGING}/*",
+        "-rf",
+        "{}",
+        "+",
         "&&",
         ":",
         ">",
@@ -444,7 +572,7 @@ def _replace_commands(managed: ManagedFile):
     steps += [
         StringCommand("chown", f"{managed.user}:{managed.group}", QuoteString(new)),
         StringCommand("chmod", managed.mode, QuoteString(new)),
-        StringCommand("mv", "-f", QuoteString(new), QuoteString(managed.path)),
+        StringCommand(*_owe(list(owes)), "mv", "-f", QuoteString(new), QuoteString(managed.path)),
     ]
     joined: list = []
     for step in steps:
@@ -462,15 +590,15 @@ def _replace_commands(managed: ManagedFile):
         QuoteString(new),
         ";",
         "rm",
-        "-f",
-        staged,
+        "-rf",
+        run,
         ";",
         "exit",
         "1",
         ";",
         "}",
     )
-    yield StringCommand("rm", "-f", staged, _sudo=False)
+    yield StringCommand("rm", "-rf", run, _sudo=False)
 
 
 @operation()
@@ -508,12 +636,12 @@ def files(manifest: Manifest, paths: list[str] | None = None):
     for managed, current in plan:
         _report(manifest, managed, current)
     for managed, current in plan:
+        owes = manifest.owing(managed.path)
         if current is None or current.sha256 != managed.sha256:
-            yield from _replace_commands(managed)
+            yield from _replace_commands(managed, owes)
         else:
-            yield StringCommand(
-                "chown", f"{managed.user}:{managed.group}", QuoteString(managed.path)
-            )
+            owner = f"{managed.user}:{managed.group}"
+            yield StringCommand(*_owe(owes), "chown", owner, QuoteString(managed.path))
             yield StringCommand("chmod", managed.mode, QuoteString(managed.path))
 
 
@@ -669,7 +797,12 @@ def binaries(manifest: Manifest, keep_previous: bool = False):
         if action == "chmod":
             yield StringCommand("chmod", binary.mode, QuoteString(binary.path))
         else:
-            yield from _download_commands(binary, url, sha256, keep_previous)
+            owes = manifest.owing(binary.path)
+            yield from _download_commands(binary, url, sha256, keep_previous, owes=owes)
+
+
+#: What a finished download prints (curl's --write-out): how much came, and how fast.
+DOWNLOADED = "downloaded %{size_download} bytes in %{time_total} s (%{speed_download} bytes/s)\\n"
 
 
 def _download_commands(
@@ -678,15 +811,27 @@ def _download_commands(
     sha256: str,
     keep_previous: bool = False,
     kept: str = "the installed binary was left in place",
+    owes: tuple[str, ...] | list[str] = (),
 ):
+    """Download, verify, rename; `owes`: units that run the binary, marked as owing a restart
+    in the command that renames it (before the rename)."""
     new = QuoteString(f"{binary.path}.oceanid-new")
     yield StringCommand(
         "curl",
         "-fsSL",
         "--retry",
         "3",
+        "--connect-timeout",
+        str(CONNECT_TIMEOUT),
+        "--speed-limit",
+        str(SLOW_BYTES),
+        "--speed-time",
+        str(SLOW_SECONDS),
         "--proto",
         "=https,http",
+        # its size and time once done, on stdout: pyinfra shows it with -v (issue 23)
+        "-w",
+        QuoteString(DOWNLOADED),
         "-o",
         new,
         QuoteString(url),
@@ -736,7 +881,8 @@ def _download_commands(
     if keep_previous:
         previous = QuoteString(f"{binary.path}.previous")
         keep = ["{", "[", "!", "-f", path, "]", "||", "ln", "-f", path, previous, ";", "}", "&&"]
-    yield StringCommand("chmod", binary.mode, new, "&&", *keep, "mv", "-f", new, path)
+    owe = _owe(list(owes))
+    yield StringCommand("chmod", binary.mode, new, "&&", *keep, *owe, "mv", "-f", new, path)
 
 
 def _chunks(words: list[str]) -> list[list[str]]:

@@ -8,15 +8,20 @@ otherwise the run fails with the unit's last log lines instead of reporting succ
 A `Type=notify` unit with `TimeoutStartSec=0` (cloudflared's: started means connected to
 the edge) may stay "activating" for as long as the network is down; systemd keeps trying,
 but the deploy waits at most START_WAIT for it and then fails with the unit's log.
+
+A restart is owed from the moment a file the unit reads is renamed into place (the files and
+binaries operations leave a marker in that same command, for the units `unit` declared as
+reading it) until the restart succeeds and removes the marker; a run killed in between
+leaves it, and the next run restarts the unit although its files are already in place.
 """
 
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import QuoteString, StringCommand, operation
+from pyinfra.api import FunctionCommand, QuoteString, StringCommand, operation
 
 from operations import managed
-from operations.managed import Manifest
+from operations.managed import OWED_DIR, Manifest
 
 SETTLE = 2  # seconds a started unit must stay active
 START_WAIT = 150  # seconds the deploy waits for a unit to finish starting
@@ -24,8 +29,14 @@ HEALTH_WAIT = 120  # seconds a started unit's own health check may take to pass
 
 
 def _started_and_alive(
-    verb: str, unit: str, health: str | None = None, rollback: list[str] | None = None
+    verb: str,
+    unit: str,
+    health: str | None = None,
+    rollback: list[str] | None = None,
+    settle: bool = False,
 ) -> StringCommand:
+    """`systemctl <verb>`, checked; `settle`: then remove the unit's owed-restart marker
+    (only after the unit came up: a failed restart stays owed to the next run)."""
     healthy: list = []
     if health:
         # the service's own check, retried for at most HEALTH_WAIT seconds
@@ -79,6 +90,7 @@ def _started_and_alive(
         "exit",
         "1;",
         "}",
+        *(["&&", "rm", "-f", QuoteString(f"{OWED_DIR}/{unit}")] if settle else []),
     )
 
 
@@ -95,15 +107,20 @@ def actions(
     the state was read: a package installed in the same run (haproxy, docker.io) starts its
     service from the files it ships, before ours replace them, so a plain start would be a
     no-op on a service still running the old configuration. `restart` starts a stopped unit.
+
+    A unit that an earlier run owes a restart (it replaced a file the unit reads and was killed
+    before the restart: the marker in `OWED_DIR`) is reloaded and restarted, although its
+    files are in place now.
     """
     current = manifest.state()["units"].get(name, {"enabled": "not-found", "active": "unknown"})
-    reload = unit_file is not None and manifest.will_change([unit_file])
+    owed = bool(current.get("owed"))
+    reload = unit_file is not None and (owed or manifest.will_change([unit_file]))
     todo = []
     if reload or current["enabled"] == "not-found":
         todo.append("daemon-reload")
     if current["enabled"] != "enabled":
         todo.append("enable")
-    if reload or restart or manifest.will_change(inputs):
+    if reload or restart or owed or manifest.will_change(inputs):
         todo.append("restart")
     elif current["active"] != "active":
         todo.append("start")
@@ -111,7 +128,7 @@ def actions(
 
 
 @operation()
-def unit(
+def unit_operation(
     manifest: Manifest,
     unit_name: str,
     unit_file: str | None,
@@ -119,6 +136,7 @@ def unit(
     restart: bool = False,
     health: str | None = None,
     rollback: list[str] | None = None,
+    around: tuple[FunctionCommand, FunctionCommand] | None = None,
 ):
     """
     Keep a systemd unit enabled and running; restart it when something it reads changed.
@@ -134,6 +152,10 @@ def unit(
     + rollback: binaries of the manifest whose replacement in this run is undone (their
       ``.previous`` put back, the unit restarted, the run failed) when the unit is not
       healthy after the (re)start
+    + around: two commands run before and after the (re)start when one of `rollback`'s
+      binaries that was there is replaced in this run (an upgrade): the first may stop the
+      operation (k3s servers: one at a time, none after one that failed;
+      `operations.k3s.server_turn`)
     """
     todo = actions(manifest, unit_name, unit_file, inputs, restart)
     if not todo:
@@ -149,10 +171,42 @@ def unit(
         yield "systemctl daemon-reload"
     if "enable" in todo:
         yield StringCommand("systemctl", "enable", unit_name)
+    # a marker is there (an earlier run's), or this run's files and binaries write one
+    owed = manifest.state()["units"].get(unit_name, {}).get("owed") or any(
+        manifest.will_change([path]) for path in manifest.restarts.get(unit_name, [])
+    )
+    upgrade = around is not None and bool(replaced)  # an upgrade: not a first install
     for verb in ("start", "restart"):
         if verb in todo:
-            yield _started_and_alive(verb, unit_name, health, replaced)
+            if upgrade:
+                yield around[0]
+            yield _started_and_alive(verb, unit_name, health, replaced, settle=bool(owed))
+            if upgrade:
+                yield around[1]
             break
+
+
+def unit(
+    *,
+    manifest: Manifest,
+    unit_name: str,
+    unit_file: str | None,
+    inputs: list[str],
+    **arguments,
+):
+    """`unit_operation`, with what the unit reads declared in `manifest` first (`reads`).
+
+    Declared when the deploy file calls this, before any operation runs: the files and
+    binaries operations, which run earlier, then leave the unit's owed-restart marker in the
+    command that replaces what it reads, so a run killed before the restart leaves it owed.
+    """
+    manifest.reads(unit_name, [path for path in (unit_file, *inputs) if path])
+    return unit_operation(
+        manifest=manifest, unit_name=unit_name, unit_file=unit_file, inputs=inputs, **arguments
+    )
+
+
+unit._inner = unit_operation._inner  # the operation's body, as pyinfra-testing calls it
 
 
 def binary_service(
@@ -163,13 +217,19 @@ def binary_service(
     unit_file: str | None,
     inputs: list[str],
     health: str | None = None,
+    restart: bool = False,
+    around: tuple[FunctionCommand, FunctionCommand] | None = None,
+    serial: bool = False,
 ) -> None:
     """
     A service run from the manifest's pinned binaries: upgrades, and their rollback.
 
     + manifest: the role's Manifest; its binaries are the service's
     + name: the operations' name (``k3s``, ``cloudflared-node``)
-    + unit_name, unit_file, inputs, health: as for `unit`; `inputs` include the binaries
+    + unit_name, unit_file, inputs, health, restart: as for `unit`; `inputs` include the
+      binaries
+    + around: as for `unit_operation`
+    + serial: restart the unit host by host (pyinfra's ``_serial``), not on all at once
 
     A new version replaces the binary (verified, then renamed; the old one kept as
     ``<path>.previous``) and restarts the unit once; the same version restarts nothing. If
@@ -186,6 +246,9 @@ def binary_service(
         unit_name=unit_name,
         unit_file=unit_file,
         inputs=inputs,
+        restart=restart,
         health=health,
         rollback=[binary.path for binary in manifest.binaries],
+        around=around,
+        _serial=serial,
     )

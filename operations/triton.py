@@ -24,6 +24,12 @@ from operations.managed import Manifest
 
 READY_WAIT = 60  # seconds to wait for Triton before loading a model
 START_WAIT = 300  # seconds a (re)started Triton has to load every model and answer ready
+# Every call to Triton's API has a time limit: curl has none of its own, and a Triton that
+# hangs in a model's initialize() would hold the run for good.
+CONNECT_WAIT = 5  # seconds to connect: Triton is on localhost, it answers at once or not at all
+PROBE_WAIT = 5  # seconds for a health or readiness answer
+LOAD_WAIT = START_WAIT  # a load runs the model's initialize(), as a start does for each model
+UNLOAD_WAIT = 120  # an unload waits for the model's requests in flight and its finalize()
 LOG_LINES = 40  # journal lines shown when Triton did not come up
 
 
@@ -75,12 +81,14 @@ def environment(
     stamp_name: str,
     stamp: bytes,
     wheel_requirements: str | None,
-    model_requirements: str,
+    model_requirements: str | None,
     finish: StringCommand | None,
     image: str | None = None,
+    what: str = "Triton's environment",
 ):
     """
-    Build Triton's Python environment beside the current one when its inputs changed.
+    Build Triton's Python environment beside the current one when its inputs changed (or
+    another service's: the ML-backend adapter's, from a hash-pinned file alone).
 
     + manifest: the role's Manifest (its `read` includes `<link>/<stamp_name>`)
     + link: the stable path the service uses: a symlink to the current environment
@@ -88,12 +96,13 @@ def environment(
     + stamp_name: the file in an environment that records what it was built from
     + stamp: what it should have been built from
     + wheel_requirements: a hash-pinned requirements file for the Triton wheel, if any
-    + model_requirements: the models' requirements file
+    + model_requirements: the models' requirements file (None: none besides the pinned file)
     + finish: a shell command run in the new environment after the installs (backends, links)
     + image: build it with this container image's Python instead of the host's: the image
       makes a venv of its Python in `<env>/venv`, installs the requirements there, writes its
       Python's version to `<env>/python-version` and the PATH that puts the venv first to
       `<env>/container.env`; the container runtime mounts the environment read-only
+    + what: the environment's name in the message when it is up to date
 
     `link` moves to the new environment (a rename of a new link over it, which is atomic)
     only after every step passed; until then Triton keeps the environment it runs on. A
@@ -101,7 +110,7 @@ def environment(
     side) is moved beside the new environment first, so it is removed with the old ones.
     """
     if manifest.state()["contents"].get(f"{link}/{stamp_name}") == stamp:
-        host.noop(f"Triton's environment at {link} is built from the pinned inputs")
+        host.noop(f"{what} at {link} is built from the pinned inputs")
         return
     new, pip = QuoteString(env), QuoteString(f"{env}/bin/pip")
     in_use = f"{link} links to {env}, the environment in use; build it elsewhere"
@@ -124,7 +133,8 @@ def environment(
             yield StringCommand(
                 pip, *quiet, "--no-deps", "--require-hashes", "-r", wheel_requirements
             )
-        yield StringCommand(pip, *quiet, "-r", model_requirements)
+        if model_requirements:
+            yield StringCommand(pip, *quiet, "-r", model_requirements)
     if finish is not None:
         yield finish
     yield StringCommand(
@@ -160,6 +170,26 @@ def old_environments(link: str, envs: str, leftovers: list[str], rebuilt: bool):
     )  # fmt: skip
 
 
+def _curl(limit: int, *words: object) -> list:
+    """`curl words…` that gives up after CONNECT_WAIT seconds to connect and `limit` in all
+    (curl's exit 28)."""
+    return ["curl", *words, "--connect-timeout", str(CONNECT_WAIT), "--max-time", str(limit)]
+
+
+def _repository_call(url: str, limit: int, doing: str, refused: str) -> list:
+    """POST to Triton's repository API, `limit` seconds at most; a time limit reached and
+    a refusal are told apart in the message (Triton's log says why)."""
+    late = (
+        f"Triton did not finish {doing} in {limit} s (the limit set in operations/triton.py); "
+        "see its log"
+    )
+    return [
+        *_curl(limit, "-fsS", "-X", "POST", "-o", "/dev/null"), QuoteString(url), "||",
+        "{", 'if [ "$?" = 28 ];', "then", "echo", QuoteString(late), ">&2;",
+        "else", "echo", QuoteString(refused), ">&2;", "fi;", "exit", "1;", "}",
+    ]  # fmt: skip
+
+
 def _failed_with_journal(unit: str, message: str) -> list:
     return [
         "{", "echo", QuoteString(f"{message}; its last log lines:"), ">&2;",
@@ -187,9 +217,9 @@ def wait_ready(unit: str, port: int, models: list[str], started: bool, timeout: 
         host.noop(f"{unit} was neither started nor restarted: nothing to wait for")
         return
     base = f"http://127.0.0.1:{port}/v2"
-    probes: list = ["curl", "-fs", "-o", "/dev/null", "--max-time", "5", f"{base}/health/ready"]
+    probes: list = [*_curl(PROBE_WAIT, "-fs", "-o", "/dev/null"), f"{base}/health/ready"]
     for model in models:
-        probes += ["&&", "curl", "-fs", "-o", "/dev/null", "--max-time", "5"]
+        probes += ["&&", *_curl(PROBE_WAIT, "-fs", "-o", "/dev/null")]
         probes.append(QuoteString(f"{base}/models/{model}/ready"))
     show = ["systemctl", "show", "--value", "-p"]
     yield StringCommand(
@@ -276,11 +306,14 @@ def retire(manifest: Manifest, root: str, models: list[str], port: int = 8000):
                 f"model {model}: no longer in the repository; unloaded from Triton and deleted"
             )
         yield StringCommand(
-            "if", "curl", "-fs", "-o", "/dev/null", "--max-time", "5", f"{base}/health/live;",
-            "then", "curl", "-fsS", "-X", "POST", "-o", "/dev/null", "--max-time", "120",
-            QuoteString(f"{base}/repository/models/{model}/unload"), "||",
-            "{", "echo", QuoteString(f"Triton refused to unload model {model}; see its log"),
-            ">&2;", "exit", "1;", "};", "fi",
+            "if", *_curl(PROBE_WAIT, "-fs", "-o", "/dev/null"), f"{base}/health/live;", "then",
+            *_repository_call(
+                f"{base}/repository/models/{model}/unload",
+                UNLOAD_WAIT,
+                f"unloading model {model}",
+                f"Triton refused to unload model {model}; see its log",
+            ),
+            ";", "fi",
         )  # fmt: skip
         yield StringCommand("rm", "-rf", QuoteString(f"{root}/{model}"))
 
@@ -292,46 +325,26 @@ def load(models: list[str], port: int = 8000):
 
     + models: model names whose files changed
     + port: Triton's HTTP port on localhost
+
+    Triton answers a load once the model's initialize() returned, so each load is given
+    LOAD_WAIT seconds, as long as a start gives every model; past it the run fails saying
+    the limit was reached, not that Triton refused.
     """
     if not models:
         host.noop("no model changed")
         return
     base = f"http://127.0.0.1:{port}"
     yield StringCommand(
-        "for",
-        "i",
-        "in",
-        "$(seq",
-        str(READY_WAIT) + ");",
-        "do",
-        "curl",
-        "-fsS",
-        "-o",
-        "/dev/null",
-        f"{base}/v2/health/live",
-        "&&",
-        "break;",
-        "sleep",
-        "1;",
-        "done",
-    )
+        "for", "i", "in", "$(seq", str(READY_WAIT) + ");", "do",
+        *_curl(PROBE_WAIT, "-fs", "-o", "/dev/null"), f"{base}/v2/health/live", "&&", "break;",
+        "sleep", "1;", "done",
+    )  # fmt: skip
     for model in models:
         yield StringCommand(
-            "curl",
-            "-fsS",
-            "-X",
-            "POST",
-            "-o",
-            "/dev/null",
-            "-w",
-            "''",
-            f"{base}/v2/repository/models/{model}/load",
-            "||",
-            "{",
-            "echo",
-            QuoteString(f"Triton refused to load model {model}; see its log"),
-            ">&2;",
-            "exit",
-            "1;",
-            "}",
+            *_repository_call(
+                f"{base}/v2/repository/models/{model}/load",
+                LOAD_WAIT,
+                f"loading model {model}",
+                f"Triton refused to load model {model}; see its log",
+            )
         )

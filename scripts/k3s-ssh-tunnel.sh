@@ -11,7 +11,10 @@
 # (tls-san), so `make kubeconfig`'s https://127.0.0.1:16443 verifies through the tunnel.
 #
 # Environment: SSH (the ssh command and any options, default `ssh`), LOCAL_PORT (16443),
-# REMOTE_PORT (6443), CONTROL_DIR (where the socket lives, default ~/.ssh).
+# REMOTE_PORT (6443), CONTROL_DIR (where the socket lives, default ~/.ssh), INVENTORY: reach HOST
+# as pyinfra does with that inventory (`make tunnel INVENTORY=inventories/lab.py`): its
+# ssh_hostname, user, port, key and SSH config, resolved by `python -m oceanid.sshtarget`
+# (PYTHON, default the repository's .venv/bin/python); without it HOST is given to ssh as is.
 set -euo pipefail
 
 action=open
@@ -35,6 +38,18 @@ done
 if ! [[ "$host" =~ ^[A-Za-z0-9_.@-]+$ ]]; then
     echo "k3s tunnel: '$host' is not an SSH host name" >&2
     exit 2
+fi
+
+# OpenSSH's options and destination for HOST: the inventory's, shell-quoted by sshtarget
+# (shlex.join), else HOST itself. Only opening needs them: --check and --close talk to the master
+# through its socket, so a tunnel closes even once the inventory no longer loads (the lab down).
+target=("$host")
+if [[ "$action" == open && -n "${INVENTORY:-}" ]]; then
+    repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    [[ "$INVENTORY" == /* ]] || INVENTORY="$PWD/$INVENTORY"  # given from here, read from $repo
+    resolved="$(cd "$repo" && "${PYTHON:-$repo/.venv/bin/python}" -m oceanid.sshtarget \
+        "$INVENTORY" "$host")" || exit 2
+    eval "target=($resolved)"
 fi
 
 mkdir -p -m 0700 "$control_dir"
@@ -66,7 +81,7 @@ open)
     rm -f "$socket"
     if ! "${ssh[@]}" -f -N -M -S "$socket" \
         -o ExitOnForwardFailure=yes -o ServerAliveInterval=15 -o ServerAliveCountMax=3 \
-        -L "127.0.0.1:$local_port:127.0.0.1:$remote_port" "$host"; then
+        -L "127.0.0.1:$local_port:127.0.0.1:$remote_port" "${target[@]}"; then
         echo "k3s tunnel to $host failed: is 127.0.0.1:$local_port already in use here, or" \
             "is $host unreachable over SSH?" >&2
         exit 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import re
 import shutil
 import ssl
 import struct
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,8 +55,15 @@ def write_secrets(tmp: Path, values: Mapping[str, str]) -> dict[str, str]:
 
 def run_smoke(site: Path, env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """`python -m oceanid.smoke inventory.py ARGS` in the site folder, with a clean environment."""
+    return run_module("oceanid.smoke", site, env, *args)
+
+
+def run_module(
+    module: str, site: Path, env: Mapping[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m MODULE inventory.py ARGS` in the site folder, with a clean environment."""
     return subprocess.run(
-        [sys.executable, "-m", "oceanid.smoke", "inventory.py", *args],
+        [sys.executable, "-m", module, "inventory.py", *args],
         cwd=site,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **env},
         capture_output=True,
@@ -208,3 +218,37 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 
 def lines(output: str, prefix: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith(prefix)]
+
+
+@contextmanager
+def connector_edge(tmp: Path, ingress: list[dict[str, Any]]) -> Iterator[str]:
+    """The cloudflared stand-in running `ingress` (tests/standins/cloudflared), connected; yields
+    the URL of its edge on a free loopback port, where a request is routed by those rules and
+    proxied as cloudflared proxies it."""
+    from tests.standins.test_standins import CLOUDFLARED, TUNNEL_ID, write_cloudflared_config
+
+    config = write_cloudflared_config(tmp)  # and its credentials.json beside it
+    config.write_text(json.dumps({
+        "tunnel": TUNNEL_ID, "credentials-file": str(tmp / "credentials.json"),
+        "metrics": "127.0.0.1:0", "ingress": ingress,
+    }))  # fmt: skip
+    log = tmp / "cloudflared.log"
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, str(CLOUDFLARED), "tunnel", "--config", str(config), "run"],
+            stdout=subprocess.DEVNULL, stderr=err,
+            env={**os.environ, "CLOUDFLARED_STANDIN_EDGE": "127.0.0.1:0", "HOME": str(tmp)},
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while True:
+            text = log.read_text()
+            edge = re.search(r"STAND-IN edge for this tunnel's hostnames on (http://\S+)", text)
+            if edge and "Registered tunnel connection connIndex=0" in text:
+                break
+            assert process.poll() is None and time.monotonic() < deadline, text
+            time.sleep(0.05)
+        yield edge.group(1)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

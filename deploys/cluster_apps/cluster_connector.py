@@ -1,7 +1,7 @@
 """The cluster tunnel's connector (namespace `cloudflared`): `label.<base>` into the cluster.
 
 Two replicas of the host connector's pinned cloudflared, spread over nodes and kept off
-the GPU workstation, with memory well above the 256 MiB at which the old stack's was
+the GPU hosts' nodes (`not_on`), with memory well above the 256 MiB at which the old stack's was
 OOM-killed. The credential keeps the shape ESC holds (oceanid/tunnel_credentials.py): a
 connector token is mounted as a token file for `--token-file`, a credentials.json as the
 config's `credentials-file`; either way from a Secret, never in the pod spec.
@@ -26,11 +26,16 @@ CREDENTIAL_DIR = "/etc/cloudflared/credential"
 METRICS_PORT = 2000
 IMAGE = "cloudflare/cloudflared:{version}"
 NONROOT = 65532
+# The GPU node's taint (group_data hosts.calypso.k3s.taints), which the node tunnel tolerates.
 GPU_LABEL, GPU_VALUE = "workload-type", "gpu-compute"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 
 
-#: The credential volume is group-readable through this fsGroup only.
-POD_SECURITY = {"runAsGroup": NONROOT, "fsGroup": NONROOT}
+#: How every cloudflared pod runs (objects.hardened): as the image's user, numeric so the
+#: kubelet can check it is not root (cloudflare/cloudflared's Dockerfile: `USER 65532:65532`,
+#: distroless `nonroot` in older images); the credential volume is group-readable through
+#: this fsGroup only.
+RUN_AS = {"user": NONROOT, "group": NONROOT, "fs_group": NONROOT}
 
 
 def image(settings: Settings) -> str:
@@ -102,13 +107,8 @@ def container(
             "requests": {"cpu": "250m", "memory": "384Mi"},
             "limits": {"cpu": "750m", "memory": "768Mi"},
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": NONROOT,  # the image's user is named (distroless nonroot)
-            "capabilities": {"drop": ["ALL"]},
-        },
+        # cloudflared writes nothing but its log to stderr
+        "securityContext": {"readOnlyRootFilesystem": True},
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "credential", "mountPath": CREDENTIAL_DIR, "readOnly": True},
@@ -132,23 +132,38 @@ def volumes(config_map: str, secret: str, credential: TunnelCredential) -> list[
     ]
 
 
-def build(
-    settings: Settings, tunnel_id: str, credential: TunnelCredential
-) -> tuple[list[dict], list[dict]]:
-    """(objects, secret objects) of the cluster connector; the Namespace comes first."""
-    pod_labels = objects.labels(APP, NAME)
-    not_on_gpu = {
+def not_on(gpu_nodes: list[str]) -> dict[str, Any]:
+    """The node affinity that keeps the connector off the GPU hosts' nodes, by name.
+
+    Keyed on `kubernetes.io/hostname`, which every node carries: the kubelet sets it to the
+    node's name, and k3s runs the kubelet with its `node-name` (the inventory name, as the
+    node tunnel's DaemonSet selects it). `workload-type` is a taint on the GPU node
+    (hosts.<name>.k3s.taints), no node's label, so a rule on it admitted every node. The taint
+    alone keeps this untolerating pod off too; the rule holds if the taint is dropped.
+    """
+    if not gpu_nodes:
+        return {}
+    expression = {"key": HOSTNAME_LABEL, "operator": "NotIn", "values": sorted(gpu_nodes)}
+    return {
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [
-                    {
-                        "matchExpressions": [
-                            {"key": GPU_LABEL, "operator": "NotIn", "values": [GPU_VALUE]}
-                        ]
-                    }
-                ]
+                "nodeSelectorTerms": [{"matchExpressions": [expression]}]
             }
-        },
+        }
+    }
+
+
+def build(
+    settings: Settings, tunnel_id: str, credential: TunnelCredential, gpu_nodes: list[str]
+) -> tuple[list[dict], list[dict]]:
+    """(objects, secret objects) of the cluster connector; its Namespace goes to the
+    namespaces file (`cluster_apps.namespaces`).
+
+    + gpu_nodes: the k3s nodes that are GPU hosts, where it must not run (`not_on`)
+    """
+    pod_labels = objects.labels(APP, NAME)
+    placement = {
+        **not_on(gpu_nodes),
         # Preferred, not required: with two VPS nodes a required rule would leave a
         # rolling update's new pod, or a replica during a node's outage, unscheduled.
         "podAntiAffinity": {
@@ -173,12 +188,14 @@ def build(
             "strategy": {"rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
             "template": {
                 "metadata": {"labels": pod_labels},
-                "spec": {
-                    "securityContext": POD_SECURITY,
-                    "affinity": not_on_gpu,
-                    "containers": [container(NAME, settings, credential)],
-                    "volumes": volumes(NAME, SECRET, credential),
-                },
+                "spec": objects.hardened(
+                    {
+                        "affinity": placement,
+                        "containers": [container(NAME, settings, credential)],
+                        "volumes": volumes(NAME, SECRET, credential),
+                    },
+                    **RUN_AS,
+                ),
             },
         },
     }

@@ -26,6 +26,11 @@ NAME = "label-studio"
 SECRET = "label-studio"
 PORT = 8080
 DATA_DIR = "/label-studio/data"  # LABEL_STUDIO_BASE_DATA_DIR in the image
+#: The image's user: HumanSignal/label-studio's Dockerfile ends in `USER 1001` and gives
+#: that uid its files (`COPY --chown=1001:0`, /label-studio its HOME), so it runs as that
+#: uid; its own group is root's (0), which it does not need: it gets 1001, and so does the
+#: data volume (fsGroup), where its files are created.
+UID = 1001
 SERVICE_URL = f"http://{NAME}.{NAMESPACE}.svc.cluster.local:{PORT}"
 #: The ESC keys the app is built from.
 SECRET_KEYS = (
@@ -157,7 +162,6 @@ def deployment(settings: Settings) -> dict[str, Any]:
         "readinessProbe": _probe(period=10, failures=3),
         "livenessProbe": _probe(period=20, failures=6),
         "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
-        "securityContext": {"allowPrivilegeEscalation": False},
     }
     return {
         "apiVersion": "apps/v1",
@@ -170,18 +174,26 @@ def deployment(settings: Settings) -> dict[str, Any]:
             "selector": {"matchLabels": objects.selector(NAME)},
             "template": {
                 "metadata": {"labels": objects.labels(APP, NAME)},
-                "spec": {
-                    "securityContext": {"fsGroup": 1001},  # the image runs as uid 1001
-                    "containers": [container],
-                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": NAME}}],
-                },
+                # The root file system stays writable: the image gives uid 1001 folders
+                # to write outside the data volume (its HOME /label-studio, its OPT_DIR),
+                # and nothing here has run it read-only.
+                "spec": objects.hardened(
+                    {
+                        "containers": [container],
+                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": NAME}}],
+                    },
+                    user=UID,
+                    group=UID,
+                    fs_group=UID,
+                ),
             },
         },
     }
 
 
 def build(settings: Settings, secrets: Secrets) -> tuple[list[dict], list[dict]]:
-    """(objects, secret objects) of the app; the Namespace comes first."""
+    """(objects, secret objects) of the app; its Namespace goes to the namespaces file
+    (`cluster_apps.namespaces`)."""
     app = settings.cluster_apps.label_studio
     service = {
         "apiVersion": "v1",

@@ -1,17 +1,19 @@
-"""The ML-backend connector: an hourly job that gives every Label Studio project the GPU.
+"""The ML-backend connector: an hourly job that gives every Label Studio project the GPU model.
 
-Annotators create projects at any time; each must reach the GPU service as its ML
-backend. The job runs ensure_ml_backend.py (this folder, shipped in a ConfigMap) in the
-Label Studio image, whose label-studio-sdk matches the server, with the admin's token
-from a Secret. `concurrencyPolicy: Forbid` keeps two runs from adding the backend twice.
+Annotators create projects at any time; each must reach the ML-backend adapter (deploys/
+gpu_host/ml_backend, published at `ml.<base>`) as its ML backend, with the adapter's basic
+auth. The job runs ensure_ml_backend.py (this folder, shipped in a ConfigMap) in the Label
+Studio image, whose label-studio-sdk matches the server, with the admin's token and the
+adapter's credentials from a Secret. `concurrencyPolicy: Forbid` keeps two runs from adding
+the backend twice.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from deploys.cluster_apps import label_studio, objects
+from oceanid.ingress import ml_name
 from oceanid.secrets import Secrets
 from oceanid.settings import GpuHost, Settings
 
@@ -24,12 +26,15 @@ SCRIPT_DIR = "/opt/oceanid"
 
 
 def backend_url(settings: Settings, gpus: list[GpuHost]) -> str:
-    """The configured URL, else the first GPU host's public URL; with no GPU host in this
-    inventory, the default GPU public name's (https://gpu.<base>)."""
+    """The configured URL, else the adapter's public URL on the first GPU host that runs
+    one (kind `triton`): https://<ml name>.<base>, the ml name beside its GPU name
+    (oceanid.ingress.ml_name: `gpu` -> `ml`); with none in this inventory, the default GPU
+    name's (https://ml.<base>)."""
     if settings.cluster_apps.ml_backend.url:
         return settings.cluster_apps.ml_backend.url
-    gpu = gpus[0] if gpus else GpuHost()
-    return f"https://{gpu.public_name}.{settings.base_domain}"
+    triton = [gpu for gpu in gpus if gpu.service.kind == "triton"]
+    gpu = triton[0] if triton else GpuHost()
+    return f"https://{ml_name(gpu.public_name)}.{settings.base_domain}"
 
 
 def build(settings: Settings, secrets: Secrets, url: str) -> tuple[list[dict], list[dict]]:
@@ -40,26 +45,33 @@ def build(settings: Settings, secrets: Secrets, url: str) -> tuple[list[dict], l
         {"name": "ML_BACKEND_URL", "value": url},
         {"name": "ML_BACKEND_TITLE", "value": connector.title},
         objects.secret_env("LABEL_STUDIO_API_KEY", SECRET),
+        objects.secret_env("ML_BACKEND_USER", SECRET),
+        objects.secret_env("ML_BACKEND_PASSWORD", SECRET),
     ]
-    pod: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "containers": [
-            {
-                "name": NAME,
-                "image": settings.cluster_apps.label_studio.image,
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["python3", f"{SCRIPT_DIR}/{SCRIPT.name}"],
-                "env": env,
-                "resources": {
-                    "requests": {"cpu": "50m", "memory": "128Mi"},
-                    "limits": {"memory": "512Mi"},
-                },
-                "securityContext": {"allowPrivilegeEscalation": False},
-                "volumeMounts": [{"name": "script", "mountPath": SCRIPT_DIR, "readOnly": True}],
-            }
-        ],
-        "volumes": [{"name": "script", "configMap": {"name": NAME}}],
-    }
+    # The Label Studio image, run as its own user; the job only reads its script and talks
+    # HTTP, so it has no volume to write and no group to own one.
+    pod = objects.hardened(
+        {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": NAME,
+                    "image": settings.cluster_apps.label_studio.image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["python3", f"{SCRIPT_DIR}/{SCRIPT.name}"],
+                    "env": env,
+                    "resources": {
+                        "requests": {"cpu": "50m", "memory": "128Mi"},
+                        "limits": {"memory": "512Mi"},
+                    },
+                    "volumeMounts": [{"name": "script", "mountPath": SCRIPT_DIR, "readOnly": True}],
+                }
+            ],
+            "volumes": [{"name": "script", "configMap": {"name": NAME}}],
+        },
+        user=label_studio.UID,
+        group=label_studio.UID,
+    )
     job = {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
@@ -86,7 +98,14 @@ def build(settings: Settings, secrets: Secrets, url: str) -> tuple[list[dict], l
         [script, job],
         [
             objects.secret(
-                APP, SECRET, NAMESPACE, {"LABEL_STUDIO_API_KEY": secrets["labelStudioApiToken"]}
+                APP,
+                SECRET,
+                NAMESPACE,
+                {
+                    "LABEL_STUDIO_API_KEY": secrets["labelStudioApiToken"],
+                    "ML_BACKEND_USER": secrets["mlBackendUser"],
+                    "ML_BACKEND_PASSWORD": secrets["mlBackendPassword"],
+                },
             )
         ],
     )

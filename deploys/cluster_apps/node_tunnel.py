@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from deploys.cluster_apps import cluster_connector, objects
+from oceanid.ingress import node_ingress
 from oceanid.preflight import HostPlan
 
 APP = "node-tunnel"
@@ -23,8 +24,17 @@ NAMESPACE = "cloudflared-node"
 TUNNEL_LABEL = "oceanid.cluster/tunnel-enabled"
 
 
+#: Where each DaemonSet pod's metrics server listens: the node's loopback (hostNetwork).
+METRICS_ADDRESS = f"127.0.0.1:{cluster_connector.METRICS_PORT}"
+
+
+def daemon_set_name(host_name: str) -> str:
+    """The DaemonSet (and its ConfigMap and Secret) serving this GPU host's tunnel."""
+    return f"cloudflared-node-{host_name}"
+
+
 def name(plan: HostPlan) -> str:
-    return f"cloudflared-node-{plan.name}"
+    return daemon_set_name(plan.name)
 
 
 def config(plan: HostPlan) -> dict[str, Any]:
@@ -38,21 +48,16 @@ def config(plan: HostPlan) -> dict[str, Any]:
             "protocol": settings.tunnel_protocol,
             "no-autoupdate": True,
             # the node's loopback: hostNetwork; the host connector's port, as it is stopped
-            "metrics": f"127.0.0.1:{cluster_connector.METRICS_PORT}",
-            "ingress": [
-                {
-                    "hostname": f"{gpu.public_name}.{settings.base_domain}",
-                    "service": f"http://localhost:{gpu.service.port}",
-                },
-                {"service": "http_status:404"},
-            ],
+            "metrics": METRICS_ADDRESS,
+            "ingress": node_ingress(f"{gpu.public_name}.{settings.base_domain}", gpu.service),
         }
     )
     return document
 
 
 def build(plans: list[HostPlan]) -> tuple[list[dict], list[dict]]:
-    """(objects, secret objects) for every GPU host's DaemonSet; the Namespace first."""
+    """(objects, secret objects) for every GPU host's DaemonSet; its Namespace goes to the
+    namespaces file (`cluster_apps.namespaces`)."""
     found: list[dict] = [objects.namespace(APP, NAMESPACE)]
     secrets: list[dict] = []
     for plan in plans:
@@ -70,25 +75,27 @@ def build(plans: list[HostPlan]) -> tuple[list[dict], list[dict]]:
                 "updateStrategy": {"rollingUpdate": {"maxUnavailable": 1}},
                 "template": {
                     "metadata": {"labels": objects.labels(APP, this)},
-                    "spec": {
-                        "hostNetwork": True,
-                        "dnsPolicy": "ClusterFirstWithHostNet",
-                        "nodeSelector": {
-                            TUNNEL_LABEL: "true",
-                            "kubernetes.io/hostname": plan.name,
+                    "spec": objects.hardened(
+                        {
+                            "hostNetwork": True,
+                            "dnsPolicy": "ClusterFirstWithHostNet",
+                            "nodeSelector": {
+                                TUNNEL_LABEL: "true",
+                                "kubernetes.io/hostname": plan.name,
+                            },
+                            "tolerations": [
+                                {
+                                    "key": cluster_connector.GPU_LABEL,
+                                    "operator": "Equal",
+                                    "value": cluster_connector.GPU_VALUE,
+                                    "effect": "NoSchedule",
+                                }
+                            ],
+                            "containers": [container],
+                            "volumes": cluster_connector.volumes(this, this, credential),
                         },
-                        "tolerations": [
-                            {
-                                "key": cluster_connector.GPU_LABEL,
-                                "operator": "Equal",
-                                "value": cluster_connector.GPU_VALUE,
-                                "effect": "NoSchedule",
-                            }
-                        ],
-                        "securityContext": cluster_connector.POD_SECURITY,
-                        "containers": [container],
-                        "volumes": cluster_connector.volumes(this, this, credential),
-                    },
+                        **cluster_connector.RUN_AS,
+                    ),
                 },
             },
         }

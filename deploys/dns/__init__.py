@@ -1,7 +1,10 @@
 """Public names: each host makes sure its own name points at its own tunnel.
 
 The k3s server owns `label.<base>` (the cluster tunnel), each GPU host its
-`<public_name>.<base>` (its node tunnel). The Cloudflare API is called from the machine
+`<public_name>.<base>` (its node tunnel) and, on the `triton` kind, the ML-backend adapter's
+name beside it (`ml.<base>` for `gpu`, `mlN` for `gpuN`: oceanid/ingress.py `public_names`), on
+the same tunnel, and, with `access: service_token`, the GPU name's Cloudflare Access
+application and policy. The Cloudflare API is called from the machine
 running pyinfra; the operation reads the zone while it is prepared, so `--dry` lists
 what would change, and it writes nothing when there is a conflict anywhere in its plan.
 """
@@ -10,10 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from oceanid.ingress import node_ingress, public_names
 from oceanid.preflight import K3S_SERVERS, HostPlan, Site
 
 if TYPE_CHECKING:
-    from oceanid.cloudflare_dns import DesiredRecord
+    from oceanid.cloudflare_dns import CloudflareAccess, DesiredRecord
 
 # The Cloudflare SDK (about 0.2 s of CPU to import) is imported where it is used, not when
 # deploys/site.py loads: by then each host's SSH read is under way, and the import overlaps it.
@@ -21,7 +25,7 @@ if TYPE_CHECKING:
 
 def records(plan: HostPlan, site: Site) -> tuple[list[DesiredRecord], dict]:
     """This host's records, and the ingress of its node tunnel (if Cloudflare manages it)."""
-    from oceanid.cloudflare_dns import DesiredRecord, desired_ingress, tunnel_target
+    from oceanid.cloudflare_dns import DesiredRecord, tunnel_target
 
     base = plan.settings.base_domain
     wanted: list[DesiredRecord] = []
@@ -30,10 +34,11 @@ def records(plan: HostPlan, site: Site) -> tuple[list[DesiredRecord], dict]:
         wanted.append(DesiredRecord(f"label.{base}", tunnel_target(site.cluster_tunnel_id)))
     if plan.gpu is not None and plan.node_tunnel_id:
         name = f"{plan.gpu.public_name}.{base}"
-        wanted.append(DesiredRecord(name, tunnel_target(plan.node_tunnel_id)))
-        ingress[plan.node_tunnel_id] = desired_ingress(
-            {name: f"http://localhost:{plan.gpu.service.port}"}
-        )
+        for public in public_names(name, plan.gpu.service):  # the GPU name, the adapter's
+            wanted.append(DesiredRecord(public, tunnel_target(plan.node_tunnel_id)))
+        # the same rules as the connector's own config.yaml (deploys/gpu_host): where the tunnel
+        # is remotely managed, cloudflared runs these instead of the file's
+        ingress[plan.node_tunnel_id] = node_ingress(name, plan.gpu.service)
     return wanted, ingress
 
 
@@ -48,10 +53,13 @@ def tunnel_keys(plan: HostPlan, site: Site) -> dict[str, str]:
 
 
 def site_names(plan: HostPlan) -> set[str]:
-    """Every public name the site's settings give: label and each GPU host's name."""
+    """Every public name the site's settings give: label, each GPU host's name and its
+    adapter's."""
     base = plan.settings.base_domain
     names = {f"label.{base}"}
-    names |= {f"{h.gpu.public_name}.{base}" for h in plan.settings.hosts.values() if h.gpu}
+    for h in plan.settings.hosts.values():
+        if h.gpu:
+            names |= set(public_names(f"{h.gpu.public_name}.{base}", h.gpu.service))
     return names
 
 
@@ -86,3 +94,22 @@ def deploy(plan: HostPlan, site: Site) -> None:
         others=sorted(site_names(plan) - {record.name for record in wanted}),
         **routes,
     )
+    guard_gpu_name(plan, site, access)
+
+
+def guard_gpu_name(plan: HostPlan, site: Site, access: CloudflareAccess) -> None:
+    """`access: service_token`: only the ESC service token passes Cloudflare's edge to this
+    host's GPU name (oceanid/cloudflare_access.py). Read now, like the routes."""
+    if plan.gpu is None or plan.gpu.access != "service_token":
+        return
+    from oceanid.cloudflare_access import ID_KEY, ServiceTokenRef
+    from operations import cloudflare
+
+    guarded = {
+        "access": access,
+        "domain": f"{plan.gpu.public_name}.{plan.settings.base_domain}",
+        "token": ServiceTokenRef(site.secrets[ID_KEY]),
+        "app_name": f"oceanid {plan.name}",
+    }
+    cloudflare.read_access(**guarded)
+    cloudflare.access_application(name=f"Cloudflare Access for {guarded['domain']}", **guarded)

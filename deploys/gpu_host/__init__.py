@@ -1,4 +1,5 @@
-"""The GPU host role: its own tunnel connector and the GPU service behind `gpu.<base>`.
+"""The GPU host role: its own tunnel connector, the GPU service behind `gpu.<base>` and, on the
+`triton` kind, the ML backend Label Studio calls behind `ml.<base>` (deploys/gpu_host/ml_backend).
 
 Everything the role manages is declared in one Manifest (`declare`) and read in one fact,
 with the host's other roles; the operations then change only what differs. This file only
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from deploys.gpu_host import cloudflared_node, docker, http_service, triton
+from deploys.gpu_host import cloudflared_node, docker, http_service, ml_backend, triton
 from oceanid.preflight import HostPlan
 from operations import gpu, managed
 from operations.managed import Manifest
@@ -20,7 +21,15 @@ from operations.managed import Manifest
 def check(plan: HostPlan) -> None:
     """Run first on a GPU host: stop before anything changes if its GPU is missing."""
     if plan.gpu is not None and plan.gpu.require_gpu:
-        gpu.require(name="A usable NVIDIA GPU", gpus=plan.gpu.gpus)
+        service = plan.gpu.service
+        image = service.kind == "triton" and service.runtime == "container"
+        gpu.require(
+            name="A usable NVIDIA GPU",
+            gpus=plan.gpu.gpus,
+            # the pinned Triton image's CUDA needs this driver (group_data triton_min_driver)
+            min_driver=plan.settings.triton_min_driver if image else None,
+            image=plan.settings.triton_image if image else None,
+        )
 
 
 @dataclass
@@ -33,6 +42,7 @@ class Role:
     tunnel_inputs: list[str]
     service_inputs: list[str]
     by_model: dict[str, list[str]] = field(default_factory=dict)
+    ml_inputs: list[str] | None = None  # the ML backend's (a `triton` host), what restarts it
 
 
 def declare(plan: HostPlan) -> Role:
@@ -44,7 +54,8 @@ def declare(plan: HostPlan) -> Role:
         docker.add_to(manifest, plan)
     if service.kind == "triton":
         service_inputs, by_model = triton.add_to(manifest, plan)
-        return Role(manifest, uses_docker, tunnel_inputs, service_inputs, by_model)
+        ml_inputs = ml_backend.add_to(manifest, plan)
+        return Role(manifest, uses_docker, tunnel_inputs, service_inputs, by_model, ml_inputs)
     return Role(manifest, uses_docker, tunnel_inputs, http_service.add_to(manifest, plan))
 
 
@@ -54,6 +65,8 @@ def deploy(plan: HostPlan, role: Role | None = None) -> Manifest:
     manifest = role.manifest
     distro_packages = [p for p in manifest.packages if p not in docker.CONTAINER_PACKAGES]
     managed.packages(name="GPU host packages", manifest=manifest, names=distro_packages)
+    if role.ml_inputs is not None:  # its credentials file is owned by its account
+        ml_backend.prepare(manifest)
     managed.directories(name="GPU host directories", manifest=manifest)
     managed.files(name="GPU host files", manifest=manifest)
     managed.sweep(name="GPU host files no longer wanted", manifest=manifest)
@@ -61,6 +74,8 @@ def deploy(plan: HostPlan, role: Role | None = None) -> Manifest:
         docker.deploy(manifest, plan)
     if plan.gpu.service.kind == "triton":
         triton.deploy(manifest, plan, role.service_inputs, role.by_model)
+        if role.ml_inputs is not None:
+            ml_backend.deploy(manifest, role.ml_inputs)
     else:
         http_service.deploy(manifest, plan, role.service_inputs)
     cloudflared_node.deploy(manifest, role.tunnel_inputs, plan)

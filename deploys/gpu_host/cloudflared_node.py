@@ -14,6 +14,7 @@ import yaml
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
 
+from oceanid.ingress import node_ingress
 from oceanid.preflight import HostPlan
 from operations import services
 from operations.failure import refuse
@@ -34,7 +35,8 @@ def credential_path(plan: HostPlan) -> str:
 
 
 def config(plan: HostPlan) -> dict:
-    """The connector's config.yaml: local ingress to the GPU service, then a 404."""
+    """The connector's config.yaml: the public name's rules (oceanid/ingress.py: Triton's
+    inference plane only, or every path of an `http` server), then a 404."""
     settings, gpu = plan.settings, plan.gpu
     document: dict = {"tunnel": plan.node_tunnel_id}
     if plan.node_credential.kind == "credentials-file":
@@ -44,13 +46,7 @@ def config(plan: HostPlan) -> dict:
             "protocol": settings.tunnel_protocol,
             "no-autoupdate": True,
             "metrics": settings.cloudflared_metrics_address,
-            "ingress": [
-                {
-                    "hostname": f"{gpu.public_name}.{settings.base_domain}",
-                    "service": f"http://localhost:{gpu.service.port}",
-                },
-                {"service": "http_status:404"},
-            ],
+            "ingress": node_ingress(f"{gpu.public_name}.{settings.base_domain}", gpu.service),
         }
     )
     return document
@@ -91,10 +87,7 @@ def add_to(manifest: Manifest, plan: HostPlan) -> list[str]:
 def in_cluster(plan: HostPlan) -> bool:
     """Whether the cluster runs this host's tunnel (`node_tunnel_mode: daemonset`, with k3s
     provisioned): then the host connector must not run, or two connectors serve one tunnel."""
-    settings = plan.settings
-    return settings.enable_node_provisioning and settings.cluster_apps.node_tunnel_mode == (
-        "daemonset"
-    )
+    return plan.settings.node_tunnel_in_cluster()
 
 
 @operation()

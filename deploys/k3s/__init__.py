@@ -8,14 +8,17 @@ kubeconfig for the SSH tunnel). `server` and `agent` are the two roles, each one
 `deploy` is called by deploys/site.py for every host. pyinfra orders operations by the line
 that queues them, so every server operation (below, `server.deploy`) runs before any agent's,
 and the node labels last, once the agents have joined. With `enable_node_provisioning` off
-nothing of k3s is installed or changed: each node says in one line what it runs.
+nothing of k3s is installed or changed: each node says in one line what it runs; the cluster
+apps are still deployed on the first server where k3s is found running (the guide's minimal
+deploy keeps Label Studio up), and it says in one line when k3s is not running there and the
+apps are skipped (deploys/k3s/apps.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deploys.k3s import agent, cluster, server
+from deploys.k3s import agent, apps, cluster, server
 from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, HostPlan, Site
 from operations import k3s as k3s_ops
 from operations.managed import Manifest
@@ -29,6 +32,7 @@ class Node:
     report: Manifest | None = None
     server: tuple[Manifest, list[str], list[str]] | None = None
     agent: tuple[Manifest, list[str]] | None = None
+    apps: bool = False  # provisioning off, on the first server: the report carries the apps
 
     def manifests(self) -> list[Manifest]:
         found = [self.report] + [part[0] for part in (self.server, self.agent) if part]
@@ -42,7 +46,7 @@ def declare(plan: HostPlan, site: Site) -> Node | None:
     if not plan.settings.enable_node_provisioning:
         probed = Manifest(name=f"k3s report {plan.name}")
         k3s_ops.probe_install(probed)  # one batched fact, as every other role reads
-        return Node(report=probed)
+        return Node(report=probed, apps=apps.declare_minimal(probed, plan, site))
     return Node(
         server=server.manifest(plan, site) if K3S_SERVERS in plan.roles else None,
         agent=agent.manifest(plan, site) if K3S_AGENTS in plan.roles else None,
@@ -63,6 +67,8 @@ def deploy(plan: HostPlan, site: Site, node: Node | None = None) -> None:
         return
     if node.report is not None:
         k3s_ops.report(name="k3s on this node (provisioning off)", manifest=node.report)
+        if node.apps:
+            apps.deploy_minimal(node.report, site, plan.settings)
         return
     role = server.deploy(plan, site, node.server) if node.server else None
     joining = agent.prepare(plan, site, node.agent) if node.agent else None

@@ -1,5 +1,5 @@
 """The k3s agent role (`k3s_agents`): joins the cluster through the control-plane endpoint,
-once the server answers there.
+once the server answers there, with the agent token only (never the server token).
 
 On a GPU host that must have a GPU, k3s's containerd gets the NVIDIA runtime: k3s registers it
 (as `nvidia`) when it finds `nvidia-container-runtime` at start, which the GPU host role
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from pyinfra import host
 
-from deploys.k3s import node, units
+from deploys.k3s import cluster, node, units
 from oceanid.preflight import HostPlan, Site
+from operations import k3s as k3s_ops
 from operations import services
 from operations.managed import Manifest
 
@@ -25,6 +26,7 @@ class Joining:
 
     manifest: Manifest
     inputs: list[str]
+    token: bool = False  # the agent token is (re)copied in this run: k3s-agent restarts
 
 
 def manifest(plan: HostPlan, site: Site) -> tuple[Manifest, list[str]]:
@@ -40,18 +42,31 @@ def prepare(
     role, inputs = declared or manifest(plan, site)
     if plan.gpu is not None and not plan.gpu.require_gpu:
         host.log("k3s: no GPU required here (require_gpu: false): NVIDIA runtime skipped")
+    k3s_ops.refuse_now(role, plan.settings.k3s.version)  # before anything runs here
+    k3s_ops.version_step(
+        name="k3s upgrade one minor version at most",
+        manifest=role,
+        version=plan.settings.k3s.version,
+    )
     node.install(role, [f.path for f in role.files])
-    return Joining(role, inputs)
+    return Joining(role, inputs, token=not node.agent_token_present(role, site))
 
 
 def will_start(joining: Joining) -> bool:
     """Whether k3s-agent (re)starts in this run, so it must find the server answering."""
     unit = units.UNIT_NAMES["agent"]
     todo = services.actions(joining.manifest, unit, node.unit_file("agent"), joining.inputs)
-    return bool({"start", "restart"} & set(todo))
+    return joining.token or bool({"start", "restart"} & set(todo))
 
 
 def start(plan: HostPlan, site: Site, joining: Joining) -> None:
-    """Once the server answers: the token (when k3s generated it), the binary, the unit."""
-    node.join_token(joining.manifest, plan, site)
-    node.start(joining.manifest, "agent", joining.inputs, None)
+    """Once the server answers: the agent token (the first server's, in full), the binary,
+    the unit (restarted when its token was replaced: an agent that held the server token)."""
+    node.agent_tokens(joining.manifest, site)
+    k3s_ops.servers_first(  # Kubernetes' version skew: no kubelet newer than the API server
+        name="k3s agent upgraded only after every server",
+        manifest=joining.manifest,
+        servers=[server.name for server in cluster.servers(site)],
+        version=plan.settings.k3s.version,
+    )
+    node.start(joining.manifest, "agent", joining.inputs, None, restart=joining.token)

@@ -1,7 +1,9 @@
 """The cluster as data: which nodes there are, how they reach each other, the endpoint, the
-token, the labels. Pure functions of the validated site, shared by the server and agent roles."""
+tokens, the labels. Pure functions of the validated site, shared by the server and agent roles."""
 
 from __future__ import annotations
+
+import re
 
 from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, HostPlan, Site
 
@@ -19,7 +21,8 @@ def nodes(site: Site) -> list[HostPlan]:
 
 
 def address(plan: HostPlan) -> str:
-    """How the cluster reaches this node: its `hosts.<name>.k3s.address`, else its name."""
+    """How the cluster reaches this node: its `hosts.<name>.k3s.address`, else its name (for
+    the first server, where nodes join it, only an IP address: preflight refuses an alias)."""
     return plan.settings.host(plan.name).k3s.address or plan.name
 
 
@@ -35,6 +38,28 @@ def endpoint(site: Site, plan: HostPlan) -> str:
 def token(site: Site) -> str | None:
     """ESC k3s_token, or None: the first server then generates the cluster's token."""
     return site.secrets.get("k3s_token") or None
+
+
+def agent_token(site: Site) -> str | None:
+    """ESC k3sAgentToken (bare, or a full ``K10<CA hash>::node:<secret>``), or None: the first
+    server then generates the agent secret. Agents join with it, never with the server's."""
+    return site.secrets.get("k3sAgentToken") or None
+
+
+def ships_runtime_class(version: str) -> bool:
+    """Whether this k3s version deploys the `nvidia` RuntimeClass itself.
+
+    From v1.29.0 k3s writes its packaged `runtimes.yaml` (k3s-io/k3s manifests/runtimes.yaml:
+    `nvidia`, `nvidia-experimental`, `crun` and the wasm runtimes) into the auto-deploy folder
+    like its other packaged manifests (pkg/deploy/stage.go `Stage`, unless `disable: runtimes`,
+    which this deploy never sets); release notes of v1.29.0+k3s1: "Default runtime and runtime
+    classes for wasm/nvidia/crun (#8936)". A second file of ours holding `nvidia` would make
+    two Addons claim one object (each apply takes it over, pkg/deploy/controller.go). Older
+    lines got the change as backports (k3s-io/k3s #9013, #9014) in releases not checked here,
+    so they keep the deploy's own.
+    """
+    match = re.fullmatch(r"v?(\d+)\.(\d+)\.\d+(?:[+-].*)?", version)
+    return match is not None and (int(match[1]), int(match[2])) >= (1, 29)
 
 
 def gpu_agents(site: Site) -> list[HostPlan]:

@@ -9,7 +9,11 @@ certificate names 127.0.0.1 (k3s always adds it; config.yaml's tls-san lists it 
 The file holds the cluster admin's client key: it is read over SSH into memory, written 0600
 beside its final name and renamed, and never printed.
 
-    python -m deploys.k3s.kubeconfig [HOST] [--server URL] [--output PATH]
+    python -m deploys.k3s.kubeconfig [--inventory INVENTORY] [HOST] [--server URL] [--output PATH]
+
+The server is reached as pyinfra reaches it: its ssh_hostname, user, port, key and SSH config
+from the inventory (default inventory.py; `make kubeconfig INVENTORY=inventories/lab.py`),
+through oceanid.sshtarget; HOST defaults to the inventory's first k3s server.
 
 Environment: SSH, the ssh command and any options (default `ssh`), as for the tunnel script.
 """
@@ -24,6 +28,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from oceanid.sshtarget import TargetError, target
 
 SERVER_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 TUNNEL_SERVER = "https://127.0.0.1:16443"
@@ -69,9 +75,11 @@ def for_tunnel(text: str, server: str = TUNNEL_SERVER, name: str = NAME) -> dict
     return document
 
 
-def fetch(host: str, ssh: str) -> str:
-    """The server's k3s.yaml, read as root over SSH; the text stays in memory."""
-    command = [*shlex.split(ssh), host, "sudo", "-n", "cat", SERVER_KUBECONFIG]
+def fetch(host: str, ssh: str, destination: list[str] | None = None) -> str:
+    """The server's k3s.yaml, read as root over SSH; the text stays in memory.
+    `destination`: OpenSSH's options and destination for `host` (oceanid.sshtarget), default
+    `host` itself."""
+    command = [*shlex.split(ssh), *(destination or [host]), "sudo", "-n", "cat", SERVER_KUBECONFIG]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
@@ -95,19 +103,26 @@ def write_private(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make kubeconfig", description=__doc__.split("\n")[0])
-    parser.add_argument("host", nargs="?", default="tethys", help="a k3s server (tethys)")
+    parser.add_argument(
+        "--inventory",
+        help="reach the server as pyinfra does with this inventory (make's INVENTORY)",
+    )
+    parser.add_argument("host", nargs="?", help="a k3s server (default: the inventory's first)")
     parser.add_argument("--server", default=TUNNEL_SERVER, help="the API URL to write")
     parser.add_argument("--output", type=Path, default=OUTPUT, help="where to write it")
     args = parser.parse_args(argv)
     try:
-        document = for_tunnel(fetch(args.host, os.environ.get("SSH", "ssh")), args.server)
-    except KubeconfigError as error:
+        destination = target(args.inventory, args.host) if args.inventory else None
+        host = args.host or (destination[-1] if destination else "tethys")
+        text = fetch(host, os.environ.get("SSH", "ssh"), destination)
+        document = for_tunnel(text, args.server)
+    except (KubeconfigError, TargetError) as error:
         print(f"kubeconfig: {error}", file=sys.stderr)
         return 1
     write_private(args.output, yaml.safe_dump(document, sort_keys=False))
     print(
         f"wrote {args.output} (0600): context {NAME!r}, server {args.server}; open the tunnel "
-        f"with `make tunnel`, then: KUBECONFIG={args.output} kubectl get nodes"
+        f"with `make tunnel` (the same INVENTORY), then: KUBECONFIG={args.output} kubectl get nodes"
     )
     return 0
 

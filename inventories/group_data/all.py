@@ -9,6 +9,7 @@ GPU and runs Triton on the CPU from the nvidia-pytriton wheel.
 import json
 from pathlib import Path
 
+from lab.files import SAMPLE_URL
 from lab.services import CLOUDFLARE_URL
 from oceanid.settings import run_login_data
 
@@ -25,6 +26,7 @@ __all__ = [
     "triton_image_archive",
     "admin_ssh_keys",
     "hosts",
+    "smoke_pdf_url",
 ]
 
 _lab = Path(__file__).resolve().parents[2] / ".lab"
@@ -53,6 +55,8 @@ triton_image_archive = {
     "sha256": _pins["triton_image"]["sha256"],
 }
 admin_ssh_keys = [(_lab / "ssh" / "id_ed25519.pub").read_text().strip()]
+# the lab's file server (lab/files.py), as an operator's: calypso's ML backend fetches it
+smoke_pdf_url = SAMPLE_URL
 
 hosts = {
     # k3s nodes: the lab's addresses (lab/topology.py); nodes advertise them to each other.
@@ -91,10 +95,12 @@ hosts = {
             },
         },
     },
-    # A GPU host serving another HTTP model server from its image (the `http` kind).
+    # A GPU host serving another HTTP model server from its image (the `http` kind), its name
+    # behind Cloudflare Access: only the lab's service token passes (the API stand-in holds it).
     "calypso3": {
         "gpu": {
             "public_name": "gpu3",
+            "access": "service_token",
             "tunnel_id_key": "cloudflareNode3TunnelId",
             "tunnel_credential_key": "cloudflareNode3TunnelToken",
             "require_gpu": False,

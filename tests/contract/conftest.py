@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +48,14 @@ def tail(log: Path, lines: int = 40) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-@pytest.fixture(scope="session")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One tritonserver for the session, on free loopback ports, stopped by PID at the end."""
+@contextmanager
+def start_triton(work: Path) -> Iterator[Server]:
+    """A tritonserver on free loopback ports, files under `work`, stopped by PID on exit.
+
+    Also what `make bench-predict` (tests/contract/bench_predict.py) measures against.
+    """
     distribution = installed_distribution()  # raises when the wheel is missing: a failure
     env = python_env(Path(sys.executable))  # this venv: numpy<2 and pypdf, like /opt/triton
-    work = tmp_path_factory.mktemp("triton")
     repository = work / "models"
     for source in (ROOT / "triton-models", FIXTURES):
         files = render_repository(source, instance_kind="KIND_CPU", gpus=None)
@@ -82,7 +85,17 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(f"http://127.0.0.1:{http_port}", process, repository)
     try:
         if not wait_ready(server.url, process, READY_TIMEOUT_S):
-            pytest.fail(f"tritonserver not ready in {READY_TIMEOUT_S}s:\n{tail(log)}")
+            raise RuntimeError(f"tritonserver not ready in {READY_TIMEOUT_S}s:\n{tail(log)}")
         yield server
     finally:
         stop_server(process, timeout=20)
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One tritonserver for the session (start_triton), stopped by PID at the end."""
+    try:
+        with start_triton(tmp_path_factory.mktemp("triton")) as server:
+            yield server
+    except RuntimeError as exc:
+        pytest.fail(str(exc))

@@ -41,6 +41,7 @@ ROLE_MODULES = {
     "test_base": ALL_HOSTS,
     "test_gpu": preflight.GPU_HOSTS,
     "test_triton": TRITON,
+    "test_ml_backend": TRITON,  # the ML backend runs beside each Triton
     "test_triton_host": TRITON_HOST,
     "test_triton_container": TRITON_CONTAINER,
     "test_gpu_http": GPU_HTTP,

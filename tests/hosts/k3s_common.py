@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import yaml
 
+from deploys.k3s import firewall
 from deploys.k3s.config import CONFIG, TOKEN_FILE
 from deploys.k3s.node import unit_file
 from deploys.k3s.units import BINARY, MODULES_FILE, SYSCTL_FILE, UNIT_NAMES
@@ -41,3 +42,18 @@ def check_node(host, role: str) -> None:
     assert long_enough, f"{token_path} holds no token"
     assert not in_unit, f"the cluster token is in {unit}"
     assert not in_args, "the cluster token is in a process's arguments"
+    if role == "agent":  # design.md §7: the agent token in full, never the server token
+        agent_token = secret.startswith("K10") and "::node:" in secret and "::server:" not in secret
+        assert agent_token, f"{token_path} holds no full agent token (K10<CA hash>::node:...)"
+
+
+def check_firewall(host) -> None:
+    """The deploy's nftables table is loaded and its unit enabled for every boot."""
+    service = host.service(firewall.UNIT)
+    assert service.is_enabled, f"{firewall.UNIT} is not enabled"
+    assert service.is_running, f"{firewall.UNIT} is not active"
+    rules = host.file(firewall.RULES)
+    assert rules.is_file and rules.user == "root", firewall.RULES
+    with host.sudo():
+        table = host.check_output("nft list table inet oceanid")
+    assert "tcp dport" in table and "6443" in table and "drop" in table, table

@@ -7,7 +7,7 @@ config.yaml and holds the token only in its 0600 file.
 import yaml
 
 from deploys.k3s.config import CONFIG
-from tests.hosts.k3s_common import check_node
+from tests.hosts.k3s_common import check_firewall, check_node
 
 
 def test_agent_unit_binary_and_token(host):
@@ -22,3 +22,7 @@ def test_agent_joins_through_an_https_endpoint(host):
 
 def test_agent_is_not_a_server(host):
     assert not host.service("k3s.service").is_running
+
+
+def test_k3s_ports_are_firewalled(host):
+    check_firewall(host)

@@ -6,7 +6,7 @@ on 6443 and sees every node of the cluster Ready.
 
 import json
 
-from tests.hosts.k3s_common import check_node
+from tests.hosts.k3s_common import check_firewall, check_node
 
 
 def test_server_unit_binary_and_token(host):
@@ -37,3 +37,7 @@ def test_every_node_ready(host):
         for item in nodes["items"]
     }
     assert ready and all(ready.values()), ready
+
+
+def test_k3s_ports_are_firewalled(host):
+    check_firewall(host)

@@ -54,6 +54,10 @@ SECRET_KEYS = (
     "labelStudioApiToken",
     "labelStudioAdminPassword",
     "hfAccessToken",
+    "cloudflareAccessClientSecret",
+    "backupS3AccessKeyId",  # the backups' object store (lab/s3.py)
+    "backupS3SecretAccessKey",
+    "mlBackendPassword",  # the ML backend's basic auth (deploys/gpu_host/ml_backend)
 )
 
 
@@ -110,3 +114,29 @@ def k3s_tunnel(tmp_path: Path) -> Iterator[Path]:
     finally:
         subprocess.run([*tunnel, "--close", "tethys"], env={**lab_env(), **env}, timeout=60)
         shutil.rmtree(control, ignore_errors=True)
+
+
+#: Where each GPU host's connector plays the edge for its hostnames: the cloudflared stand-in's
+#: `DEFAULT_EDGE` (tests/standins/cloudflared), on the host's loopback.
+EDGE_PORT = 20880
+
+
+@contextmanager
+def edges(*names: str) -> Iterator[dict[str, str]]:
+    """An SSH port forward to each host's connector edge: host name -> local URL. A request
+    there with a public name as its Host header is routed by the rules that connector runs."""
+    forwards, urls = [], {}
+    try:
+        for name in names:
+            port = free_port()
+            forwards.append(subprocess.Popen(
+                [*SSH.split(), "-N", "-o", "ExitOnForwardFailure=yes",
+                 "-L", f"127.0.0.1:{port}:127.0.0.1:{EDGE_PORT}", name],
+            ))  # fmt: skip
+            wait_port(port)
+            urls[name] = f"http://127.0.0.1:{port}"
+        yield urls
+    finally:
+        for forward in forwards:
+            forward.terminate()
+            forward.wait(timeout=10)

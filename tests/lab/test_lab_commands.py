@@ -6,10 +6,11 @@ then red for each thing broken on purpose (and put back in a `finally`):
 - a k3s agent stopped: smoke red on its node check (needs the k3s role in the lab);
 - calypso's connector config edited by hand: drift exits 2 naming calypso and the file.
 
-The lab has no Cloudflare edge: smoke reaches each GPU host's Triton through an SSH port forward
-(`--url`), and label.<base> is SKIP. Nor does Cloudflare see the lab's connectors: the API
-stand-in is told what each connector's own `/ready` says (`edge_sees`), which is what the real
-edge learns from the connector's connections.
+The lab has no Cloudflare edge: smoke reaches each GPU host's public name through an SSH port
+forward to its connector, which plays the edge for its hostnames (`--url`; the cloudflared
+stand-in's edge routes by the connector's rules), and label.<base> is SKIP. Nor does Cloudflare
+see the lab's connectors: the API stand-in is told what each connector's own `/ready` says
+(`edge_sees`), which is what the real edge learns from the connector's connections.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import yaml
 from lab.converge import lab_env, pyinfra
 from lab.services import CLOUDFLARE_URL
 from lab.topology import REPO, SECRETS_FILE
-from tests.lab import SSH, free_port, k3s_tunnel, lab_secret_lines, ssh, wait_port
+from tests.lab import edges, k3s_tunnel, lab_secret_lines, ssh
 
 pytestmark = pytest.mark.lab
 
@@ -64,22 +65,12 @@ def drift() -> subprocess.CompletedProcess[str]:
 
 @contextmanager
 def gpu_forwards() -> Iterator[list[str]]:
-    """`--url` arguments sending each GPU host's public name through an SSH port forward."""
-    forwards, urls = [], []
-    try:
-        for name, public in GPU_NAMES.items():
-            port = free_port()
-            forwards.append(subprocess.Popen(
-                [*SSH.split(), "-N", "-o", "ExitOnForwardFailure=yes",
-                 "-L", f"127.0.0.1:{port}:127.0.0.1:8000", name],
-            ))  # fmt: skip
-            wait_port(port)
-            urls += ["--url", f"{public}.boathou.se=http://127.0.0.1:{port}"]
-        yield urls
-    finally:
-        for forward in forwards:
-            forward.terminate()
-            forward.wait(timeout=10)
+    """`--url` arguments sending each GPU host's public name to its connector's edge, through
+    an SSH port forward: the name is routed by the connector's own rules, as Cloudflare's edge
+    would hand it over."""
+    with edges(*GPU_NAMES) as urls:
+        yield [arg for name, public in GPU_NAMES.items()
+               for arg in ("--url", f"{public}.boathou.se={urls[name]}")]  # fmt: skip
 
 
 def edge_sees(name: str) -> None:
@@ -254,3 +245,35 @@ def test_k3s_agent_stopped(converged, tmp_path):
             while node_check(kubeconfig).returncode != 0:
                 assert time.monotonic() < deadline, "styx did not come back Ready"
                 time.sleep(3)
+
+
+def test_kubeconfig_and_tunnel_as_typed_with_the_lab_inventory(converged):
+    """`make kubeconfig INVENTORY=inventories/lab.py && make tunnel INVENTORY=inventories/lab.py`
+    as docs/lab.md types them, with no SSH setting of the lab's (no `-F .lab/ssh/config`): the
+    inventory alone says tethys is root@10.77.0.11 with the lab's key; then the real kubectl
+    lists tethys through https://127.0.0.1:16443, and `make tunnel-close` closes it."""
+    kubeconfig = REPO / "cluster" / "kubeconfig.yaml"
+    saved = kubeconfig.read_bytes() if kubeconfig.exists() else None
+    env = {k: v for k, v in lab_env().items() if k != "SSH"}
+
+    def typed(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            list(argv), cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    try:
+        wrote = typed("make", "-s", "kubeconfig", f"INVENTORY={LAB}")
+        assert wrote.returncode == 0, wrote.stdout + wrote.stderr
+        assert oct(kubeconfig.stat().st_mode & 0o777) == "0o600"
+        opened = typed("make", "-s", "tunnel", f"INVENTORY={LAB}")
+        assert opened.returncode == 0, opened.stdout + opened.stderr
+        nodes = typed("kubectl", f"--kubeconfig={kubeconfig}", "get", "nodes", "-o", "name")
+        assert nodes.returncode == 0, nodes.stderr
+        assert "node/tethys" in nodes.stdout.split()
+    finally:
+        closed = typed("make", "-s", "tunnel-close", f"INVENTORY={LAB}")
+        if saved is None:
+            kubeconfig.unlink(missing_ok=True)
+        else:
+            kubeconfig.write_bytes(saved)
+    assert closed.returncode == 0 and "closed" in closed.stdout, closed.stdout + closed.stderr

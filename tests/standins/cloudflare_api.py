@@ -26,6 +26,14 @@ real API checks, so that a bug the real API would reject is rejected here too:
   replaces the whole config, bumps ``version`` and defaults ``warp-routing``; with
   ``config_defaults`` (seed) or ``--config-defaults`` each ingress rule is read back with
   cloudflared's default ``originRequest`` values filled in, values that were never sent;
+- Access (Zero Trust): applications, their own policies and service tokens under
+  ``/accounts/<id>/access/`` (paths and bodies from the SDK's ``zero_trust/access`` resources and
+  types): a self-hosted application needs a ``type`` and a ``domain`` inside one of the account's
+  zones (400/12130 ``access.api.error.invalid_request: <why>``), a second application on one
+  domain is 409/11010, an unknown application or policy 404/12135; a policy needs a name, a
+  decision and at least one include rule, a ``service_token`` rule an existing token, and
+  precedences are unique within an application (12130); a service token's client secret is
+  answered only on create (the state keeps its SHA-256, never the secret);
 - injected faults (``faults`` in the seed or ``POST /__standin__/faults``), e.g. HTTP 429 with code
   971 and ``Retry-After``, so retry handling can be tested; a fault with ``block_s`` then refuses
   every request for that many seconds (429, ``Retry-After`` the time left), as the API blocks a
@@ -51,6 +59,12 @@ base URL ends in ``/client/v4`` like the real one. Seed file (JSON or YAML)::
          connectors: [{conns: 4, version: "2025.8.1"}],            # optional: connected replicas
          ever_connected: false, status: degraded,                  # optional overrides
          deleted: false}                                           # optional: soft-deleted
+    access_service_tokens:           # optional: tokens made earlier in the dashboard
+      - {name: oceanid-gpu, client_id: "<32 hex>.access", client_secret: "...",
+         enabled: true, expires_at: null}
+    access_apps:                     # optional: applications already there
+      - {name: gpu, domain: gpu.boathou.se, type: self_hosted,
+         policies: [{name: all, decision: bypass, include: [{everyone: {}}]}]}
     faults:
       - {method: POST, path: /dns_records, status: 429, code: 971, retry_after: 1, times: 1,
          skip: 0, after_apply: false, block_s: 0}
@@ -67,7 +81,9 @@ Control endpoints (same bearer token): ``GET /__standin__/state``, ``GET /__stan
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
+import hashlib
 import ipaddress
 import json
 import re
@@ -121,6 +137,27 @@ DNS_LIST_QUERY = {
     "page", "per_page", "name", "name.exact", "type", "content", "content.exact", "comment.exact",
     "order", "direction", "match", "proxied",
 }  # fmt: skip
+
+# Access (Zero Trust): cloudflare/types/zero_trust/access/application_type.py and decision.py.
+ACCESS_APP_TYPES = (
+    "self_hosted", "saas", "ssh", "vnc", "app_launcher", "warp", "biso", "bookmark", "dash_sso",
+    "infrastructure", "rdp", "mcp", "mcp_portal", "proxy_endpoint",
+)  # fmt: skip
+# The types whose create body requires a `domain` (application_create_params: SelfHosted-,
+# BrowserSSH-, BrowserVNC- and BrowserRDPApplication).
+ACCESS_DOMAIN_TYPES = ("self_hosted", "ssh", "vnc", "rdp")
+ACCESS_DECISIONS = ("allow", "deny", "non_identity", "bypass")
+# What an application reads back with when the body left it out.
+ACCESS_APP_DEFAULTS = {
+    "session_duration": "24h",
+    "app_launcher_visible": True,
+    "service_auth_401_redirect": False,
+    "auto_redirect_to_identity": False,
+    "allowed_idps": [],
+    "tags": [],
+}
+ACCESS_PER_PAGE_DEFAULT = 25
+ACCESS_PER_PAGE_MAX = 1000
 
 Json = dict[str, Any]
 
@@ -224,6 +261,13 @@ class StandinState:
                 "deleted_at": _now() if tunnel.get("deleted") else None,
             }
             state.set_connectors(tunnel_id, tunnel.get("connectors", []))
+        for token in seed.get("access_service_tokens", []):
+            body = {k: v for k, v in token.items() if k not in ("client_id", "client_secret")}
+            state.create_service_token(body, token.get("client_id"), token.get("client_secret"))
+        for app in seed.get("access_apps", []):
+            made = state.create_access_app({k: v for k, v in app.items() if k != "policies"})
+            for policy in app.get("policies", []):
+                state.create_access_policy(made["id"], policy)
         return state
 
     def save(self) -> None:
@@ -524,6 +568,179 @@ class StandinState:
         tunnel["config_version"] += 1
         return self.config_json(tunnel_id)
 
+    # -- Access (Zero Trust) ----------------------------------------------------------------------
+    # Paths and shapes as the SDK has them (cloudflare 5.9): resources/zero_trust/access/
+    # applications/applications.py (`/accounts/{id}/access/apps`, PUT replaces), applications/
+    # policies.py (`/access/apps/{app_id}/policies`), service_tokens.py (`/access/service_tokens`);
+    # bodies from types/zero_trust/access/application_create_params.py (SelfHostedApplication:
+    # `domain`, `type` required), applications/policy_create_params.py, decision.py,
+    # application_type.py, service_token.py and service_token_create_response.py (the client secret
+    # is answered once, on create). Error answers as the API was seen to send them in public
+    # reports: 400/12130 "access.api.error.invalid_request: <why>" (e.g. "app type is missing or
+    # invalid", "domain does not belong to zone", "policy precedences must be unique"), 404/12135
+    # "access.api.error.not_found", 409/11010 "access.api.error.application_already_exists"
+    # (DockFlare issue #217). Where no report gave the words, the message after the colon is the
+    # stand-in's own; the status and code are the API's.
+
+    def _access(self) -> Json:
+        return self.data.setdefault("access", {"apps": {}, "policies": {}, "service_tokens": {}})
+
+    def access_app(self, app_id: str) -> Json:
+        app = self._access()["apps"].get(app_id)
+        if app is None:
+            raise ApiError(404, (12135, "access.api.error.not_found"))
+        return app
+
+    def _check_app(self, body: Json, ignore_id: str | None = None) -> Json:
+        kind = body.get("type")
+        if kind not in ACCESS_APP_TYPES:
+            raise _invalid("app type is missing or invalid")
+        app: Json = {"type": kind, "name": body.get("name")}
+        if kind in ACCESS_DOMAIN_TYPES:
+            domain = str(body.get("domain") or "").strip().lower().rstrip(".")
+            if not domain:
+                raise _invalid(f"domain is required for a {kind} application")
+            host = domain.split("/", 1)[0]
+            zones = {zone["name"] for zone in self.data["zones"].values()}
+            if not any(host == zone or host.endswith("." + zone) for zone in zones):
+                raise _invalid("domain does not belong to zone")
+            for other_id, other in self._access()["apps"].items():
+                if other_id != ignore_id and other.get("domain") == domain:
+                    raise ApiError(409, (11010, "access.api.error.application_already_exists"))
+            app.update(
+                domain=domain,
+                self_hosted_domains=[domain],
+                destinations=[{"type": "public", "uri": domain}],
+            )
+            app["name"] = app["name"] or domain
+        for key, default in ACCESS_APP_DEFAULTS.items():
+            app[key] = body.get(key, default)
+        return app
+
+    def create_access_app(self, body: Json) -> Json:
+        app = self._check_app(body)
+        stamp = _now()
+        app.update(id=str(uuid.uuid4()), aud=secrets.token_hex(32), created_at=stamp,
+                   updated_at=stamp)  # fmt: skip
+        self._access()["apps"][app["id"]] = app
+        self._access()["policies"][app["id"]] = []
+        return self.access_app_json(app["id"])
+
+    def replace_access_app(self, app_id: str, body: Json) -> Json:
+        current = self.access_app(app_id)
+        app = self._check_app(body, ignore_id=app_id)
+        keep = {key: current[key] for key in ("id", "aud", "created_at")}
+        current.clear()
+        current.update(app, **keep, updated_at=_now())
+        return self.access_app_json(app_id)
+
+    def delete_access_app(self, app_id: str) -> Json:
+        self.access_app(app_id)
+        del self._access()["apps"][app_id]
+        self._access()["policies"].pop(app_id, None)
+        return {"id": app_id}
+
+    def access_app_json(self, app_id: str) -> Json:
+        """An application as the API reads it back: its own policies inline."""
+        app = copy.deepcopy(self.access_app(app_id))
+        app["policies"] = copy.deepcopy(self._access()["policies"].get(app_id, []))
+        return app
+
+    def _check_policy(self, app_id: str, body: Json, ignore_id: str | None = None) -> Json:
+        if not str(body.get("name") or "").strip():
+            raise _invalid("name is required")
+        if body.get("decision") not in ACCESS_DECISIONS:
+            raise _invalid("decision must be one of " + ", ".join(ACCESS_DECISIONS))
+        rules: Json = {}
+        for part in ("include", "exclude", "require"):
+            value = body.get(part, [])
+            if value is None:
+                value = []
+            if not isinstance(value, list) or (part == "include" and not value):
+                raise _invalid(f"{part} must be a list of rules" + (
+                    ", at least one" if part == "include" else ""))  # fmt: skip
+            for rule in value:
+                self._check_rule(rule)
+            rules[part] = copy.deepcopy(value)
+        siblings = [p for p in self._access()["policies"][app_id] if p["id"] != ignore_id]
+        precedence = body.get("precedence")
+        if precedence is None:
+            precedence = 1 + max((p["precedence"] for p in siblings), default=0)
+        if not isinstance(precedence, int) or isinstance(precedence, bool) or precedence < 1:
+            raise _invalid("precedence must be a positive integer")
+        if any(p["precedence"] == precedence for p in siblings):
+            raise _invalid("policy precedences must be unique")
+        return {"name": body["name"], "decision": body["decision"], **rules,
+                "precedence": precedence}  # fmt: skip
+
+    def _check_rule(self, rule: Any) -> None:
+        """One selector per rule (``applications/access_rule.py``); a service token rule must
+        name a token of the account (``applications/service_token_rule.py``)."""
+        if not isinstance(rule, dict) or len(rule) != 1:
+            raise _invalid("each rule must hold exactly one selector")
+        ((selector, value),) = rule.items()
+        if selector == "service_token":
+            token_id = value.get("token_id") if isinstance(value, dict) else None
+            if token_id not in self._access()["service_tokens"]:
+                raise _invalid("service_token.token_id is not a service token of this account")
+
+    def access_policies(self, app_id: str) -> list[Json]:
+        self.access_app(app_id)
+        return self._access()["policies"][app_id]
+
+    def access_policy(self, app_id: str, policy_id: str) -> Json:
+        for policy in self.access_policies(app_id):
+            if policy["id"] == policy_id:
+                return policy
+        raise ApiError(404, (12135, "access.api.error.not_found"))
+
+    def create_access_policy(self, app_id: str, body: Json) -> Json:
+        self.access_app(app_id)
+        policy = self._check_policy(app_id, body)
+        stamp = _now()
+        policy.update(id=str(uuid.uuid4()), created_at=stamp, updated_at=stamp)
+        self._access()["policies"][app_id].append(policy)
+        return copy.deepcopy(policy)
+
+    def replace_access_policy(self, app_id: str, policy_id: str, body: Json) -> Json:
+        current = self.access_policy(app_id, policy_id)
+        policy = self._check_policy(app_id, body, ignore_id=policy_id)
+        current.update(policy, updated_at=_now())
+        return copy.deepcopy(current)
+
+    def delete_access_policy(self, app_id: str, policy_id: str) -> Json:
+        policy = self.access_policy(app_id, policy_id)
+        self._access()["policies"][app_id].remove(policy)
+        return {"id": policy_id}
+
+    def create_service_token(self, body: Json, client_id: str | None = None,
+                             client_secret: str | None = None) -> Json:  # fmt: skip
+        """Make a token; only this answer holds its secret (the state keeps a SHA-256 of it).
+        ``client_id``/``client_secret`` are for seeding a token made earlier in the dashboard."""
+        if not str(body.get("name") or "").strip():
+            raise _invalid("name is required")
+        secret = client_secret or secrets.token_hex(32)
+        stamp = _now()
+        token = {
+            "id": body.get("id") or str(uuid.uuid4()),
+            "name": body["name"],
+            "client_id": client_id or f"{secrets.token_hex(16)}.access",
+            "duration": body.get("duration", "8760h"),
+            "enabled": bool(body.get("enabled", True)),
+            "expires_at": body.get("expires_at"),
+            "created_at": stamp,
+            "updated_at": stamp,
+            "client_secret_sha256": hashlib.sha256(secret.encode()).hexdigest(),
+        }
+        self._access()["service_tokens"][token["id"]] = token
+        return {**self.service_token_json(token["id"]), "client_secret": secret}
+
+    def service_token_json(self, token_id: str) -> Json:
+        token = self._access()["service_tokens"].get(token_id)
+        if token is None:
+            raise ApiError(404, (12135, "access.api.error.not_found"))
+        return {k: v for k, v in token.items() if k != "client_secret_sha256"}
+
 
 def _page(items: list[Json], query: dict[str, str], default: int, maximum: int) -> tuple:
     try:
@@ -715,6 +932,61 @@ def _tunnels_list(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str
     return _page(items, query, TUNNEL_PER_PAGE_DEFAULT, TUNNEL_PER_PAGE_DEFAULT)
 
 
+def _tunnel_create(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    """``POST /accounts/{id}/cfd_tunnel`` as the SDK sends it (cloudflare 5.9,
+    ``resources/zero_trust/tunnels/cloudflared/cloudflared.py`` ``create``; body
+    ``types/zero_trust/tunnels/cloudflared_create_params.py``: ``name`` required,
+    ``config_src`` ``local`` or ``cloudflare``, ``tunnel_secret`` base64 of at least 32 bytes,
+    else the API makes one). A live tunnel's name is taken: the API refuses a second one
+    (cloudflared's ``tunnel create`` reports "tunnel with name already exists")."""
+    s.account(m["account"], path)
+    name = b.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ApiError(400, (1001, "name is required"))
+    config_src = b.get("config_src", "local")
+    if config_src not in ("local", "cloudflare"):
+        raise ApiError(400, (1001, "config_src must be local or cloudflare"))
+    secret = b.get("tunnel_secret")
+    if secret is None:
+        secret = base64.b64encode(secrets.token_bytes(32)).decode()
+    else:
+        try:
+            raw = base64.b64decode(str(secret), validate=True)
+        except ValueError:
+            raw = b""
+        if len(raw) < 32:
+            raise ApiError(400, (1001, "tunnel_secret must be at least 32 bytes, base64"))
+    live = [t for t in s.data["tunnels"].values() if not t.get("deleted_at")]
+    if any(t["name"] == name for t in live):
+        raise ApiError(409, (1013, "tunnel with name already exists"))
+    tunnel_id = str(uuid.uuid4())
+    s.data["tunnels"][tunnel_id] = {
+        "name": name,
+        "config_src": config_src,
+        "config": None,
+        "config_version": 0,
+        "connectors": [],
+        "ever_connected": False,
+        "status": None,
+        "created_at": _now(),
+        "deleted_at": None,
+        "secret": secret,
+    }
+    return s.tunnel_json(tunnel_id)
+
+
+def _tunnel_token(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> str:
+    """``GET …/cfd_tunnel/{id}/token`` (``resources/zero_trust/tunnels/cloudflared/token.py``:
+    the result is a string): the connector token cloudflared runs with, base64 of JSON
+    ``{"a": account tag, "t": tunnel ID, "s": tunnel secret}`` (cloudflared
+    ``connection.TunnelToken``)."""
+    tunnel = s.tunnel(m["account"], m["tunnel"], path)
+    if tunnel.get("secret") is None:  # a seeded tunnel: its secret was never this API's
+        tunnel["secret"] = base64.b64encode(secrets.token_bytes(32)).decode()
+    payload = {"a": s.data["account_id"], "t": m["tunnel"], "s": tunnel["secret"]}
+    return base64.b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+
+
 def _tunnel_get(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
     s.tunnel(m["account"], m["tunnel"], path)
     return s.tunnel_json(m["tunnel"])
@@ -754,9 +1026,104 @@ def _control_connectors(s: StandinState, m: re.Match[str], q: dict, b: Json, pat
     return s.tunnel_json(m["tunnel"])
 
 
+# -- Access routes --------------------------------------------------------------------------------
+
+
+def _invalid(why: str) -> ApiError:
+    return ApiError(400, (12130, f"access.api.error.invalid_request: {why}"))
+
+
+def _access_list(items: list[Json], q: dict, known: set[str]) -> tuple:
+    unknown = set(q) - known - {"page", "per_page"}
+    if unknown:  # refuse rather than silently answer unfiltered
+        raise ApiError(400, (99998, f"stand-in: list filter {sorted(unknown)} is not emulated"))
+    query = {k: v for k, v in q.items() if k in ("page", "per_page")}
+    return _page(items, query, ACCESS_PER_PAGE_DEFAULT, ACCESS_PER_PAGE_MAX)
+
+
+def _matches(value: Any, want: str, exact: bool) -> bool:
+    value, want = str(value or "").lower(), want.lower()
+    return value == want if exact else want in value
+
+
+def _apps_list(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> tuple:
+    s.account(m["account"], path)
+    items = [s.access_app_json(app_id) for app_id in s._access()["apps"]]
+    exact = q.get("exact") == "true"  # application_list_params: exact match of name/domain
+    for key in ("domain", "name"):
+        if key in q:
+            items = [a for a in items if _matches(a.get(key), q[key], exact)]
+    return _access_list(items, q, {"domain", "name", "exact"})
+
+
+def _app_create(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.account(m["account"], path)
+    return s.create_access_app(b)
+
+
+def _app_get(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.account(m["account"], path)
+    return s.access_app_json(m["app"])
+
+
+def _app_put(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.account(m["account"], path)
+    return s.replace_access_app(m["app"], b)
+
+
+def _app_delete(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.account(m["account"], path)
+    return s.delete_access_app(m["app"])
+
+
+def _policies_list(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> tuple:
+    s.account(m["account"], path)
+    return _access_list(copy.deepcopy(s.access_policies(m["app"])), q, set())
+
+
+def _policy_create(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.account(m["account"], path)
+    return s.create_access_policy(m["app"], b)
+
+
+def _policy_get(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.account(m["account"], path)
+    return copy.deepcopy(s.access_policy(m["app"], m["policy"]))
+
+
+def _policy_put(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.account(m["account"], path)
+    return s.replace_access_policy(m["app"], m["policy"], b)
+
+
+def _policy_delete(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.account(m["account"], path)
+    return s.delete_access_policy(m["app"], m["policy"])
+
+
+def _tokens_list(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> tuple:
+    s.account(m["account"], path)
+    items = [s.service_token_json(token_id) for token_id in s._access()["service_tokens"]]
+    if "name" in q:
+        items = [t for t in items if t["name"] == q["name"]]
+    return _access_list(items, q, {"name"})
+
+
+def _token_create(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.account(m["account"], path)
+    return s.create_service_token({k: v for k, v in b.items() if k in ("name", "duration")})
+
+
+def _token_get(s: StandinState, m: re.Match[str], q: dict, b: Json, path: str) -> Json:
+    s.account(m["account"], path)
+    return s.service_token_json(m["token"])
+
+
 _ID = r"[^/]+"
 _ZONE = rf"/zones/(?P<zone>{_ID})"
 _TUNNEL = rf"/accounts/(?P<account>{_ID})/cfd_tunnel/(?P<tunnel>{_ID})"
+_ACCESS = rf"/accounts/(?P<account>{_ID})/access"
+_APP = _ACCESS + rf"/apps/(?P<app>{_ID})"
 ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
     (method, re.compile(pattern), handler)
     for method, pattern, handler in [
@@ -768,10 +1135,25 @@ ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
         ("PATCH", _ZONE + rf"/dns_records/(?P<record>{_ID})", _record_patch),
         ("DELETE", _ZONE + rf"/dns_records/(?P<record>{_ID})", _record_delete),
         ("GET", rf"/accounts/(?P<account>{_ID})/cfd_tunnel", _tunnels_list),
+        ("POST", rf"/accounts/(?P<account>{_ID})/cfd_tunnel", _tunnel_create),
+        ("GET", _TUNNEL + "/token", _tunnel_token),
         ("GET", _TUNNEL, _tunnel_get),
         ("GET", _TUNNEL + "/connections", _tunnel_connections),
         ("GET", _TUNNEL + "/configurations", _config_get),
         ("PUT", _TUNNEL + "/configurations", _config_put),
+        ("GET", _ACCESS + "/apps", _apps_list),
+        ("POST", _ACCESS + "/apps", _app_create),
+        ("GET", _APP, _app_get),
+        ("PUT", _APP, _app_put),
+        ("DELETE", _APP, _app_delete),
+        ("GET", _APP + "/policies", _policies_list),
+        ("POST", _APP + "/policies", _policy_create),
+        ("GET", _APP + rf"/policies/(?P<policy>{_ID})", _policy_get),
+        ("PUT", _APP + rf"/policies/(?P<policy>{_ID})", _policy_put),
+        ("DELETE", _APP + rf"/policies/(?P<policy>{_ID})", _policy_delete),
+        ("GET", _ACCESS + "/service_tokens", _tokens_list),
+        ("POST", _ACCESS + "/service_tokens", _token_create),
+        ("GET", _ACCESS + rf"/service_tokens/(?P<token>{_ID})", _token_get),
         ("GET", CONTROL_PREFIX + "/state", _control_state),
         ("GET", CONTROL_PREFIX + "/requests", _control_requests),
         ("POST", CONTROL_PREFIX + "/faults", _control_fault),

@@ -6,6 +6,7 @@ the deploy's error handling is only as good as the answers it is tested against.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 import cloudflare
 import pytest
 
+from oceanid import tunnel_credentials
 from tests.standins.cloudflare_api import StandinState, base_url, make_server
 
 TOKEN = "standin-token-0123456789"
@@ -184,3 +186,95 @@ def test_config_defaults_flag_on_the_command_line(tmp_path: Path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# -- Access (Zero Trust) --------------------------------------------------------------------------
+
+
+def test_access_applications_answer_as_the_api_does(start):
+    state, client = start(seed())
+    apps = client.zero_trust.access.applications
+    made = apps.create(account_id=ACCOUNT, domain="gpu.boathou.se", type="self_hosted", name="gpu")
+    assert made.domain == "gpu.boathou.se" and made.type == "self_hosted" and made.id
+    listed = list(apps.list(account_id=ACCOUNT, domain="gpu.boathou.se", exact=True))
+    assert [app.id for app in listed] == [made.id]
+    with pytest.raises(cloudflare.ConflictError) as raised:  # one application per domain
+        apps.create(account_id=ACCOUNT, domain="gpu.boathou.se", type="self_hosted")
+    assert codes(raised.value) == [11010]
+    with pytest.raises(cloudflare.BadRequestError) as raised:
+        apps.create(account_id=ACCOUNT, domain="gpu.example.com", type="self_hosted")
+    assert raised.value.body["errors"][0]["message"] == (
+        "access.api.error.invalid_request: domain does not belong to zone"
+    )
+    with pytest.raises(cloudflare.BadRequestError) as raised:  # the SDK requires type; the API
+        client.post(f"/accounts/{ACCOUNT}/access/apps", body={"domain": "x.boathou.se"},
+                    cast_to=object)  # fmt: skip
+    assert codes(raised.value) == [12130]
+    with pytest.raises(cloudflare.NotFoundError) as raised:
+        apps.get("9" * 8 + "-9999-4999-8999-" + "9" * 12, account_id=ACCOUNT)
+    assert codes(raised.value) == [12135]
+    with pytest.raises(cloudflare.PermissionDeniedError):  # another account: as for tunnels
+        list(apps.list(account_id="d" * 32))
+
+
+def test_a_service_tokens_secret_is_answered_once_and_never_kept(start):
+    state, client = start(seed())
+    tokens = client.zero_trust.access.service_tokens
+    made = tokens.create(account_id=ACCOUNT, name="oceanid-gpu")
+    assert made.client_id.endswith(".access") and len(made.client_secret) == 64
+    (listed,) = list(tokens.list(account_id=ACCOUNT))
+    assert listed.client_id == made.client_id and "client_secret" not in listed.model_dump()
+    assert made.client_secret not in json.dumps(state.data)
+
+
+def test_access_policies_check_their_rules(start):
+    state, client = start(seed())
+    app = client.zero_trust.access.applications.create(
+        account_id=ACCOUNT, domain="gpu.boathou.se", type="self_hosted"
+    )
+    token = client.zero_trust.access.service_tokens.create(account_id=ACCOUNT, name="t")
+    policies = client.zero_trust.access.applications.policies
+    rule = [{"service_token": {"token_id": token.id}}]
+    made = policies.create(app.id, account_id=ACCOUNT, name="token", decision="non_identity",
+                           include=rule)  # fmt: skip
+    assert made.decision == "non_identity" and made.precedence == 1
+    assert made.include[0].service_token.token_id == token.id  # ServiceTokenRule, typed
+    (inline,) = client.zero_trust.access.applications.get(app.id, account_id=ACCOUNT).policies
+    assert inline.id == made.id
+
+    def refused(**body: Any) -> str:
+        with pytest.raises(cloudflare.BadRequestError) as raised:
+            path = f"/accounts/{ACCOUNT}/access/apps/{app.id}/policies"
+            body = {"name": "p", "decision": "non_identity", **body}
+            client.post(path, body=body, cast_to=object)
+        assert codes(raised.value) == [12130]
+        return raised.value.body["errors"][0]["message"]
+
+    assert "token_id" in refused(include=[{"service_token": {"token_id": "nope"}}])
+    assert "unique" in refused(include=rule, precedence=1)
+    assert "include" in refused(include=[])
+    assert "decision" in refused(include=rule, decision="maybe")
+    with pytest.raises(cloudflare.NotFoundError):
+        policies.get("0" * 8 + "-0000-4000-8000-" + "0" * 12, app_id=app.id, account_id=ACCOUNT)
+
+
+def test_tunnel_creation_and_its_token_through_the_sdk(start):
+    """`make tunnels` (oceanid/tunnels.py): the SDK's own create (name, config_src) and token
+    calls; a live tunnel's name is taken, a deleted one's is free."""
+    _state, client = start(seed())
+    tunnels = client.zero_trust.tunnels.cloudflared
+    made = tunnels.create(account_id=ACCOUNT, name="oceanid-calypso", config_src="cloudflare")
+    assert made.name == "oceanid-calypso" and made.config_src == "cloudflare"
+    assert made.status == "inactive" and made.deleted_at is None
+    token = tunnels.token.get(made.id, account_id=ACCOUNT)
+    credential = tunnel_credentials.parse(token, key="token")
+    assert credential.tunnel_id == made.id and credential.account_tag == ACCOUNT
+    listed = tunnels.list(account_id=ACCOUNT, name="oceanid-calypso", is_deleted=False)
+    assert [t.id for t in listed] == [made.id]
+    with pytest.raises(cloudflare.APIStatusError) as taken:
+        tunnels.create(account_id=ACCOUNT, name="live")
+    assert taken.value.status_code == 409
+    again = tunnels.create(account_id=ACCOUNT, name="old-calypso", tunnel_secret="A" * 44)
+    assert again.id != GONE and again.config_src == "local"
+    with pytest.raises(cloudflare.BadRequestError):
+        tunnels.create(account_id=ACCOUNT, name="short", tunnel_secret="c2hvcnQ=")

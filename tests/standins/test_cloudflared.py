@@ -12,11 +12,14 @@ credentials file; a config key is a flag's primary name (`cred-file:` is not rea
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
 import socket
 import tempfile
+import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -273,3 +276,220 @@ def test_an_unknown_protocol_is_refused(tmp_path: Path, where: str) -> None:
     assert done.returncode == 1
     assert "unknown protocol websocket, Available protocols: 'auto'" in done.stderr
     assert "Registered tunnel connection" not in done.stderr
+
+
+# ---- ingress matching as cloudflared's ingress/ (FindMatchingRule, matchHost, Rule.Matches)
+
+MATCHING = (
+    "\n  - hostname: gpu.boathou.se\n    path: ^/v2/health/ready$\n    service: http://localhost:1"
+    "\n  - hostname: gpu.boathou.se\n    path: /models/\n    service: http://localhost:2"
+    "\n  - hostname: '*.example.com'\n    service: http://localhost:3"
+    "\n  - hostname: bücher.example\n    service: http://localhost:4"
+    "\n  - service: http_status:404"
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "index", "why"),
+    [
+        ("https://gpu.boathou.se/v2/health/ready", 0, "anchored path, exact"),
+        ("https://gpu.boathou.se:8443/v2/health/ready", 0, "the port is not compared"),
+        ("https://gpu.boathou.se/v2/health/ready%0A", 4, "RE2's $ is the end of the text"),
+        ("https://gpu.boathou.se/v2/health/readyX", 4, "anchored: nothing after"),
+        ("https://gpu.boathou.se/x/v2/models/y", 1, "unanchored: found anywhere in the path"),
+        ("https://gpu.boathou.se/v2/%6Dodels/y", 1, "the decoded path is matched"),
+        ("https://GPU.boathou.se/v2/health/ready", 4, "hostnames are compared as strings"),
+        ("https://a.example.com/", 2, "a `*.` wildcard takes subdomains"),
+        ("https://a.b.example.com/", 2, "of any depth"),
+        ("https://example.com/", 4, "but not the domain itself"),
+        ("https://xn--bcher-kva.example/", 3, "the punycode form of a rule's hostname"),
+        ("https://other.boathou.se/v2/health/ready", 4, "no rule: the last one"),
+    ],
+)
+def test_ingress_rule_matches_as_cloudflared(tmp_path: Path, url: str, index: int, why: str):
+    config = write_cloudflared_config(tmp_path, ingress=MATCHING)
+    done = run(CLOUDFLARED, "tunnel", "--config", str(config), "ingress", "rule", url)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"Using rules from {config}"
+    assert lines[1] == f"Matched rule #{index}", why
+    assert lines[-1].startswith("\tservice: ")
+
+
+def test_ingress_rule_prints_the_rule_as_cloudflared(tmp_path: Path) -> None:
+    config = write_cloudflared_config(tmp_path, ingress=MATCHING)
+    done = run(
+        CLOUDFLARED, "tunnel", "--config", str(config), "ingress", "rule",
+        "https://gpu.boathou.se/v2/health/ready",
+    )  # fmt: skip
+    assert done.stdout == (
+        f"Using rules from {config}\nMatched rule #0\n\thostname: gpu.boathou.se\n"
+        "\tpath: ^/v2/health/ready$\n\tservice: http://localhost:1\n"
+    )
+    done = run(CLOUDFLARED, "tunnel", "--config", str(config), "ingress", "rule", "gpu.boathou.se")
+    assert done.returncode == 1
+    assert done.stderr == "gpu.boathou.se doesn't have a hostname, consider adding a scheme\n"
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("^/v2(?!/repository)", "Rule #1 has an invalid regex: error parsing regexp: invalid or "
+         "unsupported Perl syntax: `(?!`"),
+        ("(a)\\1", "Rule #1 has an invalid regex: error parsing regexp: invalid escape sequence"),
+        ("[", "Rule #1 has an invalid regex: error parsing regexp:"),
+    ],
+)  # fmt: skip
+def test_ingress_validate_refuses_what_re2_refuses(tmp_path: Path, path: str, message: str):
+    rules = f"\n  - hostname: gpu.boathou.se\n    path: '{path}'\n    service: http://localhost:1"
+    config = write_cloudflared_config(tmp_path, ingress=rules + "\n  - service: http_status:404")
+    done = run(CLOUDFLARED, "tunnel", "--config", str(config), "ingress", "validate")
+    assert done.returncode == 1
+    assert done.stdout == f"Validating rules from {config}\n"
+    assert done.stderr.startswith(f"Validation failed: {message}")
+
+
+def test_ingress_validate_reads_json(tmp_path: Path) -> None:
+    rules = {"ingress": [{"hostname": "a.b", "service": "http_status:999"}, {"service": "bastion"}]}
+    done = run(CLOUDFLARED, "tunnel", "ingress", "validate", "--json", json.dumps(rules))
+    assert (done.returncode, done.stdout) == (0, "Validating rules from cmdline flag --json\nOK\n")
+    rules["ingress"][0]["service"] = "http_status:1000"
+    done = run(CLOUDFLARED, "tunnel", "ingress", "validate", "-j", json.dumps(rules))
+    assert done.returncode == 1
+    assert done.stderr == "Validation failed: invalid HTTP status code: 1000\n"
+
+
+# ---- the stand-in edge: requests routed by the rules the connector runs, to a real origin
+
+
+@contextmanager
+def origin() -> Iterator[tuple[int, list[tuple[str, str, str]]]]:
+    """A loopback HTTP origin that answers every request with what it received."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str, str, str]] = []
+
+    class Echo(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length).decode() if length else ""
+            seen.append((self.command, self.path, self.headers.get("Host") or ""))
+            data = json.dumps({"path": self.path, "body": body}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def edge_request(edge: str, host: str, path: str, method: str = "GET") -> tuple[int, str]:
+    connection = http.client.HTTPConnection(edge, timeout=10)
+    try:
+        connection.request(method, path, body=b"{}" if method == "POST" else None,
+                           headers={"Host": host})  # fmt: skip
+        answer = connection.getresponse()
+        return answer.status, answer.read().decode()
+    finally:
+        connection.close()
+
+
+def push(metrics: str, version: int, config: dict) -> dict:
+    request = urllib.request.Request(
+        f"http://{metrics}/__standin__/configuration",
+        data=json.dumps({"version": version, "config": config}).encode(),
+        method="PUT",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def test_edge_routes_by_the_local_rules_then_by_a_remote_configuration(tmp_path: Path) -> None:
+    with origin() as (port, seen):
+        local = (
+            f"\n  - hostname: gpu.boathou.se\n    path: ^/v2/health/ready$"
+            f"\n    service: http://127.0.0.1:{port}\n  - service: http_status:404"
+        )
+        config = write_cloudflared_config(tmp_path, ingress=local)
+        env = {"CLOUDFLARED_STANDIN_EDGE": "127.0.0.1:0"}
+        with started(CLOUDFLARED, "tunnel", "--config", str(config), "run", env=env) as cfd:
+            edge = cfd.wait_for(r"STAND-IN edge for this tunnel's hostnames on http://(\S+)")[1]
+            metrics = metrics_address(cfd)
+            cfd.wait_for(r"Registered tunnel connection connIndex=0")
+
+            # the local file: only /v2/health/ready on gpu.boathou.se reaches the origin
+            assert edge_request(edge, "gpu.boathou.se", "/v2/health/ready")[0] == 200
+            assert edge_request(edge, "gpu.boathou.se:443", "/v2/health/ready?x=1")[0] == 200
+            assert edge_request(edge, "gpu.boathou.se", "/v2/repository/index", "POST") == (404, "")
+            assert edge_request(edge, "gpu2.boathou.se", "/v2/health/ready")[0] == 404
+            assert seen == [
+                ("GET", "/v2/health/ready", "gpu.boathou.se"),
+                ("GET", "/v2/health/ready?x=1", "gpu.boathou.se:443"),
+            ]  # path, query and Host header as the eyeball sent them
+
+            # the edge sends the tunnel's stored configuration: version 0 already wins over -1
+            remote = {
+                "ingress": [
+                    {"hostname": "gpu.boathou.se", "path": "^/v2/repository/",
+                     "service": f"http://127.0.0.1:{port}",
+                     "originRequest": {"connectTimeout": 30}},
+                    {"service": "http_status:404"},
+                ],
+                "warp-routing": {"enabled": False},
+            }  # fmt: skip
+            assert push(metrics, 0, remote) == {"lastAppliedVersion": 0}
+            cfd.wait_for(r"Updated to new configuration version=0 config=")
+            assert edge_request(edge, "gpu.boathou.se", "/v2/repository/index", "POST")[0] == 200
+            assert edge_request(edge, "gpu.boathou.se", "/v2/health/ready")[0] == 404
+            status, body = get(f"http://{metrics}/metrics")
+            assert "cloudflared_orchestration_config_version 0" in body
+
+            # an older or equal version is ignored; a bad one is refused and changes nothing
+            assert push(metrics, 0, {"ingress": [{"service": "http_status:503"}]}) == {
+                "lastAppliedVersion": 0
+            }
+            refused = push(metrics, 1, {"ingress": [{"hostname": "a.b", "service": "http://x:1"}]})
+            assert refused["lastAppliedVersion"] == 0 and "must match all URLs" in refused["err"]
+            assert edge_request(edge, "gpu.boathou.se", "/v2/repository/index", "POST")[0] == 200
+            assert cfd.terminate() == 0
+
+
+def test_edge_answers_502_when_the_origin_is_down(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ingress = (
+        f"\n  - hostname: gpu.boathou.se\n    service: http://127.0.0.1:{port}"
+        "\n  - service: http_status:404"
+    )
+    config = write_cloudflared_config(tmp_path, ingress=ingress)
+    env = {"CLOUDFLARED_STANDIN_EDGE": "127.0.0.1:0"}
+    with started(CLOUDFLARED, "tunnel", "--config", str(config), "run", env=env) as cfd:
+        edge = cfd.wait_for(r"STAND-IN edge for this tunnel's hostnames on http://(\S+)")[1]
+        cfd.wait_for(r"Registered tunnel connection connIndex=0")
+        assert edge_request(edge, "gpu.boathou.se", "/v2/health/ready")[0] == 502
+        cfd.wait_for("Unable to reach the origin service")
+        assert cfd.terminate() == 0
+
+
+def test_edge_answers_530_while_the_tunnel_has_no_connection(tmp_path: Path) -> None:
+    """Cloudflare's answer for a tunnel without a live connector (error 1033): the edge cannot
+    hand the request to anyone, whatever the rules say."""
+    config = write_cloudflared_config(tmp_path)
+    env = {"CLOUDFLARED_STANDIN_EDGE": "127.0.0.1:0", "CLOUDFLARED_STANDIN_CONNECTIONS": "0"}
+    with started(CLOUDFLARED, "tunnel", "--config", str(config), "run", env=env) as cfd:
+        edge = cfd.wait_for(r"STAND-IN edge for this tunnel's hostnames on http://(\S+)")[1]
+        status, body = edge_request(edge, "gpu.boathou.se", "/v2/health/ready")
+        assert status == 530 and "1033" in body
+        assert cfd.terminate() == 0

@@ -15,6 +15,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,10 +28,12 @@ from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 
 from deploys.k3s import apps
+from facts.k3s import K3sAddons
 from lab.kubectl import CACHE, KUBECTL_SHA256, KUBECTL_VERSION, kubectl
 from tests.standins.test_standins import K3S, K3S_TOKEN, Running, assert_no_secret, run, started
 
 GRACE = 15  # the stand-in's node monitor grace period (real Kubernetes: 40 s)
+RESCAN = 1  # the deploy controller's rescan in these tests (k3s: every 15 s)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +127,8 @@ def k3s_server(root: Path, kubectl_path: Path, text: str = "", port: int = 0) ->
     config = server_config(root, port, text)
     notify = Notifications(root / f"notify-{os.urandom(4).hex()}")
     try:
-        env = {"NOTIFY_SOCKET": str(notify.path)}
+        # the deploy controller's rescan: 1 s here (k3s: 15 s, the stand-in's default)
+        env = {"NOTIFY_SOCKET": str(notify.path), "K3S_STANDIN_RESCAN_SECONDS": str(RESCAN)}
         with started(K3S, "server", "--config", str(config), env=env) as server:
             notify.wait_ready()
             yield Cluster(root, port, server, kubectl_path)
@@ -321,7 +325,7 @@ def test_python_client_lists_reads_version_and_patches(tmp_path: Path, kubectl_b
 # --- agents ----------------------------------------------------------------------------------
 
 
-def test_agent_joins_and_keeps_its_first_registration_labels(
+def test_agent_joins_and_its_config_labels_are_patched_on_at_each_start(
     tmp_path: Path, kubectl_binary: Path
 ) -> None:
     with k3s_server(tmp_path / "server", kubectl_binary) as cluster:
@@ -341,15 +345,22 @@ def test_agent_joins_and_keeps_its_first_registration_labels(
         ]
         assert node["status"]["addresses"][0] == {"type": "InternalIP", "address": "127.0.0.1"}
 
-        # A changed config does not change a registered node (k3s: first registration only).
+        # A changed config on a registered node: its node-label is patched on at the start,
+        # added or overwritten, never removed (k3s pkg/agent/run.go updateMutableLabels); its
+        # node-taint is the kubelet's --register-with-taints, for a registration only.
         # The bare secret is accepted too, without CA pinning, as k3s accepts it.
         changed = "node-label:\n  - oceanid.cluster/tunnel-enabled=false\n  - extra=yes\n"
         config = agent_config(tmp_path / "calypso", cluster, "calypso", K3S_TOKEN, changed)
         with k3s_agent(config) as agent:
             agent.wait_for(r"token does not include a CA hash")
             agent.wait_for(r"Node registered with the server")
-        labels = cluster.nodes()["calypso"]["metadata"]["labels"]
-        assert labels["oceanid.cluster/tunnel-enabled"] == "true" and "extra" not in labels
+        node = cluster.nodes()["calypso"]
+        labels = node["metadata"]["labels"]
+        assert labels["oceanid.cluster/tunnel-enabled"] == "false" and labels["extra"] == "yes"
+        assert labels["kubernetes.io/hostname"] == "calypso"  # nothing removed
+        assert node["spec"]["taints"] == [
+            {"key": "workload-type", "value": "gpu-compute", "effect": "NoSchedule"},
+        ]
 
         # Another agent, another name, on the same machine.
         other = agent_config(tmp_path / "styx", cluster, "styx", cluster.token)
@@ -446,6 +457,122 @@ def test_a_joining_server_registers_and_forwards_the_api(tmp_path: Path, kubectl
                 assert_no_secret(joined.stderr)
         finally:
             notify.close()
+
+
+# --- tokens: the agent token joins agents only -----------------------------------------------
+
+AGENT_SECRET = "k3s-stand-in-agent-secret-9876543210"
+
+
+def as_user(url: str, ca: bytes, user: str, password: str) -> int:
+    """The status of a supervisor GET with basic auth `user:password`, as k3s clients send it."""
+    request = urllib.request.Request(url)
+    request.add_header(
+        "Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    )
+    try:
+        context = ssl.create_default_context(cadata=ca.decode())
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_with_an_agent_token_agents_join_with_it_and_not_with_the_server_token(
+    tmp_path: Path, kubectl_binary: Path
+) -> None:
+    """k3s: agent-token-file makes server/agent-token a 0600 file of its own (printTokens), the
+    `node` user's password (deps.go genUsers); agents ask as `node` whatever their token says."""
+    secret_file = tmp_path / "agent-secret"
+    secret_file.write_text(AGENT_SECRET + "\n")
+    text = f"agent-token-file: {secret_file}\n"
+    with k3s_server(tmp_path / "server", kubectl_binary, text) as cluster:
+        server_dir = cluster.data / "server"
+        ca = (server_dir / "tls" / "server-ca.crt").read_bytes()
+        ca_hash = hashlib.sha256(ca).hexdigest()
+        written = server_dir / "agent-token"
+        assert not written.is_symlink() and written.stat().st_mode & 0o777 == 0o600
+        agent_token = written.read_text().strip()
+        assert agent_token == f"K10{ca_hash}::node:{AGENT_SECRET}"
+        assert os.readlink(server_dir / "node-token") == str(server_dir / "token")
+        assert cluster.token == f"K10{ca_hash}::server:{K3S_TOKEN}"  # the server's, unchanged
+
+        config = agent_config(tmp_path / "styx", cluster, "styx", agent_token)
+        with k3s_agent(config) as agent:
+            agent.wait_for(r"Node registered with the server")
+            assert cluster.ready("styx") == "True"
+            assert AGENT_SECRET not in agent.stderr and K3S_TOKEN not in agent.stderr
+
+        refused = agent_config(tmp_path / "calypso", cluster, "calypso", cluster.token)
+        with k3s_agent(refused, notify=False) as agent:  # the server token joins no agent now
+            agent.wait_for(r"/v1-k3s/config: 401 Unauthorized")
+        wrong_ca = f"K10{'0' * 64}::node:{AGENT_SECRET}"
+        with k3s_agent(agent_config(tmp_path / "b", cluster, "b", wrong_ca), notify=False) as agent:
+            agent.wait_for(r"token CA hash does not match the Cluster CA certificate hash")
+        assert set(cluster.nodes()) == {"tethys", "styx"}
+
+        bootstrap, config_url = (
+            f"{cluster.url}/v1-k3s/server-bootstrap",
+            f"{cluster.url}/v1-k3s/config",
+        )
+        assert as_user(config_url, ca, "node", AGENT_SECRET) == 200
+        assert as_user(config_url, ca, "node", K3S_TOKEN) == 401  # wrong password
+        assert as_user(config_url, ca, "server", K3S_TOKEN) == 403  # no k3s:agent role
+        assert as_user(bootstrap, ca, "node", AGENT_SECRET) == 403  # no k3s:server role
+        assert as_user(bootstrap, ca, "server", AGENT_SECRET) == 401  # wrong password
+        assert as_user(bootstrap, ca, "server", K3S_TOKEN) == 200
+        cluster.server.wait_for(r"Failed to authenticate request from 127\.0\.0\.1:\d+: invalid")
+        assert AGENT_SECRET not in cluster.server.stderr
+
+
+def test_without_an_agent_token_agent_token_is_the_server_token(
+    tmp_path: Path, kubectl_binary: Path
+) -> None:
+    """k3s: no agent-token, so server/agent-token is a symlink to token and the `node` user's
+    password is the server secret: the server token joins agents."""
+    with k3s_server(tmp_path / "server", kubectl_binary) as cluster:
+        server_dir = cluster.data / "server"
+        assert os.readlink(server_dir / "agent-token") == str(server_dir / "token")
+        ca = (server_dir / "tls" / "server-ca.crt").read_bytes()
+        assert as_user(f"{cluster.url}/v1-k3s/config", ca, "node", K3S_TOKEN) == 200
+        assert as_user(f"{cluster.url}/v1-k3s/config", ca, "node", AGENT_SECRET) == 401
+
+
+def test_a_server_joins_with_the_server_token_never_with_the_agent_token(
+    tmp_path: Path, kubectl_binary: Path
+) -> None:
+    secret_file = tmp_path / "agent-secret"
+    secret_file.write_text(AGENT_SECRET + "\n")
+    first_text = f"cluster-init: true\nagent-token-file: {secret_file}\n"
+    with k3s_server(tmp_path / "first", kubectl_binary, first_text) as first:
+        agent_token = (first.data / "server" / "agent-token").read_text().strip()
+        for folder, token in (("refused", agent_token), ("joined", first.token)):
+            second = tmp_path / folder
+            second.mkdir()
+            port = free_port()
+            config = server_config(second, port, f"server: {first.url}\n")
+            config.write_text(
+                config.read_text()
+                .replace("node-name: tethys", f"node-name: {folder}")
+                .replace(f"token: {K3S_TOKEN}", f"token: {token}")
+            )
+            notify = Notifications(second / "notify")
+            try:
+                env = {"NOTIFY_SOCKET": str(notify.path)}
+                with started(K3S, "server", "--config", str(config), env=env) as server:
+                    if folder == "refused":  # bootstrap as `server` with the agent secret
+                        server.wait_for(r"bootstrap data from the server, will retry: .*401")
+                        assert folder not in first.nodes()
+                    else:  # its own agent side uses the cluster's agent secret
+                        notify.wait_ready()
+                        assert first.ready(folder) == "True"
+                        written = second / "data" / "server" / "agent-token"
+                        assert os.readlink(written) == str(written.parent / "token")
+                    assert server.terminate() == 0
+                    assert AGENT_SECRET not in server.stderr
+                    assert_no_secret(server.stderr)
+            finally:
+                notify.close()
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -579,17 +706,23 @@ def test_a_namespace_another_manifest_creates_or_a_builtin_one_is_accepted(tmp_p
 
 
 def test_a_node_registering_again_reports_its_new_kubelet_version(tmp_path: Path) -> None:
-    """An upgraded agent registers with its new version: labels stay from the first
-    registration, the kubelet version (what `kubectl get nodes` shows) follows the binary."""
+    """An upgraded agent registers with its new version: the kubelet version (what `kubectl
+    get nodes` shows) follows the binary; its config's labels are patched on again, added or
+    overwritten (k3s pkg/agent/run.go updateMutableLabels), its taints stay the first
+    registration's (the kubelet's --register-with-taints)."""
     from tests.unit.test_k3s_config import _standin
 
     standin = _standin()
     store = standin.NodeStore(str(tmp_path / "nodes.json"))
-    store.register("styx", {"a": "1"}, [], "10.77.0.12", False, "v1.33.4+k3s1")
-    store.register("styx", {"a": "2"}, [], "10.77.0.12", False, "v1.33.5+k3s1")
+    first = [{"key": "workload-type", "value": "gpu-compute", "effect": "NoSchedule"}]
+    store.register("styx", {"a": "1", "b": "1"}, first, "10.77.0.12", False, "v1.33.4+k3s1")
+    taints = store.nodes["styx"]["spec"].get("taints")
+    other = [{"key": "other", "effect": "NoExecute"}]
+    store.register("styx", {"a": "2"}, other, "10.77.0.12", False, "v1.33.5+k3s1")
     node = store.nodes["styx"]
     assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.33.5+k3s1"
-    assert node["metadata"]["labels"]["a"] == "1"
+    assert node["metadata"]["labels"]["a"] == "2" and node["metadata"]["labels"]["b"] == "1"
+    assert node["spec"].get("taints") == taints and taints
 
 
 def app_manifest(instance: str, namespace: str) -> str:
@@ -627,11 +760,14 @@ def test_an_app_switched_off_keeps_its_objects_until_the_deploys_delete(
     tmp_path: Path, kubectl_binary: Path
 ) -> None:
     """k3s applies a manifest's objects and never deletes them when the file goes: the deploy's
-    own `kubectl delete -l app.kubernetes.io/instance=...` does, for that app only."""
+    own `kubectl delete -l app.kubernetes.io/instance=...` does, for that app only. The same
+    bytes written again bring nothing back while the file's Addon holds their checksum; with
+    the Addon deleted too (as the deploy does), they do."""
     with k3s_server(tmp_path, kubectl_binary) as cluster:
         manifests = cluster.data / "server" / "manifests"
-        (manifests / "one.yaml").write_text(app_manifest("oceanid-one", "one"))
-        (manifests / "two.yaml").write_text(app_manifest("oceanid-two", "two"))
+        first = manifests / "oceanid-one.yaml"  # as deploys/cluster_apps names them
+        first.write_text(app_manifest("oceanid-one", "one"))
+        (manifests / "oceanid-two.yaml").write_text(app_manifest("oceanid-two", "two"))
         one = "app.kubernetes.io/instance=oceanid-one"
         deadline = time.monotonic() + 20
         while len(listed(cluster, ALL_KINDS, "app.kubernetes.io/instance")) < 18:
@@ -643,10 +779,11 @@ def test_an_app_switched_off_keeps_its_objects_until_the_deploys_delete(
         others = listed(cluster, "namespaces", "app.kubernetes.io/instance!=oceanid-one")
         assert {"namespace/two", "namespace/kube-system"} <= others
         assert "namespace/one" not in others
-        assert listed(cluster, "configmaps", "!app.kubernetes.io/instance") == set()
+        unlabelled = listed(cluster, "configmaps", "!app.kubernetes.io/instance")
+        assert unlabelled == {"configmap/coredns", "configmap/local-path-config"}  # k3s's own
 
-        (manifests / "one.yaml").unlink()
-        time.sleep(2.5)  # the stand-in looks at the folder every second
+        first.unlink()
+        time.sleep(3 * RESCAN)
         assert len(listed(cluster, ALL_KINDS, one)) == 9
 
         delete = ("delete", f"{apps.KINDS},namespaces", "-A", "--ignore-not-found", "-l", one)
@@ -660,8 +797,229 @@ def test_an_app_switched_off_keeps_its_objects_until_the_deploys_delete(
         again = cluster.kubectl(*delete)
         assert again.returncode == 0 and "deleted" not in again.stdout, again.stderr
 
-        (manifests / "one.yaml").write_text(app_manifest("oceanid-one", "one"))  # on again
+        # on again with the Addon left: the same bytes, "Skipping existing deployment"
+        first.write_text(app_manifest("oceanid-one", "one"))
+        time.sleep(3 * RESCAN + 1)
+        assert listed(cluster, ALL_KINDS, one) == set(), "k3s skips a file its Addon holds"
+
+        first.unlink()  # off again, now as the deploy does it: objects and Addons
+        addons = ("delete", "addons.k3s.cattle.io", "-n", "kube-system", "--ignore-not-found")
+        done = cluster.kubectl(*addons, *apps.addons("oceanid-one"))
+        assert done.returncode == 0, done.stderr
+        assert 'addon.k3s.cattle.io "oceanid-one" deleted' in done.stdout
+        first.write_text(app_manifest("oceanid-one", "one"))  # on again
         deadline = time.monotonic() + 20
         while len(listed(cluster, ALL_KINDS, one)) < 9:
             assert time.monotonic() < deadline, "the file put back was not applied again"
             time.sleep(0.5)
+
+
+# --- k3s's deploy controller: Addons, checksums, events (k3s-io/k3s pkg/deploy/controller.go)
+
+
+def addons(cluster: Cluster) -> dict[str, dict]:
+    """The Addons in kube-system, by name, as the real kubectl reads them."""
+    done = cluster.kubectl("get", "addons", "-n", "kube-system", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    return {item["metadata"]["name"]: item for item in json.loads(done.stdout)["items"]}
+
+
+def addon_events(cluster: Cluster, name: str) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of the Events on Addon `name`, oldest first."""
+    done = cluster.kubectl("get", "events", "-n", "kube-system", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    return [
+        (event["type"], event["reason"], event["message"])
+        for event in json.loads(done.stdout)["items"]
+        if event["involvedObject"] == {**event["involvedObject"], "kind": "Addon", "name": name}
+    ]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def wait_for(check, what: str, timeout: float = 20):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.3)
+    return found
+
+
+def test_each_manifest_has_an_addon_with_its_checksum_k3s_packaged_ones_too(
+    tmp_path: Path, kubectl_binary: Path
+) -> None:
+    with k3s_server(tmp_path, kubectl_binary, "disable:\n- traefik\n") as cluster:
+        manifests = cluster.data / "server" / "manifests"
+        runtimes = manifests / "runtimes.yaml"  # k3s writes its own (pkg/deploy/stage.go)
+        assert runtimes.stat().st_mode & 0o777 == 0o600
+        assert (manifests / "metrics-server" / "metrics-server-deployment.yaml").exists()
+        assert not (manifests / "traefik.yaml").exists()  # disabled: not staged
+        app = manifests / "oceanid-one.v2.yaml"  # the Addon's name stops at the first dot
+        app.write_text(app_manifest("oceanid-one", "one"))
+        (manifests / ".hidden.yaml").write_text(app_manifest("oceanid-hidden", "hidden"))
+        (manifests / "skipped.yaml").write_text(app_manifest("oceanid-skipped", "skipped"))
+        (manifests / "skipped.yaml.skip").write_text("")
+
+        found = wait_for(lambda: "oceanid-one" in addons(cluster) and addons(cluster), "no Addon")
+        addon = found["oceanid-one"]
+        assert addon["apiVersion"] == "k3s.cattle.io/v1" and addon["kind"] == "Addon"
+        assert addon["spec"] == {"source": str(app), "checksum": sha256(app)}
+        assert found["runtimes"]["spec"]["checksum"] == sha256(runtimes)
+        for name in ("coredns", "local-storage", "rolebindings", "metrics-server-deployment"):
+            assert name in found
+        assert not {"traefik", "hidden", "skipped", ".hidden"} & set(found)
+        done = cluster.kubectl("get", "runtimeclass", "nvidia", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        marks = json.loads(done.stdout)["metadata"]["annotations"]
+        assert marks["objectset.rio.cattle.io/owner-name"] == "runtimes"
+        assert marks["objectset.rio.cattle.io/owner-gvk"] == "k3s.cattle.io/v1, Kind=Addon"
+
+        table = cluster.kubectl("get", "addons", "-n", "kube-system")  # the CRD's columns
+        assert table.returncode == 0, table.stderr
+        assert table.stdout.split("\n")[0].split() == ["NAME", "SOURCE", "CHECKSUM", "AGE"]
+        assert f"oceanid-one   {app}   {sha256(app)}" in re.sub(" +", "   ", table.stdout)
+        assert addon_events(cluster, "oceanid-one") == [
+            ("Normal", "ApplyingManifest", f'Applying manifest at "{app}"'),
+            ("Normal", "AppliedManifest", f'Applied manifest at "{app}"'),
+        ]
+        events = cluster.kubectl("get", "events", "-n", "kube-system")
+        assert "AppliedManifest" in events.stdout and "addon/oceanid-one" in events.stdout
+
+
+def test_same_content_touched_brings_nothing_back_a_deleted_addon_does(
+    tmp_path: Path, kubectl_binary: Path
+) -> None:
+    """k3s looks at a file whose modification time changed, and skips it while its checksum is
+    the Addon's: an object deleted by hand stays deleted. Without the Addon, it comes back."""
+    with k3s_server(tmp_path, kubectl_binary) as cluster:
+        app = cluster.data / "server" / "manifests" / "oceanid-one.yaml"
+        app.write_text(app_manifest("oceanid-one", "one"))
+        one = "app.kubernetes.io/instance=oceanid-one"
+        wait_for(lambda: listed(cluster, "configmaps", one), "never applied")
+        done = cluster.kubectl("delete", "configmap", "-n", "one", "oceanid-one")
+        assert done.returncode == 0, done.stderr
+
+        later = time.time() + 5
+        os.utime(app, (later, later))  # touched: same bytes
+        time.sleep(3 * RESCAN + 1)
+        assert listed(cluster, "configmaps", one) == set()
+        applied = [e for e in addon_events(cluster, "oceanid-one") if e[1] == "AppliedManifest"]
+        assert len(applied) == 1
+
+        done = cluster.kubectl("delete", "addon", "-n", "kube-system", "oceanid-one")
+        assert done.returncode == 0, done.stderr
+        time.sleep(3 * RESCAN + 1)  # the file did not change since: nothing yet
+        assert listed(cluster, "configmaps", one) == set()
+        later += 5
+        os.utime(app, (later, later))
+        wait_for(lambda: listed(cluster, "configmaps", one), "not applied without its Addon")
+        assert addons(cluster)["oceanid-one"]["spec"]["checksum"] == sha256(app)
+
+
+def test_a_changed_file_is_applied_again_and_what_left_it_pruned(
+    tmp_path: Path, kubectl_binary: Path
+) -> None:
+    with k3s_server(tmp_path, kubectl_binary) as cluster:
+        app = cluster.data / "server" / "manifests" / "oceanid-one.yaml"
+        app.write_text(app_manifest("oceanid-one", "one"))
+        one = "app.kubernetes.io/instance=oceanid-one"
+        wait_for(lambda: listed(cluster, "secrets", one), "never applied")
+        documents = app.read_text().split("---\n")
+        changed = [d.replace("a: b", "a: c") for d in documents if "kind: Secret" not in d]
+        app.write_text("---\n".join(changed))
+        wait_for(
+            lambda: addons(cluster)["oceanid-one"]["spec"]["checksum"] == sha256(app),
+            "the changed file was not applied",
+        )
+        assert listed(cluster, "secrets", one) == set()  # left the file: pruned
+        done = cluster.kubectl("get", "configmap", "-n", "one", "oceanid-one", "-o", "json")
+        assert json.loads(done.stdout)["data"] == {"a": "c"}
+        assert len(listed(cluster, ALL_KINDS, one)) == 8
+
+
+def test_a_manifest_k3s_cannot_apply_is_an_event_and_keeps_the_old_checksum(
+    tmp_path: Path, kubectl_binary: Path
+) -> None:
+    with k3s_server(tmp_path, kubectl_binary) as cluster:
+        app = cluster.data / "server" / "manifests" / "oceanid-one.yaml"
+        app.write_text(app_manifest("oceanid-one", "one"))
+        good = sha256(app)
+        wait_for(lambda: "oceanid-one" in addons(cluster), "never applied")
+        app.write_text(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: nowhere\n"
+        )
+        failed = wait_for(
+            lambda: [e for e in addon_events(cluster, "oceanid-one") if e[0] == "Warning"],
+            "no failure event",
+        )
+        assert failed[0][1] == "ApplyManifestFailed"
+        assert failed[0][2].startswith(f'Applying manifest at "{app}" failed: ')
+        assert "namespace 'nowhere' does not exist" in failed[0][2]
+        assert addons(cluster)["oceanid-one"]["spec"]["checksum"] == good
+        assert any(
+            f"Failed to process config: failed to process {app}" in line
+            for line in cluster.server.lines
+        )
+
+
+def test_the_deploys_wait_confirms_an_applied_manifest_or_fails_with_k3s_message(
+    tmp_path: Path, kubectl_binary: Path
+) -> None:
+    """operations.k3s.manifests_applied's command, run against the stand-in with the real
+    kubectl: done once the Addon holds the file's checksum; else k3s's event message."""
+    from operations import k3s as k3s_ops
+
+    with k3s_server(tmp_path, kubectl_binary) as cluster:
+        app = cluster.data / "server" / "manifests" / "oceanid-one.yaml"
+        app.write_text(app_manifest("oceanid-one", "one"))
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "k3s").write_text(f'#!/bin/sh\nexec {sys.executable} {K3S} "$@"\n')
+        (bin_dir / "k3s").chmod(0o755)
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "K3S_STANDIN_KUBECTL": str(kubectl_binary),
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "HOME": str(tmp_path),
+        }
+
+        def wait(checksum: str, seconds: int) -> subprocess.CompletedProcess[str]:
+            script = k3s_ops._applied_script({"oceanid-one": checksum}, seconds)
+            return subprocess.run(
+                ["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60
+            )
+
+        done = wait(sha256(app), 20)
+        assert done.returncode == 0, done.stderr
+        read = subprocess.run(  # what the server's state read gets (facts.k3s.K3sAddons)
+            ["sh", "-c", K3sAddons().command()], env=env, capture_output=True, text=True
+        )
+        found = K3sAddons().process(read.stdout.splitlines())
+        assert found is not None, read.stderr
+        assert found["oceanid-one"] == sha256(app)
+        assert found["runtimes"] == sha256(cluster.data / "server" / "manifests" / "runtimes.yaml")
+        app.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  namespace: one\n")
+        done = wait(sha256(app), 4)
+        assert done.returncode == 1
+        assert done.stderr.startswith("k3s did not apply its manifest oceanid-one within 4s")
+        assert f'ApplyManifestFailed: Applying manifest at "{app}" failed: ' in done.stderr
+        assert "lacks metadata.name" in done.stderr
+
+
+def test_readyz_fails_while_the_lab_injects_its_fault(tmp_path: Path, kubectl_binary: Path):
+    with k3s_server(tmp_path, kubectl_binary) as cluster:
+        fault = cluster.data / "server" / "standin-readyz-fault"
+        assert cluster.kubectl("get", "--raw", "/readyz").stdout == "ok"
+        fault.write_text("v1.0.0+k3s1\n")  # another version's fault
+        assert cluster.kubectl("get", "--raw", "/readyz").returncode == 0
+        fault.write_text("")  # every version
+        done = cluster.kubectl("get", "--raw", "/readyz")
+        assert done.returncode == 1 and "readyz check failed" in done.stderr + done.stdout
+        fault.write_text("v1.33.4+k3s1\n")
+        assert cluster.kubectl("get", "--raw", "/readyz").returncode == 1
+        assert cluster.kubectl("get", "--raw", "/livez").stdout == "ok"
+        fault.unlink()
+        assert cluster.kubectl("get", "--raw", "/readyz").stdout == "ok"

@@ -468,6 +468,16 @@ K3S_REJECTIONS = {
         "disable: [traefik, trafik]\n",
         "invalid value 'trafik' for --disable",
     ),
+    "unknown flannel backend": (  # ipsec was removed in k3s v1.27
+        "server",
+        "flannel-backend: ipsec\n",
+        "Cannot configure unknown flannel backend 'ipsec'",
+    ),
+    "flannel backend on an agent": (  # agents take the server's
+        "agent",
+        f"server: https://tethys:6443\ntoken: {K3S_TOKEN}\nflannel-backend: vxlan\n",
+        "Unknown flag --flannel-backend found in config.yaml for `k3s agent`",
+    ),
 }
 
 

@@ -300,3 +300,35 @@ def test_a_published_key_that_is_not_the_pin_fails_before_the_sources(
         assert "got none or several;" in failed.stderr
     assert keyring.read_bytes() == b"old keyring"  # left as it was
     assert not sources.exists()  # apt is not pointed at anything
+
+
+def test_a_key_server_that_never_answers_fails_the_fetch_in_bounded_time(
+    keys, tmp_path, monkeypatch
+) -> None:
+    """Run for real against a socket that takes the connection and says nothing, the limits
+    shortened: curl gives up (its exit 28, time limit), the old keyring stays and apt is not
+    pointed at anything."""
+    import socket
+    import time
+
+    monkeypatch.setattr(apt_repo, "KEY_WAIT", 1)
+    monkeypatch.setattr(apt_repo, "KEY_RETRY_WAIT", 1)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/gpgkey"
+        keyring, sources = tmp_path / "keyring.gpg", tmp_path / "sources.list"
+        keyring.write_bytes(b"old keyring")
+        run = _repo(
+            keys["pinned"], None, sources=None, keyring=str(keyring), sources_list=str(sources),
+            key_url=url,
+        )  # fmt: skip
+        fetch = run.strings[0]
+        assert f"--connect-timeout {apt_repo.KEY_CONNECT_WAIT} --max-time 1 " in fetch
+        started = time.monotonic()
+        done, failed = execute(run, tmp_path)
+        elapsed = time.monotonic() - started
+    assert done == [] and failed is not None and failed.returncode == 28
+    assert "Operation timed out" in failed.stderr or "timed out" in failed.stderr
+    assert elapsed < 20
+    assert keyring.read_bytes() == b"old keyring" and not sources.exists()

@@ -417,6 +417,32 @@ def test_origin_request_defaults_read_back_plan_no_second_update(start_standin):
     assert cf.plan_tunnel_config(client, ACCOUNT, CLUSTER, changed).kind == "update"
 
 
+def test_gpu_name_old_catch_all_is_replaced_by_the_inference_allow_list(start_standin):
+    """A remotely managed node tunnel still sending every path of gpu2.<base> to Triton (the old
+    rule) gets the allow-list of oceanid/ingress.py; read back with the API's originRequest
+    defaults, the next plan changes nothing."""
+    from oceanid.ingress import node_ingress
+    from oceanid.settings import GpuService
+
+    seed = default_seed()
+    seed["config_defaults"] = True
+    seed["tunnels"][2]["config"] = {
+        "ingress": [{"hostname": "gpu2.boathou.se", "service": "http://localhost:8000"},
+                    {"service": "http_status:404"}],
+    }  # fmt: skip
+    standin = start_standin(seed)
+    client = standin.client()
+    rules = node_ingress("gpu2.boathou.se", GpuService())
+    plan = cf.plan_tunnel_config(client, ACCOUNT, NODE2, rules)
+    assert plan.kind == "update"
+    assert "gpu2.boathou.se ^/v2/health/(live|ready)$ → http://localhost:8000" in plan.describe()
+    assert "gpu2.boathou.se ^/v2/models/stats$ → http_status:404" in plan.describe()
+    cf.apply_tunnel_config(client, ACCOUNT, plan)
+    stored = standin.state.data["tunnels"][NODE2]["config"]["ingress"]
+    assert [rule.get("path") for rule in stored] == [rule.get("path") for rule in rules]
+    assert cf.plan_tunnel_config(client, ACCOUNT, NODE2, rules).kind == "noop"
+
+
 # -- the pyinfra operation ------------------------------------------------------------------------
 
 

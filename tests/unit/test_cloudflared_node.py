@@ -87,3 +87,120 @@ def test_exec_start_as_rendered_connects_and_signals_ready(make_plan, shape, tmp
     assert f"tunnelID={plan.node_tunnel_id}" in stderr
     assert "Incorrect Usage" not in stdout
     assert process.returncode == 0
+
+
+# ---- which paths the public name serves: the rendered config, routed by `ingress rule`
+
+ALLOWED = [
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2",
+    "/v2/models/docling_granite_python",
+    "/v2/models/docling_granite_python/ready",
+    "/v2/models/docling_granite_python/config",
+    "/v2/models/docling_granite_python/infer",
+    "/v2/models/docling_granite_python/versions/1",
+    "/v2/models/docling_granite_python/versions/12/ready",
+    "/v2/models/docling_granite_python/versions/1/config",
+    "/v2/models/docling_granite_python/versions/3/infer",
+    "/v2/models/a.b-c_d/infer",
+]
+REFUSED = [
+    "/",
+    "/v2/",
+    "/v2/repository/index",
+    "/v2/repository/models/x/load",
+    "/v2/repository/models/x/unload",
+    "/v2/systemsharedmemory/status",
+    "/v2/systemsharedmemory/region/r/register",
+    "/v2/cudasharedmemory/status",
+    "/v2/cudasharedmemory/region/r/unregister",
+    "/v2/trace/setting",
+    "/v2/logging",
+    "/v2/models/stats",
+    "/v2/models/x/stats",
+    "/v2/models/x/versions/1/stats",
+    "/v2/models/x/trace/setting",
+    "/v2/models/x/generate",
+    "/v2/models/x/generate_stream",
+    "/v2/models/x/infer/../../repository",
+    "/v2/models/x/../../repository/index",
+    "/v2/models/../repository/index",
+    "/v2/models/../ready",
+    "/v2/models/x/versions/../infer",
+    "/v2/models/x%2F..%2F..%2Frepository%2Findex/ready",
+    "/v2/models/a/b/c",
+    "/v2/models/x/versions/v1/infer",
+    "/v2/models/x/infer/",
+    "/v2/health/readyX",
+    "/v2/health/ready/",
+    "/v2/health/ready%0A",
+    "/xx/v2/health/ready",
+    "/metrics",
+]
+
+
+def _rule_for(config_path, url: str) -> str:
+    """`cloudflared tunnel --config FILE ingress rule URL`: the service of the matched rule."""
+    done = subprocess.run(
+        [PYTHON, str(CLOUDFLARED), "tunnel", "--config", str(config_path), "ingress", "rule", url],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.split("\tservice: ")[1].strip()
+
+
+def _write_config(plan, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cloudflared_node.config(plan), sort_keys=False))
+    return path
+
+
+def test_triton_name_routes_only_the_inference_plane(make_plan, tmp_path) -> None:
+    """Every allowed path reaches Triton; the repository (load, unload: code execution),
+    shared memory, trace, logging, statistics and every trick around the anchors get the 404."""
+    config = _write_config(make_plan(), tmp_path)
+    for path in ALLOWED:
+        assert _rule_for(config, f"https://gpu.boathou.se{path}") == "http://localhost:8000", path
+    for path in REFUSED:
+        assert _rule_for(config, f"https://gpu.boathou.se{path}") == "http_status:404", path
+    # another name on the tunnel, whatever its path, is the catch-all's
+    assert _rule_for(config, "https://gpu2.boathou.se/v2/health/ready") == "http_status:404"
+
+
+def test_every_triton_path_rule_is_anchored(make_plan) -> None:
+    """cloudflared searches a rule's path anywhere in the request path: an unanchored
+    `/v2/health/ready` would also send `/x/v2/health/ready/../../repository/index` to Triton."""
+    rules = [r for r in cloudflared_node.config(make_plan())["ingress"] if r.get("hostname")]
+    rules = [r for r in rules if r["hostname"] == "gpu.boathou.se"]  # not the adapter's name
+    assert rules and all(r["path"].startswith("^") and r["path"].endswith("$") for r in rules)
+
+
+def test_http_name_keeps_every_path(make_plan, tmp_path) -> None:
+    """The `http` kind is the operator's own server: one rule, every path."""
+    image = "ghcr.io/example/docling-granite:1.0"
+    plan = make_plan(gpu={"service": {"kind": "http", "image": image, "port": 8080}})
+    assert cloudflared_node.config(plan)["ingress"] == [
+        {"hostname": "gpu.boathou.se", "service": "http://localhost:8080"},
+        {"service": "http_status:404"},
+    ]
+    config = _write_config(plan, tmp_path)
+    for path in ("/", "/v2/repository/index", "/anything/at/all"):
+        assert _rule_for(config, f"https://gpu.boathou.se{path}") == "http://localhost:8080"
+
+
+def test_the_api_and_the_daemonset_get_the_same_rules(make_plan) -> None:
+    """One builder: the configuration pushed through the API (deploys/dns) and the cluster
+    DaemonSet's config are the host connector's rules, rule for rule."""
+    from deploys import dns
+    from deploys.cluster_apps import node_tunnel
+    from oceanid.preflight import Site
+
+    plan = make_plan()
+    site = Site(hosts={plan.name: plan}, secrets={}, cluster_tunnel_id=None)
+    _, ingress = dns.records(plan, site)
+    local = cloudflared_node.config(plan)["ingress"]
+    assert ingress == {plan.node_tunnel_id: local}
+    assert node_tunnel.config(plan)["ingress"] == local

@@ -16,8 +16,9 @@ import yaml
 
 from deploys import cluster_apps
 from deploys.cluster_apps import label_studio, ml_backend, objects
+from oceanid.ingress import node_ingress
 from oceanid.preflight import HostView, PreflightError, check
-from oceanid.settings import SettingsError, from_data
+from oceanid.settings import GpuService, SettingsError, from_data
 from tests.unit.conftest import REPO
 
 GROUPS = {"tethys": {"k3s_servers"}, "styx": {"k3s_agents"}, "calypso": {"k3s_agents", "gpu_hosts"}}
@@ -279,11 +280,11 @@ def test_label_studio_admin_it_could_not_create_is_refused(
 def test_ml_backend_url_from_data_or_the_gpu_host(data, lab_secrets, tmp_path):
     site, settings = site_for(data, lab_secrets, tmp_path, names=("tethys", "styx"))
     env = env_of(job_container(cluster_apps.manifest_files(site, settings)))
-    assert env["ML_BACKEND_URL"]["value"] == "https://gpu.boathou.se"  # no GPU host: default
+    assert env["ML_BACKEND_URL"]["value"] == "https://ml.boathou.se"  # no GPU host: default
     data["hosts"]["calypso"]["gpu"]["public_name"] = "gpu7"
     site, settings = site_for(data, lab_secrets, tmp_path)
     env = env_of(job_container(cluster_apps.manifest_files(site, settings)))
-    assert env["ML_BACKEND_URL"]["value"] == "https://gpu7.boathou.se"
+    assert env["ML_BACKEND_URL"]["value"] == "https://ml7.boathou.se"  # the adapter's name
     data["cluster_apps"]["ml_backend"]["url"] = "https://ml.example.org"
     site, settings = site_for(data, lab_secrets, tmp_path)
     env = env_of(job_container(cluster_apps.manifest_files(site, settings)))
@@ -291,7 +292,7 @@ def test_ml_backend_url_from_data_or_the_gpu_host(data, lab_secrets, tmp_path):
 
 
 def job_container(files) -> dict:
-    job = find({f.path: f for f in files}, "CronJob")
+    job = find({f.path: f for f in files}, "CronJob", ml_backend.NAME)
     return job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
 
 
@@ -316,7 +317,7 @@ def test_cluster_connector(data, lab_secrets, tmp_path, shape):
     assert terms["nodeSelectorTerms"] == [
         {
             "matchExpressions": [
-                {"key": "workload-type", "operator": "NotIn", "values": ["gpu-compute"]}
+                {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["calypso"]}
             ]
         }
     ]
@@ -373,14 +374,19 @@ def test_ml_backend_connector(data, lab_secrets, tmp_path):
     assert 0 < spec["failedJobsHistoryLimit"] <= 5
     container = job_container(files.values())
     env = env_of(container)
-    assert env["ML_BACKEND_URL"]["value"] == "https://gpu.boathou.se"
+    assert env["ML_BACKEND_URL"]["value"] == "https://ml.boathou.se"
     assert env["LABEL_STUDIO_URL"]["value"] == "http://label-studio.apps.svc.cluster.local:8080"
-    assert env["LABEL_STUDIO_API_KEY"]["valueFrom"]["secretKeyRef"] == {
-        "name": "ml-backend-connector",
-        "key": "LABEL_STUDIO_API_KEY",
-    }
+    for name in ("LABEL_STUDIO_API_KEY", "ML_BACKEND_USER", "ML_BACKEND_PASSWORD"):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {
+            "name": "ml-backend-connector",
+            "key": name,
+        }
     secret = find(files, "Secret", "ml-backend-connector")["stringData"]
-    assert secret == {"LABEL_STUDIO_API_KEY": lab_secrets["labelStudioApiToken"]}
+    assert secret == {
+        "LABEL_STUDIO_API_KEY": lab_secrets["labelStudioApiToken"],
+        "ML_BACKEND_USER": lab_secrets["mlBackendUser"],
+        "ML_BACKEND_PASSWORD": lab_secrets["mlBackendPassword"],
+    }
     script = find(files, "ConfigMap", "ml-backend-connector")["data"]["ensure_ml_backend.py"]
     assert script == (REPO / "deploys/cluster_apps/ensure_ml_backend.py").read_text()
     # A literal block: the file, and so its --diff, shows the script line by line.
@@ -423,23 +429,35 @@ def test_node_tunnel_daemonset(data, lab_secrets, tmp_path):
     )
     assert config["protocol"] == "quic"
     assert config["tunnel"] == lab_secrets["cloudflareNodeTunnelId"]
-    assert config["ingress"] == [
-        {"hostname": "gpu.boathou.se", "service": "http://localhost:8000"},
-        {"service": "http_status:404"},
-    ]
+    # the host connector's rules (oceanid/ingress.py): Triton's inference plane only
+    assert config["ingress"] == node_ingress("gpu.boathou.se", GpuService(port=8000))
+    assert config["ingress"][-3]["path"].startswith("^/v2/models/")
+    # and the ML-backend adapter's name (deploys/gpu_host/ml_backend), before the catch-all
+    assert config["ingress"][-2] == {
+        "hostname": "ml.boathou.se",
+        "service": "http://localhost:9090",
+    }
     secret = find(files, "Secret", "cloudflared-node-calypso")["stringData"]
     assert list(secret) == ["credentials.json"]  # the lab's node credential: base64 credentials
 
 
-def test_a_rotated_password_changes_only_the_secret_file_and_names_only_its_key(
+def test_a_rotated_password_changes_the_secret_and_the_digest_and_names_only_its_key(
     data, lab_secrets, tmp_path
 ):
     before = files_of(data, lab_secrets, tmp_path)
     rotated = lab_secrets | {"labelStudioAdminPassword": "another-password-42"}
     after = files_of(data, rotated, tmp_path)
     changed = [p for p in before if before[p].content != after[p].content]
-    assert changed == [cluster_apps.path("label-studio", secret=True)]
-    path = changed[0]
+    path = cluster_apps.path("label-studio", secret=True)
+    assert changed == [cluster_apps.path("label-studio"), path]
+    # the Deployment's file differs in the digest line alone
+    lines = zip(
+        before[changed[0]].content.decode().splitlines(),
+        after[changed[0]].content.decode().splitlines(),
+        strict=True,
+    )
+    (differs,) = [(old, new) for old, new in lines if old != new]
+    assert all(line.strip().startswith(f"{objects.SECRETS_ANNOTATION}: ") for line in differs)
     changes = objects.secret_key_changes(before[path].content, after[path].content)
     assert changes == ["apps/label-studio: LABEL_STUDIO_PASSWORD changes"]
     assert objects.secret_key_changes(after[path].content, after[path].content) == []
@@ -458,6 +476,7 @@ def test_instances_name_what_is_switched_off(data, lab_secrets, tmp_path):
         "oceanid-cloudflared": True,
         "oceanid-ml-backend-connector": False,
         "oceanid-node-tunnel": False,
+        "oceanid-backup": True,  # the lab's secrets configure the object store
     }
     assert ml_backend.APP == "ml-backend-connector"
 
@@ -544,3 +563,282 @@ def test_cluster_app_settings_are_checked(data, key, value, message):
     (line,) = err.value.problems
     assert line.startswith(f"cluster_apps.{key}: ")
     assert message in line
+
+
+def pod_specs(document) -> list[dict]:
+    """Every pod spec inside a rendered object, wherever its kind keeps it (a Deployment's
+    template, a CronJob's jobTemplate): any mapping that holds `containers`."""
+    if isinstance(document, list):
+        return [spec for item in document for spec in pod_specs(item)]
+    if not isinstance(document, dict):
+        return []
+    if "containers" in document:
+        return [document]
+    return [spec for value in document.values() for spec in pod_specs(value)]
+
+
+#: The uid each image runs as: Label Studio's Dockerfile `USER 1001`, cloudflared's 65532.
+IMAGE_USERS = {
+    "heartexlabs/label-studio": 1001,
+    "cloudflare/cloudflared": 65532,
+    # pg_dump/pg_restore beside Label Studio's image in the backup pods, as its user
+    # (deploys/cluster_apps/backup.py): they write only the pod's scratch folder
+    "docker.io/library/postgres": 1001,
+}
+WORKLOADS = {"Deployment", "DaemonSet", "StatefulSet", "Job", "CronJob", "Pod", "ReplicaSet"}
+
+
+def all_apps_on(data) -> None:
+    apps = data["cluster_apps"]
+    apps["label_studio"]["enabled"] = apps["ml_backend"]["enabled"] = True
+    apps["cluster_connector"] = True
+    apps["node_tunnel_mode"] = "daemonset"
+
+
+def test_every_pod_runs_non_root_without_capabilities_or_an_api_token(data, lab_secrets, tmp_path):
+    all_apps_on(data)
+    files = files_of(data, lab_secrets, tmp_path)
+    found = [d for f in files.values() for d in docs(f)]
+    workloads = [d for d in found if d["kind"] in WORKLOADS]
+    assert {d["kind"] for d in workloads} == {"Deployment", "DaemonSet", "CronJob"}
+    specs = pod_specs(found)
+    assert len(specs) == len(workloads)  # one pod spec each, CronJob's included
+    for spec in specs:
+        assert spec["automountServiceAccountToken"] is False
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            own = container["securityContext"]
+            assert own["allowPrivilegeEscalation"] is False
+            assert own["capabilities"] == {"drop": ["ALL"]}
+            assert "privileged" not in own and own.get("runAsNonRoot", True) is True
+            user = own.get("runAsUser", pod["runAsUser"])  # numeric: the kubelet checks it
+            assert user == IMAGE_USERS[container["image"].rsplit(":", 1)[0]]
+    label_studio_pod = find(files, "Deployment", "label-studio")["spec"]["template"]["spec"]
+    assert label_studio_pod["securityContext"]["fsGroup"] == 1001  # it writes its volume
+
+
+def test_hardening_keeps_a_containers_own_settings_and_overrides_weaker_ones():
+    spec = objects.hardened(
+        {
+            "securityContext": {"runAsUser": 0},
+            "containers": [
+                {
+                    "name": "x",
+                    "securityContext": {
+                        "readOnlyRootFilesystem": True,
+                        "allowPrivilegeEscalation": True,
+                        "capabilities": {"add": ["NET_ADMIN"]},
+                    },
+                }
+            ],
+        },
+        user=1001,
+    )
+    assert spec["securityContext"]["runAsUser"] == 1001
+    assert "fsGroup" not in spec["securityContext"]
+    assert spec["containers"][0]["securityContext"] == {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def digests(files) -> dict[str, str]:
+    """`Kind/name` -> the secrets digest of every object that carries one."""
+    found = {}
+    for managed_file in files.values():
+        for document in docs(managed_file):
+            template = document.get("spec", {}).get("template", {})
+            annotations = template.get("metadata", {}).get("annotations", {})
+            if objects.SECRETS_ANNOTATION in annotations:
+                key = f"{document['kind']}/{document['metadata']['name']}"
+                found[key] = annotations[objects.SECRETS_ANNOTATION]
+    return found
+
+
+LONG_RUNNING = [
+    "Deployment/label-studio",
+    "Deployment/cloudflared",
+    "DaemonSet/cloudflared-node-calypso",
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "changed"),
+    [
+        ("labelStudioAdminPassword", ["Deployment/label-studio"]),
+        ("labelStudioDbUrl", ["Deployment/label-studio"]),
+        ("cloudflareNodeTunnelToken", ["DaemonSet/cloudflared-node-calypso"]),
+        ("cloudflareTunnelToken", LONG_RUNNING),  # the key of every digest: all roll once
+    ],
+)
+def test_a_rotated_secret_changes_the_digest_of_what_reads_it_only(
+    data, lab_secrets, tmp_path, key, changed
+):
+    from oceanid.tunnel_credentials import parse
+
+    all_apps_on(data)
+    before = digests(files_of(data, lab_secrets, tmp_path))
+    assert sorted(before) == sorted(LONG_RUNNING)  # the CronJob's pods read it afresh
+    assert digests(files_of(data, lab_secrets, tmp_path)) == before  # deterministic
+    rotated = dict(lab_secrets)
+    if key == "labelStudioDbUrl":
+        rotated[key] = lab_secrets[key].replace("@", "x@", 1)  # another password
+    elif key.endswith("TunnelToken"):
+        credential = parse(lab_secrets[key], key=key)
+        shape = "token" if credential.kind == "token" else "credentials"
+        fresh = type(credential)(
+            credential.shape, credential.account_tag, credential.tunnel_id, "bmV3IHNlY3JldA=="
+        )
+        rotated[key] = fresh.token() if shape == "token" else fresh.credentials_json()
+    else:
+        rotated[key] = "another-password-42"
+    after = digests(files_of(data, rotated, tmp_path))
+    assert sorted(k for k in before if before[k] != after[k]) == sorted(changed)
+
+
+def test_the_digest_ignores_what_is_not_secret(data, lab_secrets, tmp_path):
+    all_apps_on(data)
+    before = digests(files_of(data, lab_secrets, tmp_path))
+    data["cluster_apps"]["label_studio"]["memory_limit"] = "4Gi"
+    data["cluster_apps"]["cluster_connector_replicas"] = 3
+    assert digests(files_of(data, lab_secrets, tmp_path)) == before
+
+
+def test_the_digest_reveals_no_secret(data, lab_secrets, tmp_path):
+    """It is keyed: not a plain SHA-256 a list of guesses could be checked against."""
+    import hashlib
+
+    all_apps_on(data)
+    files = files_of(data, lab_secrets, tmp_path)
+    found = [d for f in files.values() for d in docs(f)]
+    secrets = {
+        (d["metadata"]["namespace"], d["metadata"]["name"]): d
+        for d in found
+        if d["kind"] == "Secret"
+    }
+    values = [v for s in secrets.values() for v in s["stringData"].values()]
+    plain = set()
+    for value in values:
+        plain.add(hashlib.sha256(value.encode()).hexdigest())
+    for secret in secrets.values():
+        for form in (secret["stringData"], {"stringData": secret["stringData"]}):
+            for separators in ((",", ":"), (", ", ": ")):
+                text = json.dumps(form, sort_keys=True, separators=separators)
+                plain.add(hashlib.sha256(text.encode()).hexdigest())
+    found_digests = digests(files)
+    assert sorted(found_digests) == sorted(LONG_RUNNING)
+    for workload, digest in found_digests.items():
+        assert len(digest) == 64 and int(digest, 16) >= 0, workload
+        assert digest not in plain, workload
+        assert not any(value.strip() in digest for value in values if len(value.strip()) > 3)
+    # the same Secret data under another key gives another digest
+    (secret,) = [s for (ns, name), s in secrets.items() if name == "label-studio"]
+    one = objects.secrets_digest([secret], objects.secrets_key("key-one"))
+    two = objects.secrets_digest([secret], objects.secrets_key("key-two"))
+    assert one != two
+
+
+def test_a_workload_reading_a_secret_the_app_does_not_render_is_refused():
+    pod = objects.hardened(
+        {
+            "containers": [{"name": "x", "env": [objects.secret_env("A", "elsewhere")]}],
+            "volumes": [{"name": "v", "secret": {"secretName": "mine"}}],
+        },
+        user=1001,
+    )
+    workload = {
+        "kind": "Deployment",
+        "metadata": {"name": "w", "namespace": "apps"},
+        "spec": {"template": {"metadata": {}, "spec": pod}},
+    }
+    assert objects.secrets_read(pod) == {"elsewhere", "mine"}
+    mine = objects.secret("x", "mine", "apps", {"k": "v"})
+    with pytest.raises(ValueError, match="reads Secret elsewhere, which the app does not render"):
+        objects.with_secrets_digest([workload], [mine], b"k" * 32)
+
+
+def _matches(term: dict, labels: dict[str, str]) -> bool:
+    """A nodeSelectorTerm against a node's labels, as the scheduler reads it (k8s.io/api
+    core/v1 NodeSelectorRequirement: In, NotIn, Exists, DoesNotExist; NotIn and DoesNotExist
+    also match a node without the key)."""
+    for expression in term.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not ok:
+            return False
+    return True
+
+
+def test_the_cluster_connector_is_kept_off_the_gpu_node_by_labels_nodes_carry(
+    data, lab_secrets, tmp_path
+):
+    """Each node's labels as the cluster gives them: the kubelet's kubernetes.io/hostname (its
+    k3s node-name, the inventory name) and those the deploy sets from host data."""
+    from deploys.k3s import cluster
+
+    data.update(enable_node_provisioning=False)
+    site, settings = site_for(data, lab_secrets, tmp_path)
+    files = {f.path: f for f in cluster_apps.manifest_files(site, settings)}
+    pod = find(files, "Deployment", "cloudflared")["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    admitted = {
+        name
+        for name, wanted in cluster.wanted_labels(site).items()
+        if _matches(term, {"kubernetes.io/hostname": name, **wanted["labels"]})
+    }
+    assert admitted == {"tethys", "styx"}
+
+
+def test_without_a_gpu_node_the_cluster_connector_has_no_node_rule(data, lab_secrets, tmp_path):
+    groups = {"tethys": {"k3s_servers"}, "styx": {"k3s_agents"}}
+    site, settings = site_for(data, lab_secrets, tmp_path, names=("tethys", "styx"), groups=groups)
+    files = {f.path: f for f in cluster_apps.manifest_files(site, settings)}
+    affinity = find(files, "Deployment", "cloudflared")["spec"]["template"]["spec"]["affinity"]
+    assert "nodeAffinity" not in affinity and "podAntiAffinity" in affinity
+
+
+def test_namespaces_come_in_a_file_k3s_applies_before_every_app_file(data, lab_secrets, tmp_path):
+    """k3s applies the folder's files in name order, one Addon each (named after the file's
+    name up to its first dot); each app file's objects find their Namespace already made."""
+    data["cluster_apps"]["node_tunnel_mode"] = "daemonset"
+    files = files_of(data, lab_secrets, tmp_path)
+    first = cluster_apps.path(cluster_apps.NAMESPACES)
+    assert first.endswith("/oceanid-00-namespaces.yaml")
+    assert sorted(files)[0] == first and len(files) > 1
+    assert first.rsplit("/", 1)[1].split(".", 1)[0] == "oceanid-00-namespaces"
+    made = [d["metadata"]["name"] for d in docs(files[first])]
+    assert made == ["apps", "cloudflared", "cloudflared-node"]
+    assert {d["kind"] for d in docs(files[first])} == {"Namespace"}
+    for path, managed_file in files.items():
+        if path == first:
+            continue
+        for document in docs(managed_file):
+            assert document["kind"] != "Namespace", path
+            assert document["metadata"]["namespace"] in made, path
+
+
+def test_an_app_switched_off_leaves_the_namespaces_file_and_label_studios_namespace(
+    data, lab_secrets, tmp_path
+):
+    data["cluster_apps"]["label_studio"]["enabled"] = False
+    data["cluster_apps"]["ml_backend"]["enabled"] = False
+    data["cluster_apps"]["cluster_connector"] = False
+    files = files_of(data, lab_secrets, tmp_path)
+    first = cluster_apps.path(cluster_apps.NAMESPACES)
+    assert list(files) == [first]  # the only file left: `apps` keeps Label Studio's data
+    (kept,) = docs(files[first])
+    assert kept["metadata"]["name"] == "apps"
+    assert kept["metadata"]["labels"]["app.kubernetes.io/instance"] == "oceanid-label-studio"
+    site, settings = site_for(data, lab_secrets, tmp_path)
+    assert "oceanid-00-namespaces" not in cluster_apps.instances(site, settings)  # never off

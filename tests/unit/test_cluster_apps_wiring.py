@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import subprocess
 
 import pyinfra
@@ -19,6 +20,7 @@ from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
 
 from deploys import cluster_apps
+from deploys.cluster_apps.objects import SECRETS_ANNOTATION
 from deploys.gpu_host import cloudflared_node
 from deploys.k3s import server
 from facts.managed import ManagedState, PathState, empty_state, script
@@ -94,7 +96,11 @@ def test_an_app_switched_off_has_its_file_removed_and_its_objects_deleted(k3s_si
     assert deleted == (
         "k3s kubectl delete deployments,daemonsets,cronjobs,services,configmaps,secrets,"
         "poddisruptionbudgets,namespaces -A --ignore-not-found "
-        "-l app.kubernetes.io/instance=oceanid-ml-backend-connector"
+        "-l app.kubernetes.io/instance=oceanid-ml-backend-connector\n"
+        # and the Addons k3s keeps for its files (named up to the first dot), or the same
+        # bytes written when it is switched on again would be skipped
+        "k3s kubectl delete addons.k3s.cattle.io -n kube-system --ignore-not-found "
+        "oceanid-ml-backend-connector oceanid-ml-backend-connector-secret"
     )
     # the next run: the file is gone, nothing is deleted again
     _, again = _plan(after, _converged)
@@ -108,7 +114,9 @@ def test_label_studio_switched_off_keeps_its_data(k3s_site, data) -> None:
     after = k3s_site()
     _, order = _plan(after, _converged_with(before))
     deleted = _commands(order, "cluster apps switched off: objects deleted")
-    ls = [c.get_raw_value() for c in deleted if "oceanid-label-studio" in c.get_raw_value()]
+    ls = [
+        c.get_raw_value() for c in deleted if "instance=oceanid-label-studio" in c.get_raw_value()
+    ]
     assert len(ls) == 1
     assert "persistentvolumeclaims" not in ls[0] and "namespaces" not in ls[0]
 
@@ -148,7 +156,16 @@ def test_diff_names_the_rotated_key_and_never_a_value(
     assert "POSTGRE_PASSWORD" not in text  # only the key that changed
     assert "rotated-password-4242" not in text
     assert before.secrets["labelStudioAdminPassword"] not in text
-    assert LABEL_STUDIO + ":" not in text  # no other file changes
+    # the Deployment's file shows its secrets digest changing, that line alone
+    assert f"{LABEL_STUDIO}: changes" in text
+    changed = [
+        line.split("]", 1)[1].strip()
+        for line in text.splitlines()
+        if re.search(r"\]\s+[-+] ", line)
+    ]
+    assert len(changed) == 2, changed
+    assert all(line[1:].strip().startswith(f"{SECRETS_ANNOTATION}: ") for line in changed)
+    assert ML + ":" not in text and cluster_apps.path("cloudflared") + ":" not in text
 
 
 def test_diff_shows_a_changed_memory_limit(k3s_site, data, caplog, monkeypatch) -> None:

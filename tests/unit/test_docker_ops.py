@@ -27,7 +27,7 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState
 
 from deploys import gpu_host
-from deploys.gpu_host import docker, triton
+from deploys.gpu_host import docker, ml_backend, triton
 from facts.managed import Account, ManagedState, PathState, empty_state, script
 from operations import docker as docker_ops
 from operations import managed
@@ -139,9 +139,12 @@ def test_an_image_on_disk_as_pinned_is_a_noop(image, line) -> None:
     assert run.noop == f"image {image} is on disk ({IMAGE_ID[:19]})"
 
 
+PULL = f"timeout -k {docker_ops.PULL_KILL_AFTER} {docker_ops.PULL_WAIT} docker pull"
+
+
 def test_an_image_without_an_archive_is_pulled_then_checked() -> None:
     run = _image_run(BY_DIGEST, "-")
-    assert run.strings[0] == f"docker pull -q {BY_DIGEST}"
+    assert run.strings[0].startswith(f"{PULL} {BY_DIGEST} ||")
     assert f"grep -qF @{DIGEST} ||" in run.strings[1]
     assert shell_syntax_errors(run.commands) == []
 
@@ -150,7 +153,7 @@ def test_an_image_on_disk_under_another_digest_is_pulled() -> None:
     """The tag is there, but not the pinned build: the digest decides."""
     other = "sha256:" + "e2" * 32
     run = _image_run(BY_DIGEST, f'{IMAGE_ID} ["nvcr.io/nvidia/tritonserver@{other}"]')
-    assert run.strings[0] == f"docker pull -q {BY_DIGEST}"
+    assert run.strings[0].startswith(f"{PULL} {BY_DIGEST} ||")
 
 
 def test_an_image_id_without_archive_is_refused_in_one_line(caplog) -> None:
@@ -235,6 +238,44 @@ def _run_with_fake_docker(tmp_path: Path, commands: list[str], holds: str):
         if done.returncode != 0:
             return done
     return None
+
+
+SLOW_PULL = r"""#!/bin/sh
+echo "$*" >> "$LOG"
+case "$1" in
+  pull) [ "$PULL_RC" = hang ] && exec sleep 30
+        echo "Error response from daemon: manifest unknown" >&2; exit "$PULL_RC";;
+esac
+exit 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("rc", "late"), [("hang", True), ("1", False)], ids=["registry-hangs", "docker-fails"]
+)
+def test_a_pull_that_hangs_is_ended_and_said_to_be_late(tmp_path, monkeypatch, rc, late) -> None:
+    """Run for real, the limit shortened: a registry that stops answering fails the run in
+    words naming the limit and the archive alternative; docker's own failure stays its own."""
+    monkeypatch.setattr(docker_ops, "PULL_WAIT", 1)
+    monkeypatch.setattr(docker_ops, "PULL_KILL_AFTER", 1)
+    run = _image_run(TAGGED, "-")
+    env = _fake_docker(tmp_path, holds="")
+    (tmp_path / "bin" / "docker").write_text(SLOW_PULL)
+    done = subprocess.run(
+        ["sh", "-c", run.strings[0]], env={**env, "PULL_RC": rc}, capture_output=True, text=True,
+        timeout=20,
+    )  # fmt: skip
+    assert (tmp_path / "docker.log").read_text() == f"pull {TAGGED}\n"
+    if late:
+        assert done.returncode == 124
+        assert done.stderr.strip() == (
+            f"docker pull {TAGGED} did not finish in 1 s (the limit set in "
+            "operations/docker.py, PULL_WAIT): check that the host reaches the registry, or set "
+            "triton_image_archive to a `docker save` archive of the image"
+        )
+    else:
+        assert done.returncode == 1
+        assert done.stderr.strip() == "Error response from daemon: manifest unknown"
 
 
 def _archive_run(tmp_path, monkeypatch, server, sha256: str | None = None):
@@ -472,7 +513,7 @@ def test_a_fresh_gpu_host_gets_docker_the_toolkit_a_restart_then_the_image_then_
     assert commands["Docker"][0] == "systemctl daemon-reload"
     assert commands["Docker"][-1].startswith("timeout 150 systemctl restart docker.service")
     image = plan.settings.triton_image
-    assert commands["Triton's image"][0] == f"docker pull -q {image}"
+    assert commands["Triton's image"][0].startswith(f"{PULL} {image} ||")
     assert any(text.startswith("docker run --rm --network host -v /opt/triton/venvs/")
                and f":/opt/oceanid/env {image} sh -c" in text
                for text in commands["Triton's Python environment"])  # fmt: skip
@@ -500,8 +541,11 @@ def _converged(plan, archive_state: dict) -> dict:
         "arch": "amd64",
         "paths": paths,
         "packages": dict.fromkeys(role.packages, "1"),
-        "users": {"triton": Account(999, 999, "/nonexistent", "/usr/sbin/nologin", ("triton",))},
-        "contents": {triton.STAMP: triton.stamp(plan)},
+        "users": {
+            "triton": Account(999, 999, "/nonexistent", "/usr/sbin/nologin", ("triton",)),
+            ml_backend.USER: Account(998, 998, "/nonexistent", "/usr/sbin/nologin", ()),
+        },
+        "contents": {triton.STAMP: triton.stamp(plan), ml_backend.STAMP: ml_backend.stamp()},
         "record": (json.dumps(role.declared(), indent=1, sort_keys=True) + "\n").encode(),
         "units": dict.fromkeys(role.units, {"enabled": "enabled", "active": "active"}),
         "probes": archive_state,

@@ -6,6 +6,7 @@ its plan on stdout and the per-host change messages on stderr.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -79,8 +80,73 @@ def test_unreachable_host_exits_1_naming_it(tmp_path):
     path = deploy(tmp_path, f'files.directory(name="Models", path="{tmp_path}")\n')
     done = run_drift("@ssh/127.0.0.1:1", "--deploy", str(path))
     assert done.returncode == 1
-    assert any(line.startswith("  [@ssh/127.0.0.1:1] ") for line in done.stdout.splitlines())
-    assert "ERROR pyinfra error: No hosts remaining!" in done.stdout.splitlines()
+    lines = done.stdout.splitlines()
+    # pyinfra reads "127.0.0.1:1" as a host name (no port syntax in @ssh/): unresolvable
+    assert any(line.startswith("FAILED @ssh/127.0.0.1:1: Could not resolve") for line in lines)
+    assert "ERROR pyinfra error: No hosts remaining!" in lines
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_one_host_unreachable_among_reachable_ones_exits_1_naming_it(tmp_path):
+    """The real CLI with an inventory of two: @local connects and has nothing to change, so
+    pyinfra's plan alone says "no drift"; only its exit status and its log say the other
+    host was never read."""
+    port = _closed_port()
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(
+        "hosts = [\n"
+        '    "@local",\n'
+        f'    ("@ssh/127.0.0.1", {{"ssh_port": {port}, "ssh_connect_timeout": 2,\n'
+        '                         "ssh_connect_retries": 0}),\n'
+        "]\n"
+    )
+    path = deploy(tmp_path, f'files.directory(name="Models", path="{tmp_path}")\n')
+    done = run_drift(str(inventory), "--deploy", str(path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "drift: the dry run failed on @ssh/127.0.0.1; the hosts' state is unknown"
+    assert any(line.startswith("FAILED @ssh/127.0.0.1: Could not connect") for line in lines)
+    assert not any("@local" in line for line in lines)  # it connected and had nothing to say
+
+
+# What pyinfra printed for the run above (stderr, PYINFRA_PROGRESS=off; stdout its plan).
+TWO_HOSTS_PLAN = (
+    '{"plan": [{"op_hash": "e6a1", "name": "Models", "names": ["Models"], "args": [], '
+    '"hosts_with_change": [], "hosts_with_conditional_change": []}], "results": null}'
+)
+TWO_HOSTS_LOG = (
+    "--> Connecting to hosts...\n"
+    "    [@local]         Connected\n"
+    "    [@ssh/127.0.0.1] Could not connect ([Errno None] Unable to connect to port 1 on "
+    "127.0.0.1)\n"
+    "\n--> Preparing operation files...\n"
+    "    Loading: deploy.py\n"
+    "    [@local]         Ready: deploy.py\n"
+)
+
+
+def test_pyinfras_exit_status_alone_fails_the_check():
+    """A failure pyinfra logs in no way drift knows still fails it: the plan of the hosts
+    that answered is not a verdict on the others."""
+    verdict = drift.parse(1, TWO_HOSTS_PLAN, "--> Connecting to hosts...\n")
+    assert verdict.code == drift.ERROR
+    assert verdict.lines()[-1] == "drift: the dry run failed; the hosts' state is unknown"
+
+
+def test_a_host_pyinfra_could_not_reach_fails_the_check_whatever_its_exit_status():
+    verdict = drift.parse(0, TWO_HOSTS_PLAN, TWO_HOSTS_LOG)
+    assert verdict.code == drift.ERROR
+    assert verdict.lines() == [
+        "FAILED @ssh/127.0.0.1: Could not connect ([Errno None] Unable to connect to port 1 "
+        "on 127.0.0.1)",
+        "drift: the dry run failed on @ssh/127.0.0.1; the hosts' state is unknown",
+    ]
 
 
 def test_parse_keeps_changed_hosts_messages_and_drops_diff_bodies():
@@ -130,3 +196,29 @@ def test_an_inventory_that_refuses_to_load_is_its_one_line(tmp_path):
         "ERROR lab: the lab is down (no bridge ocl-br0)",
         "drift: the dry run failed; the hosts' state is unknown",
     ]
+
+
+def test_json_prints_one_object_per_finding(config_deploy):
+    """`--json` (issue 23): JSON lines for monitoring, the same exit status."""
+    import json
+
+    path, _, target = config_deploy
+    clean = run_drift("@local", "--deploy", str(path), "--json")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert [json.loads(line)["status"] for line in clean.stdout.splitlines()] == ["ok"]
+    target.write_text("metrics: 0.0.0.0:2200  # edited by hand, s3cr3t\n")
+    done = run_drift("@local", "--deploy", str(path), "--json")
+    assert done.returncode == 2, done.stdout + done.stderr
+    (record,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert (record["status"], record["check"], record["hosts"]) == (
+        "drift",
+        "Connector config",
+        ["@local"],
+    )
+    assert f"[@local] Will modify {target}" in record["detail"]
+    assert "s3cr3t" not in done.stdout
+
+
+def test_a_bad_argument_exits_3_never_drifts_2():
+    done = run_drift("--no-such-option")
+    assert done.returncode == 3 and "unrecognized arguments" in done.stderr

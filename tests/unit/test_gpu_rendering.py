@@ -102,12 +102,16 @@ def test_cloudflared_config_and_unit_for_each_credential_shape(make_plan, lab_se
     assert config["no-autoupdate"] is True
     assert config["protocol"] == plan.settings.tunnel_protocol == "auto"
     assert config["metrics"] == plan.settings.cloudflared_metrics_address == "127.0.0.1:2200"
-    assert config["ingress"][0] == {
-        "hostname": "gpu.boathou.se",
-        "service": "http://localhost:8000",
+    # Triton's inference plane only (oceanid/ingress.py; routing in test_cloudflared_node.py)
+    # the GPU name's rules, then the ML-backend adapter's name (deploys/gpu_host/ml_backend)
+    assert {rule["hostname"] for rule in config["ingress"][:-2]} == {"gpu.boathou.se"}
+    assert config["ingress"][-2] == {
+        "hostname": "ml.boathou.se",
+        "service": "http://localhost:9090",
     }
+    assert {rule["service"] for rule in config["ingress"][1:-2]} == {"http://localhost:8000"}
+    assert all(rule["path"].startswith("^") for rule in config["ingress"][:-2])
     assert config["ingress"][-1] == {"service": "http_status:404"}
-    assert len(config["ingress"]) == 2
     if token_shape:
         assert "credentials-file" not in config
     else:
@@ -175,8 +179,9 @@ def test_cloudflared_ingress_follows_public_name_port_and_settings(make_plan, da
     data["cloudflared_metrics_address"] = "127.0.0.1:2300"
     plan = make_plan(gpu={"public_name": "gpu2", "service": {"kind": "triton", "port": 8010}})
     config = cloudflared_node.config(plan)
-    assert config["ingress"][0] == {
+    assert config["ingress"][1] == {
         "hostname": "gpu2.boathou.se",
+        "path": "^/v2/health/(live|ready)$",
         "service": "http://localhost:8010",
     }
     assert (config["protocol"], config["metrics"]) == ("http2", "127.0.0.1:2300")
@@ -301,7 +306,7 @@ def test_triton_ports_follow_the_service_port(make_plan, runtime):
     if runtime == "container":
         ports = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-p"]
         assert ports == ["127.0.0.1:9000:9000", "127.0.0.1:9001:9001", "127.0.0.1:9002:9002"]
-    assert cloudflared_node.config(plan)["ingress"][0]["service"] == "http://localhost:9000"
+    assert cloudflared_node.config(plan)["ingress"][1]["service"] == "http://localhost:9000"
 
 
 @pytest.mark.parametrize(("gpus", "device"), [([0], "'\"device=0\"'"), (None, "all")])

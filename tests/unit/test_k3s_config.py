@@ -148,3 +148,70 @@ def test_the_dumped_file_is_one_k3s_reads_for_its_role(role: str, tmp_path: Path
     assert options.get("node-taint") == ["workload-type=gpu-compute:NoSchedule"]
     if role == "server":
         assert options.get("write-kubeconfig-mode") == "0600"
+
+
+def test_servers_encrypt_secrets_at_rest_and_the_standin_reads_it(tmp_path: Path) -> None:
+    """`secrets-encryption` is a server flag (k3s pkg/cli/cmds/server.go); agents have none."""
+    assert _server()["secrets-encryption"] is True
+    assert "secrets-encryption" not in _agent()
+    path = tmp_path / "config.yaml"
+    path.write_text(k3s_config.dump(_server()))
+    options = _standin().Options("server", ["--config", str(path)])  # type: ignore[attr-defined]
+    assert options.get("secrets-encryption") is True
+
+
+def test_the_flannel_backend_is_a_server_key_and_the_standin_reads_it(tmp_path: Path) -> None:
+    """k3s's flannel-backend flag is a server's (pkg/cli/cmds/server.go); an agent takes the
+    server's at start (pkg/agent/config/config.go) and the stand-in refuses it there."""
+    document = _server(flannel_backend="wireguard-native")
+    assert document["flannel-backend"] == "wireguard-native"
+    assert "flannel-backend" not in _server()
+    with pytest.raises(ValueError, match="flannel-backend is a k3s server key"):
+        _agent(flannel_backend="wireguard-native")
+    standin = _standin()
+    path = tmp_path / "config.yaml"
+    path.write_text(k3s_config.dump(document))
+    options = standin.Options("server", ["--config", str(path)])  # type: ignore[attr-defined]
+    assert options.get("flannel-backend") == "wireguard-native"
+    path.write_text(k3s_config.dump(_agent()) + "flannel-backend: vxlan\n")
+    with pytest.raises(standin.Failure):  # type: ignore[attr-defined]
+        standin.Options("agent", ["--config", str(path)])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("role", ["server", "agent"])
+def test_node_addresses_reach_the_config_and_the_standin_reads_them(
+    role: str, tmp_path: Path
+) -> None:
+    build = _server if role == "server" else _agent
+    document = build(node_ip="10.0.0.5", node_external_ip="203.0.113.5")
+    assert (document["node-ip"], document["node-external-ip"]) == ("10.0.0.5", "203.0.113.5")
+    assert "node-external-ip" not in build(node_ip="10.0.0.5")
+    path = tmp_path / "config.yaml"
+    path.write_text(k3s_config.dump(document))
+    options = _standin().Options(role, ["--config", str(path)])  # type: ignore[attr-defined]
+    assert options.get("node-external-ip") == ["203.0.113.5"]
+
+
+def test_an_agents_file_names_the_servers_backend_as_a_comment() -> None:
+    """A backend changed on the servers changes the agents' config.yaml too (so they restart
+    and take it), without a key k3s's agent does not have."""
+    text = k3s_config.dump(_agent()) + k3s_config.agent_note("wireguard-native")
+    assert yaml.safe_load(text) == _agent()
+    assert text != k3s_config.dump(_agent()) + k3s_config.agent_note("vxlan")
+
+
+def test_servers_name_the_agent_token_file_and_the_standin_reads_it(tmp_path: Path) -> None:
+    """`agent-token-file` is a server flag (k3s pkg/cli/cmds/server.go); its content, trimmed,
+    is the `node` user's password (pkg/cli/server/server.go, deps.go genUsers)."""
+    secret = tmp_path / "agent-token"
+    secret.write_text("k3s-agent-secret-0123456789abcdef\n")
+    document = _server(agent_token_file=str(secret))
+    assert document["agent-token-file"] == str(secret)
+    assert "agent-token" not in document and "agent-token-file" not in _server()
+    with pytest.raises(ValueError, match="agent-token-file is a k3s server key"):
+        _agent(agent_token_file=str(secret))
+    path = tmp_path / "config.yaml"
+    path.write_text(k3s_config.dump(document))
+    options = _standin().Options("server", ["--config", str(path)])  # type: ignore[attr-defined]
+    assert options.agent_token() == "k3s-agent-secret-0123456789abcdef"
+    assert "k3s-agent-secret" not in path.read_text()  # the file names it, never holds it

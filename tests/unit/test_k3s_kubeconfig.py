@@ -98,3 +98,44 @@ def test_an_unreachable_server_is_one_line_and_writes_nothing(
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert "could not read /etc/rancher/k3s/k3s.yaml on nowhere (ssh: Could not resolve" in error
+
+
+def test_the_inventory_says_how_to_reach_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make kubeconfig INVENTORY=...`: ssh gets tethys's address, port, user and key from the
+    inventory, as pyinfra reaches it (oceanid.sshtarget), not the name `tethys`."""
+    login = {"ssh_hostname": "10.0.0.5", "ssh_port": 2222, "ssh_user": "admin", "ssh_key": "/k"}
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(f"k3s_servers = [('tethys', {login!r})]\n")
+    script = tmp_path / "ssh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'[ "$*" = "-p 2222 -i /k admin@10.0.0.5 sudo -n cat /etc/rancher/k3s/k3s.yaml" ] '
+        f"&& exec cat {K3S_YAML}\n"
+        'echo "ssh: unexpected arguments: $*" >&2\n'
+        "exit 255\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("SSH", str(script))
+    output = tmp_path / "kubeconfig.yaml"
+    assert kubeconfig.main(["--inventory", str(inventory), "--output", str(output)]) == 0
+    assert yaml.safe_load(output.read_text()) == kubeconfig.for_tunnel(K3S_YAML.read_text())
+
+
+def test_a_host_the_inventory_lacks_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SSH", _fake_ssh(tmp_path))
+    output = tmp_path / "kubeconfig.yaml"
+    assert kubeconfig.main(["--inventory", "inventory.py", "nowhere", "--output", str(output)]) == 1
+    assert not output.exists()
+    assert capsys.readouterr().err.startswith("kubeconfig: no host 'nowhere' in inventory.py")
+
+
+def test_the_production_inventory_reaches_tethys_by_its_alias(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSH", _fake_ssh(tmp_path))  # answers `tethys sudo -n cat ...` only
+    output = tmp_path / "kubeconfig.yaml"
+    assert kubeconfig.main(["--inventory", "inventory.py", "--output", str(output)]) == 0

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -21,7 +22,13 @@ from pyinfra.connectors.util import CommandOutput, OutputLine
 
 from deploys.k3s import server as k3s_server
 from deploys.k3s import units
-from facts.k3s import API_UNAVAILABLE_MARKER, SERVER_TOKEN, K3sInstall
+from facts.k3s import (
+    AGENT_TOKEN_FILE,
+    API_UNAVAILABLE_MARKER,
+    SERVER_TOKEN,
+    TOKEN_FILE,
+    K3sInstall,
+)
 from facts.managed import ManagedState, script
 from operations import k3s as k3s_ops
 from operations import managed, services
@@ -45,6 +52,9 @@ def _install(**changes) -> dict:
         "units": {"k3s.service": "active", "k3s-agent.service": "inactive"},
         "token_sha256": hashlib.sha256(SECRET.encode()).hexdigest(),
         "token_file": True,
+        "token_file_form": "bare",
+        "token_file_sha256": hashlib.sha256(SECRET.encode()).hexdigest(),
+        "agent_token_file_sha256": None,
     }
     return found | changes
 
@@ -56,7 +66,10 @@ def _install_lines(**changes) -> list[str]:
     lines = [f"version k3s version {version} (148243c4)" if version else "version -"]
     lines += [f"unit {unit} {active}" for unit, active in found["units"].items()]
     lines.append(f"token {found['token_sha256'] or '-'}")
-    lines.append(f"token-file {'yes' if found['token_file'] else '-'}")
+    form, digest = found["token_file_form"], found["token_file_sha256"]
+    lines.append(f"token-file {form} {digest}" if found["token_file"] else "token-file -")
+    agent = found["agent_token_file_sha256"]
+    lines.append(f"agent-token-file bare {agent}" if agent else "agent-token-file -")
     return lines
 
 
@@ -152,13 +165,48 @@ def test_the_role_fact_probes_k3s_in_its_one_run(tmp_path: Path) -> None:
 
 def test_install_fact_without_k3s() -> None:
     lines = ["version -", "unit k3s.service inactive", "unit k3s-agent.service inactive"]
-    found = K3sInstall().process([*lines, "token -", "token-file -"])
+    found = K3sInstall().process([*lines, "token -", "token-file -", "agent-token-file -"])
     assert found == {
         "version": None,
         "units": {"k3s.service": "inactive", "k3s-agent.service": "inactive"},
         "token_sha256": None,
         "token_file": False,
+        "token_file_form": None,
+        "token_file_sha256": None,
+        "agent_token_file_sha256": None,
+        "sqlite_datastore": False,
+        "etcd_datastore": False,
     }
+
+
+AGENT_SECRET = "9c1e5b7d3a2f4e6c8b0d1f3a5c7e9b2d"
+AGENT_TOKEN = f"K10{'cd' * 32}::node:{AGENT_SECRET}"
+
+
+@pytest.mark.parametrize(
+    "content,form,secret",
+    [
+        (AGENT_TOKEN, "node", AGENT_SECRET),
+        (f"K10{'cd' * 32}::server:{SECRET}", "server", SECRET),
+        (SECRET, "bare", SECRET),
+    ],
+)
+def test_install_fact_tells_which_token_a_node_holds(tmp_path, content, form, secret) -> None:
+    """An agent holding the server token (an older deploy's) is told from one holding the
+    agent token, by the form and the SHA-256 of the secret; neither is printed."""
+    token, agent = tmp_path / "token", tmp_path / "agent-token"
+    token.write_text(f"{content}\n")
+    agent.write_text(f"{AGENT_SECRET}\n")
+    command = K3sInstall().command().replace(TOKEN_FILE, str(token))
+    command = command.replace(AGENT_TOKEN_FILE, str(agent))
+    env = _fake_tools(tmp_path, k3s="exit 1", systemctl="echo inactive")
+    output = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True)
+    assert secret not in output.stdout and AGENT_SECRET not in output.stdout
+    found = K3sInstall().process(output.stdout.splitlines())
+    assert found["token_file"] is True and found["token_file_form"] == form
+    assert found["token_file_sha256"] == hashlib.sha256(secret.encode()).hexdigest()
+    assert found["agent_token_file_sha256"] == hashlib.sha256(AGENT_SECRET.encode()).hexdigest()
+    assert k3s_ops.token_sha256(content) == found["token_file_sha256"]
 
 
 # ---- report (provisioning off)
@@ -243,10 +291,12 @@ def test_an_agent_waits_for_the_servers_ping_and_gives_up_in_one_line(tmp_path, 
         assert result.returncode == 0
     else:
         assert result.returncode == 1
-        assert result.stderr.strip() == (
-            "the k3s API at https://tethys:7443/ping did not answer within 2s; "
-            "is the server up? this node was not joined"
+        message = result.stderr.strip()
+        assert message.startswith(
+            "the k3s API at https://tethys:7443/ping did not answer within 2s, so this node "
+            "was not joined. Likeliest causes: k3s on the server is not up"
         )
+        assert "firewall" in message and "hosts.<server>.k3s.address" in message
 
 
 # ---- join_token
@@ -254,7 +304,9 @@ def test_an_agent_waits_for_the_servers_ping_and_gives_up_in_one_line(tmp_path, 
 
 def test_the_generated_token_is_copied_only_to_a_node_without_one() -> None:
     run = run_op(k3s_ops.join_token, "/etc/rancher/k3s/token", "tethys", True, facts={})
-    assert run.commands == [] and run.noop == "/etc/rancher/k3s/token holds the cluster's token"
+    assert run.commands == [] and run.noop == (
+        f"/etc/rancher/k3s/token holds the token copied from tethys's {SERVER_TOKEN}"
+    )
     run = run_op(k3s_ops.join_token, "/etc/rancher/k3s/token", "tethys", False, facts={})
     assert len(run.raw) == 1 and isinstance(run.raw[0], FunctionCommand)
     assert run.raw[0].function is k3s_ops._copy_token
@@ -526,6 +578,7 @@ class ShellHost:
 
     def __init__(self, name: str, env: dict[str, str]):
         self.name, self.env, self.commands, self.messages = name, env, [], []
+        self.print_prefix = f"[{name}] "  # as pyinfra's Host prefixes its log lines
 
     def run_shell_command(self, command, print_output=False, print_input=False, _stdin=None):
         text = command.get_raw_value()
@@ -549,14 +602,72 @@ def test_the_generated_token_is_copied_0600_through_stdin(tmp_path, monkeypatch)
     monkeypatch.setattr(k3s_ops, "_connector_arguments", lambda state, target: {})
     server_token = tmp_path / "server-token"
     server_token.write_text(f"{ESC_TOKEN}\n")
-    monkeypatch.setattr(k3s_ops, "SERVER_TOKEN", str(server_token))
     tethys, styx = ShellHost("tethys", dict(os.environ)), ShellHost("styx", dict(os.environ))
     path = tmp_path / "etc" / "token"
-    assert k3s_ops._copy_token(_execution_state(tethys, styx), styx, "tethys", str(path))
+    state = _execution_state(tethys, styx)
+    assert k3s_ops._copy_token(state, styx, "tethys", str(path), str(server_token))
     assert path.read_text() == f"{ESC_TOKEN}\n"
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     for text, printed in tethys.commands + styx.commands:
         assert SECRET not in text and printed is False
+
+
+def test_an_agent_is_given_the_agent_token_in_full_once_k3s_wrote_it(tmp_path, monkeypatch):
+    """k3s's server/agent-token is a symlink to the server token until k3s started with
+    agent-token-file: the agent waits for the node form and never gets the server token."""
+    monkeypatch.setattr(k3s_ops, "_connector_arguments", lambda state, target: {})
+    written = tmp_path / "agent-token"  # as before k3s restarted: the server token
+    written.write_text(f"K10{'cd' * 32}::server:{SECRET}\n")
+    monkeypatch.setattr(k3s_ops, "SERVER_AGENT_TOKEN", str(written))
+    waits = []
+
+    def k3s_restarts(seconds: float) -> None:  # k3s writes the agent token meanwhile
+        waits.append(seconds)
+        written.write_text(f"{AGENT_TOKEN}\n")
+
+    monkeypatch.setattr(k3s_ops.time, "sleep", k3s_restarts)
+    tethys, styx = ShellHost("tethys", dict(os.environ)), ShellHost("styx", dict(os.environ))
+    path = tmp_path / "etc" / "token"
+    state = _execution_state(tethys, styx)
+    assert k3s_ops._copy_token(state, styx, "tethys", str(path), str(written))
+    assert len(waits) == 1
+    assert path.read_text() == f"{AGENT_TOKEN}\n"  # the agent token, CA hash and all
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    for text, printed in tethys.commands + styx.commands:
+        assert AGENT_SECRET not in text and SECRET not in text and printed is False
+
+
+def test_an_agent_is_never_given_the_server_token(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(k3s_ops, "_connector_arguments", lambda state, target: {})
+    monkeypatch.setattr(k3s_ops, "AGENT_TOKEN_WAIT", 0)
+    written = tmp_path / "agent-token"
+    written.write_text(f"K10{'cd' * 32}::server:{SECRET}\n")  # no agent-token-file there
+    monkeypatch.setattr(k3s_ops, "SERVER_AGENT_TOKEN", str(written))
+    tethys, styx = ShellHost("tethys", dict(os.environ)), ShellHost("styx", dict(os.environ))
+    path = tmp_path / "token"
+    assert not k3s_ops._copy_token(
+        _execution_state(tethys, styx), styx, "tethys", str(path), str(written)
+    )
+    assert not path.exists()
+    assert styx.messages == [
+        f"{written} on tethys holds no agent token (K10<CA hash>::node:<secret>) after 0s; is "
+        "agent-token-file in its config.yaml and k3s running there? this node was given no token"
+    ]
+
+
+def test_the_agent_secret_is_made_on_the_first_server_once(tmp_path) -> None:
+    path = tmp_path / "agent-token"
+    run = run_op(k3s_ops.agent_secret, str(path), True, facts={})
+    assert run.commands == [] and run.noop == f"{path} holds the cluster's agent secret"
+    run = run_op(k3s_ops.agent_secret, str(path), False, facts={})
+    assert len(run.strings) == 1
+    done = subprocess.run(["sh", "-c", run.strings[0]], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
+    secret = path.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}\n", secret)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    subprocess.run(["sh", "-c", run.strings[0]], check=True)  # a second run keeps it
+    assert path.read_text() == secret
 
 
 def test_without_the_server_no_token_is_written(tmp_path, monkeypatch) -> None:
@@ -567,6 +678,33 @@ def test_without_the_server_no_token_is_written(tmp_path, monkeypatch) -> None:
     assert not k3s_ops._copy_token(state, styx, "tethys", str(tmp_path / "token"))
     assert styx.messages == ["k3s server tethys is not connected: no token to join with"]
     assert not (tmp_path / "token").exists()
+
+
+def test_a_node_that_never_registers_is_waited_for_aloud_then_explained(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """Issue 23: the wait says what it waits for at least every 10 s, and its end names the
+    node, what was waited for, the likeliest causes and what to run."""
+    monkeypatch.setattr(k3s_ops, "_connector_arguments", lambda state, target: {})
+    clock = iter(range(0, 1000, 5))  # each look at the clock 5 s later
+    monkeypatch.setattr(k3s_ops.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(k3s_ops.time, "sleep", lambda seconds: None)
+    registered = tmp_path / "nodes.json"
+    registered.write_text(json.dumps({"items": [_node("styx")]}))
+    tethys = ShellHost("tethys", _fake_tools(tmp_path, k3s=f"cat {registered}"))
+    wanted = {"styx": {"labels": {}, "taints": []}, "calypso": CALYPSO_WANTED}
+    caplog.set_level(logging.INFO)
+    assert not k3s_ops._reconcile_at_execution(_execution_state(tethys), tethys, wanted, 60)
+    waits = [r.getMessage() for r in caplog.records if "waiting for k3s nodes" in r.getMessage()]
+    assert waits[0] == (
+        "[tethys] waiting for k3s nodes to register with the server: calypso (10s of 60s)"
+    )
+    assert len(waits) >= 60 // 10 - 1
+    (message,) = tethys.messages
+    assert message.startswith("k3s nodes not registered within 60s: calypso; waited for each")
+    for cause in ("firewall", "hosts.<server>.k3s.address", "token", "clocks"):
+        assert cause in message
+    assert "`ssh calypso journalctl -u k3s-agent -n 50`" in message
 
 
 def test_a_fresh_clusters_nodes_are_labelled_once_they_registered(tmp_path, monkeypatch) -> None:

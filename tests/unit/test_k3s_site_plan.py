@@ -28,13 +28,15 @@ from pyinfra.context import ctx_host, ctx_state
 
 from deploys import k3s
 from deploys.k3s import agent, config, server
-from facts.k3s import API_UNAVAILABLE_MARKER
+from facts.k3s import API_UNAVAILABLE_MARKER, SERVER_AGENT_TOKEN
 from facts.managed import ManagedState, PathState, empty_state
 from oceanid.preflight import HostView, check
 from operations import managed
 from operations.k3s import INSTALL_PROBE, MANAGED_LABELS, MANAGED_TAINTS, NODES_PROBE
+from tests.unit.conftest import with_node_ips
 
 INVENTORY = {"tethys": {"k3s_servers"}, "styx": {"k3s_agents"}, "calypso": {"k3s_agents"}}
+AGENT_SECRET = "k3s-agent-secret-generated-on-tethys"  # what the first server generated
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +58,7 @@ def site(data, lab_secrets, tmp_path):
         )
         path.write_text(yaml.safe_dump(secrets))
         path.chmod(0o600)
+        with_node_ips(data, INVENTORY)
         views = [HostView(n, frozenset(g), data) for n, g in INVENTORY.items()]
         return check(views, environ={"SECRETS_FILE": str(path)})
 
@@ -65,7 +68,7 @@ def site(data, lab_secrets, tmp_path):
 def _fresh(host_name: str, site) -> dict:
     """A host without k3s: the role's fact, with what its probes print there."""
     probes = {
-        INSTALL_PROBE: ["version -", "token -", "token-file -"],
+        INSTALL_PROBE: ["version -", "token -", "token-file -", "agent-token-file -"],
         NODES_PROBE: [API_UNAVAILABLE_MARKER],
     }
     return {ManagedState: {**empty_state(), "arch": "amd64", "probes": probes}}
@@ -114,12 +117,16 @@ def _converged(host_name: str, site) -> dict:
     token = site.secrets.get("k3s_token")
     secret = token.split("::server:")[1] if token else ""
     token_sha256 = hashlib.sha256(secret.encode()).hexdigest() if token else "-"
+    agent_sha256 = hashlib.sha256(AGENT_SECRET.encode()).hexdigest()
     install = [
         "version k3s version v1.33.4+k3s1 (148243c4)",
         "unit k3s.service active",
         f"token {token_sha256}",
-        "token-file yes",
     ]
+    if "k3s_servers" in plan.roles:  # the server secret, and the agent secret beside it
+        install += [f"token-file bare {token_sha256}", f"agent-token-file bare {agent_sha256}"]
+    else:  # an agent: the agent token in full, copied from the first server
+        install += [f"token-file node {agent_sha256}", "agent-token-file -"]
     return {
         ManagedState: {
             **empty_state(),
@@ -154,8 +161,8 @@ def _plan(site, facts_for) -> tuple[State, list[tuple[str, list[str], dict[str, 
     """Queue k3s.deploy for every host; return [(op name, hosts, host -> commands)] in order."""
     inventory = Inventory(
         (list(INVENTORY), {}),
-        k3s_servers=(["tethys"], {}),
-        k3s_agents=(["styx", "calypso"], {}),
+        k3s_servers=([n for n, groups in INVENTORY.items() if "k3s_servers" in groups], {}),
+        k3s_agents=([n for n, groups in INVENTORY.items() if "k3s_agents" in groups], {}),
     )
     managed._STATE_CACHE.clear()  # each plan is a pyinfra run of its own
     state = State(inventory, Config())
@@ -220,9 +227,11 @@ def test_each_host_reads_its_k3s_state_in_one_fact(site, facts_for, provisioning
 def test_provisioning_off_changes_nothing_and_reports_each_node(site) -> None:
     _, order = _plan(site(provisioning=False), _fresh)
     assert [(name, hosts) for name, hosts, _ in order] == [
-        ("k3s on this node (provisioning off)", ["tethys", "styx", "calypso"])
+        ("k3s on this node (provisioning off)", ["tethys", "styx", "calypso"]),
+        # no k3s running on the first server: its cluster apps skipped, in one line
+        ("cluster apps (provisioning off)", ["tethys"]),
     ]
-    assert all(commands == [] for commands in order[0][2].values())
+    assert all(commands == [] for _, _, by_host in order for commands in by_host.values())
 
 
 def test_the_token_is_in_no_operation_argument_or_command(site, lab_secrets) -> None:
@@ -246,25 +255,73 @@ def test_the_token_is_in_no_operation_argument_or_command(site, lab_secrets) -> 
         for c in commands
         if isinstance(c, FileUploadCommand) and secret in c.src.getvalue().decode()
     ]
-    assert len(uploads) == 3  # tethys, styx, calypso: /etc/rancher/k3s/token
+    assert len(uploads) == 1  # tethys only: the server token never reaches an agent
 
 
-def test_without_k3s_token_agents_get_the_generated_one_once(site) -> None:
+def test_agents_get_the_first_servers_agent_token_once(site) -> None:
+    """A fresh cluster: tethys generates the agent secret, then (once its k3s answers) each
+    agent is given tethys's server/agent-token in full and starts; converged, nothing."""
     planned = site(token=False)
     _, order = _plan(planned, _fresh)
-    copies = [by_host for name, _, by_host in order if name.startswith("k3s join token")]
-    assert len(copies) == 1 and sorted(copies[0]) == ["calypso", "styx"]
-    assert all(isinstance(c[0], FunctionCommand) for c in copies[0].values())
     names = [name for name, _, _ in order]
-    assert names.index("k3s") < names.index("k3s join token (the first server's)")
+    generated = order[names.index("k3s agent secret (generated on the first server)")][2]
+    assert [host for host, commands in generated.items() if commands] == ["tethys"]
+    assert "/dev/urandom" in generated["tethys"][0].get_raw_value()
+    copies = order[names.index("k3s agent token (the first server's)")][2]
+    assert sorted(copies) == ["calypso", "styx"]
+    for commands in copies.values():
+        assert isinstance(commands[0], FunctionCommand)
+        assert commands[0].args == ("tethys", config.TOKEN_FILE, SERVER_AGENT_TOKEN)
+    wait = names.index("k3s API answers before agents join")
+    assert names.index("k3s") < wait < names.index("k3s agent token (the first server's)")
+    assert names.index("k3s agent token (the first server's)") < names.index("k3s-agent")
 
-    def converged_without_token(name, site):
+    _, order = _plan(planned, _converged)
+    changed = {name: by_host for name, _, by_host in order if any(by_host.values())}
+    assert changed == {}
+
+
+@pytest.mark.parametrize("held", ["server", "swept"])
+def test_an_agent_holding_the_server_token_gets_the_agent_token_and_restarts(site, held):
+    """An older deploy gave agents the server token (copied, or ESC k3s_token's from a file
+    it recorded): it is replaced by the agent token and k3s-agent restarts to read it."""
+    planned = site()
+
+    def older(name, site):
         facts = _converged(name, site)
-        facts[ManagedState]["record"] = json.dumps(  # an earlier run wrote ESC's token
-            {"files": [config.TOKEN_FILE], "directories": []}
-        ).encode()
+        if name == "tethys":
+            return facts
+        lines = facts[ManagedState]["probes"][INSTALL_PROBE]
+        if held == "server":
+            lines[-2] = f"token-file server {hashlib.sha256(b'x').hexdigest()}"
+        else:  # ESC's token, in a file the agent role recorded
+            facts[ManagedState]["record"] = json.dumps(
+                {"files": [config.TOKEN_FILE], "directories": []}
+            ).encode()
         return facts
 
-    _, order = _plan(planned, converged_without_token)
-    copies = [by_host for name, _, by_host in order if name.startswith("k3s join token")]
-    assert all(commands for commands in copies[0].values())  # swept, so copied again
+    _, order = _plan(planned, older)
+    by_name = {name: by_host for name, _, by_host in order}
+    copies = by_name["k3s agent token (the first server's)"]
+    assert sorted(host for host, commands in copies.items() if commands) == ["calypso", "styx"]
+    for host in ("styx", "calypso"):
+        restarted = [str(c.get_raw_value()) for c in by_name["k3s-agent"][host]]
+        assert any("restart" in command for command in restarted), restarted
+        assert by_name["k3s API answers before agents join"][host]  # it waits for the server
+    assert not by_name["k3s"]["tethys"]  # the server has nothing to restart for
+
+
+def test_a_second_server_copies_the_agent_secret_the_first_generated(site, monkeypatch):
+    """Two servers, no ESC tokens: tethys generates the agent secret, nereid copies it, both
+    before any k3s starts (operations run in the order of their lines, across hosts)."""
+    two = {"tethys": {"k3s_servers"}, "nereid": {"k3s_servers"}, "styx": {"k3s_agents"}}
+    monkeypatch.setitem(globals(), "INVENTORY", two)  # this module's inventory
+    _, order = _plan(site(token=False), _fresh)
+    names = [name for name, _, _ in order]
+    generate = names.index("k3s agent secret (generated on the first server)")
+    copy = names.index("k3s agent secret (the first server's)")
+    assert generate < copy < names.index("k3s")  # both before any k3s starts
+    assert [h for h, c in order[generate][2].items() if c] == ["tethys"]
+    copied = order[copy][2]
+    assert list(copied) == ["nereid"]
+    assert copied["nereid"][0].args == ("tethys", config.AGENT_TOKEN_FILE, config.AGENT_TOKEN_FILE)

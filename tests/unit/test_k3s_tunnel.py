@@ -7,6 +7,7 @@ tests check is SSH's part: the forward, the control socket, the second open, the
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import shutil
 import signal
@@ -214,21 +215,50 @@ def test_a_bad_port_is_one_line(tunnel: Tunnel, name: str, value: str) -> None:
     )
 
 
-def test_make_tunnel_and_tunnel_close(tunnel: Tunnel) -> None:
-    """The Makefile's targets, as operators run them (HOST= picks the server)."""
+def test_make_tunnel_reaches_the_server_as_the_inventory_says(tunnel: Tunnel, tmp_path) -> None:
+    """`make tunnel INVENTORY=...` as operators run it: the ssh command carries no host, port,
+    user or key; tethys's ssh_hostname, ssh_port, ssh_user, ssh_key and known_hosts come from
+    the inventory alone, as pyinfra reads them (HOST defaults to tethys)."""
+    keys = tmp_path / "keys"  # the sshd fixture's
+    port = tunnel.env["SSH"].split(" -p ")[1].split()[0]
+    login = {
+        "ssh_hostname": "127.0.0.1",
+        "ssh_port": int(port),
+        "ssh_user": getpass.getuser(),
+        "ssh_key": str(keys / "client"),
+        "ssh_known_hosts_file": str(keys / "inventory_known_hosts"),
+        "ssh_strict_host_key_checking": "accept-new",
+    }
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(f"k3s_servers = [('tethys', {login!r})]\n")
+    tunnel.env["SSH"] = "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes"
 
-    def make(target: str) -> subprocess.CompletedProcess[str]:
+    def make(target: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["make", "-s", "-C", str(SCRIPT.parents[1]), target, "HOST=127.0.0.1"],
+            ["make", "-s", "-C", str(SCRIPT.parents[1]), target, f"INVENTORY={inventory}", *args],
             env=tunnel.env,
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=60,
             check=False,
         )
 
-    assert make("tunnel").returncode == 0
+    opened = make("tunnel")
+    assert opened.returncode == 0, opened.stderr
+    assert "k3s tunnel to tethys open" in opened.stdout
     assert "already open" in make("tunnel").stdout
     assert _through(tunnel.local_port) == GREETING
     assert "closed" in make("tunnel-close").stdout
     assert tunnel.run("--check").returncode != 0
+    # without the inventory, the same ssh command cannot know where tethys is
+    assert make("tunnel", "INVENTORY=inventory.py", "HOST=nowhere").returncode != 0
+
+
+def test_a_host_the_inventory_lacks_is_refused_before_ssh_runs(tunnel: Tunnel) -> None:
+    tunnel.env.update(INVENTORY="inventory.py", SSH="false")
+    result = subprocess.run(
+        [str(SCRIPT), "thetys"], env=tunnel.env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("ssh target: no host 'thetys' in ")
+    assert "inventory.py (its hosts: tethys, styx, calypso)" in result.stderr

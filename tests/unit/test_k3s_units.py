@@ -57,6 +57,15 @@ def test_unit_has_what_the_upstream_unit_has(role: str, name: str) -> None:
 
 
 @pytest.mark.parametrize("role", ["server", "agent"])
+def test_k3s_does_not_start_without_the_host_firewall(role: str) -> None:
+    """A boot where the firewall's table failed to load must not bring k3s up with its ports
+    open to everyone: the unit checks for the table before it starts, as its first step."""
+    directives = _directives(units.unit(role))  # type: ignore[arg-type]
+    pre = [value for section, key, value in directives if key == "ExecStartPre"]
+    assert pre[0] == "/usr/sbin/nft list table inet oceanid"  # no "-": a failure stops k3s
+
+
+@pytest.mark.parametrize("role", ["server", "agent"])
 def test_unit_carries_no_settings_environment_or_token(role: str) -> None:
     """Settings live in config.yaml; a token in a unit or its environment is readable by all."""
     text = units.unit(role)  # type: ignore[arg-type]

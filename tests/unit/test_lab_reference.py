@@ -175,10 +175,12 @@ def test_every_declared_thing_is_in_the_reference_once_with_its_owner_and_mode(l
     calypso = declared(site.hosts["calypso"], site)  # the state the table measures
     assert {m.name for m in calypso} == {"base", "gpu host calypso", "k3s agent calypso"}
     assert len([b for m in calypso for b in m.binaries]) == 2  # cloudflared and k3s
-    assert {u for m in calypso for u in m.users} == {"oceanid", "triton"}
+    assert {u for m in calypso for u in m.users} == {"oceanid", "triton", "oceanid-ml-backend"}
     assert {u for m in calypso for u in m.units} == {
         "cloudflared-node.service",
         "tritonserver.service",
+        "oceanid-ml-backend.service",
+        "oceanid-firewall.service",
         "k3s-agent.service",
     }
 
@@ -212,6 +214,8 @@ def test_the_host_connector_is_kept_stopped_while_the_cluster_runs_its_tunnel(la
     assert wanted == {
         "cloudflared-node.service": (False, False),
         "tritonserver.service": (True, True),
+        "oceanid-ml-backend.service": (True, True),
+        "oceanid-firewall.service": (True, True),
         "k3s-agent.service": (True, True),
     }
 

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pyinfra.api.exceptions import FactProcessError
 
 from facts.managed import PEEK_LIMIT, ManagedState, ManagedStates, script, script_together
+from operations.managed import LOCK_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = REPO / ".venv" / "bin" / "pyinfra"
@@ -145,17 +149,21 @@ managed.files(name="Odd files", manifest=manifest)
 """
 
 
-def _pyinfra(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _run(tmp_path: Path, argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """`argv` in `tmp_path`, with this checkout importable (as deploy files import it)."""
     return subprocess.run(
-        [str(PYINFRA), *args],
+        argv,
         cwd=tmp_path,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
+
+
+def _pyinfra(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return _run(tmp_path, [str(PYINFRA), *args])
 
 
 def test_pyinfra_local_reads_the_state_on_stdin_and_converges(tmp_path: Path) -> None:
@@ -430,3 +438,246 @@ def test_paths_without_python3_are_read_by_the_shell(tmp_path: Path) -> None:
         found[how] = ManagedState().process(done.stdout.decode().splitlines())["paths"]
     assert found["shell"] == found["python3"]
     assert found["shell"][paths[0]].sha256 == hashlib.sha256(b"x\n").hexdigest()
+
+
+# ---- the deploy lock, taken in the state read (the real script, run by sh)
+
+HOLD = """
+import subprocess, sys
+text = open(sys.argv[1], "rb").read()
+done = subprocess.run(["sh", "-s"], input=text, capture_output=True)
+sys.stdout.write(done.stdout.decode())
+sys.stdout.flush()
+sys.stdin.readline()  # the connection stays open until the test lets go
+"""
+
+
+def _lock_script(lock: Path, take: bool = True, who: str = "ann@desk", run: str = "run-a") -> str:
+    arguments = (str(lock), "1" if take else "0", who, "4242", run)
+    return script(files=("/nonexistent",), lock=arguments)
+
+
+class _Run:
+    """Another run: a process that reads the state (taking the lock) and stays, as sshd's
+    process for a pyinfra connection stays for the whole run; `leave` ends it (killed)."""
+
+    def __init__(self, tmp_path: Path, text: str) -> None:
+        path = tmp_path / "other-run.sh"
+        path.write_text(text)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert self.process.stdout is not None
+        lines: list[str] = []
+        for raw in self.process.stdout:
+            lines.append(raw.decode().rstrip("\n"))
+            if lines[-1] == "@@oceanid end":
+                break
+        self.state = ManagedState().process(lines)
+
+    def leave(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def test_a_second_run_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+    lock = tmp_path / "run" / "deploy.lock"
+    first = _Run(tmp_path, _lock_script(lock, who="ann@desk", run="run-a"))
+    try:
+        assert first.state["lock"]["status"] == "taken"
+        written = lock.read_text()
+        second = run_script(_lock_script(lock, who="bob@laptop", run="run-b"), tmp_path)
+        assert second["lock"]["status"] == "held"
+        holder = second["lock"]["holder"]
+        assert (holder["who"], holder["pid"], holder["run"]) == ("ann@desk", "4242", "run-a")
+        assert holder["holder"].split()[0] == str(first.process.pid)  # the connection's process
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", holder["since"])
+        assert lock.read_text() == written  # the refused run left the lock as it was
+        # a dry run only looks: it sees the holder and writes nothing
+        dry = run_script(_lock_script(lock, take=False, who="bob@laptop"), tmp_path)
+        assert dry["lock"]["status"] == "seen" and lock.read_text() == written
+    finally:
+        first.leave()
+    # the first run is gone (killed: its connection closed): the next run takes the lock
+    third = run_script(_lock_script(lock, who="bob@laptop", run="run-c"), tmp_path)
+    assert third["lock"]["status"] == "took-stale"
+    assert third["lock"]["holder"]["who"] == "ann@desk"  # whose lock it took over
+    assert "who=bob@laptop" in lock.read_text() and "run=run-c" in lock.read_text()
+
+
+def test_the_same_run_reading_again_keeps_its_lock(tmp_path: Path) -> None:
+    """A deploy whose roles read their states one by one takes the lock once."""
+    lock = tmp_path / "deploy.lock"
+    assert run_script(_lock_script(lock), tmp_path)["lock"]["status"] == "taken"
+    assert run_script(_lock_script(lock), tmp_path)["lock"]["status"] == "again"
+
+
+def test_a_dry_run_leaves_nothing_behind(tmp_path: Path) -> None:
+    lock = tmp_path / "run" / "deploy.lock"
+    state = run_script(_lock_script(lock, take=False), tmp_path)
+    assert state["lock"] == {"status": "free", "holder": {}}
+    assert not (tmp_path / "run").exists()
+
+
+def test_roles_read_together_take_the_lock_once(tmp_path: Path) -> None:
+    lock = tmp_path / "deploy.lock"
+    arguments = (str(lock), "1", "ann@desk", "1", "run-a")
+    roles = [{"files": ("/a",), "lock": arguments}, {"files": ("/b",), "lock": arguments}]
+    done = subprocess.run(
+        ["sh", "-s"], input=script_together(roles).encode(), capture_output=True, check=True
+    )
+    states = ManagedStates().process(done.stdout.decode().splitlines())
+    assert [state["lock"]["status"] for state in states] == ["taken", "taken"]
+
+
+# ---- the lock through pyinfra itself, two runs at once on one host
+
+SLOW = """
+from operations import managed
+from operations.managed import ManagedFile, Manifest
+
+manifest = Manifest(name="slow", files=[ManagedFile({path!r}, {content!r},
+                    user={user!r}, group={group!r}, validate={validate!r})])
+managed.files(name="Slow file", manifest=manifest)
+"""
+
+
+def _isolated(tmp_path: Path, shell: str) -> subprocess.CompletedProcess:
+    """`shell` with a tmpfs of its own on /run/oceanid (where the lock is), so this test's
+    runs never meet another pyinfra run on this machine."""
+    setup = "mkdir -p /run/oceanid && mount -t tmpfs -o mode=0755 oceanid-test /run/oceanid && "
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", setup + shell]
+    # the real lock path, in this private /run/oceanid (not the unit tests' own lock file)
+    return _run(tmp_path, argv, {"PYINFRA": str(PYINFRA), LOCK_ENV: ""})
+
+
+def test_two_pyinfra_runs_at_once_the_second_is_refused_naming_the_first(tmp_path: Path) -> None:
+    """Real pyinfra on @local: the first run holds the lock while its file's check runs
+    (a `validate` that waits), the second fails at once naming it and changes nothing; a
+    dry run meanwhile says so and goes on; once the first has ended (no release command:
+    its connection is gone) a third run takes the lock."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root (a private mount of /run/oceanid)")
+    import grp
+    import pwd
+
+    user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    started = tmp_path / "started"
+    slow, other = tmp_path / "slow.conf", tmp_path / "other.conf"
+    waiting = f"touch {started} && sleep 8 && true {{path}}"
+    (tmp_path / "slow.py").write_text(
+        SLOW.format(path=str(slow), content=b"slow\n", user=user, group=group, validate=waiting)
+    )
+    (tmp_path / "other.py").write_text(
+        SLOW.format(path=str(other), content=b"other\n", user=user, group=group, validate=None)
+    )
+    shell = (
+        '"$PYINFRA" -y @local slow.py > first.log 2>&1 & first=$!; '
+        f"while [ ! -e {started} ]; do sleep 0.1; done; "
+        '"$PYINFRA" -y @local other.py > second.log 2>&1; echo "second=$?" > rc; '
+        '"$PYINFRA" @local other.py --dry > dry.log 2>&1; echo "dry=$?" >> rc; '
+        'wait $first; echo "first=$?" >> rc; '
+        '"$PYINFRA" -y @local other.py > third.log 2>&1; echo "third=$?" >> rc; '
+        "cat /run/oceanid/deploy.lock > lock.after"
+    )
+    done = _isolated(tmp_path, shell)
+    assert done.returncode == 0, done.stdout + done.stderr
+    codes = dict(line.split("=") for line in (tmp_path / "rc").read_text().split())
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in codes}
+    assert codes == {"second": "1", "dry": "0", "first": "0", "third": "0"}, logs
+    second = logs["second"]
+    assert second.count("@local: another deploy is running here: ") == 1, second
+    assert f"{user}@{socket.gethostname()} (pyinfra pid " in second, second
+    assert "sudo rm -f /run/oceanid/deploy.lock" in second and "Traceback" not in second
+    assert "another deploy is running here" in logs["dry"]
+    assert slow.read_bytes() == b"slow\n" and other.read_bytes() == b"other\n"
+    first_pid = re.search(r"\(pyinfra pid (\d+),", second)[1]
+    after = (tmp_path / "lock.after").read_text()  # the third run's now, the first's is gone
+    assert f"who={user}@" in after and f"pid={first_pid}\n" not in after
+
+
+def test_a_dry_run_through_pyinfra_writes_no_lock(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("needs root (a private mount of /run/oceanid)")
+    (tmp_path / "other.py").write_text(
+        SLOW.format(path=str(tmp_path / "x"), content=b"x\n", user="root", group="root",
+                    validate=None)
+    )  # fmt: skip
+    done = _isolated(tmp_path, '"$PYINFRA" @local other.py --dry && ls -A /run/oceanid')
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1:] != ["deploy.lock"]
+    assert "deploy.lock" not in done.stdout
+
+
+# ---- a restart a killed run owed, done by the next run (real pyinfra, real shell)
+
+OWING = """
+from operations import managed, services
+from operations.managed import ManagedFile, Manifest
+
+managed.OWED_DIR = services.OWED_DIR = {owed!r}  # this test's marker folder, not the machine's
+config = ManagedFile({path!r}, {content!r}, user={user!r}, group={group!r})
+manifest = Manifest(name="owing", files=[config], units=["demo.service"])
+managed.files(name="Demo config", manifest=manifest)
+services.unit(name="Demo", manifest=manifest, unit_name="demo.service", unit_file=None,
+              inputs=[config.path])
+"""
+
+# systemd's client as far as this deploy uses it, for a unit that is enabled and running;
+# `restart` fails while $FAIL exists (the run dies before the unit is restarted)
+SYSTEMCTL = """#!/bin/sh
+case "$1" in
+  is-enabled) echo enabled ;;
+  is-active) [ "$2" = --quiet ] || echo active ;;
+  restart|start) [ -e "$FAIL" ] && exit 1; echo "$1 $2" >> "$LOG" ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+def test_a_restart_a_run_did_not_get_to_is_done_by_the_next_run(tmp_path: Path) -> None:
+    """The first run replaces the unit's config and dies before the restart; the config
+    is in place from then on, yet the next run restarts the unit (the marker written with
+    the file says it is owed), and the run after that restarts nothing."""
+    import grp
+    import pwd
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "systemctl").write_text(SYSTEMCTL)
+    (tools / "systemctl").chmod(0o755)
+    (tools / "journalctl").symlink_to("/bin/true")
+    owed, config, log, fail = (tmp_path / n for n in ("owed", "demo.conf", "restarts", "fail"))
+    deploy = tmp_path / "deploy.py"
+    deploy.write_text(
+        OWING.format(
+            owed=str(owed),
+            path=str(config),
+            content=b"new\n",
+            user=pwd.getpwuid(os.getuid()).pw_name,
+            group=grp.getgrgid(os.getgid()).gr_name,
+        )
+    )
+    env = {"PATH": f"{tools}:{os.environ['PATH']}", "LOG": str(log), "FAIL": str(fail)}
+
+    def converge() -> subprocess.CompletedProcess:
+        return _run(tmp_path, [str(PYINFRA), "-y", "@local", str(deploy)], env)
+
+    fail.touch()
+    died = converge()
+    assert died.returncode != 0, died.stdout + died.stderr
+    assert config.read_bytes() == b"new\n" and not log.exists()
+    assert (owed / "demo.service").exists()  # written with the file
+    fail.unlink()
+    owed_run = converge()
+    assert owed_run.returncode == 0, owed_run.stdout + owed_run.stderr
+    assert log.read_text() == "restart demo.service\n"
+    assert not (owed / "demo.service").exists()  # cleared by the restart
+    settled = converge()
+    assert settled.returncode == 0, settled.stdout + settled.stderr
+    assert log.read_text() == "restart demo.service\n"  # nothing owed, nothing restarted
+    assert (
+        "demo.service is enabled and active, and nothing it reads changed"
+        in (settled.stdout + settled.stderr)
+        or "No changes" in settled.stdout + settled.stderr
+    )

@@ -48,6 +48,7 @@ from facts.managed import Account, ManagedState, PathState
 from operations import apt_repo, failure, gpu, k3s, managed, services
 from operations import triton as triton_ops
 from operations.managed import (
+    RUN_ID,
     STAGING,
     ManagedBinary,
     ManagedDirectory,
@@ -178,10 +179,18 @@ class Run:
         return out
 
 
-def run_op(op, *args, facts: dict[type, Any], diff: bool = False, name="calypso", **kwargs) -> Run:
-    """Run an operation's body on a fake host; `facts` maps fact class -> its value."""
+def run_op(
+    op, *args, facts: dict[type, Any], diff: bool = False, name="calypso", failed=(), **kwargs
+) -> Run:
+    """Run an operation's body on a fake host; `facts` maps fact class -> its value;
+    `failed`: names of other hosts of the run that failed before this operation."""
     state = FakeState()
     state.config.DIFF = diff
+    # pyinfra's State keeps the hosts that failed in this run (pyinfra_testing's lacks it)
+    gone = [_Host(state, other, facts={}, data={}) for other in failed]
+    state.failed_hosts = set(gone)
+    if gone:
+        state.inventory = gone
     host = _Host(state, name, facts={}, data={})
     calls: list[tuple[type, dict]] = []
 
@@ -240,7 +249,8 @@ SUDOERS = ManagedFile(
     validate="visudo -cq -f {path}",
 )
 CONFIG = ManagedFile("/etc/cloudflared/config.yaml", b"tunnel: 1\nprotocol: auto\n")
-STAGED_CONFIG = f"{STAGING}/{CONFIG.sha256[:16]}"
+RUN_STAGING = f"{STAGING}/{RUN_ID}"  # this run's own staging folder
+STAGED_CONFIG = f"{RUN_STAGING}/{CONFIG.sha256[:16]}"
 
 
 def base_manifest(*files: ManagedFile) -> Manifest:
@@ -269,13 +279,14 @@ def test_changed_file_is_staged_copied_owned_and_renamed() -> None:
     assert run.commands == [
         {
             "_sudo": False,
-            "command": f"umask 077 && mkdir -p {STAGING} && chmod 0700 {STAGING} "
-            f"&& rm -f {STAGING}/* && : > {STAGED_CONFIG}",
+            "command": f"umask 077 && mkdir -p {RUN_STAGING} && chmod 0700 {STAGING} "
+            f"{RUN_STAGING} && find {STAGING} -mindepth 1 -maxdepth 1 -mmin +60 -exec rm -rf "
+            f"{{}} + && : > {STAGED_CONFIG}",
         },
         {"_sudo": False, "command": ["upload", CONFIG.content.decode(), STAGED_CONFIG]},
         f"( umask 077 && cp {STAGED_CONFIG} {new} && chown root:root {new} && chmod 0644 {new} "
-        f"&& mv -f {new} {CONFIG.path} ) || {{ rm -f {new} ; rm -f {STAGED_CONFIG} ; exit 1 ; }}",
-        {"_sudo": False, "command": f"rm -f {STAGED_CONFIG}"},
+        f"&& mv -f {new} {CONFIG.path} ) || {{ rm -f {new} ; rm -rf {RUN_STAGING} ; exit 1 ; }}",
+        {"_sudo": False, "command": f"rm -rf {RUN_STAGING}"},
     ]
     assert run.noop is None
     assert shell_syntax_errors(run.commands) == []
@@ -386,8 +397,8 @@ def test_replace_chain_runs_atomically_and_validate_protects_the_old_file(
     state = managed_state(paths={rule.path: file_state(rule, sha256="2" * 64)})
     run = run_op(managed.files, base_manifest(rule), facts={ManagedState: state})
     failed = _execute(run.commands, home)
-    staged = home / STAGING / rule.sha256[:16]
-    assert not staged.exists()
+    staged = home / RUN_STAGING / rule.sha256[:16]
+    assert not staged.exists() and not staged.parent.exists()
     assert not (etc / "rule.oceanid-new").exists()
     if valid:
         assert failed is None
@@ -423,7 +434,7 @@ def test_secret_content_is_never_in_a_command_or_an_operation_argument() -> None
     ]
     # The secret travels only as the upload's content, into the private staging folder
     secret_uploads = [u for u in uploads if TUNNEL_SECRET in u[1]]
-    assert [u[2] for u in secret_uploads] == [f"{STAGING}/{credential.sha256[:16]}"]
+    assert [u[2] for u in secret_uploads] == [f"{RUN_STAGING}/{credential.sha256[:16]}"]
     for command in run.raw:
         if isinstance(command, StringCommand):
             assert TUNNEL_SECRET not in command.get_raw_value()
@@ -561,6 +572,145 @@ def test_a_change_outside_the_files_restarts_only() -> None:
     assert run.commands == [_alive("restart")]
 
 
+# ---- a restart owed: the marker written with the file, cleared by the restart
+
+OWED = f"{managed.OWED_DIR}/{UNIT}"
+
+
+def test_a_replaced_input_marks_its_unit_owed_before_the_rename() -> None:
+    """In the same command that renames the new file over the old: a run killed after it
+    leaves the marker; one killed before it has not replaced the file."""
+    manifest = Manifest(name="gpu host calypso", files=[CONFIG, SUDOERS], units=[UNIT])
+    manifest.reads(UNIT, [UNIT_FILE.path, CONFIG.path])  # what services.unit declares
+    state = managed_state(paths={CONFIG.path: None, SUDOERS.path: None})
+    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    config_chain = next(s for s in run.strings if f"mv -f {CONFIG.path}.oceanid-new" in s)
+    mark = f"mkdir -p {managed.OWED_DIR} && touch {OWED} && mv -f {CONFIG.path}.oceanid-new"
+    assert mark in config_chain
+    sudoers_chain = next(s for s in run.strings if "mv -f /etc/sudoers.d/oceanid.oceanid" in s)
+    assert "touch" not in sudoers_chain  # no unit reads it: nothing owed
+    assert shell_syntax_errors(run.commands) == []
+
+
+@pytest.mark.parametrize("stalls", [True, False], ids=["stalled", "slow-but-moving"])
+def test_a_download_that_stalls_is_given_up_and_one_that_moves_is_not(
+    tmp_path: Path, monkeypatch, stalls: bool
+) -> None:
+    """The real curl command against a loopback server sending 4 KiB at 2 KiB/s: with a
+    floor of 1 KiB/s over 2 s, a server that then stops is given up (and the run fails
+    naming the URL), one that keeps sending to the end is not cut, however long it takes."""
+    import http.server
+    import threading
+
+    monkeypatch.setattr(managed, "SLOW_SECONDS", 2)
+    body = b"x" * 4096
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body) * (2 if stalls else 1)))
+            self.end_headers()
+            for start in range(0, len(body), 512):
+                self.wfile.write(body[start : start + 512])
+                self.wfile.flush()
+                time.sleep(0.25)
+            if stalls:
+                time.sleep(30)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{{version}}/{{arch}}"
+        binary = ManagedBinary(str(tmp_path / "tool"), url, "1", {"amd64": "a" * 64})
+        manifest = Manifest(name="gpu host calypso", binaries=[binary])
+        run = run_op(managed.binaries, manifest, facts={ManagedState: managed_state()})
+        download = run.strings[0].replace("--retry 3", "--retry 0")  # one try, timed
+        began = time.monotonic()
+        done = subprocess.run(["sh", "-c", download], capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - began
+    finally:
+        server.shutdown()
+    if stalls:
+        assert done.returncode == 1 and "download failed: http://127.0.0.1:" in done.stderr
+        assert took < 10, took  # not the 30 s the server would hold it
+        assert not Path(f"{binary.path}.oceanid-new").exists()
+    else:
+        assert done.returncode == 0, done.stderr
+        assert Path(f"{binary.path}.oceanid-new").read_bytes() == body
+
+
+def test_a_replaced_binary_marks_its_unit_owed_before_the_rename() -> None:
+    binary = ManagedBinary("/usr/local/bin/cloudflared", "https://x/{version}/{arch}", "1",
+                           {"amd64": "a" * 64})  # fmt: skip
+    manifest = Manifest(name="gpu host calypso", binaries=[binary], units=[UNIT])
+    manifest.reads(UNIT, [binary.path])
+    run = run_op(managed.binaries, manifest, facts={ManagedState: managed_state()})
+    assert run.strings[-1] == (
+        f"chmod 0755 {binary.path}.oceanid-new && mkdir -p {managed.OWED_DIR} && touch {OWED} "
+        f"&& mv -f {binary.path}.oceanid-new {binary.path}"
+    )
+
+
+def _owed_run(owed: bool, registered: bool = False):
+    managed._STATE_CACHE.clear()  # a run of its own
+    manifest = Manifest(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
+    if registered:
+        manifest.reads(UNIT, [UNIT_FILE.path, CONFIG.path])
+    state = managed_state(
+        paths={UNIT_FILE.path: file_state(UNIT_FILE), CONFIG.path: file_state(CONFIG)},
+        units={UNIT: {"enabled": "enabled", "active": "active", "owed": owed}},
+    )
+    return run_op(
+        services.unit, manifest, UNIT, UNIT_FILE.path, [CONFIG.path], facts={ManagedState: state}
+    )
+
+
+def test_an_owed_restart_is_done_although_the_files_are_in_place() -> None:
+    run = _owed_run(owed=True)
+    assert run.commands == ["systemctl daemon-reload", f"{_alive('restart')} && rm -f {OWED}"]
+    assert shell_syntax_errors(run.commands) == []
+    # nothing owed, nothing changed: nothing to do, registered or not
+    for registered in (False, True):
+        assert _owed_run(owed=False, registered=registered).commands == []
+
+
+def test_a_restart_for_a_changed_input_clears_the_marker_the_files_wrote() -> None:
+    manifest = Manifest(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
+    manifest.reads(UNIT, [UNIT_FILE.path, CONFIG.path])
+    state = managed_state(
+        paths={UNIT_FILE.path: file_state(UNIT_FILE), CONFIG.path: file_state(CONFIG, sha256="7")},
+        units={UNIT: {"enabled": "enabled", "active": "active", "owed": False}},
+    )
+    run = run_op(
+        services.unit, manifest, UNIT, UNIT_FILE.path, [CONFIG.path], facts={ManagedState: state}
+    )
+    assert run.commands == [f"{_alive('restart')} && rm -f {OWED}"]
+
+
+def test_the_marker_stays_when_the_restart_fails(tmp_path: Path) -> None:
+    """The clearing is part of the restart's command, after its checks: a unit that does
+    not come up stays owed to the next run. Run for real, systemctl failing."""
+    command = _owed_run(owed=True).strings[-1].replace(managed.OWED_DIR, str(tmp_path))
+    marker = tmp_path / UNIT
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool, code in (("systemctl", 1), ("journalctl", 0), ("sleep", 0), ("timeout", None)):
+        body = 'shift; exec "$@"' if code is None else f"exit {code}"
+        (tools / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (tools / tool).chmod(0o755)
+    env = {"PATH": f"{tools}:/usr/bin:/bin"}
+    for works in (False, True):
+        marker.touch()
+        (tools / "systemctl").write_text(f"#!/bin/sh\nexit {0 if works else 1}\n")
+        done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True)
+        assert (done.returncode == 0) is works, done.stderr
+        assert marker.exists() is not works
+
+
 def test_inactive_unit_is_started() -> None:
     run, todo = _unit_run(active="failed")
     assert todo == ["start"]
@@ -684,7 +834,7 @@ def test_require_gpu_passes_on_the_h200() -> None:
     assert [d["index"] for d in devices] == [0]
     run = run_op(gpu.require, gpus=[0], facts={GpuDevices: devices})
     assert run.commands == []
-    assert run.noop == "GPU present (0: NVIDIA H200)"
+    assert run.noop.startswith("GPU present (0: NVIDIA H200; driver ")
     assert run.facts == [(GpuDevices, {})]
     assert run_op(gpu.require, facts={GpuDevices: devices}).noop == run.noop
 
@@ -697,6 +847,21 @@ def test_require_gpu_fails_without_a_gpu(caplog) -> None:
     assert "calypso: no usable NVIDIA GPU" in message
     assert "require_gpu" in message
     assert "fall" in message and "CPU" in message
+
+
+def test_require_gpu_compares_the_driver_with_the_triton_images_minimum(caplog) -> None:
+    """Issue 23: the H200's real driver (580.x) is new enough for the pinned image's 575;
+    the same GPU against a release newer than its driver is refused, naming what to install."""
+    devices = _h200_devices()
+    (have,) = {d["driver_version"] for d in devices}
+    image = "nvcr.io/nvidia/tritonserver:25.08-py3"
+    run = run_op(gpu.require, gpus=[0], min_driver="575", image=image, facts={GpuDevices: devices})
+    assert run.commands == [] and f"driver {have}" in run.noop
+    newer = str(int(have.split(".")[0]) + 10)
+    run = run_op(gpu.require, gpus=[0], min_driver=newer, image=image, facts={GpuDevices: devices})
+    message = assert_refused(run, caplog, "older than")
+    assert f"calypso: NVIDIA driver {have} is older than the {newer}" in message
+    assert image in message and f"install driver release {newer} or later" in message
 
 
 def test_require_gpu_names_configured_indexes_that_are_absent(caplog) -> None:
@@ -831,20 +996,55 @@ def test_an_unreadable_state_refuses_every_operation_on_it(caplog) -> None:
 # ---- staging is private in fact
 
 
-def test_staging_folder_is_made_private_and_emptied_before_the_upload(tmp_path: Path) -> None:
+def test_staging_folder_is_private_and_a_killed_runs_leftovers_go(tmp_path: Path) -> None:
+    """This run stages in a 0700 folder of its own; what a killed run left (untouched for an
+    hour) is removed, another run's fresh folder is not."""
     manifest, credential = _secret_manifest()
     staging = tmp_path / STAGING
     staging.mkdir(mode=0o755)
     staging.chmod(0o755)
-    (staging / "left-by-a-failed-run").write_text("old secret")
+    old, busy = staging / "left-by-a-killed-run", staging / "another-run"
+    old.mkdir()
+    (old / "staged").write_text("old secret")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    busy.mkdir()
+    (busy / "staged").write_text("its upload")
     run = run_op(managed.files, base_manifest(credential), facts={ManagedState: managed_state()})
     prepare, upload = run.commands[0], run.commands[1]
     subprocess.run(["sh", "-c", prepare["command"]], cwd=tmp_path, check=True)
     assert oct(staging.stat().st_mode & 0o777) == "0o700"
     staged = tmp_path / upload["command"][2]
-    assert [p.name for p in staging.iterdir()] == [staged.name]
+    assert staged.parent == tmp_path / RUN_STAGING
+    assert oct(staged.parent.stat().st_mode & 0o777) == "0o700"
+    assert sorted(p.name for p in staging.iterdir()) == sorted([RUN_ID, busy.name])
+    assert (busy / "staged").read_text() == "its upload"
+    assert [p.name for p in staged.parent.iterdir()] == [staged.name]
     assert oct(staged.stat().st_mode & 0o777) == "0o600"  # before any content is in it
     assert prepare["_sudo"] is False and upload["_sudo"] is False
+
+
+def test_two_runs_at_once_never_remove_each_others_uploads(tmp_path: Path, monkeypatch) -> None:
+    """Two runs on one host (the lock bypassed), their commands interleaved as two SSH
+    connections would run them: each replaces its file with its own upload."""
+    user, group = _me()
+    first = ManagedFile(str(tmp_path / "a.conf"), b"first run\n", user=user, group=group)
+    second = ManagedFile(str(tmp_path / "b.conf"), b"second run\n", user=user, group=group)
+    runs = []
+    for run_id, managed_file in (("run-one", first), ("run-two", second)):
+        monkeypatch.setattr(managed, "RUN_ID", run_id)
+        state = managed_state(paths={managed_file.path: None})
+        op = run_op(managed.files, base_manifest(managed_file), facts={ManagedState: state})
+        runs.append(op.commands)
+    home = tmp_path / "home"
+    home.mkdir()
+    # first's staging and upload, then second's staging, then each finishes
+    order = [runs[0][:2], runs[1][:2], runs[0][2:], runs[1][2:]]
+    for commands in order:
+        assert _execute(commands, home) is None
+    assert Path(first.path).read_bytes() == first.content
+    assert Path(second.path).read_bytes() == second.content
+    assert list((home / STAGING).iterdir()) == []  # and each cleaned up after itself
 
 
 # ---- sweep: what the role wrote and no longer wants is removed

@@ -10,7 +10,7 @@ import yaml
 
 from oceanid.preflight import HostView, PreflightError, check
 from tests.smoke_support import site_dir
-from tests.unit.conftest import REPO
+from tests.unit.conftest import REPO, with_node_ips
 
 GROUPS = {"tethys": {"k3s_servers"}, "styx": {"k3s_agents"}, "calypso": {"k3s_agents", "gpu_hosts"}}
 
@@ -58,6 +58,8 @@ def test_missing_keys_are_reported_all_at_once(data, secrets_file):
             "labelStudioAdminEmail",
             "labelStudioAdminPassword",
             "labelStudioApiToken",
+            "mlBackendUser",  # the ML-backend connector's basic auth for the adapter
+            "mlBackendPassword",
         ]
     )
     assert "CLOUDFLARE_API_TOKEN" in "\n".join(err.value.problems)
@@ -73,6 +75,7 @@ def test_only_enabled_features_need_keys(data, secrets_file, lab_secrets):
     check(views(data, ["styx"]), environ=secrets_file({}))  # styx alone needs nothing yet
     check(views(data), environ=secrets_file(values))
     data["enable_node_provisioning"] = True
+    with_node_ips(data, GROUPS)
     # without k3s_token the first server generates the token the other nodes join with
     site = check(views(data), environ=secrets_file(values | {"k3s_token": ""}))
     assert "k3s_token" not in site.required
@@ -80,6 +83,7 @@ def test_only_enabled_features_need_keys(data, secrets_file, lab_secrets):
 
 def test_k3s_roles_that_cannot_be_provisioned_are_refused(data, secrets_file, lab_secrets):
     data.update(secret_sources=["file"], manage_dns=False, enable_node_provisioning=True)
+    with_node_ips(data, GROUPS)
     groups = {"styx": {"k3s_agents"}, "tethys": {"k3s_servers", "k3s_agents"}}
     with pytest.raises(PreflightError) as err:
         check(views(data, ["styx"]), environ=secrets_file(lab_secrets))
@@ -102,6 +106,7 @@ def test_a_gpu_agent_gets_the_nvidia_runtime_only_with_the_container_toolkit(
     data, secrets_file, lab_secrets
 ):
     data.update(secret_sources=["file"], manage_dns=False, enable_node_provisioning=True)
+    with_node_ips(data, GROUPS)
     data["hosts"]["calypso"]["gpu"]["service"]["runtime"] = "host"
     with pytest.raises(PreflightError) as err:
         check(views(data), environ=secrets_file(lab_secrets))
@@ -241,3 +246,93 @@ def test_secrets_file_setting_others_can_read_is_refused(data, tmp_path, lab_sec
     assert err.value.problems[-1].startswith(f"secrets: secrets_file {path} is mode 0644")
     for value in lab_secrets.values():
         assert value.strip() not in str(err.value)
+
+
+def test_a_secret_with_a_newline_never_reaches_a_secret(data, secrets_file, lab_secrets):
+    """`labelStudioApiToken: "abc…\\n"` passed the token's `re.match(…$)` and reached the
+    Kubernetes Secret; now every secret the deploy copies is one line, and the message
+    names the key, never the value."""
+    data["secret_sources"] = ["file"]
+    token = lab_secrets["labelStudioApiToken"]
+    bad = {
+        "labelStudioApiToken": token + "\n",
+        "k3s_token": "K10abc\rdef",
+        "cloudflareApiToken": "x\x00" + lab_secrets["cloudflareApiToken"],
+        "labelStudioAdminEmail": "admin@boathou.se\n",
+    }
+    with pytest.raises(PreflightError) as err:
+        check(views(data), environ=secrets_file(lab_secrets | bad))
+    joined = "\n".join(err.value.problems)
+    for key in bad:
+        assert f"{key}: " in joined
+    assert "labelStudioApiToken: ends in a newline (from the secrets file)" in joined
+    assert "k3s_token: holds a newline or another control character" in joined
+    assert "labelStudioAdminEmail: not an e-mail address" in joined  # no longer stripped first
+    assert "labelStudioApiToken: must be a legacy API token" in joined  # a full match now
+    for value in [*bad.values(), token, lab_secrets["cloudflareApiToken"]]:
+        assert value.strip() not in joined
+
+
+def test_a_tunnel_credential_spanning_lines_is_taken(data, secrets_file, lab_secrets):
+    """Credentials are parsed, never copied as given: the shapes that span lines stay valid,
+    for the default keys and for a key a host names."""
+    data["secret_sources"] = ["file"]
+    data["hosts"]["calypso"]["gpu"].update(
+        tunnel_id_key="cloudflareNode2TunnelId", tunnel_credential_key="cloudflareNode2TunnelToken"
+    )
+    pretty = json.dumps(json.loads(lab_secrets["cloudflareNode2TunnelToken"]), indent=2) + "\n"
+    lab_secrets["cloudflareNode2TunnelToken"] = pretty
+    assert lab_secrets["cloudflareNodeTunnelToken"].count("\n") > 1  # wrapped at 76 columns
+    site = check(views(data), environ=secrets_file(lab_secrets))
+    assert site.hosts["calypso"].node_credential.shape == "credentials-json"
+
+
+ADDRESS_PROBLEM = (
+    "hosts.tethys.k3s.address: not set, and styx, calypso join the cluster through tethys's "
+    "API: its inventory name resolves only through your SSH config, not on the nodes; set "
+    "hosts.tethys.k3s.address to the IP address (or a DNS name) the other nodes reach it by"
+)
+
+
+def test_agents_need_the_first_servers_address_not_its_inventory_alias(
+    data, secrets_file, lab_secrets
+):
+    """Agents get `server: https://<address>:<port>`; without `address` that was `tethys`,
+    which only the operator's SSH config resolves."""
+    data.update(secret_sources=["file"], manage_dns=False, enable_node_provisioning=True)
+    with_node_ips(data, GROUPS)
+    del data["hosts"]["tethys"]["k3s"]["address"]
+    with pytest.raises(PreflightError) as err:
+        check(views(data), environ=secrets_file(lab_secrets))
+    assert err.value.problems == [ADDRESS_PROBLEM]
+    check(views(data, ["tethys"]), environ=secrets_file(lab_secrets))  # no node joins it
+    data["hosts"]["tethys"]["k3s"]["address"] = "10.77.0.11"
+    check(views(data), environ=secrets_file(lab_secrets))
+
+
+def test_a_server_whose_inventory_name_is_an_ip_address_needs_no_address(
+    data, secrets_file, lab_secrets
+):
+    from deploys.k3s import cluster
+
+    data.update(secret_sources=["file"], manage_dns=False, enable_node_provisioning=True)
+    groups = {"@ssh/10.77.0.11": {"k3s_servers"}, "styx": {"k3s_agents"}}
+    with_node_ips(data, ["styx"])
+    data["hosts"]["10.77.0.11"] = {"k3s": {"node_ip": "10.77.0.11"}}
+    site = check(
+        [HostView(n, frozenset(g), data) for n, g in groups.items()],
+        environ=secrets_file(lab_secrets),
+    )
+    assert cluster.endpoint(site, site.hosts["styx"]) == "https://10.77.0.11:6443"
+
+
+def test_make_check_on_the_production_inventory_says_which_address_to_set(tmp_path, lab_secrets):
+    """Production's group data has no tethys entry: with provisioning on, `make check` names
+    the key to set before any host is touched."""
+    site = site_dir(tmp_path, 'secret_sources = ["file"]\nenable_node_provisioning = True\n')
+    (tmp_path / "s.json").write_text(json.dumps(lab_secrets))
+    (tmp_path / "s.json").chmod(0o600)
+    done = run_check(site, {"SECRETS_FILE": str(tmp_path / "s.json")})
+    assert done.returncode == 1
+    assert f"check: {ADDRESS_PROBLEM}" in done.stderr.splitlines()
+    assert "Traceback" not in done.stderr

@@ -238,3 +238,76 @@ def test_secrets_file_setting_others_can_read_is_refused(tmp_path):
         secrets.load(sources=["file"], esc_environment="a/b", environ={}, secrets_file=str(named))
     assert str(err.value).startswith(f"secrets: secrets_file {named} is mode 0644")
     assert "s3cr3t-value" not in str(err.value)
+
+
+# ---- a secret copied into a file or a Secret is one line
+
+
+def test_a_yaml_block_with_its_final_newline_is_refused_naming_key_and_source(tmp_path):
+    """`key: |` keeps the final newline: a token "abc\\n" would reach the Secret as it is."""
+    file = tmp_path / "s.yaml"
+    file.write_text("labelStudioApiToken: |\n  abc123secret\nk3s_token: 'K10abc'\n")
+    file.chmod(0o600)
+    found = secrets.load(
+        sources=["file"], esc_environment="x/y", environ={"SECRETS_FILE": str(file)}
+    )
+    assert found["labelStudioApiToken"] == "abc123secret\n"  # read as stored, never altered
+    assert found.line_problems(secrets.KNOWN_KEYS) == [
+        "labelStudioApiToken: ends in a newline (from the secrets file); a secret the deploy "
+        "copies into files and Secrets must be one line without control characters: store it "
+        "without (in YAML: a quoted string, or |- rather than |)"
+    ]
+
+
+@pytest.mark.parametrize("value", ["abc\n", "a\rb", "x\x00", "a\nb", "tab\there", "x\u2028y"])
+def test_a_control_character_in_any_secret_is_refused_without_echoing_it(value):
+    found = secrets.load(
+        sources=["env"], esc_environment="x/y", environ={"CLOUDFLARE_API_TOKEN": value}
+    )
+    (problem,) = found.line_problems(secrets.KNOWN_KEYS)
+    assert problem.startswith("cloudflareApiToken: ")
+    assert "(from the environment)" in problem
+    assert "must be one line without control characters" in problem
+    assert value.strip() not in problem and repr(value) not in problem
+
+
+def test_tunnel_credentials_may_span_lines_and_each_key_is_reported_once():
+    found = secrets.Secrets(
+        values={
+            "cloudflarenodetunneltoken": "wrapped\nbase64\n",
+            "cloudflarenode2tunneltoken": "{\n}\n",
+            "k3stoken": "t\n",
+        },
+        origins={"k3stoken": "esc"},
+    )
+    keys = [*secrets.KNOWN_KEYS, "k3sToken", "cloudflareNode2TunnelToken"]
+    assert found.line_problems(keys, multiline=["cloudflareNode2TunnelToken"]) == [
+        "k3s_token: ends in a newline (from ESC); a secret the deploy copies into files and "
+        "Secrets must be one line without control characters: store it without"
+    ]
+
+
+def test_an_environment_variable_overrides_esc_with_the_default_order(esc_path, data):
+    """Issue 23: a value set in the environment for one run wins over ESC's (the shipped
+    order is env, esc, file), and the override is said by name, never by value."""
+    order = data["secret_sources"]  # group_data/all.py as shipped
+    assert order.index("env") < order.index("esc") < order.index("file")
+    esc_path(
+        stdout=json.dumps(
+            {
+                "pulumiConfig": {
+                    "oceanid-cluster:cloudflareApiToken": "esc-token",
+                    "oceanid-cluster:cloudflareZoneId": "same",
+                }
+            }
+        )
+    )
+    environ = {"CLOUDFLARE_API_TOKEN": "env-token", "CLOUDFLARE_ZONE_ID": "same"}
+    found = secrets.load(sources=order, esc_environment="a/b", environ=environ)
+    assert found["cloudflareApiToken"] == "env-token"
+    assert found.origin("cloudflareApiToken") == "env"
+    lines = secrets.override_lines(found, ["cloudflareApiToken", "cloudflareZoneId"])
+    assert lines == [
+        "cloudflareApiToken: the value from the environment (CLOUDFLARE_API_TOKEN) wins over ESC's"
+    ]
+    assert "env-token" not in lines[0] and "esc-token" not in lines[0]

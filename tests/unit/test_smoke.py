@@ -8,6 +8,7 @@ is in tests/contract/test_smoke.py.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,7 @@ from tests.smoke_support import (
     REPO,
     assert_no_secret,
     cloudflare_standin,
+    connector_edge,
     http_server,
     lines,
     run_smoke,
@@ -84,6 +87,34 @@ def test_healthy_tunnels_and_label_pass(tmp_path, lab_secrets):
     assert out[-1] == "smoke: 3 passed, 0 failed"
     assert len(out) == 4 and done.stderr == ""
     assert_no_secret(done.stdout + done.stderr, lab_secrets)
+
+
+def test_json_prints_one_object_per_check(tmp_path, lab_secrets):
+    """`--json` (issue 23): JSON lines, one object per check, for monitoring; the summary
+    goes to stderr so stdout stays parseable; a failed check still exits 1."""
+    seed = tunnel_seed(lab_secrets, [], CONNECTED)  # the cluster tunnel down
+    with (
+        cloudflare_standin(lab_secrets, seed) as api,
+        http_server({"/health": HEALTHY, "/": TO_LOGIN}) as label,
+    ):
+        site, env = api_site(tmp_path, api.url), write_secrets(tmp_path, lab_secrets)
+        done = run_smoke(
+            site, env, "--json", "--only", "label", "--url", f"label.boathou.se={label}"
+        )
+    assert done.returncode == 1, done.stdout + done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["status"] for r in records] == ["fail", "pass", "pass"], records
+    assert records[0]["check"] == "cluster tunnel (label.boathou.se)"
+    assert "not serving" in records[0]["detail"]
+    assert records[1]["check"] == "label.boathou.se Label Studio"
+    assert records[1]["detail"].startswith(f"GET {label}/health: HTTP 200")
+    assert done.stderr.strip() == "smoke: 2 passed, 1 failed"
+    assert_no_secret(done.stdout + done.stderr, lab_secrets)
+
+
+def test_a_bad_argument_exits_3(tmp_path):
+    done = run_smoke(site_dir(tmp_path, ""), {}, "--only", "nothing")
+    assert done.returncode == 3 and "invalid choice" in done.stderr
 
 
 def test_status_reports_every_tunnel_and_fails_on_a_down_one(tmp_path, lab_secrets):
@@ -188,15 +219,16 @@ def test_triton_ready_but_model_not_ready_fails(tmp_path, lab_secrets):
         )
     assert done.returncode == 1, done.stdout + done.stderr
     assert lines(done.stdout, "PASS gpu.boathou.se Triton — ")
+    assert lines(done.stdout, "PASS gpu.boathou.se repository API refused — ")
     assert lines(done.stdout, "FAIL gpu.boathou.se model docling_granite_python — ")
     assert lines(done.stdout, "FAIL gpu.boathou.se inference docling_granite_python — not run")
-    assert done.stdout.splitlines()[-1] == "smoke: 1 passed, 2 failed"
+    assert done.stdout.splitlines()[-1] == "smoke: 2 passed, 2 failed"
 
 
-def test_preflight_failure_exits_2_without_traceback(tmp_path):
+def test_preflight_failure_exits_3_without_traceback(tmp_path):
     site = site_dir(tmp_path, 'base_domain = "bad domain"\nsecret_sources = ["file"]\n')
     done = run_smoke(site, {})
-    assert done.returncode == 2
+    assert done.returncode == 3  # bad input: never drift's 2 (oceanid/exitcodes.py)
     assert done.stdout == ""
     errors = done.stderr.strip().splitlines()
     assert errors[0].startswith("smoke: base_domain: must be a lower-case DNS name")
@@ -204,24 +236,24 @@ def test_preflight_failure_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_missing_secrets_exit_2(tmp_path):
+def test_missing_secrets_exit_3(tmp_path):
     done = run_smoke(site_dir(tmp_path, 'secret_sources = ["file"]\n'), {}, "--status-only")
-    assert done.returncode == 2
+    assert done.returncode == 3
     assert done.stderr.startswith("status: SECRETS_FILE: not set")
     assert "Traceback" not in done.stderr
 
 
-def test_unknown_url_name_and_status_without_api_exit_2(tmp_path, lab_secrets):
+def test_unknown_url_name_and_status_without_api_exit_3(tmp_path, lab_secrets):
     site = site_dir(tmp_path, 'secret_sources = ["file"]\nmanage_dns = False\n')
     env = write_secrets(tmp_path, lab_secrets)
     done = run_smoke(site, env, "--url", "gpu9=http://127.0.0.1:1")
-    assert done.returncode == 2
+    assert done.returncode == 3
     assert done.stderr == (
         "smoke: --url gpu9.boathou.se: not a public name of this inventory "
-        "(label.boathou.se, gpu.boathou.se)\n"
+        "(label.boathou.se, gpu.boathou.se, ml.boathou.se)\n"
     )
     done = run_smoke(site, env, "--status-only")
-    assert (done.returncode, done.stdout) == (2, "")
+    assert (done.returncode, done.stdout) == (3, "")
     assert "manage_dns is off" in done.stderr
 
 
@@ -242,6 +274,14 @@ def test_bad_url_overrides_are_refused(value):
         smoke.parse_overrides([value], "boathou.se")
 
 
+def ml_health(headers: Any, body: bytes) -> tuple[int, str]:
+    """An ML backend's /health: 200 with basic auth, 401 without (the real one is tested in
+    tests/contract/test_smoke_ml.py)."""
+    if (headers.get("Authorization") or "").startswith("Basic "):
+        return 200, '{"status": "UP", "model_version": "docling_granite_python@1"}'
+    return 401, '{"error": "basic auth required"}'
+
+
 def test_https_through_both_clients_with_a_fake_triton(tmp_path, lab_secrets):
     """The production path is https: requests and tritonclient (ssl=True) both verify the
     certificate, in the gevent-patched process the command runs in, and the inference check
@@ -256,18 +296,23 @@ def test_https_through_both_clients_with_a_fake_triton(tmp_path, lab_secrets):
         "/v2/models/docling_granite_python/ready": (200, ""),
         "/v2/models/docling_granite_python/infer": triton_echo(),
     }
-    with http_server(routes, tls=server_pem) as url:
-        args = ("--url", f"label={url}", "--url", f"gpu={url}")
+    ml_routes = {"/health": ml_health}  # the ML backend beside Triton (oceanid/ingress.py)
+    with http_server(routes, tls=server_pem) as url, http_server(ml_routes, server_pem) as ml:
+        args = ("--url", f"label={url}", "--url", f"gpu={url}", "--url", f"ml={ml}")
         done = run_smoke(site, env, *args)
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.splitlines()[1:] == [
             *lines(done.stdout, f"PASS label.boathou.se Label Studio — GET {url}/health: HTTP 200"),
             *lines(done.stdout, f"PASS label.boathou.se Label Studio login — GET {url}/: HTTP 302"),
             *lines(done.stdout, f"PASS gpu.boathou.se Triton — GET {url}/v2/health/ready: HTTP"),
+            *lines(done.stdout, f"PASS gpu.boathou.se repository API refused — POST {url}/v2/r"),
             "PASS gpu.boathou.se model docling_granite_python — ready",
             *lines(done.stdout, "PASS gpu.boathou.se inference docling_granite_python — text came"),
+            *lines(done.stdout, f"PASS ml.boathou.se ML backend — GET {ml}/health with its cred"),
+            *lines(done.stdout, f"PASS ml.boathou.se ML backend refuses no credentials — GET {ml}"),
+            *lines(done.stdout, "SKIP ml.boathou.se ML backend prediction — no smoke_pdf_url"),
             *lines(done.stdout, "SKIP k3s nodes — no cluster/kubeconfig.yaml: run `make kube"),
-            "smoke: 5 passed, 0 failed",
+            "smoke: 8 passed, 0 failed",
         ]
 
         routes["/v2/models/docling_granite_python/infer"] = triton_echo(mangle=True)
@@ -361,7 +406,7 @@ def test_k3s_nodes_without_the_tunnel_say_to_open_it(tmp_path, lab_secrets):
     assert done.stdout.splitlines()[1] == (
         f"SKIP k3s nodes — nothing listens on https://127.0.0.1:{port}: run `make tunnel`"
     )
-    assert done.returncode == 2  # nothing was checked: never a pass
+    assert done.returncode == 3  # nothing was checked: never a pass
     assert "not-a-real-token" not in done.stdout + done.stderr
 
 
@@ -382,9 +427,76 @@ def test_public_names_without_cloudflares_edge_are_skipped(tmp_path, lab_secrets
     assert done.returncode == 1
 
 
-def test_an_inventory_that_refuses_to_load_exits_2_with_its_line(tmp_path):
+def test_an_inventory_that_refuses_to_load_exits_3_with_its_line(tmp_path):
     site = site_dir(tmp_path)
     (site / "inventory.py").write_text('raise SystemExit("lab: the lab is down (no bridge)")\n')
     done = run_smoke(site, {})
-    assert (done.returncode, done.stdout) == (2, "")
+    assert (done.returncode, done.stdout) == (3, "")
     assert done.stderr == "smoke: inventory.py: lab: the lab is down (no bridge)\n"
+
+
+# -- GPU names: the model repository API must be refused, checked through the connector ----------
+
+
+def _recording(routes: dict, hosts: list[str]) -> dict:
+    """`routes` with every answer also noting the request's Host header in `hosts`."""
+
+    def record(answer):
+        def route(headers, body):
+            hosts.append(headers.get("Host"))
+            return answer(headers, body) if callable(answer) else answer
+
+        return route
+
+    return {path: record(answer) for path, answer in routes.items()}
+
+
+FAKE_TRITON = {
+    "/v2/health/ready": (200, ""),
+    "/v2/models/docling_granite_python/ready": (200, ""),
+    "/v2/models/docling_granite_python/infer": triton_echo(),
+    "/v2/repository/index": (200, "[]"),  # what Triton answers when nothing is in front of it
+}
+
+
+@pytest.mark.parametrize(("status", "ok"), [(200, False), (404, True), (403, True), (400, False)])
+def test_repository_api_must_be_refused(tmp_path, lab_secrets, status, ok):
+    site = site_dir(tmp_path, 'secret_sources = ["file"]\nmanage_dns = False\n')
+    hosts: list[str] = []
+    routes = _recording({**FAKE_TRITON, "/v2/repository/index": (status, "[]")}, hosts)
+    with http_server(routes) as triton:
+        done = run_smoke(
+            site, write_secrets(tmp_path, lab_secrets), "--only", "gpu", "--url", f"gpu={triton}"
+        )
+    (line,) = lines(done.stdout, f"{'PASS' if ok else 'FAIL'} gpu.boathou.se repository API")
+    assert f"POST {triton}/v2/repository/index: HTTP {status} in " in line
+    if not ok:
+        assert "it must be refused (404 at the connector)" in line
+    assert done.returncode == (0 if ok else 1), done.stdout
+    # --url keeps the public name as the Host header, for requests and tritonclient alike
+    assert hosts and set(hosts) == {"gpu.boathou.se"}
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_smoke_through_the_connector_refuses_the_repository(tmp_path, lab_secrets, closed):
+    """Smoke through the connector stand-in's edge, routed by the rules the deploy renders:
+    the repository check passes because the connector refuses it, not Triton. With the old
+    catch-all rule (every path to Triton) the same Triton fails it."""
+    from oceanid.ingress import node_ingress
+    from oceanid.settings import GpuService
+
+    site = site_dir(tmp_path, 'secret_sources = ["file"]\nmanage_dns = False\n')
+    with http_server(FAKE_TRITON) as triton:
+        service = GpuService(kind="triton", port=int(triton.rsplit(":", 1)[1]))
+        old = [{"hostname": "gpu.boathou.se", "service": f"http://localhost:{service.port}"},
+               {"service": "http_status:404"}]  # fmt: skip
+        ingress = node_ingress("gpu.boathou.se", service) if closed else old
+        with connector_edge(tmp_path, ingress) as edge:
+            done = run_smoke(
+                site, write_secrets(tmp_path, lab_secrets), "--only", "gpu", "--url", f"gpu={edge}"
+            )
+    assert lines(done.stdout, "PASS gpu.boathou.se inference docling_granite_python — text came")
+    verdict = "PASS" if closed else "FAIL"
+    (line,) = lines(done.stdout, f"{verdict} gpu.boathou.se repository API refused — ")
+    assert f"HTTP {404 if closed else 200} in" in line
+    assert done.returncode == (0 if closed else 1), done.stdout + done.stderr

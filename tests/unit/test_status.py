@@ -26,11 +26,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: `kubectl get jobs -A -o json`: a backup that gave up, and one that succeeded.
+JOBS = {
+    "items": [
+        {
+            "metadata": {"namespace": "apps", "name": "label-studio-backup-29420537"},
+            "status": {
+                "failed": 2,
+                "conditions": [
+                    {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"},
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "BackoffLimitExceeded",
+                        "lastTransitionTime": "2026-12-06T02:20:11Z",
+                    },
+                ],
+            },
+        },
+        {
+            "metadata": {"namespace": "apps", "name": "ml-backend-connector-29420580"},
+            "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]},
+        },
+    ]
+}
+
+
 def stand_ins(folder: Path, running: list[str]) -> Path:
     """Executables on PATH for the programs the facts call."""
     assert (SHARED / "query-apps.csv").exists(), f"{SHARED}: the shared fixtures are missing"
     nodes = json.loads((NODES / "three_nodes_one_unreachable.json").read_text())["output"]
     (folder / "nodes.json").write_text("\n".join(nodes) + "\n")
+    (folder / "jobs.json").write_text(json.dumps(JOBS))
     units = "".join(
         f"Id={unit}\nSubState={'running' if unit in running else 'dead'}\n\n"
         for unit in ("cloudflared-node.service", "tritonserver.service", "k3s.service")
@@ -43,7 +70,9 @@ def stand_ins(folder: Path, running: list[str]) -> Path:
         "systemctl": f"cat <<'UNITS'\n{units}UNITS",
         "k3s": f"""case "$1" in
             --version) echo 'k3s version v1.33.4+k3s1 (148243c4)'; echo 'go version go1.24.5' ;;
-            kubectl) cat {folder}/nodes.json ;; esac""",
+            kubectl) case "$*" in
+                *" jobs "*) cat {folder}/jobs.json ;;
+                *) cat {folder}/nodes.json ;; esac ;; esac""",
         "cloudflared": "echo 'cloudflared version 2025.8.1 (built 2025-08-21-1535 UTC)'",
     }
     bin_dir = folder / "bin"
@@ -55,7 +84,7 @@ def stand_ins(folder: Path, running: list[str]) -> Path:
     return bin_dir
 
 
-def local_site(tmp_path: Path, triton_port: int, metrics_port: int) -> Path:
+def local_site(tmp_path: Path, triton_port: int, metrics_port: int, extra: str = "") -> Path:
     """The production group data, with this machine (`@local`) as a GPU host and k3s server."""
     site = site_dir(
         tmp_path,
@@ -71,6 +100,8 @@ def local_site(tmp_path: Path, triton_port: int, metrics_port: int) -> Path:
         """,
     )
     (site / "inventory.py").write_text('k3s_servers = ["@local"]\ngpu_hosts = ["@local"]\n')
+    with (site / "group_data" / "all.py").open("a") as group_data:
+        group_data.write(extra)
     return site
 
 
@@ -122,6 +153,8 @@ def test_one_table_from_the_facts(tmp_path):
         "model embedder UNAVAILABLE (version 1): load failed",
         "k3s k3s.service NOT running; v1.33.4+k3s1",
         "nodes calypso NOT Ready, styx Ready, tethys Ready",
+        "failed jobs FAILED apps/label-studio-backup-29420537 (BackoffLimitExceeded, "
+        "2026-12-06T02:20:11Z)",
         "manifests none in /var/lib/rancher/k3s/server/manifests",
     ]
     assert done.stdout.splitlines()[2].startswith("  GPU 0          ")  # one column
@@ -194,3 +227,69 @@ def test_manifests_render_with_their_last_change():
 @pytest.mark.parametrize("errors, code", [([], 0), (["K3sNodes: could not be read"], 1)])
 def test_exit_code(errors, code):
     assert status.exit_code({"h": {"roles": [], "errors": errors}}) == code
+
+
+DAEMONSET = (
+    "\nenable_node_provisioning = True\n"
+    'cluster_apps = {**cluster_apps, "node_tunnel_mode": "daemonset"}\n'
+)
+
+
+def test_in_daemonset_mode_the_cluster_serves_the_tunnel_and_a_stopped_host_unit_is_no_fault(
+    tmp_path,
+):
+    """The GPU role stops cloudflared-node.service where the cluster's DaemonSet serves the
+    tunnel; status reads that pod's readiness on the node's loopback instead."""
+    bin_dir = stand_ins(tmp_path, running=["tritonserver.service"])
+    site = local_site(tmp_path, free_port(), free_port(), extra=DAEMONSET)
+    done = run_status(site, bin_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = [line for line in rows(done.stdout) if line.startswith("connector ")]
+    assert row.startswith(
+        "connector served by the cluster's DaemonSet cloudflared-node/cloudflared-node-@local: "
+    )
+    assert row.endswith("; cloudflared-node.service stopped (node_tunnel_mode daemonset)")
+    assert "NOT running" not in row
+    report = json.loads(run_status(site, bin_dir, "--json").stdout)
+    assert report["@local"]["connector"]["served_by"] == "daemonset"
+    assert report["@local"]["connector"]["metrics_address"] == "127.0.0.1:2000"
+
+
+@pytest.mark.parametrize(
+    "running, unit",
+    [
+        (False, "cloudflared-node.service stopped (node_tunnel_mode daemonset)"),
+        (
+            True,
+            "cloudflared-node.service STILL running: two connectors on one tunnel until a "
+            "deploy stops it",
+        ),
+    ],
+)
+def test_the_daemonset_connector_row(running, unit):
+    report = {
+        "calypso": {
+            "roles": ["gpu_hosts", "k3s_agents"],
+            "units": {"cloudflared-node.service": running},
+            "connector": {
+                "served_by": "daemonset",
+                "daemonset": "cloudflared-node/cloudflared-node-calypso",
+                "metrics_address": "127.0.0.1:2000",
+                "ready": {"status": 200, "ready_connections": 4},
+            },
+            "errors": [],
+        }
+    }
+    assert rows("\n".join(status.render(report)))[2] == (
+        "connector served by the cluster's DaemonSet cloudflared-node/cloudflared-node-calypso: "
+        f"ready, 4 connection(s); {unit}"
+    )
+
+
+def test_an_inventory_that_refuses_to_load_exits_3_never_drifts_2(tmp_path):
+    """Bad input is 3 across smoke, status and drift (oceanid/exitcodes.py; issue 23)."""
+    (tmp_path / "inventory.py").write_text('raise SystemExit("lab: the lab is down")\n')
+    done = run_status(tmp_path, tmp_path)
+    assert (done.returncode, done.stdout) == (3, ""), done.stderr
+    assert done.stderr == "status: inventory.py: lab: the lab is down\n"
+    assert run_status(tmp_path, tmp_path, "--bogus").returncode == 3

@@ -451,10 +451,13 @@ def test_removed_and_renamed_models_are_unloaded_then_deleted(caplog) -> None:
     )
     run = _retire(record, ["docling_granite_python", "new_name"])
     base = "http://127.0.0.1:9000/v2"
+    limits = "--connect-timeout 5 --max-time"
     assert run.strings == [
-        f"if curl -fs -o /dev/null --max-time 5 {base}/health/live; then curl -fsS -X POST "
-        f"-o /dev/null --max-time 120 {base}/repository/models/{model}/unload || "
-        f"{{ echo 'Triton refused to unload model {model}; see its log' >&2; exit 1; }}; fi"
+        f"if curl -fs -o /dev/null {limits} 5 {base}/health/live; then curl -fsS -X POST "
+        f"-o /dev/null {limits} 120 {base}/repository/models/{model}/unload || "
+        f'{{ if [ "$?" = 28 ]; then echo \'Triton did not finish unloading model {model} in '
+        "120 s (the limit set in operations/triton.py); see its log' >&2; else echo "
+        f"'Triton refused to unload model {model}; see its log' >&2; fi; exit 1; }} ; fi"
         if step == 0
         else f"rm -rf {ROOT}/{model}"
         for model in ("old_name", "removed")
@@ -501,3 +504,92 @@ def test_backends_are_assembled_inside_the_new_environment(tmp_path: Path) -> No
     python_dir = unit_root / "backends" / "python"
     assert sorted(p.name for p in python_dir.iterdir()) == sorted([*PYTHON_BACKEND_FILES, STUB])
     assert os.access(python_dir / STUB, os.X_OK)
+
+
+# ---- every call to Triton's API has a time limit
+
+
+def curl_calls(command: str) -> list[str]:
+    """Each `curl …` of a shell command, up to the next ;, && or ||."""
+    import re
+
+    return [m.group(0) for m in re.finditer(r"\bcurl\b[^;&|]*", command)]
+
+
+class _SlowRepository(http.server.BaseHTTPRequestHandler):
+    """Triton's repository API: live at once; a load answered after `delay` seconds with
+    `status` (400 and Triton's error body for a model that failed to load)."""
+
+    delay = 0.0
+    status = 200
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.end_headers()
+
+    def do_POST(self) -> None:  # noqa: N802
+        import time
+
+        time.sleep(self.delay)
+        body = b'{"error":"failed to load"}' if self.status != 200 else b""
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def repository() -> Iterator[tuple[int, type[_SlowRepository]]]:
+    handler = type("Handler", (_SlowRepository,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], handler
+    server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("delay", "status", "said"),
+    [
+        (0, 200, None),
+        (5, 200, "Triton did not finish loading model echo in 1 s (the limit set in"),
+        (0, 400, "Triton refused to load model echo; see its log"),
+    ],
+    ids=["loaded", "hangs", "refused"],
+)
+def test_a_load_is_given_a_time_limit_and_a_late_one_is_told_from_a_refusal(
+    monkeypatch, repository, delay, status, said
+) -> None:
+    """Run for real against a local server playing Triton's repository API, the limit
+    shortened to 1 s: a load that hangs fails in at most the limit, saying so."""
+    port, handler = repository
+    handler.delay, handler.status = delay, status
+    monkeypatch.setattr(triton_ops, "LOAD_WAIT", 1)
+    run = run_op(triton_ops.load, ["echo"], port, facts={})
+    assert shell_syntax_errors(run.commands) == []
+    assert all("--connect-timeout 5" in c for s in run.strings for c in curl_calls(s))
+    done = run_in_order(run.strings)
+    if said is None:
+        assert done is None
+    else:
+        assert done is not None and done.returncode == 1
+        assert said in done.stderr
+
+
+def test_every_call_to_triton_carries_a_connect_and_a_total_limit(caplog) -> None:
+    record = recorded(f"{ROOT}/old_name/config.pbtxt")
+    commands = [
+        *run_op(triton_ops.load, ["echo", "docling_granite_python"], 8000, facts={}).strings,
+        *_retire(record, ["echo"]).strings,
+        *_wait(8000).strings,
+    ]
+    calls = [call for command in commands for call in curl_calls(command)]
+    assert len(calls) == 3 + 2 + 3  # live and two loads; live and unload; three probes
+    for call in calls:
+        assert "--connect-timeout 5 --max-time " in call, call
+    assert sum(f"--max-time {triton_ops.LOAD_WAIT} " in c for c in calls) == 2
+    assert sum(f"--max-time {triton_ops.UNLOAD_WAIT} " in c for c in calls) == 1

@@ -73,6 +73,10 @@ def test_uppercase_tunnel_id_is_normalised():
         (json.dumps(["a"]), "JSON is not an object"),
         (token("not-a-uuid"), "tunnel ID inside is not a UUID"),
         (json.dumps({"a": ACCOUNT, "t": TUNNEL, "s": ""}), "empty or not a string"),
+        # `re.match(…$)` took a UUID followed by a newline
+        (token(TUNNEL + "\n"), "holds a newline or a control character"),
+        (json.dumps({"a": ACCOUNT, "t": TUNNEL, "s": SECRET + "\r"}), "holds a newline"),
+        (json.dumps({"a": ACCOUNT + "\x00", "t": TUNNEL, "s": SECRET}), "holds a newline"),
     ],
 )
 def test_bad_shapes_are_refused_with_the_key_name(value, expect):
@@ -102,3 +106,14 @@ def test_repr_never_shows_the_secret():
     cred = parse(token(), key="k")
     assert SECRET not in repr(cred)
     assert SECRET not in str(cred)
+
+
+def test_a_credential_spanning_lines_is_read_and_written_as_one_line():
+    """The shapes that span lines (wrapped base64, a credentials.json text with a final
+    newline) are read; what the connector gets is the parsed credential, not the value."""
+    wrapped = "\n".join(textwrap.wrap(base64.b64encode(credentials_json().encode()).decode(), 76))
+    for value in (wrapped + "\n", credentials_json() + "\n", token() + "\n"):
+        cred = parse(value, key="k")
+        assert cred.tunnel_id == TUNNEL
+        assert cred.file_content().count("\n") in (1, 5)  # the token's one line, or the JSON
+        assert "\n\n" not in cred.file_content()

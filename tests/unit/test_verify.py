@@ -42,6 +42,7 @@ def test_production_inventory_roles_and_login():
         ("test_gpu", "calypso"),  # and k3s only with enable_node_provisioning, off here
         ("test_triton", "calypso"),  # its service, from its data: Triton in a container
         ("test_triton_container", "calypso"),
+        ("test_ml_backend", "calypso"),  # the ML-backend adapter beside a `triton` kind
     }
     specs = {host.name: host.spec for host in inventory_hosts("inventory.py")}
     assert specs == {
@@ -67,6 +68,7 @@ def test_provisioned_inventory_gets_the_k3s_modules(tmp_path):
         ("test_gpu", "calypso"),
         ("test_triton", "calypso"),
         ("test_triton_container", "calypso"),
+        ("test_ml_backend", "calypso"),
         ("test_k3s_server", "tethys"),
         ("test_cluster_apps", "tethys"),
         ("test_k3s_agent", "styx"),
@@ -88,6 +90,7 @@ def test_plain_hosts_option_keeps_each_hosts_roles():
         ("test_gpu", "calypso"),
         ("test_triton", "calypso"),
         ("test_triton_container", "calypso"),
+        ("test_ml_backend", "calypso"),
     }
     assert "deselected" in done.stdout
 
