@@ -4,6 +4,7 @@ resolution of its config, which contacts no host)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +38,21 @@ def test_lab_reaches_tethys_through_the_labs_ssh_config(tmp_path, monkeypatch) -
     the bridge it checks for), with an SSH config the lab's own code writes (lab/keys.py)."""
     monkeypatch.setattr(keys, "SSH_DIR", tmp_path)
     keys.ensure()
+    # the lab's group data reads its artifacts' pins (.lab/artifacts.json) and the operators'
+    # key (.lab/ssh/id_ed25519.pub), which only `make lab` writes: a placeholder of that shape
+    # and this test's key on a tmpfs over .lab, in the namespace only (a fresh clone has
+    # neither, and a real lab's stay untouched)
+    pin = {"version": "v0", "url": "http://10.77.0.1:8080/{version}", "sha256": {"amd64": "0" * 64}}
+    image = {"id": "sha256:" + "0" * 64, "url": "http://10.77.0.1:8080/i.tar", "sha256": "0" * 64}
+    pins = {"k3s": pin, "cloudflared": pin, "triton_image": image, "http_image": image}
+    (tmp_path / "artifacts.json").write_text(json.dumps(pins))
+    lab = REPO / ".lab"
+    lab.mkdir(exist_ok=True)
     code = "from oceanid.sshtarget import main; raise SystemExit(main())"
     shell = (
         "ip link add ocl-br0 type bridge && mount -t sysfs sysfs /sys && "
+        f"mount -t tmpfs oceanid-test {lab} && cp {tmp_path / 'artifacts.json'} {lab}/ && "
+        f"mkdir {lab}/ssh && cp {tmp_path / 'id_ed25519.pub'} {lab}/ssh/ && "
         f'exec {sys.executable} -c "{code}" inventories/lab.py tethys'
     )
     done = subprocess.run(
