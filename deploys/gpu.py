@@ -20,4 +20,5 @@ role = gpu_host.declare(plan)
 managed.read_together(core, role.manifest)  # the host's state in one round trip
 base.deploy(plan, core)
 gpu_host.deploy(plan, role)
+gpu_host.hand_over(plan, role, site())  # daemonset mode: once the cluster's connector is up
 dns.deploy(plan, site())

@@ -20,4 +20,6 @@ base.deploy(plan, core)
 if gpu is not None:
     gpu_host.deploy(plan, gpu)  # before k3s: its agent finds the NVIDIA runtime when it starts
 k3s.deploy(plan, site(), node)  # servers, then agents, then node labels (pyinfra's line order)
+if gpu is not None:
+    gpu_host.hand_over(plan, gpu, site())  # daemonset mode: the host connector stops last
 dns.deploy(plan, site())

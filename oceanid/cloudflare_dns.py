@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -715,6 +716,74 @@ class TunnelStatus:
         )
 
 
+def tunnel_clients(client: Cloudflare, account_id: str, tunnel_id: str) -> list[dict[str, Any]]:
+    """The tunnel's connectors (``GET .../cfd_tunnel/{id}/connections``: one entry per running
+    cloudflared, its ``id`` the connector's ID and ``conns`` its edge connections; the SDK's
+    ``cloudflare/types/zero_trust/tunnels/cloudflared/client.py`` ``Client``/``Conn``)."""
+    try:
+        clients = _tunnel_api(client, "GET", account_id, tunnel_id, "/connections") or []
+    except cloudflare.APIError as error:
+        raise _api_error(
+            f"reading connections of tunnel {tunnel_id}", error, reach=ACCOUNT_REACH
+        ) from None
+    return [c for c in clients if isinstance(c, dict)]
+
+
+def _live_conns(connector: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in (connector.get("conns") or []) if not c.get("is_pending_reconnect")]
+
+
+def other_connectors(
+    client: Cloudflare, account_id: str, tunnel_id: str, own_id: str | None
+) -> list[str]:
+    """IDs of the tunnel's connectors with a live edge connection, ``own_id`` left out (the
+    connector about to stop: what remains serves the tunnel once it is gone)."""
+    found = []
+    for connector in tunnel_clients(client, account_id, tunnel_id):
+        ids = {connector.get("id")} | {c.get("client_id") for c in _live_conns(connector)}
+        if _live_conns(connector) and (own_id is None or own_id not in ids):
+            found.append(str(connector.get("id") or "?"))
+    return found
+
+
+def wait_for_other_connector(
+    client: Cloudflare,
+    account_id: str,
+    tunnel_id: str,
+    own_id: str | None,
+    timeout: float = 120.0,
+    interval: float = 5.0,
+    say: Callable[[str], None] = print,
+    tell_every: float = 10.0,
+    check: str = "that the other connector runs and reaches Cloudflare",
+) -> str:
+    """Wait until the tunnel shows a connected connector other than ``own_id``; return its ID.
+
+    Make before break: a connector that stops while no other one serves its tunnel takes its
+    public name down. Polls every ``interval`` seconds, says what it waits for at least every
+    ``tell_every`` seconds, and after ``timeout`` raises, naming the tunnel and ``check``."""
+    start = time.monotonic()
+    told = -tell_every
+    while True:
+        others = other_connectors(client, account_id, tunnel_id, own_id)
+        if others:
+            return others[0]
+        waited = time.monotonic() - start
+        if waited >= timeout:
+            mine = f" than this host's ({own_id})" if own_id else ""
+            raise CloudflareError(
+                f"tunnel {tunnel_id}: no connector other{mine} connected within {timeout:g} s; "
+                f"check {check}, then rerun"
+            )
+        if waited - told >= tell_every:
+            say(
+                f"waiting for another connector on tunnel {tunnel_id} before this one stops: "
+                f"{waited:.0f} s of {timeout:g} s"
+            )
+            told = waited
+        time.sleep(min(interval, max(timeout - waited, 0.0)))
+
+
 def tunnel_status(
     client: Cloudflare, account_id: str, tunnel_id: str, source: str = ""
 ) -> TunnelStatus:
@@ -722,16 +791,8 @@ def tunnel_status(
     ``connections`` list is deprecated). Pending-reconnect connections are not counted. A tunnel
     that does not exist or was deleted is an error naming ``source``, the ESC key of its ID."""
     tunnel = _get_tunnel(client, account_id, tunnel_id, source)
-    try:
-        clients = _tunnel_api(client, "GET", account_id, tunnel_id, "/connections") or []
-    except cloudflare.APIError as error:
-        raise _api_error(
-            f"reading connections of tunnel {tunnel_id}", error, reach=ACCOUNT_REACH
-        ) from None
-    live = [
-        [c for c in (connector.get("conns") or []) if not c.get("is_pending_reconnect")]
-        for connector in clients
-    ]
+    clients = tunnel_clients(client, account_id, tunnel_id)
+    live = [_live_conns(connector) for connector in clients]
     return TunnelStatus(
         tunnel_id=tunnel_id,
         name=tunnel.get("name") or tunnel_id,

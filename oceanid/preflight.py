@@ -114,6 +114,10 @@ def required_secrets(plans: Iterable[HostPlan], settings: Settings) -> dict[str,
     if settings.manage_dns and plans:
         for key in ("cloudflareApiToken", "cloudflareZoneId", "cloudflareAccountId"):
             add(key, "DNS records (manage_dns)")
+    if settings.node_tunnel_in_cluster() and any(p.gpu is not None for p in plans):
+        # the host connector stops only once the API shows the DaemonSet's (deploys/gpu_host)
+        for key in ("cloudflareApiToken", "cloudflareAccountId"):
+            add(key, "the node tunnels' hand-over to the cluster (node_tunnel_mode daemonset)")
     for plan in plans:
         if ml_backend_host(plan):
             for key in ML_BACKEND_KEYS:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from deploys.gpu_host import cloudflared_node, docker, http_service, ml_backend, triton
-from oceanid.preflight import HostPlan
+from oceanid.preflight import HostPlan, Site
 from operations import gpu, managed
 from operations.managed import Manifest
 
@@ -80,3 +80,9 @@ def deploy(plan: HostPlan, role: Role | None = None) -> Manifest:
         http_service.deploy(manifest, plan, role.service_inputs)
     cloudflared_node.deploy(manifest, role.tunnel_inputs, plan)
     return manifest
+
+
+def hand_over(plan: HostPlan, role: Role, site: Site) -> None:
+    """`node_tunnel_mode: daemonset`: stop the host connector once the cluster's serves the
+    tunnel. Called after the cluster's part of the run, which creates the DaemonSet."""
+    cloudflared_node.hand_over(role.manifest, plan, site)

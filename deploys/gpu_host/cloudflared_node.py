@@ -9,16 +9,24 @@ from __future__ import annotations
 
 from pathlib import Path
 from string import Template
+from typing import TYPE_CHECKING
 
 import yaml
-from pyinfra import host
-from pyinfra.api import StringCommand, operation
+from pyinfra import host, logger
+from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.api.host import Host
+from pyinfra.api.state import State
 
+from deploys.cluster_apps.node_tunnel import NAMESPACE as NODE_TUNNEL_NAMESPACE
+from facts.cloudflared import CloudflaredReady
 from oceanid.ingress import node_ingress
-from oceanid.preflight import HostPlan
+from oceanid.preflight import HostPlan, Site
 from operations import services
 from operations.failure import refuse
 from operations.managed import ManagedBinary, ManagedDirectory, ManagedFile, Manifest
+
+if TYPE_CHECKING:
+    from oceanid.cloudflare_dns import CloudflareAccess
 
 HERE = Path(__file__).parent
 BINARY = "/usr/local/bin/cloudflared"
@@ -90,13 +98,74 @@ def in_cluster(plan: HostPlan) -> bool:
     return plan.settings.node_tunnel_in_cluster()
 
 
+#: How long the host connector waits for another connector on its tunnel before it stops,
+#: and how often the API is asked meanwhile.
+HAND_OVER_TIMEOUT = 120.0
+HAND_OVER_INTERVAL = 5.0
+
+
+def _other_connector_up(
+    state: State,
+    host: Host,
+    access: CloudflareAccess,
+    tunnel_id: str,
+    own_id: str | None,
+    unit_name: str,
+    timeout: float,
+    interval: float,
+    check: str,
+) -> bool:
+    """Callback, run on the operator's machine just before the stop: the API must show a
+    connected connector other than this host's. False (the operation fails, the unit keeps
+    running) when none appears within ``timeout``."""
+    from oceanid.cloudflare_dns import CloudflareError, wait_for_other_connector
+
+    try:
+        other = wait_for_other_connector(
+            access.client(),
+            access.account_id,
+            tunnel_id,
+            own_id,
+            timeout=timeout,
+            interval=interval,
+            say=host.log,
+            check=check,
+        )
+    except CloudflareError as error:
+        host.log_styled(f"{unit_name} keeps running: {error}", fg="red", log_func=logger.error)
+        return False
+    host.log(f"Cloudflare: connector {other} serves tunnel {tunnel_id}; stopping {unit_name}")
+    return True
+
+
 @operation()
-def stopped(manifest: Manifest, unit_name: str):
+def stopped(
+    manifest: Manifest,
+    unit_name: str,
+    access: CloudflareAccess,
+    tunnel_id: str,
+    metrics_address: str,
+    timeout: float = HAND_OVER_TIMEOUT,
+    interval: float = HAND_OVER_INTERVAL,
+    check: str = "that the cluster's connector runs on this node",
+):
     """
-    Stop and disable the host connector while the cluster's DaemonSet serves the tunnel.
+    Stop and disable the host connector once another connector serves its tunnel.
 
     + manifest: the GPU host's Manifest (its units include `unit_name`)
     + unit_name: the connector's unit
+    + access: ``CloudflareAccess`` (API token, account id): the tunnel's connectors are read
+      from the machine running pyinfra
+    + tunnel_id: the tunnel the unit serves
+    + metrics_address: the unit's ``metrics:`` address, whose ``/ready`` gives its connector ID
+    + timeout: seconds to wait for another connector before failing, the unit left running
+    + interval: seconds between two reads of the tunnel's connections
+    + check: what the failure tells the operator to check
+
+    Make before break: a running unit stops only after the API lists a connected connector
+    whose ID is not this unit's (cloudflared's ``/ready`` answers ``connectorId``; the API's
+    ``/connections`` lists each connector by that ID). A unit enabled but not running is only
+    disabled: it serves nothing.
     """
     if manifest.unreadable():
         yield from refuse(manifest.unreadable_message())
@@ -107,20 +176,34 @@ def stopped(manifest: Manifest, unit_name: str):
     if not enabled and not active:
         host.noop(f"{unit_name} is stopped and disabled (the cluster's DaemonSet serves it)")
         return
+    if active:
+        ready = host.get_fact(CloudflaredReady, metrics_address=metrics_address)
+        own_id = ready["connector_id"] if ready else None
+        if ready and ready["status"] == 200 and not own_id:
+            yield from refuse(
+                f"{unit_name} is connected but its /ready at {metrics_address} names no "
+                "connectorId, so its connector cannot be told from the cluster's; it keeps "
+                "running: check that the host runs the pinned cloudflared"
+            )
+            return
+        if not host.state.is_executing:
+            host.log(
+                f"would wait for another connector on tunnel {tunnel_id}, then stop {unit_name}"
+            )
+        yield FunctionCommand(
+            _other_connector_up,
+            (access, tunnel_id, own_id, unit_name, timeout, interval, check),
+            {},
+        )
     yield StringCommand("systemctl", "disable", "--now", unit_name)
 
 
 def deploy(manifest: Manifest, inputs: list[str], plan: HostPlan) -> None:
     """The pinned cloudflared and the connector's unit, restarted when its binary, config or
     credential changed; a new cloudflared that does not come up is rolled back. With the
-    tunnel in the cluster, the unit is stopped and disabled instead (its files stay, so
-    switching back starts it again at once)."""
+    tunnel in the cluster, the unit is left to `hand_over`, queued after the cluster's part
+    (its files stay, so switching back starts it again at once)."""
     if in_cluster(plan):
-        stopped(
-            name="cloudflared-node stopped (tunnel served by the cluster)",
-            manifest=manifest,
-            unit_name=UNIT,
-        )
         return
     services.binary_service(
         manifest,
@@ -128,4 +211,34 @@ def deploy(manifest: Manifest, inputs: list[str], plan: HostPlan) -> None:
         unit_name=UNIT,
         unit_file=UNIT_FILE,
         inputs=inputs,
+    )
+
+
+def hand_over(manifest: Manifest, plan: HostPlan, site: Site) -> None:
+    """With the tunnel in the cluster, stop the host connector once the cluster's serves it.
+
+    Queue it after the cluster's part of the run (deploys/site.py: after k3s), so that the
+    DaemonSet exists before the wait. The reverse switch needs no wait: `deploy` starts the
+    host connector first, and the DaemonSet is removed by the server's part afterwards."""
+    if not in_cluster(plan):
+        return
+    from oceanid.cloudflare_dns import CloudflareAccess
+
+    access = CloudflareAccess(
+        api_token=site.secrets["cloudflareApiToken"],
+        account_id=site.secrets["cloudflareAccountId"],
+        zone_id=site.secrets.get("cloudflareZoneId") or "",
+        base_url=plan.settings.cloudflare_api_base_url,
+    )
+    stopped(
+        name="cloudflared-node stopped (tunnel served by the cluster)",
+        manifest=manifest,
+        unit_name=UNIT,
+        access=access,
+        tunnel_id=plan.node_tunnel_id,
+        metrics_address=plan.settings.cloudflared_metrics_address,
+        check=(
+            f"the cluster's connector pod on {plan.name} (kubectl -n {NODE_TUNNEL_NAMESPACE} "
+            "get pods -o wide; kubectl logs of that pod) and that k3s applied its manifest"
+        ),
     )

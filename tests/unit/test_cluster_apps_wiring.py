@@ -15,7 +15,7 @@ import subprocess
 import pyinfra
 import pytest
 import yaml
-from pyinfra.api import Config, FileUploadCommand, Inventory, State, StringCommand
+from pyinfra.api import Config, FileUploadCommand, FunctionCommand, Inventory, State, StringCommand
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
 
@@ -23,6 +23,7 @@ from deploys import cluster_apps
 from deploys.cluster_apps.objects import SECRETS_ANNOTATION
 from deploys.gpu_host import cloudflared_node
 from deploys.k3s import server
+from facts.cloudflared import CloudflaredReady
 from facts.managed import ManagedState, PathState, empty_state, script
 from operations import managed
 from operations.managed import Manifest
@@ -199,6 +200,9 @@ def test_the_fact_reads_a_secret_file_as_salted_line_hashes_only(tmp_path) -> No
     assert managed.secret_changes(new, hashes) == "; keys: ns/s: A changes"
 
 
+HOST_CONNECTOR = "6b3c1c2e-3f4a-4e43-9d1c-1d5b0f3d8a11"
+
+
 @pytest.mark.parametrize("mode", ["daemonset", "host"])
 def test_the_host_connector_follows_node_tunnel_mode(make_site, mode) -> None:
     """daemonset: the DaemonSet manifest is rendered and the host unit, enabled and active,
@@ -223,7 +227,8 @@ def test_the_host_connector_follows_node_tunnel_mode(make_site, mode) -> None:
             "paths": paths,
             "record": (json.dumps(manifest.declared(), indent=1, sort_keys=True) + "\n").encode(),
             "units": {cloudflared_node.UNIT: unit},
-        }
+        },
+        CloudflaredReady: {"status": 200, "ready_connections": 4, "connector_id": HOST_CONNECTOR},
     }
     inventory = Inventory((["calypso"], {}))
     state = State(inventory, Config())
@@ -237,17 +242,25 @@ def test_the_host_connector_follows_node_tunnel_mode(make_site, mode) -> None:
     state.activate_host(host)
     with ctx_state.use(state), ctx_host.use(host):
         cloudflared_node.deploy(manifest, inputs, plan)
+        cloudflared_node.hand_over(manifest, plan, site)
         commands = []
         for op_hash in state.get_op_order():
             host.current_op_hash = op_hash
             commands += list(state.ops[host][op_hash].command_generator())
+    waits = [c for c in commands if isinstance(c, FunctionCommand)]
+    commands = [c for c in commands if not isinstance(c, FunctionCommand)]
     text = "\n".join(str(getattr(c, "get_raw_value", lambda c=c: c)()) for c in commands)
     rendered = cluster_apps.manifest_files(site, plan.settings)
     daemonset = cluster_apps.path("node-tunnel") in {f.path for f in rendered}
     if mode == "daemonset":
         assert daemonset
         assert text == f"systemctl disable --now {cloudflared_node.UNIT}"
+        # make before break: the stop waits for a connector other than the host's own
+        (wait,) = waits
+        assert wait.function.__name__ == "_other_connector_up"
+        assert wait.args[1:3] == (plan.node_tunnel_id, HOST_CONNECTOR)
     else:
+        assert not waits
         assert not daemonset
         assert f"systemctl enable {cloudflared_node.UNIT}" in text
         assert "start" in text
