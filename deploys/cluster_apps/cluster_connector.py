@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from deploys.cluster_apps import label_studio, objects
+from oceanid.ingress import CATCH_ALL_SERVICE
 from oceanid.settings import Settings
 from oceanid.tunnel_credentials import TunnelCredential
 
@@ -52,24 +53,32 @@ def config(settings: Settings, tunnel_id: str, credential: TunnelCredential) -> 
     document: dict[str, Any] = {"tunnel": tunnel_id}
     if credential.kind == "credentials-file":
         document["credentials-file"] = f"{CREDENTIAL_DIR}/credentials.json"
-    ingress = []
-    if settings.cluster_apps.label_studio.enabled:
-        ingress.append(
-            {
-                "hostname": label_studio.public_host(settings),
-                "service": label_studio.SERVICE_URL,
-            }
-        )
-    ingress.append({"service": "http_status:404"})
     document.update(
         {
             "protocol": settings.tunnel_protocol,
             "no-autoupdate": True,
             "metrics": f"0.0.0.0:{METRICS_PORT}",  # the kubelet probes /ready here
-            "ingress": ingress,
+            "ingress": ingress(settings),
         }
     )
     return document
+
+
+def ingress(settings: Settings) -> list[dict[str, Any]]:
+    """The cluster tunnel's rules: Label Studio's public name to its Service, then the
+    catch-all. The same list goes to the config file and, where Cloudflare manages the
+    tunnel's configuration, through the API (deploys/dns), since cloudflared runs a stored
+    configuration in place of its file."""
+    rules = []
+    if settings.cluster_apps.label_studio.enabled:
+        rules.append(
+            {
+                "hostname": label_studio.public_host(settings),
+                "service": label_studio.SERVICE_URL,
+            }
+        )
+    rules.append({"service": CATCH_ALL_SERVICE})
+    return rules
 
 
 def args(credential: TunnelCredential) -> list[str]:

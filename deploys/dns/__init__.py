@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from deploys.cluster_apps import cluster_connector
 from oceanid.ingress import node_ingress, public_names
 from oceanid.preflight import K3S_SERVERS, HostPlan, Site
 
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 
 
 def records(plan: HostPlan, site: Site) -> tuple[list[DesiredRecord], dict]:
-    """This host's records, and the ingress of its node tunnel (if Cloudflare manages it)."""
+    """This host's records, and the ingress of its tunnels (applied where Cloudflare manages
+    a tunnel's configuration; a locally-managed tunnel keeps its config file's)."""
     from oceanid.cloudflare_dns import DesiredRecord, tunnel_target
 
     base = plan.settings.base_domain
@@ -32,6 +34,10 @@ def records(plan: HostPlan, site: Site) -> tuple[list[DesiredRecord], dict]:
     ingress: dict = {}
     if K3S_SERVERS in plan.roles and site.cluster_tunnel_id:
         wanted.append(DesiredRecord(f"label.{base}", tunnel_target(site.cluster_tunnel_id)))
+        if plan.settings.cluster_apps.cluster_connector:
+            # the deploy's connector's own rules: where Cloudflare holds a configuration for the
+            # cluster tunnel (a stale one from an earlier stack, say), cloudflared runs that one
+            ingress[site.cluster_tunnel_id] = cluster_connector.ingress(plan.settings)
     if plan.gpu is not None and plan.node_tunnel_id:
         name = f"{plan.gpu.public_name}.{base}"
         for public in public_names(name, plan.gpu.service):  # the GPU name, the adapter's
