@@ -77,12 +77,16 @@ def edge_sees(name: str) -> None:
     """Tell the API stand-in what Cloudflare's edge would know: the connector's own /ready."""
     answer = ssh(name, "curl -s --max-time 5 http://127.0.0.1:2200/ready || true").stdout
     try:
-        connections = int(json.loads(answer).get("readyConnections", 0))
+        ready = json.loads(answer)
+        connections = int(ready.get("readyConnections", 0))
     except ValueError:
-        connections = 0
+        ready, connections = {}, 0
     values = yaml.safe_load(SECRETS_FILE.read_text())
     tunnel = values[NODE_TUNNEL_KEYS[name]]
-    body = {"connectors": [{"conns": connections}] if connections else []}
+    # listed by its own connector ID, as the edge lists a connector (the hand-over to the
+    # cluster tells the host's connector from another by it: deploys/gpu_host/cloudflared_node)
+    connector = {"conns": connections, "id": ready.get("connectorId")}
+    body = {"connectors": [connector] if connections else []}
     request = urllib.request.Request(
         f"{CLOUDFLARE_URL}/__standin__/tunnels/{tunnel}/connectors",
         data=json.dumps(body).encode(),
