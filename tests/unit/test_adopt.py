@@ -87,7 +87,12 @@ def test_the_plan_names_what_is_adopted_replaced_and_refused(tmp_path, lab_secre
     assert "gpu.boathou.se points at A 192.0.2.7" in refused
     assert "cloudflare_takeover_records" in refused
     assert any(line.startswith(f"REPLACE set ingress of tunnel calypso ({node})") for line in lines)
-    assert f"ADOPT tunnel oceanid-cluster ({cluster}, ESC cloudflareTunnelId)" in lines
+    # the cluster tunnel's routes are the deploy's too (issue 20 item 7): a locally managed
+    # one keeps them in its connector's file
+    assert (
+        f"LOCAL tunnel oceanid-cluster ({cluster}) is locally managed: ingress comes from its "
+        "config file"
+    ) in lines
     assert any(line.startswith("KEEP k3s on tethys: provisioning is off") for line in lines)
     assert f"pulumi state delete --yes '{urn}cloudflare:index/record:Record::label'" in lines
     assert f"pulumi state delete --yes '{urn}{config}::node'" in lines
