@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 from typing import Any, TypedDict
 
-from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 from typing_extensions import override
 
-from facts.k3s import API_UNAVAILABLE_MARKER
+from facts.k3s import K3sApiFact
 
 
 class FailedJob(TypedDict):
@@ -35,7 +34,7 @@ def _failed(item: dict[str, Any]) -> FailedJob | None:
     return None
 
 
-class K3sFailedJobs(FactBase[list[FailedJob] | None]):
+class K3sFailedJobs(K3sApiFact[list[FailedJob]]):
     """
     Returns the Jobs of every namespace whose `Failed` condition is true (the Job gave up:
     its retries or its deadline spent), or ``None`` when the API does not answer.
@@ -45,21 +44,10 @@ class K3sFailedJobs(FactBase[list[FailedJob] | None]):
     morning.
     """
 
-    @override
-    def requires_command(self) -> str:
-        return "k3s"
+    KUBECTL_GET = "jobs -A -o json --request-timeout=10s"
 
     @override
-    def command(self) -> str:
-        return (
-            "k3s kubectl get jobs -A -o json --request-timeout=10s"
-            f" || echo '{API_UNAVAILABLE_MARKER}'"
-        )
-
-    @override
-    def process(self, output: list[str]) -> list[FailedJob] | None:
-        if output == [API_UNAVAILABLE_MARKER]:
-            return None
+    def parse(self, output: list[str]) -> list[FailedJob]:
         try:
             items = json.loads("\n".join(output))["items"]
             return [job for item in items if (job := _failed(item)) is not None]

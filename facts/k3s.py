@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
@@ -23,6 +23,37 @@ VERSION_RE = re.compile(r"^k3s version (v\S+)")
 # Printed instead of the JSON when kubectl gets no answer from the API (server stopped, starting).
 API_UNAVAILABLE_MARKER = "##k3s-api-unavailable"
 OUR_ANNOTATIONS = "oceanid.cluster/"
+
+T = TypeVar("T")
+
+
+class K3sApiFact(FactBase[T]):
+    """What the server's API answers to ``k3s kubectl get KUBECTL_GET``, parsed by `parse`;
+    ``None`` when the API does not answer (k3s absent, stopped, starting).
+
+    A stopped API is a state to report, not a failed host: kubectl's error goes to stderr, the
+    marker to stdout. Each subclass's KUBECTL_GET bounds the wait (``--request-timeout``) for
+    a server that accepts but does not answer.
+    """
+
+    KUBECTL_GET = ""
+
+    @override
+    def requires_command(self) -> str:
+        return "k3s"
+
+    @override
+    def command(self) -> str:
+        return f"k3s kubectl get {self.KUBECTL_GET} || echo '{API_UNAVAILABLE_MARKER}'"
+
+    @override
+    def process(self, output: list[str]) -> T | None:
+        if output == [API_UNAVAILABLE_MARKER]:
+            return None
+        return self.parse(output)
+
+    def parse(self, output: list[str]) -> T:
+        raise NotImplementedError
 
 
 class K3sTaint(TypedDict):
@@ -88,7 +119,7 @@ def _node(raw: dict[str, Any]) -> K3sNode:
     )
 
 
-class K3sNodes(FactBase[list[K3sNode] | None]):
+class K3sNodes(K3sApiFact[list[K3sNode]]):
     """
     Returns the cluster's nodes as the API on this (server) host sees them, or ``None`` when k3s
     is absent or its API does not answer.
@@ -112,23 +143,10 @@ class K3sNodes(FactBase[list[K3sNode] | None]):
         ]
     """
 
-    @override
-    def requires_command(self) -> str:
-        return "k3s"
+    KUBECTL_GET = "nodes -o json --request-timeout=10s"
 
     @override
-    def command(self) -> str:
-        # A stopped API is a state to report, not a failed host: kubectl's error goes to stderr,
-        # the marker to stdout. The timeout bounds a server that accepts but does not answer.
-        return (
-            "k3s kubectl get nodes -o json --request-timeout=10s"
-            f" || echo '{API_UNAVAILABLE_MARKER}'"
-        )
-
-    @override
-    def process(self, output: list[str]) -> list[K3sNode] | None:
-        if output == [API_UNAVAILABLE_MARKER]:
-            return None
+    def parse(self, output: list[str]) -> list[K3sNode]:
         try:
             document = json.loads("\n".join(output))
             return [_node(item) for item in document["items"]]
@@ -267,7 +285,7 @@ ADDONS_JSONPATH = '{range .items[*]}{.metadata.name}{" "}{.spec.checksum}{"\\n"}
 ADDON_LINE = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?( [0-9a-f]{64})?")
 
 
-class K3sAddons(FactBase[dict[str, str] | None]):
+class K3sAddons(K3sApiFact[dict[str, str]]):
     """
     Returns the Addons k3s keeps for its auto-deploy manifests, as name -> ``spec.checksum``
     (the SHA-256 of the content it last applied; "" before its first successful apply), or
@@ -278,21 +296,12 @@ class K3sAddons(FactBase[dict[str, str] | None]):
         {"oceanid-label-studio": "9f86d0...", "runtimes": "4e07a1...", "coredns": "..."}
     """
 
-    @override
-    def requires_command(self) -> str:
-        return "k3s"
+    KUBECTL_GET = (
+        f"addons.k3s.cattle.io -n kube-system --request-timeout=10s -o jsonpath='{ADDONS_JSONPATH}'"
+    )
 
     @override
-    def command(self) -> str:
-        return (
-            "k3s kubectl get addons.k3s.cattle.io -n kube-system --request-timeout=10s"
-            f" -o jsonpath='{ADDONS_JSONPATH}' || echo '{API_UNAVAILABLE_MARKER}'"
-        )
-
-    @override
-    def process(self, output: list[str]) -> dict[str, str] | None:
-        if output == [API_UNAVAILABLE_MARKER]:
-            return None
+    def parse(self, output: list[str]) -> dict[str, str]:
         found = {}
         for line in filter(None, (line.strip() for line in output)):
             if not ADDON_LINE.fullmatch(line):
