@@ -7,7 +7,7 @@ here in a single shell command; its operations then compare against that.
 `ManagedStates` reads several roles of a host the same way, in one command for them all.
 
 The command is a constant `sh -s`; the script it runs comes on stdin (`script()`, passed
-as pyinfra's `_stdin` by `Manifest.state`). A script passed as the `sh -c` argument is
+as pyinfra's `_stdin` by `DesiredState.state`). A script passed as the `sh -c` argument is
 refused by the kernel past 128 KiB, which a few hundred model files with `--diff` reach.
 The script is all function definitions and one call at the end, so the shell has read
 all of it before it prints anything: a writer that sends the whole script before reading

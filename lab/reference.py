@@ -26,7 +26,7 @@ from pyinfra.operations import apt, files, server, systemd
 from deploys import base, gpu_host, k3s
 from deploys.gpu_host import cloudflared_node
 from oceanid.preflight import HostPlan, Site
-from operations.managed import Manifest
+from operations.managed import DesiredState
 
 LOGIN_SHELL = "/bin/bash"  # `managed.account`'s shell for a new login account
 SYSTEM_SHELL = "/usr/sbin/nologin"  # and for a new system (service) account
@@ -41,7 +41,7 @@ OPERATIONS = {
 }
 
 
-def declared(plan: HostPlan, site: Site) -> list[Manifest]:
+def declared(plan: HostPlan, site: Site) -> list[DesiredState]:
     """This host's manifests, declared as deploys/site.py declares them (nothing is read)."""
     manifests = [base.manifest(plan)]
     if plan.gpu is not None:
@@ -52,7 +52,7 @@ def declared(plan: HostPlan, site: Site) -> list[Manifest]:
     return manifests
 
 
-def host_ops(plan: HostPlan, manifests: list[Manifest], arch: str | None):
+def host_ops(plan: HostPlan, manifests: list[DesiredState], arch: str | None):
     """`reference_ops` for this host: its operators' account and keys, and the units the
     site keeps stopped here (the tunnel connector, while the cluster runs that tunnel)."""
     stopped = set()
@@ -68,7 +68,7 @@ def host_ops(plan: HostPlan, manifests: list[Manifest], arch: str | None):
 
 
 def reference_ops(
-    manifests: list[Manifest],
+    manifests: list[DesiredState],
     arch: str | None,
     *,
     login: str | None = None,

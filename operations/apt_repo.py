@@ -16,7 +16,7 @@ import hashlib
 from pyinfra import host
 from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
 
-from operations.managed import ManagedFile, Manifest, _attributes_differ, _replace_commands
+from operations.managed import ManagedFile, DesiredState, _attributes_differ, _replace_commands
 
 # The key's download gives up rather than hold the run: KEY_CONNECT_WAIT seconds to connect,
 # KEY_WAIT for one try (a key is a few kB), and no new try after KEY_RETRY_WAIT seconds.
@@ -150,7 +150,7 @@ def _fetch_and_verify(key_url: str, fingerprint: str, keyring: str) -> StringCom
 
 @operation()
 def signed_repository(
-    manifest: Manifest,
+    manifest: DesiredState,
     key_url: str,
     fingerprint: str,
     keyring: str,
@@ -160,7 +160,7 @@ def signed_repository(
     """
     Trust a repository's key (by fingerprint), then point apt at it and refresh apt.
 
-    + manifest: the role's Manifest; its `read` lists `keyring` and `sources_list`, so each
+    + manifest: the role's DesiredState; its `read` lists `keyring` and `sources_list`, so each
       run sees both in the role's one fact
     + key_url: where the ASCII-armoured public key is published
     + fingerprint: the 40-hex-digit fingerprint the key must have

@@ -21,7 +21,7 @@ from operations.failure import refuse
 from operations.managed import (
     ManagedBinary,
     ManagedFile,
-    Manifest,
+    DesiredState,
     _download_commands,
     _log_once,
     _replace_commands,
@@ -40,12 +40,12 @@ PULL_KILL_AFTER = 30  # seconds after SIGTERM before `timeout` sends SIGKILL
 INSPECT = "docker image inspect -f '{{.Id}} {{json .RepoDigests}}'"
 
 
-def probe_engine(manifest: Manifest) -> None:
+def probe_engine(manifest: DesiredState) -> None:
     """Have the role's one fact say where dockerd is ("-" when no Docker is installed)."""
     manifest.probes[ENGINE_PROBE] = "command -v dockerd || echo -"
 
 
-def engine(manifest: Manifest) -> str | None:
+def engine(manifest: DesiredState) -> str | None:
     """dockerd's path as the role's fact read it, or None when no Docker is installed."""
     lines = [line for line in manifest.probe(ENGINE_PROBE) if line.strip()]
     return None if not lines or lines[0] == "-" else lines[0]
@@ -55,7 +55,7 @@ def _image_probe(image: str) -> str:
     return f"docker image {image}"
 
 
-def probe_image(manifest: Manifest, image: str) -> None:
+def probe_image(manifest: DesiredState, image: str) -> None:
     """Have the role's one fact read whether `image` is on disk: its ID and repo digests."""
     manifest.probes[_image_probe(image)] = " ".join(
         [INSPECT, shlex.quote(image), "2>/dev/null", "||", "echo", "-"]
@@ -67,7 +67,7 @@ def _digest(image: str) -> str | None:
     return image.rsplit("@", 1)[1] if "@" in image else None
 
 
-def on_disk(manifest: Manifest, image: str) -> str | None:
+def on_disk(manifest: DesiredState, image: str) -> str | None:
     """The image's ID when the fact found `image` on disk as pinned: an ID must be the
     image's own, a digest must be among its repo digests. None otherwise."""
     lines = [line for line in manifest.probe(_image_probe(image)) if line.strip()]
@@ -119,7 +119,7 @@ def _pull_command(image: str, archive_setting: str) -> StringCommand:
 
 @operation()
 def image(
-    manifest: Manifest,
+    manifest: DesiredState,
     image: str,
     archive_url: str | None = None,
     archive_sha256: str | None = None,
@@ -129,7 +129,7 @@ def image(
     """
     Make a container image present on disk before the unit that runs it starts.
 
-    + manifest: the role's Manifest, probing the image (`probe_image`)
+    + manifest: the role's DesiredState, probing the image (`probe_image`)
     + image: the reference the unit runs: ``registry/name:tag[@sha256:…]`` or an image ID
     + archive_url: a `docker save` archive holding the image, for a host without a registry
     + archive_sha256: the archive's pinned SHA-256
@@ -205,7 +205,7 @@ def merged_daemon_json(
     return {**data, "runtimes": {**present, **runtimes}}, None
 
 
-def daemon_json_changes(manifest: Manifest, path: str, runtimes: dict[str, dict]) -> bool:
+def daemon_json_changes(manifest: DesiredState, path: str, runtimes: dict[str, dict]) -> bool:
     """Whether `daemon_json` writes the file in this run (so Docker must restart).
 
     A file the role's record lists but no longer declares is removed by `sweep` before
@@ -217,11 +217,11 @@ def daemon_json_changes(manifest: Manifest, path: str, runtimes: dict[str, dict]
 
 
 @operation()
-def daemon_json(manifest: Manifest, path: str, runtimes: dict[str, dict]):
+def daemon_json(manifest: DesiredState, path: str, runtimes: dict[str, dict]):
     """
     Merge container runtimes into Docker's daemon.json, keeping every other setting.
 
-    + manifest: the role's Manifest; its `read` lists `path`
+    + manifest: the role's DesiredState; its `read` lists `path`
     + path: Docker's daemon.json
     + runtimes: runtime name -> its definition (``{"path": …, "args": []}``)
 

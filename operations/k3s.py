@@ -36,29 +36,29 @@ from facts.k3s import (
 )
 from oceanid.settings import short_name
 from operations.failure import fail_host, first_time, refuse
-from operations.managed import Manifest
+from operations.managed import DesiredState
 
 MANAGED_LABELS = "oceanid.cluster/managed-labels"  # annotation: the label keys we set
 MANAGED_TAINTS = "oceanid.cluster/managed-taints"  # annotation: the taints (key:Effect) we set
 JOIN_WAIT = 300  # seconds an agent waits for the server's API before it starts
 NODES_WAIT = 300  # seconds the server waits for the nodes to register (a fresh cluster)
 AGENT_TOKEN_WAIT = 120  # seconds an agent waits for k3s to write the server's agent token
-# The role's Manifest probes (read in its one ManagedState, not a fact of their own each)
+# The role's DesiredState probes (read in its one ManagedState, not a fact of their own each)
 INSTALL_PROBE = "k3s install"  # K3sInstall's command: every k3s node
 NODES_PROBE = "k3s nodes"  # K3sNodes' command: the first server, which reconciles the labels
 
 
-def probe_install(manifest: Manifest) -> None:
+def probe_install(manifest: DesiredState) -> None:
     """Have the role's one fact read what `install_state` needs."""
     manifest.probes[INSTALL_PROBE] = K3sInstall().command()
 
 
-def probe_nodes(manifest: Manifest) -> None:
+def probe_nodes(manifest: DesiredState) -> None:
     """Have the role's one fact read the cluster's nodes (`nodes_state`)."""
     manifest.probes[NODES_PROBE] = K3sNodes().command()
 
 
-def install_state(manifest: Manifest) -> dict:
+def install_state(manifest: DesiredState) -> dict:
     """`K3sInstall` as read by the role's fact (k3s absent where it could not be read: the
     role's operations refuse that host anyway). Output that is not k3s's fails the host."""
     try:
@@ -68,7 +68,7 @@ def install_state(manifest: Manifest) -> dict:
         return K3sInstall().process([])
 
 
-def nodes_state(manifest: Manifest) -> list[K3sNode] | None:
+def nodes_state(manifest: DesiredState) -> list[K3sNode] | None:
     """`K3sNodes` as read by the role's fact; None (the API did not answer) also when the
     output is not kubectl's, as at execution (`_reconcile_at_execution`)."""
     lines = manifest.probe(NODES_PROBE)
@@ -84,11 +84,11 @@ def token_sha256(token: str) -> str:
 
 
 @operation()
-def cluster_token(manifest: Manifest, expected_sha256: str | None):
+def cluster_token(manifest: DesiredState, expected_sha256: str | None):
     """
     Refuse to go on when this server's cluster has a token other than ours.
 
-    + manifest: the server role's Manifest, probing `K3sInstall` (`probe_install`)
+    + manifest: the server role's DesiredState, probing `K3sInstall` (`probe_install`)
     + expected_sha256: `token_sha256` of ESC ``k3s_token``, or None when ESC has none
 
     k3s keeps its token in ``/var/lib/rancher/k3s/server/token``; a config naming another would
@@ -111,11 +111,11 @@ def cluster_token(manifest: Manifest, expected_sha256: str | None):
 
 
 @operation()
-def kernel(manifest: Manifest, modules_file: str, sysctl_file: str, modules: Sequence[str]):
+def kernel(manifest: DesiredState, modules_file: str, sysctl_file: str, modules: Sequence[str]):
     """
     Apply the kernel modules and sysctls k3s needs when their files changed.
 
-    + manifest: the role's Manifest, holding both files
+    + manifest: the role's DesiredState, holding both files
     + modules_file: the modules-load.d file (its modules are loaded now)
     + sysctl_file: the sysctl.d file (applied now with ``sysctl -p``)
     + modules: the modules the file lists
@@ -442,12 +442,12 @@ def _reconcile_at_execution(state, host, wanted: Mapping[str, dict], wait: int) 
 
 @operation()
 def node_labels(
-    wanted: Mapping[str, dict], manifest: Manifest | None = None, wait: int = NODES_WAIT
+    wanted: Mapping[str, dict], manifest: DesiredState | None = None, wait: int = NODES_WAIT
 ):
     """
     Reconcile the nodes' labels and taints from data, through the API (one ``get nodes``).
 
-    + manifest: the first server's Manifest, probing `K3sNodes` (`probe_nodes`); None elsewhere
+    + manifest: the first server's DesiredState, probing `K3sNodes` (`probe_nodes`); None elsewhere
     + wanted: node name -> ``{"labels": {key: value}, "taints": ["key[=value]:Effect"]}``;
       empty on every node but the first server (all queue it, so it runs after all joined)
     + wait: how long a fresh cluster's nodes may take to register (execution only)
@@ -484,12 +484,12 @@ def node_labels(
 
 
 @operation()
-def report(manifest: Manifest):
+def report(manifest: DesiredState):
     """
     The minimal deploy (``enable_node_provisioning`` off): one line saying what k3s this node
     runs, changing nothing.
 
-    + manifest: a Manifest of nothing but `probe_install` (still one batched fact)
+    + manifest: a DesiredState of nothing but `probe_install` (still one batched fact)
     """
     found = install_state(manifest)
     version = found["version"] or "not installed"
@@ -552,7 +552,7 @@ def version_step_problem(installed: str | None, wanted: str) -> str | None:
     return None
 
 
-def refuse_now(manifest: Manifest, version: str, datastore_args: dict | None = None) -> None:
+def refuse_now(manifest: DesiredState, version: str, datastore_args: dict | None = None) -> None:
     """While the deploy file runs: fail this host at once when `version_step` (and, for a
     server, `datastore` with `datastore_args`) would refuse it. With ``-y`` pyinfra runs no
     operation's body before executing, so without this the host's earlier steps (the base
@@ -568,11 +568,11 @@ def refuse_now(manifest: Manifest, version: str, datastore_args: dict | None = N
 
 
 @operation()
-def version_step(manifest: Manifest, version: str):
+def version_step(manifest: DesiredState, version: str):
     """
     Refuse, before anything runs, a k3s upgrade that skips a minor version or goes back one.
 
-    + manifest: the node's role Manifest, probing `K3sInstall` (`probe_install`)
+    + manifest: the node's role DesiredState, probing `K3sInstall` (`probe_install`)
     + version: the pinned version (settings ``k3s.version``)
     """
     installed = install_state(manifest)["version"]
@@ -600,11 +600,11 @@ def datastore_problem(found: dict, cluster_init: bool, convert: bool, key: str) 
 
 
 @operation()
-def datastore(manifest: Manifest, cluster_init: bool, convert: bool, key: str):
+def datastore(manifest: DesiredState, cluster_init: bool, convert: bool, key: str):
     """
     Refuse to start a SQLite datastore's server with ``cluster-init``, unless data says so.
 
-    + manifest: the server's role Manifest, probing `K3sInstall` (`probe_install`)
+    + manifest: the server's role DesiredState, probing `K3sInstall` (`probe_install`)
     + cluster_init: whether this server's config.yaml sets ``cluster-init``
     + convert: the host's ``k3s.convert_datastore_to_etcd``
     + key: that setting's full key, for the message
@@ -660,11 +660,11 @@ def _take_snapshot(state, host, name: str, version: str) -> bool:
 
 
 @operation()
-def etcd_snapshot(manifest: Manifest, version: str):
+def etcd_snapshot(manifest: DesiredState, version: str):
     """
     Take an etcd snapshot on the first server before its k3s binary is replaced.
 
-    + manifest: the first server's role Manifest, probing `K3sInstall` (`probe_install`)
+    + manifest: the first server's role DesiredState, probing `K3sInstall` (`probe_install`)
     + version: the version being installed; the snapshot is ``pre-upgrade-<version>``
 
     A minor version migrates what the datastore holds and cannot be rolled back without it;
@@ -686,7 +686,7 @@ def etcd_snapshot(manifest: Manifest, version: str):
     yield FunctionCommand(_take_snapshot, (name, version), {})
 
 
-def replaced_binaries(manifest: Manifest) -> list[str]:
+def replaced_binaries(manifest: DesiredState) -> list[str]:
     """The manifest's binaries this run replaces that were there before (an upgrade)."""
     current = manifest.state()["paths"]
     return [
@@ -737,7 +737,7 @@ def _server_done(state, host) -> bool:
     return True
 
 
-def server_turn(manifest: Manifest, version: str) -> tuple[FunctionCommand, FunctionCommand]:
+def server_turn(manifest: DesiredState, version: str) -> tuple[FunctionCommand, FunctionCommand]:
     """The commands around a server's restart on a new binary (`services.binary_service`'s
     `around`): one server at a time, none after one that failed in this run."""
     return (
@@ -780,11 +780,11 @@ def _servers_upgraded(state, host, servers: Sequence[str], version: str) -> bool
 
 
 @operation()
-def servers_first(manifest: Manifest, servers: Sequence[str], version: str):
+def servers_first(manifest: DesiredState, servers: Sequence[str], version: str):
     """
     Let an agent's k3s binary change only once every server runs that version in this run.
 
-    + manifest: the agent's role Manifest, probing `K3sInstall` (`probe_install`)
+    + manifest: the agent's role DesiredState, probing `K3sInstall` (`probe_install`)
     + servers: the k3s servers' inventory names
     + version: the version the agent is given
 
@@ -835,12 +835,12 @@ APPLY_FAILURES = (
 )
 
 
-def probe_addons(manifest: Manifest) -> None:
+def probe_addons(manifest: DesiredState) -> None:
     """Have the role's one fact read the Addons' checksums (`addons_state`)."""
     manifest.probes[ADDONS_PROBE] = K3sAddons().command()
 
 
-def addons_state(manifest: Manifest) -> dict[str, str] | None:
+def addons_state(manifest: DesiredState) -> dict[str, str] | None:
     """`K3sAddons` as read by the role's fact; None where it is not known (the API did not
     answer, it was not probed, or its output is not kubectl's)."""
     lines = manifest.probe(ADDONS_PROBE)
@@ -891,12 +891,12 @@ def _applied_script(wanted: Mapping[str, str], wait: int) -> str:
 
 
 @operation()
-def manifests_applied(manifest: Manifest, paths: Sequence[str], wait: int = APPLY_WAIT):
+def manifests_applied(manifest: DesiredState, paths: Sequence[str], wait: int = APPLY_WAIT):
     """
     Confirm k3s applied the auto-deploy manifests this run writes: each file's Addon holds
     the file's SHA-256, within `wait` seconds, else the run fails with k3s's own message.
 
-    + manifest: the first server's Manifest holding the files, probing the Addons
+    + manifest: the first server's DesiredState holding the files, probing the Addons
       (`probe_addons`)
     + paths: the files in k3s's auto-deploy folder
     + wait: at most this many seconds

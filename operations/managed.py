@@ -1,6 +1,6 @@
 """Operations over a role's declared state, read once through `facts.managed.ManagedState`.
 
-A role builds one `Manifest` (its files, directories, packages, accounts); every operation
+A role builds one `DesiredState` (its files, directories, packages, accounts); every operation
 here compares the manifest with the state read in that single fact and yields commands only
 for what differs. A deploy file that declares every role's manifest first reads them all in
 one command (`read_together`). Files are replaced atomically: uploaded into a private (0700)
@@ -9,7 +9,7 @@ umask, validated, given their owner and mode, then renamed over the target, so n
 sees a half-written or briefly world-readable file.
 
 That same state read takes the host's deploy lock (`lock_args`, `_locked`): a second run on a
-host fails at once, naming the first. A file or binary that a unit reads (`Manifest.reads`) is
+host fails at once, naming the first. A file or binary that a unit reads (`DesiredState.reads`) is
 renamed into place in the same command that marks the unit as owing a restart (`OWED_DIR`);
 the unit's restart clears the mark, so a run killed in between leaves the restart to the next.
 
@@ -18,7 +18,7 @@ secret file by name only), then yields its commands: pyinfra's change detection 
 only the first command of an operation, so a report made just before each file's
 commands would show the first file only.
 
-Each role records on the host the paths it wrote (`Manifest.record_path`, read in the
+Each role records on the host the paths it wrote (`DesiredState.record_path`, read in the
 same fact); `sweep` removes what the record lists and the manifest no longer declares,
 so a file of an old shape (a tunnel's `<id>.json` after a switch to a token) is gone in
 the same run.
@@ -152,7 +152,7 @@ class ManagedBinary:
 
 
 @dataclass
-class Manifest:
+class DesiredState:
     """Everything one role manages on a host, so its state is read in one command."""
 
     name: str
@@ -320,14 +320,14 @@ class Manifest:
 _STATE_CACHE: dict[tuple, dict] = {}
 
 
-def read_together(*manifests: Manifest) -> None:
+def read_together(*manifests: DesiredState) -> None:
     """Read these roles' states on the current host in one command, for their `state()`.
 
     A deploy file that declares every role's manifest first, then calls this, reads the
     host in one round trip instead of one per role, one after the other. A manifest changed
     afterwards (another file declared) is read again by its own `state()`, never stale.
     """
-    todo: dict[tuple, tuple[Manifest, dict]] = {}
+    todo: dict[tuple, tuple[DesiredState, dict]] = {}
     for manifest in manifests:
         key, args, extra = manifest._reading()
         if key not in _STATE_CACHE:
@@ -456,7 +456,7 @@ def _attributes_differ(current: PathState, mode: str, user: str, group: str) -> 
     return (current.mode, current.user, current.group) != (mode.zfill(4), user, group)
 
 
-def _report(manifest: Manifest, managed: ManagedFile, current: PathState | None) -> None:
+def _report(manifest: DesiredState, managed: ManagedFile, current: PathState | None) -> None:
     """With --diff, say what happens to `managed` (once per run, host and operation)."""
     if not state.config.DIFF or not first_time("plan", managed.path):
         return
@@ -602,11 +602,11 @@ def _replace_commands(managed: ManagedFile, owes: tuple[str, ...] | list[str] = 
 
 
 @operation()
-def files(manifest: Manifest, paths: list[str] | None = None):
+def files(manifest: DesiredState, paths: list[str] | None = None):
     """
     Make the manifest's files (or the named ones) exactly what the manifest says.
 
-    + manifest: the role's Manifest, whose state was read in one fact
+    + manifest: the role's DesiredState, whose state was read in one fact
     + paths: only these of the manifest's files (default: all)
 
     Content is compared by SHA-256; owner and mode are fixed in place when only they
@@ -646,11 +646,11 @@ def files(manifest: Manifest, paths: list[str] | None = None):
 
 
 @operation()
-def directories(manifest: Manifest):
+def directories(manifest: DesiredState):
     """
     Make the manifest's directories exist with their owner and mode.
 
-    + manifest: the role's Manifest
+    + manifest: the role's DesiredState
     """
     if manifest.unreadable():
         yield from refuse(manifest.unreadable_message())
@@ -701,11 +701,11 @@ def directories(manifest: Manifest):
 
 
 @operation()
-def packages(manifest: Manifest, names: list[str] | None = None):
+def packages(manifest: DesiredState, names: list[str] | None = None):
     """
     Install the manifest's Debian packages that are missing (never upgrades or removes).
 
-    + manifest: the role's Manifest
+    + manifest: the role's DesiredState
     + names: only these of the manifest's packages (default: all)
     """
     if manifest.unreadable():
@@ -723,11 +723,11 @@ def packages(manifest: Manifest, names: list[str] | None = None):
 
 
 @operation()
-def account(manifest: Manifest, user: str, shell: str = "/bin/bash", system: bool = False):
+def account(manifest: DesiredState, user: str, shell: str = "/bin/bash", system: bool = False):
     """
     Make sure an account exists (never removed or modified once there).
 
-    + manifest: the role's Manifest (its users include `user`)
+    + manifest: the role's DesiredState (its users include `user`)
     + user: the account name
     + shell: the login shell for a new login account
     + system: a system account for a service: no home, no login shell
@@ -755,11 +755,11 @@ def account(manifest: Manifest, user: str, shell: str = "/bin/bash", system: boo
 
 
 @operation()
-def binaries(manifest: Manifest, keep_previous: bool = False):
+def binaries(manifest: DesiredState, keep_previous: bool = False):
     """
     Install the manifest's pinned binaries whose SHA-256 differs from the pin.
 
-    + manifest: the role's Manifest
+    + manifest: the role's DesiredState
     + keep_previous: keep the replaced binary beside it as ``<path>.previous`` (a hard link,
       made just before the rename), so a service that is unhealthy on the new one can be
       put back on it (`services.binary_service`)
@@ -899,14 +899,14 @@ def _chunks(words: list[str]) -> list[list[str]]:
 
 
 @operation()
-def sweep(manifest: Manifest):
+def sweep(manifest: DesiredState):
     """
     Remove what this role wrote and no longer wants, then record what it manages now.
 
-    + manifest: the role's Manifest (run after its files, directories and binaries)
+    + manifest: the role's DesiredState (run after its files, directories and binaries)
 
-    Only paths in the host's record (`Manifest.record_path`) that the manifest no longer
-    declares are removed (`Manifest.unwanted`): a credential of an old shape, a retired
+    Only paths in the host's record (`DesiredState.record_path`) that the manifest no longer
+    declares are removed (`DesiredState.unwanted`): a credential of an old shape, a retired
     model's files. Directories go only when empty. The record is rewritten last, so a
     run that fails before it removes the same paths next time.
     """

@@ -21,7 +21,7 @@ from pyinfra import host
 from pyinfra.api import FunctionCommand, QuoteString, StringCommand, operation
 
 from operations import managed
-from operations.managed import OWED_DIR, Manifest
+from operations.managed import OWED_DIR, DesiredState
 
 SETTLE = 2  # seconds a started unit must stay active
 START_WAIT = 150  # seconds the deploy waits for a unit to finish starting
@@ -95,7 +95,7 @@ def _started_and_alive(
 
 
 def actions(
-    manifest: Manifest,
+    manifest: DesiredState,
     name: str,
     unit_file: str | None,
     inputs: list[str],
@@ -129,7 +129,7 @@ def actions(
 
 @operation()
 def unit_operation(
-    manifest: Manifest,
+    manifest: DesiredState,
     unit_name: str,
     unit_file: str | None,
     inputs: list[str],
@@ -141,7 +141,7 @@ def unit_operation(
     """
     Keep a systemd unit enabled and running; restart it when something it reads changed.
 
-    + manifest: the role's Manifest (its units include `unit_name`)
+    + manifest: the role's DesiredState (its units include `unit_name`)
     + unit_name: the unit, e.g. ``cloudflared-node.service``
     + unit_file: the unit file's path in the manifest (a change means daemon-reload), or
       None for a unit a package ships
@@ -188,7 +188,7 @@ def unit_operation(
 
 def unit(
     *,
-    manifest: Manifest,
+    manifest: DesiredState,
     unit_name: str,
     unit_file: str | None,
     inputs: list[str],
@@ -210,7 +210,7 @@ unit._inner = unit_operation._inner  # the operation's body, as pyinfra-testing 
 
 
 def binary_service(
-    manifest: Manifest,
+    manifest: DesiredState,
     *,
     name: str,
     unit_name: str,
@@ -224,7 +224,7 @@ def binary_service(
     """
     A service run from the manifest's pinned binaries: upgrades, and their rollback.
 
-    + manifest: the role's Manifest; its binaries are the service's
+    + manifest: the role's DesiredState; its binaries are the service's
     + name: the operations' name (``k3s``, ``cloudflared-node``)
     + unit_name, unit_file, inputs, health, restart: as for `unit`; `inputs` include the
       binaries

@@ -20,7 +20,7 @@ from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 
 from operations.failure import first_time
-from operations.managed import Manifest
+from operations.managed import DesiredState
 
 READY_WAIT = 60  # seconds to wait for Triton before loading a model
 START_WAIT = 300  # seconds a (re)started Triton has to load every model and answer ready
@@ -75,7 +75,7 @@ def image_build_command(env: str, image: str, extra: tuple[str, ...] = ()) -> St
 
 @operation()
 def environment(
-    manifest: Manifest,
+    manifest: DesiredState,
     link: str,
     env: str,
     stamp_name: str,
@@ -90,7 +90,7 @@ def environment(
     Build Triton's Python environment beside the current one when its inputs changed (or
     another service's: the ML-backend adapter's, from a hash-pinned file alone).
 
-    + manifest: the role's Manifest (its `read` includes `<link>/<stamp_name>`)
+    + manifest: the role's DesiredState (its `read` includes `<link>/<stamp_name>`)
     + link: the stable path the service uses: a symlink to the current environment
     + env: where the new environment is built: a new folder, never the one `link` names
     + stamp_name: the file in an environment that records what it was built from
@@ -240,7 +240,7 @@ def wait_ready(unit: str, port: int, models: list[str], started: bool, timeout: 
     )  # fmt: skip
 
 
-def strays(manifest: Manifest, root: str, models: set[str]) -> list[str]:
+def strays(manifest: DesiredState, root: str, models: set[str]) -> list[str]:
     """Entries under `root` inside managed models that the repository no longer has."""
     prefix = root.rstrip("/") + "/"
     wanted = {f.path.removeprefix(prefix) for f in manifest.files if f.path.startswith(prefix)}
@@ -257,11 +257,11 @@ def strays(manifest: Manifest, root: str, models: set[str]) -> list[str]:
 
 
 @operation()
-def prune(manifest: Manifest, root: str, models: list[str]):
+def prune(manifest: DesiredState, root: str, models: list[str]):
     """
     Remove files and folders of managed models that the repository no longer has.
 
-    + manifest: the role's Manifest (its trees include `root`)
+    + manifest: the role's DesiredState (its trees include `root`)
     + root: the model repository on the host
     + models: the models the deploy manages; nothing else under `root` is touched
     """
@@ -273,7 +273,7 @@ def prune(manifest: Manifest, root: str, models: list[str]):
         yield StringCommand("rm", "-rf", QuoteString(f"{root}/{rel}"))
 
 
-def retired(manifest: Manifest, root: str, models: set[str]) -> list[str]:
+def retired(manifest: DesiredState, root: str, models: set[str]) -> list[str]:
     """Model folders under `root` this deploy created and no longer has: the host's record
     of the manifest lists paths in them, and they are not among the current `models`."""
     prefix = root.rstrip("/") + "/"
@@ -282,11 +282,11 @@ def retired(manifest: Manifest, root: str, models: set[str]) -> list[str]:
 
 
 @operation()
-def retire(manifest: Manifest, root: str, models: list[str], port: int = 8000):
+def retire(manifest: DesiredState, root: str, models: list[str], port: int = 8000):
     """
     Unload and delete the model folders this deploy created and no longer wants.
 
-    + manifest: the role's Manifest (its record on the host says which paths it wrote)
+    + manifest: the role's DesiredState (its record on the host says which paths it wrote)
     + root: the model repository on the host
     + models: the models the deploy manages now
     + port: Triton's HTTP port on localhost

@@ -19,7 +19,7 @@ import re
 
 from oceanid.preflight import HostPlan
 from operations import managed
-from operations.managed import RECORD_DIR, ManagedDirectory, ManagedFile, Manifest
+from operations.managed import RECORD_DIR, ManagedDirectory, ManagedFile, DesiredState
 
 HEADER = "# Managed by oceanid-deploys (deploys/base); local edits are overwritten.\n"
 # A key in an authorized_keys line (after any options): its type and its base64 material,
@@ -40,7 +40,7 @@ def key_of(line: str) -> str | None:
     return f"{found[1]} {found[2]}" if found else None
 
 
-def manifest(plan: HostPlan) -> Manifest:
+def manifest(plan: HostPlan) -> DesiredState:
     settings = plan.settings
     user = settings.admin_user
     home = f"/home/{user}"
@@ -60,7 +60,7 @@ def manifest(plan: HostPlan) -> Manifest:
         # host does not have before the files are written
         directories.append(ManagedDirectory(RECORD_DIR, "0755"))
         directories.append(ManagedDirectory(f"{home}/.ssh", "0700", user, user))
-    return Manifest(
+    return DesiredState(
         name="base",
         files=files,
         directories=directories,
@@ -70,7 +70,7 @@ def manifest(plan: HostPlan) -> Manifest:
     )
 
 
-def authorized_keys(plan: HostPlan, base: Manifest) -> list[ManagedFile]:
+def authorized_keys(plan: HostPlan, base: DesiredState) -> list[ManagedFile]:
     """The account's authorized_keys and the record of the keys declared, as they must be.
 
     Keys declared before (in the record) and declared no more are removed, every line that
@@ -101,7 +101,7 @@ def authorized_keys(plan: HostPlan, base: Manifest) -> list[ManagedFile]:
     return files
 
 
-def deploy(plan: HostPlan, base: Manifest | None = None) -> Manifest:
+def deploy(plan: HostPlan, base: DesiredState | None = None) -> DesiredState:
     """The base, from `base` (this host's `manifest`, when the site declared it first)."""
     base = base or manifest(plan)
     base.files += authorized_keys(plan, base)

@@ -1,7 +1,7 @@
 """The GPU host role: its own tunnel connector, the GPU service behind `gpu.<base>` and, on the
 `triton` kind, the ML backend Label Studio calls behind `ml.<base>` (deploys/gpu_host/ml_backend).
 
-Everything the role manages is declared in one Manifest (`declare`) and read in one fact,
+Everything the role manages is declared in one DesiredState (`declare`) and read in one fact,
 with the host's other roles; the operations then change only what differs. This file only
 composes: each service declares its part of the manifest (`add_to`) and, once the role's
 packages, folders and files are in place, runs its own steps (`deploy`) in its own module. A
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from deploys.gpu_host import cloudflared_node, docker, http_service, ml_backend, triton
 from oceanid.preflight import HostPlan, Site
 from operations import gpu, managed
-from operations.managed import Manifest
+from operations.managed import DesiredState
 
 
 def check(plan: HostPlan) -> None:
@@ -34,10 +34,10 @@ def check(plan: HostPlan) -> None:
 
 @dataclass
 class Role:
-    """The role's Manifest, declared whole before anything is read or run, and what each
+    """The role's DesiredState, declared whole before anything is read or run, and what each
     service's steps need from its declaration."""
 
-    manifest: Manifest
+    manifest: DesiredState
     uses_docker: bool
     tunnel_inputs: list[str]
     service_inputs: list[str]
@@ -47,7 +47,7 @@ class Role:
 
 def declare(plan: HostPlan) -> Role:
     service = plan.gpu.service
-    manifest = Manifest(name=f"gpu host {plan.name}")
+    manifest = DesiredState(name=f"gpu host {plan.name}")
     tunnel_inputs = cloudflared_node.add_to(manifest, plan)
     uses_docker = service.kind == "http" or service.runtime == "container"
     if uses_docker:
@@ -59,7 +59,7 @@ def declare(plan: HostPlan) -> Role:
     return Role(manifest, uses_docker, tunnel_inputs, http_service.add_to(manifest, plan))
 
 
-def deploy(plan: HostPlan, role: Role | None = None) -> Manifest:
+def deploy(plan: HostPlan, role: Role | None = None) -> DesiredState:
     """The role's steps, from `role` (this host's `declare`, when the site declared it first)."""
     role = role or declare(plan)
     manifest = role.manifest

@@ -23,7 +23,7 @@ from oceanid.ingress import node_ingress
 from oceanid.preflight import HostPlan, Site
 from operations import services
 from operations.failure import refuse
-from operations.managed import ManagedBinary, ManagedDirectory, ManagedFile, Manifest
+from operations.managed import ManagedBinary, ManagedDirectory, ManagedFile, DesiredState
 
 if TYPE_CHECKING:
     from oceanid.cloudflare_dns import CloudflareAccess
@@ -70,7 +70,7 @@ def unit(plan: HostPlan) -> str:
     )
 
 
-def add_to(manifest: Manifest, plan: HostPlan) -> list[str]:
+def add_to(manifest: DesiredState, plan: HostPlan) -> list[str]:
     """Declare the connector's files; return the paths whose change restarts it."""
     artifact = plan.settings.cloudflared
     header = "# Managed by oceanid-deploys (deploys/gpu_host); local edits are overwritten.\n"
@@ -140,7 +140,7 @@ def _other_connector_up(
 
 @operation()
 def stopped(
-    manifest: Manifest,
+    manifest: DesiredState,
     unit_name: str,
     access: CloudflareAccess,
     tunnel_id: str,
@@ -152,7 +152,7 @@ def stopped(
     """
     Stop and disable the host connector once another connector serves its tunnel.
 
-    + manifest: the GPU host's Manifest (its units include `unit_name`)
+    + manifest: the GPU host's DesiredState (its units include `unit_name`)
     + unit_name: the connector's unit
     + access: ``CloudflareAccess`` (API token, account id): the tunnel's connectors are read
       from the machine running pyinfra
@@ -198,7 +198,7 @@ def stopped(
     yield StringCommand("systemctl", "disable", "--now", unit_name)
 
 
-def deploy(manifest: Manifest, inputs: list[str], plan: HostPlan) -> None:
+def deploy(manifest: DesiredState, inputs: list[str], plan: HostPlan) -> None:
     """The pinned cloudflared and the connector's unit, restarted when its binary, config or
     credential changed; a new cloudflared that does not come up is rolled back. With the
     tunnel in the cluster, the unit is left to `hand_over`, queued after the cluster's part
@@ -214,7 +214,7 @@ def deploy(manifest: Manifest, inputs: list[str], plan: HostPlan) -> None:
     )
 
 
-def hand_over(manifest: Manifest, plan: HostPlan, site: Site) -> None:
+def hand_over(manifest: DesiredState, plan: HostPlan, site: Site) -> None:
     """With the tunnel in the cluster, stop the host connector once the cluster's serves it.
 
     Queue it after the cluster's part of the run (deploys/site.py: after k3s), so that the

@@ -19,7 +19,7 @@ from pyinfra import host
 from oceanid.preflight import HostPlan
 from operations import apt_repo, managed, services
 from operations import docker as docker_ops
-from operations.managed import Manifest
+from operations.managed import DesiredState
 
 NVIDIA_KEY_URL = "https://nvidia.github.io/libnvidia-container/gpgkey"
 NVIDIA_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
@@ -31,7 +31,7 @@ RUNTIMES = {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
 UNIT = "docker.service"
 
 
-def add_to(manifest: Manifest, plan: HostPlan) -> None:
+def add_to(manifest: DesiredState, plan: HostPlan) -> None:
     """Declare what the role reads about Docker: whether dockerd is installed, and, where a
     GPU is required, daemon.json, the toolkit, NVIDIA's keyring and sources list (written
     by the repository step only after the key is verified)."""
@@ -42,7 +42,7 @@ def add_to(manifest: Manifest, plan: HostPlan) -> None:
     manifest.units.append(UNIT)
 
 
-def restart_needed(manifest: Manifest, plan: HostPlan) -> bool:
+def restart_needed(manifest: DesiredState, plan: HostPlan) -> bool:
     """Whether Docker must restart in this run: the toolkit is installed now (it was not
     when the state was read) or daemon.json changes. Docker started by its own package
     install, before either, would otherwise never register the NVIDIA runtime."""
@@ -53,7 +53,7 @@ def restart_needed(manifest: Manifest, plan: HostPlan) -> bool:
     return toolkit_new or docker_ops.daemon_json_changes(manifest, DOCKER_DAEMON, RUNTIMES)
 
 
-def deploy(manifest: Manifest, plan: HostPlan) -> None:
+def deploy(manifest: DesiredState, plan: HostPlan) -> None:
     """Docker found or installed; NVIDIA's repository, toolkit and runtime where a GPU is
     required; then Docker running, restarted if the toolkit or daemon.json changed."""
     found = docker_ops.engine(manifest)

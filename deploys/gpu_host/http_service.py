@@ -16,7 +16,7 @@ from deploys.gpu_host.triton import gpu_options, unit_options
 from oceanid.preflight import HostPlan
 from operations import docker as docker_ops
 from operations import services
-from operations.managed import ManagedDirectory, ManagedFile, Manifest
+from operations.managed import ManagedDirectory, ManagedFile, DesiredState
 
 HERE = Path(__file__).parent
 UNIT = "gpu-http.service"
@@ -24,7 +24,7 @@ UNIT_FILE = f"/etc/systemd/system/{UNIT}"
 ENV_FILE = "/etc/oceanid/gpu-http.env"
 
 
-def add_to(manifest: Manifest, plan: HostPlan) -> list[str]:
+def add_to(manifest: DesiredState, plan: HostPlan) -> list[str]:
     service = plan.gpu.service
     unit = Template((HERE / "gpu-http.service").read_text()).substitute(
         image=service.image, options=unit_options(gpu_options(plan)), port=service.port,
@@ -41,7 +41,7 @@ def add_to(manifest: Manifest, plan: HostPlan) -> list[str]:
     return [ENV_FILE]
 
 
-def deploy(manifest: Manifest, plan: HostPlan, inputs: list[str]) -> None:
+def deploy(manifest: DesiredState, plan: HostPlan, inputs: list[str]) -> None:
     """The image on disk, then the service's unit, restarted when its env file (or the
     unit) changed."""
     service = plan.gpu.service

@@ -39,7 +39,7 @@ from oceanid.triton_runtime import STUB, TritonDistribution, server_command
 from operations import docker as docker_ops
 from operations import managed, services
 from operations import triton as triton_ops
-from operations.managed import ManagedDirectory, ManagedFile, Manifest
+from operations.managed import ManagedDirectory, ManagedFile, DesiredState
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -171,7 +171,7 @@ def container_unit(plan: HostPlan) -> str:
     )
 
 
-def environment_stale(manifest: Manifest, plan: HostPlan) -> bool:
+def environment_stale(manifest: DesiredState, plan: HostPlan) -> bool:
     """A new environment will be built (new pins, or it was removed): Triton must restart on it."""
     return manifest.state()["contents"].get(STAMP) != stamp(plan)
 
@@ -196,7 +196,7 @@ def environment_path(plan: HostPlan) -> str:
     return f"{ENVS}/{hashlib.sha256(stamp(plan)).hexdigest()[:12]}-{built}"
 
 
-def add_to(manifest: Manifest, plan: HostPlan) -> tuple[list[str], dict[str, list[str]]]:
+def add_to(manifest: DesiredState, plan: HostPlan) -> tuple[list[str], dict[str, list[str]]]:
     """Declare Triton's files; return (paths that restart it, model name -> its paths).
 
     Triton restarts when its Python environment's pins change (the requirements files the
@@ -268,7 +268,7 @@ def backend_copy_command(env: str) -> StringCommand:
     )  # fmt: skip
 
 
-def deploy(manifest: Manifest, plan: HostPlan, restart_on: list[str], by_model: dict) -> None:
+def deploy(manifest: DesiredState, plan: HostPlan, restart_on: list[str], by_model: dict) -> None:
     """Triton's steps, once the role's packages, folders and files are in place.
 
     The environment is built and switched to, stray and retired model files go, then the

@@ -2,7 +2,7 @@
 
 Each part is data first and tested as data: `config` (config.yaml), `units` (the systemd
 units, kernel modules and sysctls), `endpoint` (HAProxy), `kubeconfig` (the operator's
-kubeconfig for the SSH tunnel). `server` and `agent` are the two roles, each one Manifest
+kubeconfig for the SSH tunnel). `server` and `agent` are the two roles, each one DesiredState
 (`declare`), read in the host's one fact.
 
 `deploy` is called by deploys/site.py for every host. pyinfra orders operations by the line
@@ -21,20 +21,20 @@ from dataclasses import dataclass
 from deploys.k3s import agent, apps, cluster, server
 from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, HostPlan, Site
 from operations import k3s as k3s_ops
-from operations.managed import Manifest
+from operations.managed import DesiredState
 
 
 @dataclass
 class Node:
-    """This node's k3s Manifests, declared whole before anything is read or run: the report's
+    """This node's k3s role states, declared whole before anything is read or run: the report's
     (provisioning off), or the server's and the agent's with what their steps need."""
 
-    report: Manifest | None = None
-    server: tuple[Manifest, list[str], list[str]] | None = None
-    agent: tuple[Manifest, list[str]] | None = None
+    report: DesiredState | None = None
+    server: tuple[DesiredState, list[str], list[str]] | None = None
+    agent: tuple[DesiredState, list[str]] | None = None
     apps: bool = False  # provisioning off, on the first server: the report carries the apps
 
-    def manifests(self) -> list[Manifest]:
+    def manifests(self) -> list[DesiredState]:
         found = [self.report] + [part[0] for part in (self.server, self.agent) if part]
         return [manifest for manifest in found if manifest is not None]
 
@@ -44,7 +44,7 @@ def declare(plan: HostPlan, site: Site) -> Node | None:
     if not {K3S_SERVERS, K3S_AGENTS} & plan.roles:
         return None
     if not plan.settings.enable_node_provisioning:
-        probed = Manifest(name=f"k3s report {plan.name}")
+        probed = DesiredState(name=f"k3s report {plan.name}")
         k3s_ops.probe_install(probed)  # one batched fact, as every other role reads
         return Node(report=probed, apps=apps.declare_minimal(probed, plan, site))
     return Node(

@@ -17,25 +17,25 @@ from deploys.k3s import cluster, node, units
 from oceanid.preflight import HostPlan, Site
 from operations import k3s as k3s_ops
 from operations import services
-from operations.managed import Manifest
+from operations.managed import DesiredState
 
 
 @dataclass
 class Joining:
-    """An agent's Manifest and what restarts it, between its files and its start."""
+    """An agent's DesiredState and what restarts it, between its files and its start."""
 
-    manifest: Manifest
+    manifest: DesiredState
     inputs: list[str]
     token: bool = False  # the agent token is (re)copied in this run: k3s-agent restarts
 
 
-def manifest(plan: HostPlan, site: Site) -> tuple[Manifest, list[str]]:
-    role = Manifest(name=f"k3s agent {plan.name}")
+def manifest(plan: HostPlan, site: Site) -> tuple[DesiredState, list[str]]:
+    role = DesiredState(name=f"k3s agent {plan.name}")
     return role, node.add_to(role, plan, site, "agent")
 
 
 def prepare(
-    plan: HostPlan, site: Site, declared: tuple[Manifest, list[str]] | None = None
+    plan: HostPlan, site: Site, declared: tuple[DesiredState, list[str]] | None = None
 ) -> Joining:
     """The agent's files and kernel settings: nothing here needs the server. `declared` is
     its `manifest`, when the site declared it first."""

@@ -1,7 +1,7 @@
 """The cluster apps (deploys/cluster_apps) on the first server: their files in k3s's
 auto-deploy folder, confirmed applied, and the objects of an app switched off deleted.
 
-The files are part of the server role's Manifest, so they are read in its one fact,
+The files are part of the server role's DesiredState, so they are read in its one fact,
 replaced atomically and swept with the role's other files. k3s applies what it finds in
 the folder but never deletes the objects of a file that disappears: an app whose file
 this run's sweep removes has its objects deleted here, by their
@@ -22,7 +22,7 @@ oceanid-label-studio`; switching it on again finds its data.
 
 With `enable_node_provisioning` off (the guide's minimal deploy) k3s itself is neither
 installed nor changed, but the apps still go to the first server where k3s runs, in the node's
-report Manifest (`declare_minimal`: read in its one fact; its record lists only the apps'
+report DesiredState (`declare_minimal`: read in its one fact; its record lists only the apps'
 files, so its sweep can never touch k3s's). They are written and confirmed as above only when
 that state read shows k3s active there (`K3sInstall`); otherwise one line says why they were
 skipped.
@@ -43,7 +43,7 @@ from oceanid.settings import Settings
 from operations import k3s as k3s_ops
 from operations import managed
 from operations.failure import first_time, refuse
-from operations.managed import Manifest
+from operations.managed import DesiredState
 
 # What the apps render; Jobs go with their CronJob (owner references).
 KINDS = "deployments,daemonsets,cronjobs,services,configmaps,secrets,poddisruptionbudgets"
@@ -51,7 +51,7 @@ KINDS = "deployments,daemonsets,cronjobs,services,configmaps,secrets,poddisrupti
 KEPT = {f"oceanid-{label_studio.APP}": "its PersistentVolumeClaim and Namespace kept"}
 
 
-def add_to(manifest: Manifest, site: Site, settings: Settings) -> list[str]:
+def add_to(manifest: DesiredState, site: Site, settings: Settings) -> list[str]:
     """Declare the apps' files; return their paths."""
     files = cluster_apps.manifest_files(site, settings)
     manifest.files += files
@@ -71,12 +71,12 @@ RUNNING_IMAGE = (
 
 
 @operation()
-def backed_up_first(manifest: Manifest, site: Site, settings: Settings):
+def backed_up_first(manifest: DesiredState, site: Site, settings: Settings):
     """
     Back Label Studio up before its image changes: the new version migrates the database
     when it starts, with no way back but a backup.
 
-    + manifest: the first server's Manifest (its state holds the image that runs now)
+    + manifest: the first server's DesiredState (its state holds the image that runs now)
     + site: the validated site (whether backups are on)
     + settings: the settings (the image this run writes, `cluster_apps.backup`)
 
@@ -125,7 +125,7 @@ def addons(instance: str) -> list[str]:
     return [k3s_ops.addon_name(cluster_apps.path(app, secret=s)) for s in (False, True)]
 
 
-def switched_off(manifest: Manifest, site: Site, settings: Settings) -> list[str]:
+def switched_off(manifest: DesiredState, site: Site, settings: Settings) -> list[str]:
     """The instance labels of apps that are off and whose file this run's sweep removes."""
     unwanted = set(manifest.unwanted())
     return [
@@ -138,11 +138,11 @@ def switched_off(manifest: Manifest, site: Site, settings: Settings) -> list[str
 
 
 @operation()
-def deleted(manifest: Manifest, instances: list[str]):
+def deleted(manifest: DesiredState, instances: list[str]):
     """
     Delete the objects of cluster apps switched off, which k3s leaves running.
 
-    + manifest: the first server's Manifest (its state says which files the sweep removes)
+    + manifest: the first server's DesiredState (its state says which files the sweep removes)
     + instances: `app.kubernetes.io/instance` labels whose objects go
 
     Namespaces go too, except where an app's data lives (`KEPT`). So do the Addons k3s keeps
@@ -181,7 +181,7 @@ def deleted(manifest: Manifest, instances: list[str]):
         )
 
 
-def deploy(manifest: Manifest, site: Site, settings: Settings) -> None:
+def deploy(manifest: DesiredState, site: Site, settings: Settings) -> None:
     """Run after the role's files and sweep, once k3s answers."""
     k3s_ops.manifests_applied(
         name="k3s applied the auto-deploy manifests",
@@ -199,8 +199,8 @@ def deploy(manifest: Manifest, site: Site, settings: Settings) -> None:
 SERVER_UNIT = "k3s.service"
 
 
-def declare_minimal(report: Manifest, plan: HostPlan, site: Site) -> bool:
-    """Provisioning off: add the apps to the node's report Manifest on the first server;
+def declare_minimal(report: DesiredState, plan: HostPlan, site: Site) -> bool:
+    """Provisioning off: add the apps to the node's report DesiredState on the first server;
     whether it was this host."""
     servers = cluster.servers(site)
     if not servers or plan.name != servers[0].name:
@@ -209,7 +209,7 @@ def declare_minimal(report: Manifest, plan: HostPlan, site: Site) -> bool:
     return True
 
 
-def k3s_running(report: Manifest) -> bool:
+def k3s_running(report: DesiredState) -> bool:
     """Whether the state read found the k3s server active on this host."""
     return k3s_ops.install_state(report)["units"].get(SERVER_UNIT) == "active"
 
@@ -227,7 +227,7 @@ def skipped(reason: str):
     yield from ()
 
 
-def deploy_minimal(manifest: Manifest, site: Site, settings: Settings) -> None:
+def deploy_minimal(manifest: DesiredState, site: Site, settings: Settings) -> None:
     """Provisioning off: the apps' files, their sweep and k3s's confirmation, where k3s runs
     (`manifest`: the node's report, which `declare_minimal` gave the apps)."""
     if not manifest.unreadable() and not k3s_running(manifest):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from oceanid.preflight import HostPlan
-from operations.managed import ManagedFile, Manifest
+from operations.managed import ManagedFile, DesiredState
 
 API_PORT = 6443
 CONFIG = "/etc/haproxy/haproxy.cfg"
@@ -72,7 +72,7 @@ def render(document: dict[str, list[str]]) -> str:
     return "".join(parts)
 
 
-def add_to(manifest: Manifest, plan: HostPlan, servers: Sequence[tuple[str, str]]) -> str:
+def add_to(manifest: DesiredState, plan: HostPlan, servers: Sequence[tuple[str, str]]) -> str:
     """Declare HAProxy on this server; return its config's path (its change restarts it)."""
     text = render(config(plan.settings.k3s_lb_port, servers))
     manifest.packages.append(PACKAGE)

@@ -28,7 +28,7 @@ from string import Template
 from deploys.k3s import cluster, units
 from oceanid.preflight import HostPlan, Site
 from operations import services
-from operations.managed import ManagedDirectory, ManagedFile, Manifest
+from operations.managed import ManagedDirectory, ManagedFile, DesiredState
 
 HERE = Path(__file__).parent
 FOLDER = "/etc/oceanid"
@@ -132,7 +132,7 @@ def unit() -> str:
     )
 
 
-def add_to(manifest: Manifest, plan: HostPlan, site: Site) -> None:
+def add_to(manifest: DesiredState, plan: HostPlan, site: Site) -> None:
     """Declare the firewall on this node: nftables, the rules (checked by nft), the unit."""
     settings = plan.settings
     lb_port = settings.k3s_lb_port if settings.enable_control_plane_lb else None
@@ -146,7 +146,7 @@ def add_to(manifest: Manifest, plan: HostPlan, site: Site) -> None:
     manifest.units.append(UNIT)
 
 
-def start(manifest: Manifest) -> None:
+def start(manifest: DesiredState) -> None:
     """Load the rules (again) when they or the unit changed; enable the unit for every boot.
 
     A restart of this oneshot unit runs `nft -f` once more: the unit has no stop command, so

@@ -27,7 +27,7 @@ from facts.k3s import SERVER_AGENT_TOKEN, token_secret
 from oceanid.preflight import HostPlan, Site, backups_on
 from operations import k3s as k3s_ops
 from operations import managed, services
-from operations.managed import ManagedBinary, ManagedDirectory, ManagedFile, Manifest
+from operations.managed import ManagedBinary, ManagedDirectory, ManagedFile, DesiredState
 
 Role = Literal["server", "agent"]
 
@@ -92,7 +92,7 @@ def etcd_snapshots_text(plan: HostPlan, site: Site) -> str | None:
     )
 
 
-def add_to(manifest: Manifest, plan: HostPlan, site: Site, role: Role) -> list[str]:
+def add_to(manifest: DesiredState, plan: HostPlan, site: Site, role: Role) -> list[str]:
     """Declare the node's binary and files, and its firewall (deploys/k3s/firewall.py); return
     the paths whose change restarts k3s (the firewall's and the labels' are not among them)."""
     artifact = plan.settings.k3s
@@ -135,7 +135,7 @@ def add_to(manifest: Manifest, plan: HostPlan, site: Site, role: Role) -> list[s
     return inputs
 
 
-def install(manifest: Manifest, paths: list[str]) -> None:
+def install(manifest: DesiredState, paths: list[str]) -> None:
     """The role's packages, folders and files (`paths`), the kernel settings, then the
     firewall loaded: all before k3s (re)starts."""
     managed.packages(name="k3s packages", manifest=manifest)
@@ -152,12 +152,12 @@ def install(manifest: Manifest, paths: list[str]) -> None:
     firewall.start(manifest)
 
 
-def _kept(manifest: Manifest, path: str, there: bool) -> bool:
+def _kept(manifest: DesiredState, path: str, there: bool) -> bool:
     """Whether a token file found on the host stays (this run's sweep does not remove it)."""
     return there and path not in manifest.unwanted()
 
 
-def agent_token_present(manifest: Manifest, site: Site) -> bool:
+def agent_token_present(manifest: DesiredState, site: Site) -> bool:
     """Whether an agent holds the agent token already: the full ``::node:`` form in its token
     file (not the server token an older deploy gave it), of ESC k3sAgentToken when ESC has one."""
     found = k3s_ops.install_state(manifest)
@@ -167,7 +167,7 @@ def agent_token_present(manifest: Manifest, site: Site) -> bool:
     )
 
 
-def server_tokens(manifest: Manifest, plan: HostPlan, site: Site) -> bool:
+def server_tokens(manifest: DesiredState, plan: HostPlan, site: Site) -> bool:
     """The tokens a server is given while the run executes: the generated server token on a
     later server, and the agent secret (generated on the first server, then copied), when ESC
     has none. True when one is written, so k3s restarts and reads it."""
@@ -204,7 +204,7 @@ def server_tokens(manifest: Manifest, plan: HostPlan, site: Site) -> bool:
     return written
 
 
-def agent_tokens(manifest: Manifest, site: Site) -> None:
+def agent_tokens(manifest: DesiredState, site: Site) -> None:
     """An agent's token: the first server's agent token, copied in full while the run executes
     (once the server answers), unless the agent holds it already (`agent_token_present`)."""
     k3s_ops.join_token(
@@ -217,7 +217,7 @@ def agent_tokens(manifest: Manifest, site: Site) -> None:
 
 
 def start(
-    manifest: Manifest,
+    manifest: DesiredState,
     role: Role,
     inputs: list[str],
     health: str | None,

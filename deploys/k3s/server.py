@@ -16,7 +16,7 @@ from deploys.k3s import apps, cluster, config, endpoint, node
 from oceanid.preflight import HostPlan, Site
 from operations import k3s as k3s_ops
 from operations import managed, services
-from operations.managed import ManagedFile, Manifest
+from operations.managed import ManagedFile, DesiredState
 
 # k3s deploys what it finds here (its auto-deploy manifests); the folder exists once it ran.
 MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
@@ -37,9 +37,9 @@ def runtime_class() -> dict:
     }
 
 
-def manifest(plan: HostPlan, site: Site) -> tuple[Manifest, list[str], list[str]]:
-    """(the role's Manifest, what restarts k3s, the files written before k3s starts)."""
-    role = Manifest(name=f"k3s server {plan.name}")
+def manifest(plan: HostPlan, site: Site) -> tuple[DesiredState, list[str], list[str]]:
+    """(the role's DesiredState, what restarts k3s, the files written before k3s starts)."""
+    role = DesiredState(name=f"k3s server {plan.name}")
     inputs = node.add_to(role, plan, site, "server")
     if plan.settings.enable_control_plane_lb:
         servers = [(p.name, cluster.address(p)) for p in cluster.servers(site)]
@@ -55,8 +55,8 @@ def manifest(plan: HostPlan, site: Site) -> tuple[Manifest, list[str], list[str]
 
 
 def deploy(
-    plan: HostPlan, site: Site, declared: tuple[Manifest, list[str], list[str]] | None = None
-) -> Manifest:
+    plan: HostPlan, site: Site, declared: tuple[DesiredState, list[str], list[str]] | None = None
+) -> DesiredState:
     """The server's steps, from `declared` (its `manifest`, when the site declared it first)."""
     role, inputs, before_start = declared or manifest(plan, site)
     version, first = plan.settings.k3s.version, plan.name == cluster.servers(site)[0].name

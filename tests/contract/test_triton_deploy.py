@@ -33,7 +33,7 @@ from oceanid.triton_runtime import (
 )
 from operations import managed
 from operations import triton as triton_ops
-from operations.managed import ManagedFile, Manifest
+from operations.managed import ManagedFile, DesiredState
 from tests.gpu.triton_smoke import stop_server
 from tests.unit.test_operations import managed_state, run_op
 
@@ -176,13 +176,13 @@ def test_a_retired_model_is_unloaded_and_deleted(start) -> None:
     root = str(triton.repository)
     (triton.repository / "local_model").mkdir()  # never written by the deploy: stays
     # the host's record: a previous run wrote old_echo; this run's manifest has echo only
-    previous = Manifest(
+    previous = DesiredState(
         name="gpu host calypso",
         files=[
             ManagedFile(f"{root}/old_echo/{rel}", b"") for rel in ("config.pbtxt", "1/model.py")
         ],
     )
-    manifest = Manifest(name="gpu host calypso", files=[ManagedFile(f"{root}/{ECHO}/x", b"")])
+    manifest = DesiredState(name="gpu host calypso", files=[ManagedFile(f"{root}/{ECHO}/x", b"")])
     state = {**managed_state(), "record": json.dumps(previous.declared()).encode()}
     managed._STATE_CACHE.clear()
     run = run_op(

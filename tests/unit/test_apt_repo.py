@@ -22,7 +22,7 @@ from pyinfra.api import FileUploadCommand, OperationValueError, StringCommand
 
 from facts.managed import ManagedState
 from operations import apt_repo
-from operations.managed import ManagedFile, Manifest
+from operations.managed import ManagedFile, DesiredState
 from tests.unit.test_operations import (
     Run,
     _fresh_state_cache,  # noqa: F401 - autouse: each test is a fresh run
@@ -89,7 +89,7 @@ def _repo(
 ) -> Run:
     """signed_repository on a host whose keyring holds `installed` and whose sources file
     holds `sources` (None: missing)."""
-    manifest = Manifest(name="gpu host calypso", read=[keyring, sources_list])
+    manifest = DesiredState(name="gpu host calypso", read=[keyring, sources_list])
     paths = {
         sources_list: None if sources is None else file_state(ManagedFile(sources_list, sources)),
         keyring: None if installed is None else file_state(ManagedFile(keyring, installed)),
@@ -192,7 +192,7 @@ def test_changed_sources_with_the_pinned_key_rewrite_only_the_sources(keys) -> N
 
 
 def test_a_keyring_the_fact_does_not_read_is_refused(keys) -> None:
-    manifest = Manifest(name="gpu host calypso", read=[KEYRING])  # the sources file is not read
+    manifest = DesiredState(name="gpu host calypso", read=[KEYRING])  # the sources file is not read
     with pytest.raises(OperationValueError, match=f"{SOURCES}: add to the `read` list"):
         run_op(
             apt_repo.signed_repository,

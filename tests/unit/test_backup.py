@@ -18,7 +18,7 @@ from deploys.k3s import config as k3s_config
 from deploys.k3s import node
 from facts.managed import ManagedState
 from operations import managed
-from operations.managed import Manifest
+from operations.managed import DesiredState
 from tests.unit.test_cluster_apps import docs, files_of, find, site_for
 from tests.unit.test_k3s_config import _standin
 from tests.unit.test_operations import assert_refused, managed_state, run_op, shell_syntax_errors
@@ -166,7 +166,7 @@ def test_servers_get_the_etcd_snapshot_drop_in_with_k3s_names_0600(data, lab_sec
         "etcd-s3-secret-key": lab_secrets["backupS3SecretAccessKey"],
         "etcd-s3-insecure": True,
     }
-    role = Manifest(name="k3s server tethys")
+    role = DesiredState(name="k3s server tethys")
     inputs = node.add_to(role, plan, site, "server")
     drop_in = role.file(k3s_config.ETCD_S3_FILE)
     assert (drop_in.mode, drop_in.secret) == ("0600", True)
@@ -234,7 +234,7 @@ def test_the_wait_scripts_are_shell_and_never_carry_a_secret(data, lab_secrets, 
 def _before_upgrade(data, values, tmp_path, running: str | None):
     managed._STATE_CACHE.clear()  # each call is a pyinfra run of its own
     site, settings = site_for(data, values, tmp_path)
-    role = Manifest(name="k3s server tethys")
+    role = DesiredState(name="k3s server tethys")
     k3s_apps.add_to(role, site, settings)
     state = {
         **managed_state(),

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from deploys.gpu_host import cloudflared_node
-from operations.managed import Manifest
+from operations.managed import DesiredState
 from tests.standins.test_cloudflared import notify_socket, received
 from tests.standins.test_standins import CLOUDFLARED, PYTHON, TIMEOUT
 from tests.unit import test_gpu_rendering
@@ -50,7 +50,7 @@ def test_unit_is_notify_typed_and_restarts_on_failure(make_plan, shape) -> None:
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_exec_start_as_rendered_connects_and_signals_ready(make_plan, shape, tmp_path) -> None:
     plan = make_plan(shape=shape)
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     cloudflared_node.add_to(manifest, plan)
     unit_text = manifest.file(cloudflared_node.UNIT_FILE).content.decode()
     argv = shlex.split(_service_section(unit_text)["ExecStart"])

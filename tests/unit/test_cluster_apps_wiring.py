@@ -1,5 +1,5 @@
 """The cluster apps on the first server as pyinfra plans them: their files in the server
-role's one Manifest, the objects of an app switched off deleted in the same run, `--diff`
+role's one DesiredState, the objects of an app switched off deleted in the same run, `--diff`
 naming a Secret's changed keys (never a value), and the host connector stopped while a
 DaemonSet serves its tunnel. Facts are answered from values; no host is contacted.
 """
@@ -26,7 +26,7 @@ from deploys.k3s import server
 from facts.cloudflared import CloudflaredReady
 from facts.managed import ManagedState, PathState, empty_state, script
 from operations import managed
-from operations.managed import Manifest
+from operations.managed import DesiredState
 from tests.unit import test_k3s_roles, test_k3s_site_plan
 from tests.unit.test_cluster_apps import COMBINATIONS, files_of, with_credential_shapes
 from tests.unit.test_k3s_site_plan import _converged, _fresh, _plan
@@ -210,7 +210,7 @@ def test_the_host_connector_follows_node_tunnel_mode(make_site, mode) -> None:
     enabled and started again."""
     site = make_site(cluster_apps={**_apps(mode)})
     plan = site.hosts["calypso"]
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     inputs = cloudflared_node.add_to(manifest, plan)
     paths = {d.path: PathState("directory", "0755", "root", "root") for d in manifest.directories}
     for f in manifest.files:

@@ -26,10 +26,10 @@ NEW_PLAIN = "metrics: 127.0.0.1:2200\nloglevel: debug\n"
 
 DEPLOY = """
 from operations import managed
-from operations.managed import ManagedFile, Manifest
+from operations.managed import ManagedFile, DesiredState
 
 owner = dict(user={user!r}, group={group!r})
-manifest = Manifest(
+manifest = DesiredState(
     name="diff secrets test",
     files=[
         ManagedFile({secret!r}, {new_secret!r}.encode(), mode="0600", secret=True,

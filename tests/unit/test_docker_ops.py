@@ -31,7 +31,7 @@ from deploys.gpu_host import docker, ml_backend, triton
 from facts.managed import Account, ManagedState, PathState, empty_state, script
 from operations import docker as docker_ops
 from operations import managed
-from operations.managed import ManagedFile, Manifest
+from operations.managed import ManagedFile, DesiredState
 from tests.unit.test_gpu_rendering import make_plan  # noqa: F401 - a fixture
 from tests.unit.test_operations import (
     _fake_host_with,
@@ -70,7 +70,7 @@ def _inspected(image: str, line: str) -> dict[str, list[str]]:
 def test_the_probes_run_in_the_roles_one_read(tmp_path) -> None:
     """The role's fact script, run for real: what it reads of Docker comes back as the
     operations read it (a fake docker has the image loaded; a fake dockerd is installed)."""
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     docker_ops.probe_image(manifest, IMAGE_ID)
     docker_ops.probe_image(manifest, TAGGED)  # not on disk
     docker_ops.probe_engine(manifest)
@@ -94,7 +94,7 @@ def test_the_probes_run_in_the_roles_one_read(tmp_path) -> None:
     [(["-"], None), ([], None), (["/usr/bin/dockerd"], "/usr/bin/dockerd")],
 )
 def test_an_existing_docker_is_found_by_its_daemon(line, found) -> None:
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     docker_ops.probe_engine(manifest)
     facts = {ManagedState: _state({docker_ops.ENGINE_PROBE: line})}
     with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with(facts)):
@@ -105,7 +105,7 @@ def test_an_existing_docker_is_found_by_its_daemon(line, found) -> None:
 
 
 def _image_run(image: str, line: str, archive: tuple[str, str] | None = None, **kwargs):
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     docker_ops.probe_image(manifest, image)
     url, sha256 = archive or (None, None)
     return run_op(
@@ -345,7 +345,7 @@ OPERATOR = {
 
 def _daemon_run(current: bytes | None, record: bytes | None = None):
     managed._STATE_CACHE.clear()  # each call is a run of its own
-    manifest = Manifest(name="gpu host calypso", read=[DAEMON])
+    manifest = DesiredState(name="gpu host calypso", read=[DAEMON])
     paths = {} if current is None else {DAEMON: file_state(ManagedFile(DAEMON, current))}
     state = {**_state(paths=paths, contents={DAEMON: current}), "record": record}
     run = run_op(
@@ -410,7 +410,7 @@ def test_a_daemon_json_an_older_deploy_wrote_whole_is_written_again_after_the_sw
 
 
 def _restart(plan, packages: dict, current: bytes | None) -> bool:
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     docker.add_to(manifest, plan)
     state = _state(packages=packages, contents={DAEMON: current})
     with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with({ManagedState: state})):
@@ -442,7 +442,7 @@ def test_docker_restarts_exactly_when_the_toolkit_or_daemon_json_change(
 
 def test_without_a_gpu_docker_gets_no_nvidia_runtime_nor_restart(make_plan) -> None:  # noqa: F811
     plan = make_plan(gpu={"require_gpu": False, "gpus": None})
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     docker.add_to(manifest, plan)
     assert manifest.packages == [] and manifest.read == []
     assert manifest.probes == {docker_ops.ENGINE_PROBE: "command -v dockerd || echo -"}
@@ -450,7 +450,7 @@ def test_without_a_gpu_docker_gets_no_nvidia_runtime_nor_restart(make_plan) -> N
 
 
 def test_with_a_gpu_the_role_reads_daemon_json_and_the_toolkit(make_plan) -> None:  # noqa: F811
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     docker.add_to(manifest, make_plan())
     assert manifest.packages == docker.CONTAINER_PACKAGES
     assert DAEMON in manifest.read

@@ -24,7 +24,7 @@ from oceanid import triton_repo
 from oceanid.preflight import HostPlan, HostView, PreflightError, check
 from operations import docker as docker_ops
 from operations import triton as triton_ops
-from operations.managed import Manifest
+from operations.managed import DesiredState
 
 TUNNEL_SECRET = base64.b64encode(b"tunnel secret: 32 bytes exactly!").decode()
 HF_TOKEN = "hf_unit-test-token-that-must-stay-in-the-env-file"
@@ -87,7 +87,7 @@ def _secret_fragments(plan: HostPlan, credential_text: str) -> list[str]:
 def test_cloudflared_config_and_unit_for_each_credential_shape(make_plan, lab_secrets, shape):
     plan = make_plan(shape=shape)
     tunnel_id = lab_secrets["cloudflareNodeTunnelId"]
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     inputs = cloudflared_node.add_to(manifest, plan)
 
     token_shape = shape == "token"
@@ -162,7 +162,7 @@ def test_cloudflared_config_and_unit_for_each_credential_shape(make_plan, lab_se
 
 def test_cloudflared_binary_is_the_pinned_one(make_plan):
     plan = make_plan()
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     cloudflared_node.add_to(manifest, plan)
     [binary] = manifest.binaries
     assert binary.path == "/usr/local/bin/cloudflared"
@@ -413,7 +413,7 @@ def test_the_host_runtimes_stamp_does_not_follow_the_image(make_plan, data):
 
 def test_triton_add_to_declares_models_stamp_and_unit(make_plan):
     plan = make_plan()
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     restart_on, by_model = triton.add_to(manifest, plan)
     # the container runtime restarts when the models' environment pins change
     assert restart_on == [triton.MODEL_REQUIREMENTS]
@@ -468,7 +468,7 @@ def test_http_service_environment_is_only_in_the_0600_env_file(make_plan):
             },
         }
     )
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     inputs = http_service.add_to(manifest, plan)
     assert inputs == [http_service.ENV_FILE]
 
@@ -499,7 +499,7 @@ def test_http_service_image_is_on_disk_before_start_and_gpus_only_where_required
             "service": {"kind": "http", "image": image, "port": 8080},
         }
     )
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     http_service.add_to(manifest, plan)
     unit = manifest.file(http_service.UNIT_FILE).content.decode()
     assert "docker pull" not in unit
@@ -514,14 +514,14 @@ def test_http_service_image_is_on_disk_before_start_and_gpus_only_where_required
 
 def test_host_runtime_restarts_for_new_wheel_or_model_pins(make_plan):
     plan = make_plan(gpu={"service": {"kind": "triton", "runtime": "host", "port": 8000}})
-    restart_on, _ = triton.add_to(Manifest(name="gpu host calypso"), plan)
+    restart_on, _ = triton.add_to(DesiredState(name="gpu host calypso"), plan)
     assert restart_on == [triton.WHEEL_REQUIREMENTS, triton.MODEL_REQUIREMENTS]
 
 
 def test_nvidia_sources_list_is_written_only_by_the_verified_repository_step(make_plan):
     """The sources list is no managed file (which would be written before the key is
     checked); the role reads it and the keyring each run for the repository step."""
-    manifest = Manifest(name="gpu host calypso")
+    manifest = DesiredState(name="gpu host calypso")
     docker.add_to(manifest, make_plan())
     assert docker.NVIDIA_SOURCES not in [f.path for f in manifest.files]
     assert {docker.NVIDIA_KEYRING, docker.NVIDIA_SOURCES} <= set(manifest.read)

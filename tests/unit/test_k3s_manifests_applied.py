@@ -14,7 +14,7 @@ from facts.k3s import API_UNAVAILABLE_MARKER, K3sAddons
 from facts.managed import ManagedState
 from operations import k3s as k3s_ops
 from operations import managed
-from operations.managed import ManagedFile, Manifest
+from operations.managed import ManagedFile, DesiredState
 from tests.unit.test_operations import (
     assert_refused,
     file_state,
@@ -33,7 +33,7 @@ def _applied(on_host: dict[str, bytes | None], addons: dict[str, str] | None, *,
     """Plan manifests_applied over APP and SECRETS: `on_host` path -> the content the host
     has (None: absent), `addons` name -> the checksum its Addon holds (None: API down)."""
     managed._STATE_CACHE.clear()  # each call is a pyinfra run of its own
-    role = Manifest(name="k3s server tethys", files=[APP, SECRETS])
+    role = DesiredState(name="k3s server tethys", files=[APP, SECRETS])
     k3s_ops.probe_addons(role)
     paths = {
         managed_file.path: file_state(managed_file, sha256=hashlib.sha256(content).hexdigest())

@@ -32,7 +32,7 @@ from facts.k3s import (
 from facts.managed import ManagedState, script
 from operations import k3s as k3s_ops
 from operations import managed, services
-from operations.managed import ManagedBinary, ManagedFile, Manifest
+from operations.managed import ManagedBinary, ManagedFile, DesiredState
 from tests.unit.test_operations import (
     ANSI,
     assert_refused,
@@ -74,9 +74,9 @@ def _install_lines(**changes) -> list[str]:
 
 
 def _probed(install: list[str] | None = None, nodes: list[str] | None = None):
-    """(a role's Manifest probing k3s, the facts of a host whose probes print these lines)."""
+    """(a role's DesiredState probing k3s, the facts of a host whose probes print these lines)."""
     managed._STATE_CACHE.clear()  # each call is a pyinfra run of its own
-    role = Manifest(name="k3s server tethys")
+    role = DesiredState(name="k3s server tethys")
     k3s_ops.probe_install(role)
     k3s_ops.probe_nodes(role)
     probes = {k3s_ops.INSTALL_PROBE: install or [], k3s_ops.NODES_PROBE: nodes or []}
@@ -228,7 +228,7 @@ def test_provisioning_off_reports_one_line_and_changes_nothing(caplog) -> None:
 # ---- kernel
 
 
-def _kernel_manifest(changed: bool) -> Manifest:
+def _kernel_manifest(changed: bool) -> DesiredState:
     files = [
         ManagedFile(units.MODULES_FILE, units.modules_load().encode()),
         ManagedFile(units.SYSCTL_FILE, units.sysctl().encode()),
@@ -236,7 +236,7 @@ def _kernel_manifest(changed: bool) -> Manifest:
     paths = {f.path: file_state(f) for f in files}
     if changed:
         paths[units.SYSCTL_FILE] = None
-    manifest = Manifest(name="k3s agent styx", files=files)
+    manifest = DesiredState(name="k3s agent styx", files=files)
     managed._STATE_CACHE.clear()
     return manifest, managed_state(paths=paths)
 
@@ -470,7 +470,7 @@ UNIT_FILE = ManagedFile(f"/etc/systemd/system/{UNIT}", b"[Service]\nExecStart=k3
 
 
 def _upgrade(installed_sha: str | None, active: str = "active"):
-    manifest = Manifest(name="k3s server tethys", binaries=[K3S], files=[UNIT_FILE], units=[UNIT])
+    manifest = DesiredState(name="k3s server tethys", binaries=[K3S], files=[UNIT_FILE], units=[UNIT])
     binary_state = (
         None
         if installed_sha is None
@@ -528,7 +528,7 @@ def test_an_unhealthy_upgrade_is_rolled_back_and_fails_the_run(tmp_path, monkeyp
     binary = ManagedBinary(
         str(target), "http://m/{version}", "v2", {"amd64": hashlib.sha256(new).hexdigest()}
     )
-    manifest = Manifest(name="k3s server tethys", binaries=[binary], units=[UNIT])
+    manifest = DesiredState(name="k3s server tethys", binaries=[binary], units=[UNIT])
     state = managed_state(
         paths={binary.path: file_state(ManagedFile(binary.path, old, mode="0755"))},
         units={UNIT: {"enabled": "enabled", "active": "active"}},

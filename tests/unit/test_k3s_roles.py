@@ -1,4 +1,4 @@
-"""The k3s roles as data: one Manifest per role, built from a site that went through preflight.
+"""The k3s roles as data: one DesiredState per role, built from a site that went through preflight.
 
 Each site here is what `pyinfra inventory.py deploys/site.py` would validate: the group data as
 shipped (or as the lab's overrides make it), the inventory's groups, and fake secrets in a file.

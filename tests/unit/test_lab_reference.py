@@ -29,7 +29,7 @@ from pyinfra.api.state import StateStage
 
 from lab.reference import OPERATIONS, declared, host_ops, reference_ops
 from oceanid.preflight import HostView, check
-from operations.managed import ManagedBinary, ManagedDirectory, ManagedFile, Manifest
+from operations.managed import ManagedBinary, ManagedDirectory, ManagedFile, DesiredState
 from tests.unit.conftest import REPO
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheLabReferenceTestOnly operator@lab"
@@ -276,7 +276,7 @@ def _prepare(ops: list[tuple[str, dict]]) -> tuple[State, list[bool]]:
     return state, changes
 
 
-def _tiny(tmp_path) -> Manifest:
+def _tiny(tmp_path) -> DesiredState:
     """A manifest of this machine's own user, under `tmp_path`: a folder, a file, a secret
     file and a pinned binary downloaded from a file:// URL."""
     user = pwd.getpwuid(os.getuid()).pw_name
@@ -286,7 +286,7 @@ def _tiny(tmp_path) -> Manifest:
     (tmp_path / "mirror" / "tool-1.0-amd64").write_bytes(tool)
     (tmp_path / "bin").mkdir()
     etc = tmp_path / "etc"
-    return Manifest(
+    return DesiredState(
         name="tiny",
         directories=[ManagedDirectory(str(etc), "0750", user, group)],
         files=[

@@ -134,10 +134,10 @@ DEPLOY = """
 from pathlib import Path
 
 from operations import managed
-from operations.managed import ManagedFile, Manifest
+from operations.managed import ManagedFile, DesiredState
 
 root = Path({root!r})
-manifest = Manifest(
+manifest = DesiredState(
     name="cli test",
     files=[
         ManagedFile(str(root / name), ("new " + name + "\\n").encode(), user={user!r},
@@ -249,9 +249,9 @@ def test_a_refusal_fails_the_run_with_one_line(tmp_path: Path, args: list[str]) 
 
 UNREADABLE = """
 from operations import managed
-from operations.managed import ManagedFile, Manifest
+from operations.managed import ManagedFile, DesiredState
 
-manifest = Manifest(name="cli test", files=[ManagedFile({path!r}, b"x\\n")])
+manifest = DesiredState(name="cli test", files=[ManagedFile({path!r}, b"x\\n")])
 managed.files(name="Files", manifest=manifest)
 managed.sweep(name="Sweep", manifest=manifest)
 """
@@ -333,10 +333,10 @@ def test_a_role_cut_short_fails_the_whole_read() -> None:
 
 TOGETHER = """
 from operations import managed
-from operations.managed import ManagedFile, Manifest
+from operations.managed import ManagedFile, DesiredState
 
-first = Manifest(name="first", files=[ManagedFile({a!r}, b"a\\n")])
-second = Manifest(name="second", files=[ManagedFile({b!r}, b"b\\n")], units=["x.service"])
+first = DesiredState(name="first", files=[ManagedFile({a!r}, b"a\\n")])
+second = DesiredState(name="second", files=[ManagedFile({b!r}, b"b\\n")], units=["x.service"])
 managed.read_together(first, second)
 managed.files(name="First files", manifest=first)
 managed.files(name="Second files", manifest=second)
@@ -534,9 +534,9 @@ def test_roles_read_together_take_the_lock_once(tmp_path: Path) -> None:
 
 SLOW = """
 from operations import managed
-from operations.managed import ManagedFile, Manifest
+from operations.managed import ManagedFile, DesiredState
 
-manifest = Manifest(name="slow", files=[ManagedFile({path!r}, {content!r},
+manifest = DesiredState(name="slow", files=[ManagedFile({path!r}, {content!r},
                     user={user!r}, group={group!r}, validate={validate!r})])
 managed.files(name="Slow file", manifest=manifest)
 """
@@ -613,11 +613,11 @@ def test_a_dry_run_through_pyinfra_writes_no_lock(tmp_path: Path) -> None:
 
 OWING = """
 from operations import managed, services
-from operations.managed import ManagedFile, Manifest
+from operations.managed import ManagedFile, DesiredState
 
 managed.OWED_DIR = services.OWED_DIR = {owed!r}  # this test's marker folder, not the machine's
 config = ManagedFile({path!r}, {content!r}, user={user!r}, group={group!r})
-manifest = Manifest(name="owing", files=[config], units=["demo.service"])
+manifest = DesiredState(name="owing", files=[config], units=["demo.service"])
 managed.files(name="Demo config", manifest=manifest)
 services.unit(name="Demo", manifest=manifest, unit_name="demo.service", unit_file=None,
               inputs=[config.path])

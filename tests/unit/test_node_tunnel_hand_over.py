@@ -31,7 +31,7 @@ from facts.cloudflared import CloudflaredReady
 from facts.managed import ManagedState, empty_state
 from oceanid import cloudflare_dns as cf
 from operations import managed
-from operations.managed import Manifest
+from operations.managed import DesiredState
 from tests.unit.test_cloudflare_dns import ACCOUNT, NODE, Standin, default_seed, start_standin
 
 __all__ = ["start_standin"]  # the stand-in's fixture, used by name below
@@ -143,7 +143,7 @@ def _run(api: Standin, shim: tuple[Path, Path], unit: dict, timeout: float = 5.0
     (meta,) = add_op(
         state,
         cloudflared_node.stopped,
-        manifest=Manifest(name="gpu host"),
+        manifest=DesiredState(name="gpu host"),
         unit_name=UNIT,
         access=api.access(),
         tunnel_id=NODE,

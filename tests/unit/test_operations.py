@@ -5,7 +5,7 @@ Two halves:
 
 - Generated, one test per file in ``fixtures/operations/<module>.<operation>/`` (pyinfra's own
   layout: ``kwargs``, ``facts``, ``commands``, ``noop_description``, ``exception``). The harness
-  builds dataclass arguments (our ``Manifest``, ``ManagedBinary``...) from plain YAML, so every
+  builds dataclass arguments (our ``DesiredState``, ``ManagedBinary``...) from plain YAML, so every
   operation whose inputs are text is tested that way. Every expected command is also checked
   with ``sh -n``: a command that would not even parse on the host is a failure here.
 - Hand-written below, for what its YAML cannot express: file content is ``bytes`` (the harness
@@ -53,7 +53,7 @@ from operations.managed import (
     ManagedBinary,
     ManagedDirectory,
     ManagedFile,
-    Manifest,
+    DesiredState,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ def shell_syntax_errors(commands: list[Any]) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _fresh_state_cache():
-    """`Manifest.state()` memoises per host and manifest for a pyinfra run; each test is a run."""
+    """`DesiredState.state()` memoises per host and manifest for a pyinfra run; each test is a run."""
     managed._STATE_CACHE.clear()
     yield
     managed._STATE_CACHE.clear()
@@ -253,8 +253,8 @@ RUN_STAGING = f"{STAGING}/{RUN_ID}"  # this run's own staging folder
 STAGED_CONFIG = f"{RUN_STAGING}/{CONFIG.sha256[:16]}"
 
 
-def base_manifest(*files: ManagedFile) -> Manifest:
-    return Manifest(name="base calypso", files=list(files or (SUDOERS, CONFIG)))
+def base_manifest(*files: ManagedFile) -> DesiredState:
+    return DesiredState(name="base calypso", files=list(files or (SUDOERS, CONFIG)))
 
 
 # ---- managed.files
@@ -352,7 +352,7 @@ def test_something_else_where_a_file_belongs_is_refused(caplog) -> None:
 
 
 def test_a_file_where_a_directory_belongs_is_refused(caplog) -> None:
-    manifest = Manifest(name="gpu host calypso", directories=[ManagedDirectory("/etc/cloudflared")])
+    manifest = DesiredState(name="gpu host calypso", directories=[ManagedDirectory("/etc/cloudflared")])
     state = managed_state(paths={"/etc/cloudflared": PathState("file", "0644", "root", "root")})
     run = run_op(managed.directories, manifest, facts={ManagedState: state})
     assert_refused(run, caplog, "/etc/cloudflared exists but is a file, not a directory")
@@ -415,7 +415,7 @@ def test_replace_chain_runs_atomically_and_validate_protects_the_old_file(
 TUNNEL_SECRET = "c2VjcmV0LXR1bm5lbC1zZWNyZXQtdmFsdWUtMTIzNDU2Nzg5MA=="
 
 
-def _secret_manifest() -> tuple[Manifest, ManagedFile]:
+def _secret_manifest() -> tuple[DesiredState, ManagedFile]:
     credential = ManagedFile(
         "/etc/cloudflared/0b1c6d3e-6f26-4c8a-9e70-5a8d3c1f2a4b.json",
         json.dumps({"TunnelSecret": TUNNEL_SECRET}).encode(),
@@ -487,7 +487,7 @@ def test_binary_checksum_mismatch_keeps_the_installed_one(tmp_path: Path) -> Non
     binary = ManagedBinary(
         str(target), "https://mirror.example/{version}/{arch}", "1", {"amd64": pin}
     )
-    manifest = Manifest(name="node", binaries=[binary])
+    manifest = DesiredState(name="node", binaries=[binary])
     run = run_op(managed.binaries, manifest, facts={ManagedState: managed_state()})
     assert len(run.strings) == 3 and run.strings[0].startswith("curl ")
     assert pin in run.strings[1] and "the installed binary was left in place" in run.strings[1]
@@ -519,7 +519,7 @@ def _unit_run(
     restart=False,
 ):
     """(what `unit` yields, what `actions` decides) for one state of the unit and its files."""
-    manifest = Manifest(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
+    manifest = DesiredState(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
     unit_sha = "5" * 64 if unit_file_changed else UNIT_FILE.sha256
     config_sha = "6" * 64 if input_changed else CONFIG.sha256
     state = managed_state(
@@ -580,7 +580,7 @@ OWED = f"{managed.OWED_DIR}/{UNIT}"
 def test_a_replaced_input_marks_its_unit_owed_before_the_rename() -> None:
     """In the same command that renames the new file over the old: a run killed after it
     leaves the marker; one killed before it has not replaced the file."""
-    manifest = Manifest(name="gpu host calypso", files=[CONFIG, SUDOERS], units=[UNIT])
+    manifest = DesiredState(name="gpu host calypso", files=[CONFIG, SUDOERS], units=[UNIT])
     manifest.reads(UNIT, [UNIT_FILE.path, CONFIG.path])  # what services.unit declares
     state = managed_state(paths={CONFIG.path: None, SUDOERS.path: None})
     run = run_op(managed.files, manifest, facts={ManagedState: state})
@@ -626,7 +626,7 @@ def test_a_download_that_stalls_is_given_up_and_one_that_moves_is_not(
     try:
         url = f"http://127.0.0.1:{server.server_port}/{{version}}/{{arch}}"
         binary = ManagedBinary(str(tmp_path / "tool"), url, "1", {"amd64": "a" * 64})
-        manifest = Manifest(name="gpu host calypso", binaries=[binary])
+        manifest = DesiredState(name="gpu host calypso", binaries=[binary])
         run = run_op(managed.binaries, manifest, facts={ManagedState: managed_state()})
         download = run.strings[0].replace("--retry 3", "--retry 0")  # one try, timed
         began = time.monotonic()
@@ -646,7 +646,7 @@ def test_a_download_that_stalls_is_given_up_and_one_that_moves_is_not(
 def test_a_replaced_binary_marks_its_unit_owed_before_the_rename() -> None:
     binary = ManagedBinary("/usr/local/bin/cloudflared", "https://x/{version}/{arch}", "1",
                            {"amd64": "a" * 64})  # fmt: skip
-    manifest = Manifest(name="gpu host calypso", binaries=[binary], units=[UNIT])
+    manifest = DesiredState(name="gpu host calypso", binaries=[binary], units=[UNIT])
     manifest.reads(UNIT, [binary.path])
     run = run_op(managed.binaries, manifest, facts={ManagedState: managed_state()})
     assert run.strings[-1] == (
@@ -657,7 +657,7 @@ def test_a_replaced_binary_marks_its_unit_owed_before_the_rename() -> None:
 
 def _owed_run(owed: bool, registered: bool = False):
     managed._STATE_CACHE.clear()  # a run of its own
-    manifest = Manifest(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
+    manifest = DesiredState(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
     if registered:
         manifest.reads(UNIT, [UNIT_FILE.path, CONFIG.path])
     state = managed_state(
@@ -679,7 +679,7 @@ def test_an_owed_restart_is_done_although_the_files_are_in_place() -> None:
 
 
 def test_a_restart_for_a_changed_input_clears_the_marker_the_files_wrote() -> None:
-    manifest = Manifest(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
+    manifest = DesiredState(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
     manifest.reads(UNIT, [UNIT_FILE.path, CONFIG.path])
     state = managed_state(
         paths={UNIT_FILE.path: file_state(UNIT_FILE), CONFIG.path: file_state(CONFIG, sha256="7")},
@@ -791,7 +791,7 @@ def test_a_start_that_never_finishes_fails_after_the_wait(tmp_path: Path, monkey
 
 def test_strays_keep_unmanaged_models_and_go_deepest_first() -> None:
     root = "/opt/triton/models"
-    manifest = Manifest(
+    manifest = DesiredState(
         name="gpu host calypso",
         files=[
             ManagedFile(f"{root}/m/config.pbtxt", b"name: 'm'"),
@@ -878,7 +878,7 @@ def test_require_gpu_names_configured_indexes_that_are_absent(caplog) -> None:
 
 
 def test_account_noop_reads_a_real_account_value() -> None:
-    manifest = Manifest(name="base calypso", users=["oceanid"])
+    manifest = DesiredState(name="base calypso", users=["oceanid"])
     account = Account(1000, 1000, "/home/oceanid", "/bin/bash", ("oceanid", "sudo"))
     run = run_op(
         managed.account,
@@ -890,7 +890,7 @@ def test_account_noop_reads_a_real_account_value() -> None:
 
 
 def test_directories_noop_with_real_path_state() -> None:
-    manifest = Manifest(name="base calypso", directories=[ManagedDirectory("/etc/oceanid")])
+    manifest = DesiredState(name="base calypso", directories=[ManagedDirectory("/etc/oceanid")])
     state = managed_state(paths={"/etc/oceanid": PathState("directory", "0755", "root", "root")})
     run = run_op(managed.directories, manifest, facts={ManagedState: state})
     assert run.noop == "1 director(ies) of base calypso are in place"
@@ -947,7 +947,7 @@ def test_diff_of_a_large_or_binary_file_is_not_read_back(caplog) -> None:
 
 def test_diff_names_every_directory_and_binary_change(caplog) -> None:
     pin = "b" * 64
-    manifest = Manifest(
+    manifest = DesiredState(
         name="gpu host calypso",
         directories=[ManagedDirectory("/etc/cloudflared"), ManagedDirectory("/opt/triton")],
         binaries=[
@@ -1061,7 +1061,7 @@ def _record(files: list[str], directories: list[str] = ()) -> bytes:
 def test_sweep_removes_the_credential_of_the_old_shape(caplog) -> None:
     """The node tunnel switched from credentials.json to a token: the json goes."""
     token = ManagedFile("/etc/cloudflared/token", b"t", mode="0600", secret=True)
-    manifest = Manifest(
+    manifest = DesiredState(
         name="gpu host calypso",
         files=[CONFIG, token],
         directories=[ManagedDirectory("/etc/cloudflared")],
@@ -1128,7 +1128,7 @@ def test_sweep_for_real_removes_only_recorded_files_and_empty_directories(
     odd = tmp_path / "it's $(touch PWNED)"
     odd.write_text("old")
     wanted = ManagedFile(str(kept / "config.pbtxt"), b"name: kept\n")
-    manifest = Manifest(
+    manifest = DesiredState(
         name="gpu host calypso", files=[wanted], directories=[ManagedDirectory(str(kept))]
     )
     state = managed_state()
@@ -1171,7 +1171,7 @@ def test_a_held_package_is_installed_not_reinstalled() -> None:
         "@@oceanid end",
     ]
     state = ManagedState().process(output)
-    manifest = Manifest(name="gpu host calypso", packages=["cloudflared"])
+    manifest = DesiredState(name="gpu host calypso", packages=["cloudflared"])
     run = run_op(managed.packages, manifest, facts={ManagedState: state})
     assert run.commands == []
     assert run.noop == "1 package(s) of gpu host calypso are installed"

@@ -34,7 +34,7 @@ from oceanid.triton_runtime import (
 )
 from operations import managed
 from operations import triton as triton_ops
-from operations.managed import ManagedFile, Manifest
+from operations.managed import ManagedFile, DesiredState
 from tests.unit.test_operations import (
     managed_state,
     run_op,
@@ -73,7 +73,7 @@ def _environment(
 ):
     link, env = root / "venv", root / "venvs" / "new"
     (root / "model-requirements.txt").write_text(requirements)
-    manifest = Manifest(name="gpu host calypso", read=[f"{link}/.oceanid-stamp"])
+    manifest = DesiredState(name="gpu host calypso", read=[f"{link}/.oceanid-stamp"])
     state = managed_state(contents={f"{link}/.oceanid-stamp": current})
     return run_op(
         triton_ops.environment,
@@ -426,12 +426,12 @@ ROOT = "/opt/triton/models"
 
 def recorded(*paths: str) -> bytes:
     """The host's record of a previous run that wrote `paths` (files) under the models."""
-    previous = Manifest(name="gpu host calypso", files=[ManagedFile(p, b"") for p in paths])
+    previous = DesiredState(name="gpu host calypso", files=[ManagedFile(p, b"") for p in paths])
     return json.dumps(previous.declared()).encode()
 
 
 def _retire(record: bytes | None, models: list[str], caplog=None):
-    manifest = Manifest(
+    manifest = DesiredState(
         name="gpu host calypso",
         files=[ManagedFile(f"{ROOT}/{m}/config.pbtxt", b"") for m in models],
         trees=[ROOT],

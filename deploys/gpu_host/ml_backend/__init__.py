@@ -14,7 +14,7 @@ Triton's environment is built (operations/triton.py `environment`: beside the on
 switched to by renaming a link). The unit restarts only when what it reads changed: its code,
 config, credentials, unit file, or a new venv.
 
-This is the adapter's one home: `add_to` declares its part of the GPU role's Manifest (read in
+This is the adapter's one home: `add_to` declares its part of the GPU role's DesiredState (read in
 the role's one fact), `prepare` makes its account before the role's files are written (its
 credentials file is owned by it), and `deploy` builds the venv and keeps the unit running.
 """
@@ -31,7 +31,7 @@ from oceanid.ingress import ML_BACKEND_PORT
 from oceanid.preflight import HostPlan
 from operations import managed, services
 from operations import triton as triton_ops
-from operations.managed import ManagedDirectory, ManagedFile, Manifest
+from operations.managed import ManagedDirectory, ManagedFile, DesiredState
 
 HERE = Path(__file__).parent
 ROOT = "/opt/oceanid-ml-backend"
@@ -113,7 +113,7 @@ def environment_path() -> str:
     return f"{ENVS}/{stamp().decode()[:12]}-{built}"
 
 
-def add_to(manifest: Manifest, plan: HostPlan) -> list[str]:
+def add_to(manifest: DesiredState, plan: HostPlan) -> list[str]:
     """Declare the adapter's files, account and unit; return the paths that restart it."""
     manifest.users.append(USER)
     manifest.packages += [p for p in PACKAGES if p not in manifest.packages]
@@ -137,12 +137,12 @@ def add_to(manifest: Manifest, plan: HostPlan) -> list[str]:
     return [CODE, CONFIG, CREDENTIALS, REQUIREMENTS]
 
 
-def prepare(manifest: Manifest) -> None:
+def prepare(manifest: DesiredState) -> None:
     """Before the role's files: the account that owns the credentials file."""
     managed.account(name="ML backend's service account", manifest=manifest, user=USER, system=True)
 
 
-def deploy(manifest: Manifest, inputs: list[str]) -> None:
+def deploy(manifest: DesiredState, inputs: list[str]) -> None:
     """After the role's files: the venv (rebuilt only for new pins), then the unit, restarted
     when its code, config, credentials, unit file or venv changed, and checked to answer."""
     rebuilt = manifest.state()["contents"].get(STAMP) != stamp()
