@@ -32,7 +32,7 @@ from typing import Any
 
 from deploys import dns
 from oceanid import exitcodes, preflight
-from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, Site
+from oceanid.model import K3S_AGENTS, K3S_SERVERS, Site
 
 #: Pulumi type tokens (pulumi-cloudflare v5 and v6, pulumi-command) of what the deploy owns.
 DNS_TYPES = ("cloudflare:index/record:Record", "cloudflare:index/dnsRecord:DnsRecord")

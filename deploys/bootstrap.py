@@ -19,7 +19,8 @@ from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 
 from deploys import base
-from oceanid.preflight import BASE_DOMAIN_PENDING, HostPlan
+from oceanid.model import HostPlan
+from oceanid.preflight import BASE_DOMAIN_PENDING
 from oceanid.settings import SettingsError, from_data, short_name
 from operations import managed
 

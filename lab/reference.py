@@ -25,7 +25,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from deploys import base, gpu_host, k3s
 from deploys.gpu_host import cloudflared_node
-from oceanid.preflight import HostPlan, Site
+from oceanid.model import HostPlan, Site
 from operations.managed import DesiredState
 
 LOGIN_SHELL = "/bin/bash"  # `managed.account`'s shell for a new login account

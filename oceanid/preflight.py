@@ -12,61 +12,24 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from oceanid import secrets as secrets_mod
 from oceanid import triton_repo, tunnel_credentials
-from oceanid.settings import GpuHost, Settings, SettingsError, from_data, short_name
+from oceanid.model import (
+    BACKUP_KEYS,
+    GPU_HOSTS,
+    K3S_AGENTS,
+    K3S_SERVERS,
+    HostPlan,
+    HostView,
+    Site,
+    backups_on,
+)
+from oceanid.settings import Settings, SettingsError, from_data, short_name
 
-K3S_SERVERS, K3S_AGENTS, GPU_HOSTS = "k3s_servers", "k3s_agents", "gpu_hosts"
 MODEL_SOURCE = Path(__file__).resolve().parent.parent / "triton-models"
-
-
-@dataclass(frozen=True)
-class HostView:
-    """What preflight needs to know of one inventory host."""
-
-    name: str
-    groups: frozenset[str]
-    data: Mapping[str, Any]
-
-
-@dataclass
-class HostPlan:
-    """One host's validated inputs: its settings, roles and credentials."""
-
-    name: str
-    settings: Settings
-    roles: frozenset[str]
-    gpu: GpuHost | None = None
-    node_tunnel_id: str | None = None
-    node_credential: tunnel_credentials.TunnelCredential | None = None
-    # the ML-backend adapter's basic auth (a `triton` GPU host: deploys/gpu_host/ml_backend)
-    ml_backend_auth: tuple[str, str] | None = field(default=None, repr=False)
-
-
-@dataclass
-class Site:
-    """The validated site: one plan per host, and the secrets they draw on."""
-
-    hosts: dict[str, HostPlan]
-    secrets: secrets_mod.Secrets
-    cluster_tunnel_id: str | None = None
-    cluster_credential: tunnel_credentials.TunnelCredential | None = None
-    required: dict[str, list[str]] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        roles = ", ".join(
-            f"{name} ({'+'.join(sorted(plan.roles)) or 'no role'})"
-            for name, plan in sorted(self.hosts.items())
-        )
-        origins = sorted({self.secrets.origin(k) or "?" for k in self.required})
-        return (
-            f"ok: {len(self.hosts)} hosts [{roles}]; {len(self.required)} secrets "
-            f"present and well-formed (from {', '.join(origins) or 'no source needed'})"
-        )
 
 
 class PreflightError(RuntimeError):
@@ -402,24 +365,8 @@ LABEL_STUDIO_KEYS = (
     "labelStudioAdminPassword",
     "labelStudioApiToken",
 )
-#: The object store of the backups (design.md §7): all four, or none (backups off).
-BACKUP_KEYS = (
-    "backupS3Endpoint",
-    "backupS3Bucket",
-    "backupS3AccessKeyId",
-    "backupS3SecretAccessKey",
-)
 #: An S3 bucket name (AWS's and R2's rules: 3-63 lower-case letters, digits, - and .).
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
-def backups_on(settings: Settings, secrets: secrets_mod.Secrets) -> bool:
-    """Whether the backup app runs: as `cluster_apps.backup.enabled` says, or, left None,
-    where Label Studio runs and the object store is configured (every BACKUP_KEYS set)."""
-    backup = settings.cluster_apps.backup
-    if backup.enabled is not None:
-        return backup.enabled
-    return settings.cluster_apps.label_studio.enabled and all(k in secrets for k in BACKUP_KEYS)
 
 
 def backup_problems(settings: Settings, secrets: secrets_mod.Secrets) -> list[str]:

@@ -11,14 +11,8 @@ from __future__ import annotations
 from pyinfra import host, inventory
 from pyinfra.api.exceptions import PyinfraError
 
-from oceanid.preflight import (
-    HostPlan,
-    PreflightError,
-    Site,
-    check,
-    short_name,
-    views_from_inventory,
-)
+from oceanid.model import HostPlan, Site
+from oceanid.preflight import PreflightError, check, short_name, views_from_inventory
 
 _RESULT: list[Site | PyinfraError] = []
 

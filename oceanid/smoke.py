@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from oceanid import exitcodes, preflight
+from oceanid import exitcodes, model, preflight
 from oceanid.ingress import ml_hostname
-from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, Site
+from oceanid.model import K3S_AGENTS, K3S_SERVERS, Site
 from oceanid.settings import GpuService, Settings, short_name
 
 if TYPE_CHECKING:  # imported where used: they load ssl, which must wait for gevent (see main)
@@ -177,7 +177,7 @@ def targets(site: Site, overrides: dict[str, str], only: Kind | None = None) -> 
     return [target for target in found if only in (None, target.kind)]
 
 
-def _access_headers(site: Site, plan: preflight.HostPlan) -> dict[str, str]:
+def _access_headers(site: Site, plan: model.HostPlan) -> dict[str, str]:
     """The headers Cloudflare Access reads a service token from (a name without Access: none)."""
     if plan.gpu is None or plan.gpu.access != "service_token":
         return {}

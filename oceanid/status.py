@@ -28,13 +28,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from oceanid import exitcodes, preflight
+from oceanid.model import K3S_AGENTS, K3S_SERVERS
 from oceanid.settings import SettingsError, from_data, short_name
 
 # The cluster apps' files in k3s's auto-deploy folder (deploys/cluster_apps: `oceanid-<app>.yaml`
 # and `oceanid-<app>-secret.yaml`); k3s's own manifests there are not ours to report.
 MANIFEST_GLOB = "oceanid-*.yaml"
 GPU_UNITS = ("cloudflared-node.service", "tritonserver.service")
-K3S_UNITS = {preflight.K3S_SERVERS: "k3s.service", preflight.K3S_AGENTS: "k3s-agent.service"}
+K3S_UNITS = {K3S_SERVERS: "k3s.service", K3S_AGENTS: "k3s-agent.service"}
 
 Report = dict[str, dict[str, Any]]
 
@@ -142,7 +143,7 @@ def read_host(state: Any, host: Any) -> dict[str, Any]:
             found["triton"] = {"port": port, "state": read.fact(TritonState, http_port=port)}
     if roles & set(K3S_UNITS):
         found["k3s"] = {"version": read.fact(K3sVersion)}
-    if preflight.K3S_SERVERS in roles:
+    if K3S_SERVERS in roles:
         found["k3s"]["nodes"] = read.fact(K3sNodes)
         found["k3s"]["failed_jobs"] = read.fact(K3sFailedJobs)
         manifests = []

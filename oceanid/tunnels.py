@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from oceanid import exitcodes, preflight, tunnel_credentials
+from oceanid import exitcodes, model, preflight, tunnel_credentials
 from oceanid import secrets as secrets_mod
 from oceanid.settings import Settings, SettingsError, from_data, short_name
 
@@ -38,10 +38,10 @@ class Wanted:
     credential_key: str
 
 
-def wanted(views: Sequence[preflight.HostView], settings: Settings) -> list[Wanted]:
+def wanted(views: Sequence[model.HostView], settings: Settings) -> list[Wanted]:
     """The cluster's tunnel (with a k3s server) and one per GPU host, in inventory order."""
     out = []
-    if any(preflight.K3S_SERVERS in view.groups for view in views):
+    if any(model.K3S_SERVERS in view.groups for view in views):
         out.append(Wanted("oceanid-cluster", CLUSTER_ID_KEY, CLUSTER_CREDENTIAL_KEY))
     for view in views:
         name = short_name(view.name)

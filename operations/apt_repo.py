@@ -16,7 +16,7 @@ import hashlib
 from pyinfra import host
 from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
 
-from operations.managed import ManagedFile, DesiredState, _attributes_differ, _replace_commands
+from operations.managed import DesiredState, ManagedFile, _attributes_differ, _replace_commands
 
 # The key's download gives up rather than hold the run: KEY_CONNECT_WAIT seconds to connect,
 # KEY_WAIT for one try (a key is a few kB), and no new try after KEY_RETRY_WAIT seconds.

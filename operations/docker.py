@@ -19,9 +19,9 @@ from pyinfra.api import QuoteString, StringCommand, operation
 
 from operations.failure import refuse
 from operations.managed import (
+    DesiredState,
     ManagedBinary,
     ManagedFile,
-    DesiredState,
     _download_commands,
     _log_once,
     _replace_commands,

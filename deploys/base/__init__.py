@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import re
 
-from oceanid.preflight import HostPlan
+from oceanid.model import HostPlan
 from operations import managed
-from operations.managed import RECORD_DIR, ManagedDirectory, ManagedFile, DesiredState
+from operations.managed import RECORD_DIR, DesiredState, ManagedDirectory, ManagedFile
 
 HEADER = "# Managed by oceanid-deploys (deploys/base); local edits are overwritten.\n"
 # A key in an authorized_keys line (after any options): its type and its base64 material,

@@ -5,7 +5,7 @@ one `oceanid-<app>.yaml`, and its Secrets sit beside it in `oceanid-<app>-secret
 mode 0600, whose content `--dry --diff` never shows: the host sends back salted hashes of
 the old file's lines, and `objects.secret_key_lines` maps the changed lines to the keys it
 names. Objects are built as data by one module per app from validated
-settings and secrets (preflight.Site), and dumped with PyYAML.
+settings and secrets (oceanid.model.Site), and dumped with PyYAML.
 
 Every pod runs under `objects.hardened` (non-root, seccomp, no capabilities, no API
 token), and every Deployment and DaemonSet carries a keyed digest of the Secrets it reads
@@ -27,7 +27,7 @@ from deploys.cluster_apps import (
     node_tunnel,
     objects,
 )
-from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, Site, backups_on
+from oceanid.model import K3S_AGENTS, K3S_SERVERS, Site, backups_on
 from oceanid.settings import Settings
 from operations.managed import ManagedFile
 

@@ -34,7 +34,7 @@ import sys
 import yaml
 
 from deploys.cluster_apps import backup, label_studio, objects
-from oceanid import preflight
+from oceanid import model, preflight
 from oceanid.settings import Settings
 from oceanid.sshtarget import TargetError, target
 
@@ -43,21 +43,21 @@ class CommandError(Exception):
     """What failed, in words."""
 
 
-def _site(inventory: str) -> tuple[preflight.Site, Settings]:
+def _site(inventory: str) -> tuple[model.Site, Settings]:
     try:
         site = preflight.check(preflight.views_from_inventory(preflight.load_inventory(inventory)))
     except preflight.PreflightError as exc:
         raise CommandError(f"`make check` fails for {inventory}:\n{exc}") from None
     settings = next(iter(site.hosts.values())).settings
-    if not preflight.backups_on(settings, site.secrets):
+    if not model.backups_on(settings, site.secrets):
         raise CommandError(
             "backups are off: set the object store's ESC keys "
-            f"({', '.join(preflight.BACKUP_KEYS)}) or cluster_apps.backup.enabled"
+            f"({', '.join(model.BACKUP_KEYS)}) or cluster_apps.backup.enabled"
         )
     return site, settings
 
 
-def script_env(site: preflight.Site) -> dict[str, str]:
+def script_env(site: model.Site) -> dict[str, str]:
     """backup_job.py's environment here: the object store's keys, as the Secret gives them
     to the pod."""
     values = backup.secret_values(site.secrets)
@@ -68,7 +68,7 @@ def script_env(site: preflight.Site) -> dict[str, str]:
     }
 
 
-def run_script(site: preflight.Site, *args: str) -> subprocess.CompletedProcess:
+def run_script(site: model.Site, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(backup.SCRIPT), *args],
         env=script_env(site), text=True, capture_output=True, check=False,

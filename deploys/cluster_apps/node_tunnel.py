@@ -17,7 +17,7 @@ import yaml
 
 from deploys.cluster_apps import cluster_connector, objects
 from oceanid.ingress import node_ingress
-from oceanid.preflight import HostPlan
+from oceanid.model import HostPlan
 
 APP = "node-tunnel"
 NAMESPACE = "cloudflared-node"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from deploys.cluster_apps import cluster_connector
 from oceanid.ingress import node_ingress, public_names
-from oceanid.preflight import K3S_SERVERS, HostPlan, Site
+from oceanid.model import K3S_SERVERS, HostPlan, Site
 
 if TYPE_CHECKING:
     from oceanid.cloudflare_dns import CloudflareAccess, DesiredRecord

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from deploys.gpu_host import cloudflared_node, docker, http_service, ml_backend, triton
-from oceanid.preflight import HostPlan, Site
+from oceanid.model import HostPlan, Site
 from operations import gpu, managed
 from operations.managed import DesiredState
 

@@ -20,10 +20,10 @@ from pyinfra.api.state import State
 from deploys.cluster_apps.node_tunnel import NAMESPACE as NODE_TUNNEL_NAMESPACE
 from facts.cloudflared import CloudflaredReady
 from oceanid.ingress import node_ingress
-from oceanid.preflight import HostPlan, Site
+from oceanid.model import HostPlan, Site
 from operations import services
 from operations.failure import refuse
-from operations.managed import ManagedBinary, ManagedDirectory, ManagedFile, DesiredState
+from operations.managed import DesiredState, ManagedBinary, ManagedDirectory, ManagedFile
 
 if TYPE_CHECKING:
     from oceanid.cloudflare_dns import CloudflareAccess

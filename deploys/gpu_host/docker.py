@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pyinfra import host
 
-from oceanid.preflight import HostPlan
+from oceanid.model import HostPlan
 from operations import apt_repo, managed, services
 from operations import docker as docker_ops
 from operations.managed import DesiredState

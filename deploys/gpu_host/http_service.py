@@ -13,10 +13,10 @@ from pathlib import Path
 from string import Template
 
 from deploys.gpu_host.triton import gpu_options, unit_options
-from oceanid.preflight import HostPlan
+from oceanid.model import HostPlan
 from operations import docker as docker_ops
 from operations import services
-from operations.managed import ManagedDirectory, ManagedFile, DesiredState
+from operations.managed import DesiredState, ManagedDirectory, ManagedFile
 
 HERE = Path(__file__).parent
 UNIT = "gpu-http.service"

@@ -34,12 +34,12 @@ from string import Template
 from pyinfra.api import QuoteString, StringCommand
 
 from oceanid import triton_repo
-from oceanid.preflight import HostPlan
+from oceanid.model import HostPlan
 from oceanid.triton_runtime import STUB, TritonDistribution, server_command
 from operations import docker as docker_ops
 from operations import managed, services
 from operations import triton as triton_ops
-from operations.managed import ManagedDirectory, ManagedFile, DesiredState
+from operations.managed import DesiredState, ManagedDirectory, ManagedFile
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent

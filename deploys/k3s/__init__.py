@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deploys.k3s import agent, apps, cluster, server
-from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, HostPlan, Site
+from oceanid.model import K3S_AGENTS, K3S_SERVERS, HostPlan, Site
 from operations import k3s as k3s_ops
 from operations.managed import DesiredState
 

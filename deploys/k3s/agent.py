@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pyinfra import host
 
 from deploys.k3s import cluster, node, units
-from oceanid.preflight import HostPlan, Site
+from oceanid.model import HostPlan, Site
 from operations import k3s as k3s_ops
 from operations import services
 from operations.managed import DesiredState

@@ -38,7 +38,7 @@ from pyinfra.api import QuoteString, StringCommand, operation
 from deploys import cluster_apps
 from deploys.cluster_apps import MANIFEST_DIR, backup, label_studio
 from deploys.k3s import cluster
-from oceanid.preflight import HostPlan, Site, backups_on
+from oceanid.model import HostPlan, Site, backups_on
 from oceanid.settings import Settings
 from operations import k3s as k3s_ops
 from operations import managed

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from oceanid.preflight import K3S_AGENTS, K3S_SERVERS, HostPlan, Site
+from oceanid.model import K3S_AGENTS, K3S_SERVERS, HostPlan, Site
 
 RUNTIME_CLASS = "nvidia"
 

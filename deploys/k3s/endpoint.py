@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from oceanid.preflight import HostPlan
-from operations.managed import ManagedFile, DesiredState
+from oceanid.model import HostPlan
+from operations.managed import DesiredState, ManagedFile
 
 API_PORT = 6443
 CONFIG = "/etc/haproxy/haproxy.cfg"

@@ -26,9 +26,9 @@ from pathlib import Path
 from string import Template
 
 from deploys.k3s import cluster, units
-from oceanid.preflight import HostPlan, Site
+from oceanid.model import HostPlan, Site
 from operations import services
-from operations.managed import ManagedDirectory, ManagedFile, DesiredState
+from operations.managed import DesiredState, ManagedDirectory, ManagedFile
 
 HERE = Path(__file__).parent
 FOLDER = "/etc/oceanid"

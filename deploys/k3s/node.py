@@ -24,10 +24,10 @@ from typing import Literal
 
 from deploys.k3s import cluster, config, firewall, units
 from facts.k3s import SERVER_AGENT_TOKEN, token_secret
-from oceanid.preflight import HostPlan, Site, backups_on
+from oceanid.model import HostPlan, Site, backups_on
 from operations import k3s as k3s_ops
 from operations import managed, services
-from operations.managed import ManagedBinary, ManagedDirectory, ManagedFile, DesiredState
+from operations.managed import DesiredState, ManagedBinary, ManagedDirectory, ManagedFile
 
 Role = Literal["server", "agent"]
 

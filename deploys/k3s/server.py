@@ -13,10 +13,10 @@ from __future__ import annotations
 import yaml
 
 from deploys.k3s import apps, cluster, config, endpoint, node
-from oceanid.preflight import HostPlan, Site
+from oceanid.model import HostPlan, Site
 from operations import k3s as k3s_ops
 from operations import managed, services
-from operations.managed import ManagedFile, DesiredState
+from operations.managed import DesiredState, ManagedFile
 
 # k3s deploys what it finds here (its auto-deploy manifests); the folder exists once it ran.
 MANIFESTS = "/var/lib/rancher/k3s/server/manifests"

@@ -33,7 +33,8 @@ from deploys import cluster_apps
 from deploys.cluster_apps import label_studio as ls_app
 from deploys.cluster_apps import ml_backend
 from lab import fake_secrets
-from oceanid.preflight import HostView, check
+from oceanid.model import HostView
+from oceanid.preflight import check
 from oceanid.settings import from_data
 from tests.contract import postgres
 from tests.contract.ml_adapter import FileServer, start_adapter

@@ -25,7 +25,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from oceanid import preflight
+from oceanid import model
 
 DEFAULT_INVENTORY = "inventory.py"
 ALL_HOSTS = None
@@ -39,15 +39,15 @@ TRITON, TRITON_HOST, TRITON_CONTAINER, GPU_HTTP = (
 # module -> the inventory group whose hosts it checks (ALL_HOSTS: every host)
 ROLE_MODULES = {
     "test_base": ALL_HOSTS,
-    "test_gpu": preflight.GPU_HOSTS,
+    "test_gpu": model.GPU_HOSTS,
     "test_triton": TRITON,
     "test_ml_backend": TRITON,  # the ML backend runs beside each Triton
     "test_triton_host": TRITON_HOST,
     "test_triton_container": TRITON_CONTAINER,
     "test_gpu_http": GPU_HTTP,
-    "test_k3s_server": preflight.K3S_SERVERS,
-    "test_k3s_agent": preflight.K3S_AGENTS,
-    "test_cluster_apps": preflight.K3S_SERVERS,
+    "test_k3s_server": model.K3S_SERVERS,
+    "test_k3s_agent": model.K3S_AGENTS,
+    "test_cluster_apps": model.K3S_SERVERS,
 }
 # Modules that check what k3s provisioning installs: only hosts with it enabled.
 PROVISIONED = ("test_k3s_server", "test_k3s_agent", "test_cluster_apps")

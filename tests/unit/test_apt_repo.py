@@ -22,7 +22,7 @@ from pyinfra.api import FileUploadCommand, OperationValueError, StringCommand
 
 from facts.managed import ManagedState
 from operations import apt_repo
-from operations.managed import ManagedFile, DesiredState
+from operations.managed import DesiredState, ManagedFile
 from tests.unit.test_operations import (
     Run,
     _fresh_state_cache,  # noqa: F401 - autouse: each test is a fresh run

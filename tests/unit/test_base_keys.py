@@ -26,7 +26,7 @@ HAND = 'from="10.0.0.1" ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQHandHandHand bob@a
 
 
 def plan(*keys: str) -> SimpleNamespace:
-    """What the base reads of a host's plan (oceanid.preflight.HostPlan)."""
+    """What the base reads of a host's plan (oceanid.model.HostPlan)."""
     settings = SimpleNamespace(admin_user="oceanid", admin_ssh_keys=list(keys), base_packages=[])
     return SimpleNamespace(name="calypso", settings=settings)
 

@@ -18,7 +18,8 @@ from pyinfra.context import ctx_host, ctx_state
 from deploys.dns import guard_gpu_name
 from oceanid import cloudflare_access as cfa
 from oceanid import cloudflare_dns as cf
-from oceanid.preflight import HostPlan, HostView, PreflightError, Site, check
+from oceanid.model import HostPlan, HostView, Site
+from oceanid.preflight import PreflightError, check
 from oceanid.secrets import Secrets, canonical
 from oceanid.settings import GpuHost, SettingsError, from_data
 from tests.unit import test_cloudflare_dns as dns

@@ -196,7 +196,7 @@ def test_the_api_and_the_daemonset_get_the_same_rules(make_plan) -> None:
     DaemonSet's config are the host connector's rules, rule for rule."""
     from deploys import dns
     from deploys.cluster_apps import node_tunnel
-    from oceanid.preflight import Site
+    from oceanid.model import Site
 
     plan = make_plan()
     site = Site(hosts={plan.name: plan}, secrets={}, cluster_tunnel_id=None)

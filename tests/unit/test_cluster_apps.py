@@ -17,7 +17,8 @@ import yaml
 from deploys import cluster_apps
 from deploys.cluster_apps import label_studio, ml_backend, objects
 from oceanid.ingress import node_ingress
-from oceanid.preflight import HostView, PreflightError, check
+from oceanid.model import HostView
+from oceanid.preflight import PreflightError, check
 from oceanid.settings import GpuService, SettingsError, from_data
 from tests.unit.conftest import REPO
 

@@ -31,7 +31,7 @@ from deploys.gpu_host import docker, ml_backend, triton
 from facts.managed import Account, ManagedState, PathState, empty_state, script
 from operations import docker as docker_ops
 from operations import managed
-from operations.managed import ManagedFile, DesiredState
+from operations.managed import DesiredState, ManagedFile
 from tests.unit.test_gpu_rendering import make_plan  # noqa: F401 - a fixture
 from tests.unit.test_operations import (
     _fake_host_with,

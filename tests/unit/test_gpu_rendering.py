@@ -21,7 +21,8 @@ import yaml
 
 from deploys.gpu_host import cloudflared_node, docker, http_service, triton
 from oceanid import triton_repo
-from oceanid.preflight import HostPlan, HostView, PreflightError, check
+from oceanid.model import HostPlan, HostView
+from oceanid.preflight import PreflightError, check
 from operations import docker as docker_ops
 from operations import triton as triton_ops
 from operations.managed import DesiredState

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from deploys.k3s import agent, config, firewall, node, server
-from oceanid.preflight import HostView, PreflightError, check
+from oceanid.model import HostView
+from oceanid.preflight import PreflightError, check
 from tests.unit.test_k3s_roles import AGENTS, GPU, SERVERS, make_site  # noqa: F401 (fixture)
 
 LAB = {  # the lab's addresses (inventories/group_data/all.py)

@@ -14,7 +14,7 @@ from facts.k3s import API_UNAVAILABLE_MARKER, K3sAddons
 from facts.managed import ManagedState
 from operations import k3s as k3s_ops
 from operations import managed
-from operations.managed import ManagedFile, DesiredState
+from operations.managed import DesiredState, ManagedFile
 from tests.unit.test_operations import (
     assert_refused,
     file_state,

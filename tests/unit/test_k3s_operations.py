@@ -32,7 +32,7 @@ from facts.k3s import (
 from facts.managed import ManagedState, script
 from operations import k3s as k3s_ops
 from operations import managed, services
-from operations.managed import ManagedBinary, ManagedFile, DesiredState
+from operations.managed import DesiredState, ManagedBinary, ManagedFile
 from tests.unit.test_operations import (
     ANSI,
     assert_refused,
@@ -470,7 +470,9 @@ UNIT_FILE = ManagedFile(f"/etc/systemd/system/{UNIT}", b"[Service]\nExecStart=k3
 
 
 def _upgrade(installed_sha: str | None, active: str = "active"):
-    manifest = DesiredState(name="k3s server tethys", binaries=[K3S], files=[UNIT_FILE], units=[UNIT])
+    manifest = DesiredState(
+        name="k3s server tethys", binaries=[K3S], files=[UNIT_FILE], units=[UNIT]
+    )
     binary_state = (
         None
         if installed_sha is None

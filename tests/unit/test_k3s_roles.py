@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from deploys.k3s import agent, cluster, config, endpoint, server, units
-from oceanid.preflight import HostView, PreflightError, Site, check
+from oceanid.model import HostView, Site
+from oceanid.preflight import PreflightError, check
 from oceanid.settings import from_data
 from tests.unit.conftest import with_node_ips
 

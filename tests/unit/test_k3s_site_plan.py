@@ -30,7 +30,8 @@ from deploys import k3s
 from deploys.k3s import agent, config, server
 from facts.k3s import API_UNAVAILABLE_MARKER, SERVER_AGENT_TOKEN
 from facts.managed import ManagedState, PathState, empty_state
-from oceanid.preflight import HostView, check
+from oceanid.model import HostView
+from oceanid.preflight import check
 from operations import managed
 from operations.k3s import INSTALL_PROBE, MANAGED_LABELS, MANAGED_TAINTS, NODES_PROBE
 from tests.unit.conftest import with_node_ips

@@ -28,8 +28,9 @@ from pyinfra.api.operations import run_ops
 from pyinfra.api.state import StateStage
 
 from lab.reference import OPERATIONS, declared, host_ops, reference_ops
-from oceanid.preflight import HostView, check
-from operations.managed import ManagedBinary, ManagedDirectory, ManagedFile, DesiredState
+from oceanid.model import HostView
+from oceanid.preflight import check
+from operations.managed import DesiredState, ManagedBinary, ManagedDirectory, ManagedFile
 from tests.unit.conftest import REPO
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheLabReferenceTestOnly operator@lab"

@@ -17,7 +17,8 @@ from deploys import dns, gpu_host
 from deploys.gpu_host import cloudflared_node, ml_backend
 from facts.managed import Account, PathState
 from oceanid.ingress import ml_hostname, ml_name, node_ingress
-from oceanid.preflight import HostView, PreflightError, check
+from oceanid.model import HostView
+from oceanid.preflight import PreflightError, check
 from oceanid.settings import GpuService
 from tests.unit.test_docker_ops import _converged, _fresh, _plan_role
 from tests.unit.test_gpu_rendering import make_plan  # noqa: F401 - a fixture

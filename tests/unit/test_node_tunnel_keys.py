@@ -4,7 +4,8 @@ item 7): read, and a value that disagrees with the settings or the tunnel stops 
 import pytest
 import yaml
 
-from oceanid.preflight import HostView, PreflightError, check
+from oceanid.model import HostView
+from oceanid.preflight import PreflightError, check
 
 GROUPS = {"tethys": {"k3s_servers"}, "styx": {"k3s_agents"}, "calypso": {"k3s_agents", "gpu_hosts"}}
 

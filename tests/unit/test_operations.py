@@ -50,10 +50,10 @@ from operations import triton as triton_ops
 from operations.managed import (
     RUN_ID,
     STAGING,
+    DesiredState,
     ManagedBinary,
     ManagedDirectory,
     ManagedFile,
-    DesiredState,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ def shell_syntax_errors(commands: list[Any]) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _fresh_state_cache():
-    """`DesiredState.state()` memoises per host and manifest for a pyinfra run; each test is a run."""
+    """`DesiredState.state()` memoises per host and role for a pyinfra run; each test is a run."""
     managed._STATE_CACHE.clear()
     yield
     managed._STATE_CACHE.clear()
@@ -352,7 +352,9 @@ def test_something_else_where_a_file_belongs_is_refused(caplog) -> None:
 
 
 def test_a_file_where_a_directory_belongs_is_refused(caplog) -> None:
-    manifest = DesiredState(name="gpu host calypso", directories=[ManagedDirectory("/etc/cloudflared")])
+    manifest = DesiredState(
+        name="gpu host calypso", directories=[ManagedDirectory("/etc/cloudflared")]
+    )
     state = managed_state(paths={"/etc/cloudflared": PathState("file", "0644", "root", "root")})
     run = run_op(managed.directories, manifest, facts={ManagedState: state})
     assert_refused(run, caplog, "/etc/cloudflared exists but is a file, not a directory")

@@ -8,7 +8,8 @@ import sys
 import pytest
 import yaml
 
-from oceanid.preflight import HostView, PreflightError, check
+from oceanid.model import HostView
+from oceanid.preflight import PreflightError, check
 from tests.smoke_support import site_dir
 from tests.unit.conftest import REPO, with_node_ips
 

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from oceanid import secrets
-from oceanid.preflight import HostView, PreflightError, check
+from oceanid.model import HostView
+from oceanid.preflight import PreflightError, check
 from tests.unit.conftest import with_node_ips
 
 REPO = Path(__file__).resolve().parents[2]

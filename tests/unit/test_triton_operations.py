@@ -34,7 +34,7 @@ from oceanid.triton_runtime import (
 )
 from operations import managed
 from operations import triton as triton_ops
-from operations.managed import ManagedFile, DesiredState
+from operations.managed import DesiredState, ManagedFile
 from tests.unit.test_operations import (
     managed_state,
     run_op,

@@ -28,10 +28,10 @@ from pathlib import Path
 from string import Template
 
 from oceanid.ingress import ML_BACKEND_PORT
-from oceanid.preflight import HostPlan
+from oceanid.model import HostPlan
 from operations import managed, services
 from operations import triton as triton_ops
-from operations.managed import ManagedDirectory, ManagedFile, DesiredState
+from operations.managed import DesiredState, ManagedDirectory, ManagedFile
 
 HERE = Path(__file__).parent
 ROOT = "/opt/oceanid-ml-backend"
