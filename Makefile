@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
-venv-test: $(TEST_STAMP)  ## .venv plus the test extras (pytest, ruff, the Triton wheel, moto): for tests, lint, lab
+venv-test: $(TEST_STAMP)  ## .venv plus the test extras (pytest, ruff, import-linter, the Triton wheel, moto): for tests, lint, lab
 $(TEST_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -95,9 +95,10 @@ lab-diff: venv-test  ## `make diff` against the lab (never -y: it skips change d
 lab-check: venv-test  ## `make check` for the lab's inventory, settings and secrets
 	$(PY) -m oceanid.preflight $(LAB_INVENTORY)
 
-lint: venv-test  ## ruff check and ruff format --check
+lint: venv-test  ## ruff check, ruff format --check, and the layer contract (lint-imports)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 test-unit: venv-test lab-deps  ## unit, stand-in and contract tests (no lab)
 	$(VENV)/bin/pytest -q -m 'not lab' tests/unit tests/standins tests/contract
@@ -108,6 +109,7 @@ test-lab: venv-test lab-deps  ## the lab tests (root: boots the lab)
 test: venv-test lab-deps  ## everything CI runs: lint, unit, contract and lab tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(VENV)/bin/pytest -q tests/unit tests/standins tests/contract tests/lab
 
 bench: venv-test lab-deps  ## boots the lab; no-op, dry run, bare exec, reference; LATENCY=50ms adds WAN delay
@@ -116,8 +118,8 @@ bench: venv-test lab-deps  ## boots the lab; no-op, dry run, bare exec, referenc
 bench-scale: venv-test lab-deps  ## N (default 8) extra GPU hosts: first and no-op converge, 1 against N
 	$(PY) -m lab.bench_scale --hosts $(or $(N),8)
 
-bench-predict: venv-test  ## N PDFs (default 16) via the ML-backend adapter and straight to CPU Triton; BATCH (8)
-	$(PY) -m tests.contract.bench_predict --n $(or $(N),16) --batch $(or $(BATCH),8)
+bench-predict: venv-test  ## N PDFs (16) of PAGES pages (10, and 1) via the ML-backend adapter and straight to CPU Triton; BATCH (8)
+	$(PY) -m tests.contract.bench_predict --n $(or $(N),16) --batch $(or $(BATCH),8) --pages $(or $(PAGES),10)
 
 clean: lab-down  ## the lab down, and .lab (its caches) removed
 	rm -rf .lab

@@ -65,12 +65,7 @@ def cloudflare_lines(site: Site) -> tuple[list[str], bool, set[str], set[str]]:
         records += wanted
         ingress.update(tunnels)
         keys.update(dns.tunnel_keys(plan, site))
-    access = cf.CloudflareAccess(
-        api_token=site.secrets["cloudflareApiToken"],
-        account_id=site.secrets["cloudflareAccountId"],
-        zone_id=site.secrets["cloudflareZoneId"],
-        base_url=str(first.cloudflare_api_base_url or "") or None,
-    )
+    access = cf.CloudflareAccess.of(first, site.secrets)
     client = access.client()
     lines, refused = [], False
     zone = cf.plan(client, access.zone_id, records, first.cloudflare_takeover_records)
@@ -93,7 +88,7 @@ def cloudflare_lines(site: Site) -> tuple[list[str], bool, set[str], set[str]]:
                 verb = {"noop": "ADOPT", "update": "REPLACE", "local": "LOCAL"}[plan.kind]
                 lines.append(f"{verb} {plan.describe()}")
             else:
-                tunnel = cf._get_tunnel(client, access.account_id, tunnel_id, key)
+                tunnel = cf.get_tunnel(client, access.account_id, tunnel_id, key)
                 lines.append(
                     f"ADOPT tunnel {tunnel.get('name') or tunnel_id} ({tunnel_id}, ESC {key})"
                 )

@@ -36,6 +36,6 @@ if not settings.admin_ssh_keys:
         "afterwards: add your public key (ssh-ed25519 AAAA…) to admin_ssh_keys in group_data/all.py"
     )
 plan = HostPlan(name=short_name(host.name), settings=settings, roles=frozenset())
-core = base.manifest(plan)
+core = base.declare(plan)
 managed.read_together(core)
 base.deploy(plan, core)

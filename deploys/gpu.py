@@ -15,9 +15,9 @@ plan = this_host()
 if plan.gpu is None:
     raise PyinfraError(f"{plan.name}: not a GPU host (no hosts.{plan.name}.gpu in group_data)")
 gpu_host.check(plan)
-core = base.manifest(plan)
+core = base.declare(plan)
 role = gpu_host.declare(plan)
-managed.read_together(core, role.manifest)  # the host's state in one round trip
+managed.read_together(core, role.desired)  # the host's state in one round trip
 base.deploy(plan, core)
 gpu_host.deploy(plan, role)
 gpu_host.hand_over(plan, role, site())  # daemonset mode: once the cluster's connector is up

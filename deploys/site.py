@@ -12,10 +12,10 @@ from operations import managed
 plan = this_host()
 gpu_host.check(plan)
 # Every role declares what it manages first; the host's state is then read in one command.
-core = base.manifest(plan)
+core = base.declare(plan)
 gpu = gpu_host.declare(plan) if plan.gpu is not None else None
 node = k3s.declare(plan, site())
-managed.read_together(core, *([gpu.manifest] if gpu else []), *(node.manifests() if node else []))
+managed.read_together(core, *([gpu.desired] if gpu else []), *(node.states() if node else []))
 base.deploy(plan, core)
 if gpu is not None:
     gpu_host.deploy(plan, gpu)  # before k3s: its agent finds the NVIDIA runtime when it starts

@@ -42,24 +42,24 @@ OPERATIONS = {
 
 
 def declared(plan: HostPlan, site: Site) -> list[DesiredState]:
-    """This host's manifests, declared as deploys/site.py declares them (nothing is read)."""
-    manifests = [base.manifest(plan)]
+    """This host's desired states, declared as deploys/site.py declares them (nothing is read)."""
+    states = [base.declare(plan)]
     if plan.gpu is not None:
-        manifests.append(gpu_host.declare(plan).manifest)
+        states.append(gpu_host.declare(plan).desired)
     node = k3s.declare(plan, site)
     if node is not None:
-        manifests += node.manifests()
-    return manifests
+        states += node.states()
+    return states
 
 
-def host_ops(plan: HostPlan, manifests: list[DesiredState], arch: str | None):
+def host_ops(plan: HostPlan, states: list[DesiredState], arch: str | None):
     """`reference_ops` for this host: its operators' account and keys, and the units the
     site keeps stopped here (the tunnel connector, while the cluster runs that tunnel)."""
     stopped = set()
     if plan.gpu is not None and cloudflared_node.in_cluster(plan):
         stopped.add(cloudflared_node.UNIT)
     return reference_ops(
-        manifests,
+        states,
         arch,
         login=plan.settings.admin_user,
         keys=plan.settings.admin_ssh_keys,
@@ -68,7 +68,7 @@ def host_ops(plan: HostPlan, manifests: list[DesiredState], arch: str | None):
 
 
 def reference_ops(
-    manifests: list[DesiredState],
+    states: list[DesiredState],
     arch: str | None,
     *,
     login: str | None = None,
@@ -76,36 +76,36 @@ def reference_ops(
     stopped: Collection[str] = (),
 ) -> list[tuple[str, dict]]:
     """
-    The built-in operations that manage what `manifests` declare, as (operation, kwargs).
+    The built-in operations that manage what `states` declare, as (operation, kwargs).
 
-    + manifests: the host's manifests, from `declared`
+    + states: the host's desired states, from `declared`
     + arch: the host's Debian architecture (`dpkg --print-architecture`), for the pins
     + login: the operators' login account (`managed.account`'s default); every other
       declared account is a system account (`system=True`, as Triton's)
     + keys: the operators' SSH keys, merged into `login`'s authorized_keys
     + stopped: declared units kept stopped and disabled
 
-    Per manifest: its packages, accounts, directories, files, binaries, then units. What a
-    manifest only reads (`read`, `trees`, `probes`) is not state to manage and is left out;
+    Per desired state: its packages, accounts, directories, files, binaries, then units. What a
+    desired state only reads (`read`, `trees`, `probes`) is not state to manage and is left out;
     the operators' SSH keys, which the base merges into their authorized_keys at deploy
     time, are pyinfra's `server.user_authorized_keys`. A file's content is passed as a
     BytesIO, never as text an operation's name or a log line could carry.
     """
     ops: list[tuple[str, dict]] = []
-    for manifest in manifests:
-        role = manifest.name
-        if manifest.packages:
+    for desired in states:
+        role = desired.name
+        if desired.packages:
             ops.append(
                 (
                     "apt.packages",
                     {
-                        "name": f"{role}: packages {', '.join(manifest.packages)} installed",
-                        "packages": list(manifest.packages),
+                        "name": f"{role}: packages {', '.join(desired.packages)} installed",
+                        "packages": list(desired.packages),
                         "no_recommends": True,
                     },
                 )
             )
-        for user in manifest.users:
+        for user in desired.users:
             is_login = user == login
             ops.append(
                 (
@@ -133,7 +133,7 @@ def reference_ops(
                         },
                     )
                 )
-        for directory in manifest.directories:
+        for directory in desired.directories:
             ops.append(
                 (
                     "files.directory",
@@ -146,7 +146,7 @@ def reference_ops(
                     },
                 )
             )
-        for file in manifest.files:
+        for file in desired.files:
             secret = " (secret)" if file.secret else ""
             ops.append(
                 (
@@ -161,7 +161,7 @@ def reference_ops(
                     },
                 )
             )
-        for binary in manifest.binaries:
+        for binary in desired.binaries:
             url, sha256 = binary.pin(arch)
             ops.append(
                 (
@@ -175,7 +175,7 @@ def reference_ops(
                     },
                 )
             )
-        for unit in manifest.units:
+        for unit in desired.units:
             running = unit not in stopped
             ops.append(
                 (

@@ -1,8 +1,9 @@
 """Cloudflare DNS records and tunnel ingress for Oceanid's public names, through the API.
 
-The public names (``label.<base>`` on the cluster tunnel, ``gpu.<base>``, ``gpu2.<base>`` … each on
-its own node tunnel) are proxied CNAMEs to ``<tunnel-id>.cfargotunnel.com``. This module is the
-pure part plus the SDK calls; ``operations/cloudflare.py`` wraps it for pyinfra.
+The public names (oceanid/names.py: ``label.<base>`` on the cluster tunnel, ``gpu.<base>``,
+``gpu2.<base>`` … each on its own node tunnel) are proxied CNAMEs to
+``<tunnel-id>.cfargotunnel.com``. This module is the pure part plus the SDK calls;
+``operations/cloudflare.py`` wraps it for pyinfra.
 
 Ownership rules, because the zone is shared with people and other tools:
 
@@ -22,17 +23,20 @@ is clean, so a conflict or a bad token never leaves half the names changed.
 from __future__ import annotations
 
 import functools
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cloudflare
 from cloudflare import Cloudflare
 from cloudflare.pagination import SyncV4PagePaginationArray
 
 from oceanid.ingress import CATCH_ALL_SERVICE
+
+if TYPE_CHECKING:
+    from oceanid.secrets import Secrets
+    from oceanid.settings import Settings
 
 MANAGED_COMMENT = "managed-by: oceanid-deploys"
 TAKEOVER_SETTING = "cloudflare_takeover_records"
@@ -64,8 +68,6 @@ ROUTABLE_TYPES = frozenset({"A", "AAAA", "CNAME"})
 # fills in) are not the deploy's to compare.
 RULE_KEYS = ("hostname", "path", "service")
 RATE_LIMIT_BLOCK = "5 minutes"  # the API's block once a client passes 1200 requests in 5 minutes
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _CREATE_RACE_CODES = {81053, 81057, 81058}
 
 
@@ -97,6 +99,19 @@ class CloudflareAccess:
 
     def __str__(self) -> str:
         return repr(self)
+
+    @classmethod
+    def of(cls, settings: Settings, secrets: Secrets) -> CloudflareAccess:
+        """The site's API access, as every caller builds it (DNS and Access, the node tunnel's
+        hand-over, smoke, adopt-plan): ESC's token, account and zone, and
+        `cloudflare_api_base_url`. The zone may be unset where only the account's tunnels are
+        read (the hand-over, with `manage_dns` off); preflight requires it with `manage_dns`."""
+        return cls(
+            api_token=secrets["cloudflareApiToken"],
+            account_id=secrets["cloudflareAccountId"],
+            zone_id=secrets.get("cloudflareZoneId") or "",
+            base_url=settings.cloudflare_api_base_url,
+        )
 
     def client(self) -> Cloudflare:
         """The token is checked here, not when the object is made: a deploy file builds it while
@@ -235,50 +250,6 @@ class DesiredRecord:
         ttl = "auto" if self.ttl == 1 else str(self.ttl)
         proxy = "proxied" if self.proxied else "DNS only"
         return f"{self.type} {self.name} → {self.content} ({proxy}, ttl {ttl})"
-
-
-def _check_tunnel_id(tunnel_id: str, what: str) -> str:
-    tunnel_id = tunnel_id.strip().lower()
-    if not _UUID.fullmatch(tunnel_id):
-        raise CloudflareError(f"{what}: tunnel id {tunnel_id!r} is not a tunnel UUID")
-    return tunnel_id
-
-
-def _public_name(name: str, base: str) -> str:
-    name = _norm(name)
-    if "." not in name:
-        name = f"{name}.{base}"
-    if not name.endswith("." + base) or not all(_LABEL.fullmatch(p) for p in name.split(".")):
-        raise CloudflareError(f"public name {name!r} is not a valid name under {base}")
-    return name
-
-
-def desired_records(
-    base_domain: str, cluster_tunnel_id: str, gpu_hosts: Mapping[str, str]
-) -> list[DesiredRecord]:
-    """``label.<base>`` on the cluster tunnel and each GPU name on its own node tunnel.
-
-    ``gpu_hosts`` maps a public name (``gpu.boathou.se`` or just ``gpu``) to that host's node tunnel
-    id. Two names on one tunnel are refused: Cloudflare would send each host's traffic to whichever
-    connector it likes.
-    """
-    base = _norm(base_domain)
-    cluster = _check_tunnel_id(cluster_tunnel_id, f"label.{base}")
-    records = [DesiredRecord(f"label.{base}", tunnel_target(cluster))]
-    owners: dict[str, str] = {cluster: f"label.{base}"}
-    for raw_name, raw_id in gpu_hosts.items():
-        name = _public_name(raw_name, base)
-        tunnel_id = _check_tunnel_id(raw_id, name)
-        if tunnel_id in owners:
-            raise CloudflareError(
-                f"{name} and {owners[tunnel_id]} use the same tunnel {tunnel_id}; every GPU host "
-                "needs its own node tunnel"
-            )
-        if any(r.name == name for r in records):
-            raise CloudflareError(f"public name {name} is given twice")
-        owners[tunnel_id] = name
-        records.append(DesiredRecord(name, tunnel_target(tunnel_id)))
-    return records
 
 
 # -- DNS plan -------------------------------------------------------------------------------------
@@ -514,21 +485,6 @@ def apply_action(client: Cloudflare, zone_id: str, action: RecordAction) -> None
         raise _api_error(action.describe(), error, reach=ZONE_REACH) from None
 
 
-def apply(client: Cloudflare, zone_id: str, plan: Plan) -> list[str]:
-    """Apply a conflict-free plan; returns one line per change made. On a failure the error says
-    which changes were made already (rerunning is safe: the next plan starts from there)."""
-    plan.check()
-    done: list[str] = []
-    for action in plan.changes:
-        try:
-            apply_action(client, zone_id, action)
-        except CloudflareError as error:
-            made = "; ".join(done) if done else "none"
-            raise CloudflareError(f"{error} (changes already made: {made})") from None
-        done.append(action.describe())
-    return done
-
-
 # -- tunnel ingress -------------------------------------------------------------------------------
 
 
@@ -611,7 +567,7 @@ def _tunnel_api(
     return envelope.get("result") if isinstance(envelope, dict) else None
 
 
-def _get_tunnel(
+def get_tunnel(
     client: Cloudflare, account_id: str, tunnel_id: str, source: str = ""
 ) -> dict[str, Any]:
     """The tunnel object; a tunnel that does not exist or was deleted is refused, naming the
@@ -653,7 +609,7 @@ def plan_tunnel_config(
         raise CloudflareError(
             f"tunnel {tunnel_id}: the last ingress rule must be a catch-all (no hostname, no path)"
         )
-    tunnel = _get_tunnel(client, account_id, tunnel_id, source)
+    tunnel = get_tunnel(client, account_id, tunnel_id, source)
     name = tunnel.get("name") or tunnel_id
     if tunnel.get("config_src") != "cloudflare":
         return TunnelConfigPlan(tunnel_id, name, "local", desired=tuple(wanted))
@@ -751,6 +707,7 @@ def wait_for_other_connector(
     account_id: str,
     tunnel_id: str,
     own_id: str | None,
+    *,
     timeout: float = 120.0,
     interval: float = 5.0,
     say: Callable[[str], None] = print,
@@ -790,7 +747,7 @@ def tunnel_status(
     """Status from the tunnel object; counts from ``/connections`` (the tunnel object's own
     ``connections`` list is deprecated). Pending-reconnect connections are not counted. A tunnel
     that does not exist or was deleted is an error naming ``source``, the ESC key of its ID."""
-    tunnel = _get_tunnel(client, account_id, tunnel_id, source)
+    tunnel = get_tunnel(client, account_id, tunnel_id, source)
     clients = tunnel_clients(client, account_id, tunnel_id)
     live = [_live_conns(connector) for connector in clients]
     return TunnelStatus(
@@ -835,6 +792,7 @@ def plan_routes(
     client: Cloudflare,
     access: CloudflareAccess,
     records: Sequence[DesiredRecord],
+    *,
     ingress: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     takeover: Iterable[str] = (),
     tunnel_keys: Mapping[str, str] | None = None,
@@ -854,7 +812,7 @@ def plan_routes(
         t for t in map(_record_tunnel, records) if t and t not in (ingress or {})
     )
     for tunnel_id in targets:
-        _get_tunnel(client, access.account_id, tunnel_id, keys.get(tunnel_id, ""))
+        get_tunnel(client, access.account_id, tunnel_id, keys.get(tunnel_id, ""))
     dns.check()
     return RoutesPlan(dns, tunnels)
 

@@ -19,22 +19,22 @@ statistics stay on the host's loopback. The `http` kind is the operator's own se
 keeps every path.
 
 A `triton` host also runs the ML-backend adapter (deploys/gpu_host/ml_backend) on
-127.0.0.1:ML_BACKEND_PORT, published at its own name (`ml_name`: `gpu` -> `ml`, `gpu7` ->
-`ml7`, design.md §7): every path of that name reaches it, since the adapter itself refuses a
-request without its basic auth. Its rule comes before the catch-all.
+127.0.0.1:ML_BACKEND_PORT, published at its own name (oceanid/names.py `ml_hostname`: `gpu` ->
+`ml`, `gpu7` -> `ml7`, design.md §7): every path of that name reaches it, since the adapter
+itself refuses a request without its basic auth. Its rule comes before the catch-all.
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
+
+from oceanid.names import ml_hostname
 
 if TYPE_CHECKING:
     from oceanid.settings import GpuService
 
 CATCH_ALL_SERVICE = "http_status:404"
 ML_BACKEND_PORT = 9090  # the adapter's, as the stack we replace ran it (design.md §7)
-_GPU_NAME = re.compile(r"gpu([0-9]*)")
 # A model name as Triton's model routes take it (`[^/]+`, src/http_server.cc), but never starting
 # with a dot: no segment can then be `.` or `..`, which an origin might resolve. cloudflared
 # 2025.8.1 matches the decoded path and forwards the raw one, so an encoded `/` (%2F) adds a
@@ -61,29 +61,11 @@ def name_rules(hostname: str, service: GpuService) -> list[dict[str, Any]]:
     return rules
 
 
-def ml_name(gpu_public_name: str) -> str:
-    """The adapter's public name (a DNS label) beside a GPU host's: `gpu` -> `ml`, `gpuN` ->
-    `mlN` (design.md §7); any other name `x` -> `ml-x`, which cannot collide with those."""
-    match = _GPU_NAME.fullmatch(gpu_public_name)
-    return f"ml{match[1]}" if match else f"ml-{gpu_public_name}"
-
-
-def ml_hostname(hostname: str) -> str:
-    """`gpu.<base>` -> `ml.<base>`: the adapter's full name beside the GPU name's."""
-    label, dot, base = hostname.partition(".")
-    return f"{ml_name(label)}{dot}{base}"
-
-
 def ml_rules(hostname: str, service: GpuService) -> list[dict[str, Any]]:
     """The adapter's rule, for a `triton` host's GPU name `hostname` (none for `http`)."""
     if service.kind != "triton":
         return []
     return [{"hostname": ml_hostname(hostname), "service": f"http://localhost:{ML_BACKEND_PORT}"}]
-
-
-def public_names(hostname: str, service: GpuService) -> list[str]:
-    """Every public name a node tunnel serves: the GPU name, and the adapter's on `triton`."""
-    return [hostname, *(rule["hostname"] for rule in ml_rules(hostname, service))]
 
 
 def node_ingress(hostname: str, service: GpuService) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ importing it never pulls the preflight's checks in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,12 @@ class HostPlan:
     ml_backend_auth: tuple[str, str] | None = field(default=None, repr=False)
 
 
+def k3s_servers(plans: Iterable[HostPlan]) -> list[HostPlan]:
+    """The k3s servers among `plans`, in inventory order: the first starts the cluster
+    (`cluster-init`), the others join it."""
+    return [plan for plan in plans if K3S_SERVERS in plan.roles]
+
+
 @dataclass
 class Site:
     """The validated site: one plan per host, and the secrets they draw on."""
@@ -50,6 +56,17 @@ class Site:
     cluster_tunnel_id: str | None = None
     cluster_credential: tunnel_credentials.TunnelCredential | None = None
     required: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def first_server(self) -> HostPlan | None:
+        """The k3s server that starts the cluster, which the other nodes join and copy their
+        tokens from, and which carries the cluster apps: the inventory's first (None: none)."""
+        return next(iter(k3s_servers(self.hosts.values())), None)
+
+    def is_first_server(self, plan: HostPlan) -> bool:
+        """Whether `plan` is the host of `first_server`."""
+        first = self.first_server
+        return first is not None and first.name == plan.name
 
     def summary(self) -> str:
         roles = ", ".join(

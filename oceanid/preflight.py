@@ -26,6 +26,7 @@ from oceanid.model import (
     HostView,
     Site,
     backups_on,
+    k3s_servers,
 )
 from oceanid.settings import Settings, SettingsError, from_data, short_name
 
@@ -153,7 +154,7 @@ def _server_address_problems(plans: list[HostPlan]) -> list[str]:
     only through the operator's SSH config, never on the nodes; so where any node joins, the
     address is required, unless the inventory name is itself an IP address.
     """
-    servers = [p for p in plans if K3S_SERVERS in p.roles]
+    servers = k3s_servers(plans)
     joining = [p.name for p in plans if K3S_AGENTS in p.roles] + [p.name for p in servers[1:]]
     if not servers or not joining:
         return []
@@ -359,6 +360,62 @@ def node_tunnel_key_problems(
     return problems
 
 
+CLUSTER_TUNNEL_ID_KEY = "cloudflareTunnelId"
+
+
+def _tunnel_id(value: str | None) -> str | None:
+    """A tunnel ID as compared; None where there is none, or it is no UUID (`_credential`
+    reports that one)."""
+    tunnel_id = value.strip().lower() if value is not None else None
+    return tunnel_id if tunnel_id and tunnel_credentials.UUID_RE.fullmatch(tunnel_id) else None
+
+
+def shared_tunnel_problems(plans: Iterable[HostPlan], secrets: secrets_mod.Secrets) -> list[str]:
+    """One tunnel ID behind two GPU hosts, or behind a GPU host and the cluster tunnel.
+
+    Cloudflare sends a tunnel's traffic to whichever of its connectors it likes (design.md
+    §1), so a second host on calypso's tunnel gets calypso's requests and calypso its, and a
+    GPU host on the cluster tunnel gets Label Studio's; the DNS deploy would also put the
+    node's ingress over the cluster's, since it keys each tunnel's rules by ID. check() already
+    refuses one `tunnel_id_key` named by two hosts; this catches the same ID stored under two
+    keys (a value copied in ESC). Nothing in the design lets a GPU host use the cluster
+    tunnel, so ESC `cloudflareTunnelId` counts wherever the secrets hold it, with or without
+    a k3s server in this inventory: its connector runs on the server all the same. A tunnel ID
+    is no secret, so the line names it.
+    """
+    owners: dict[str, tuple[str | None, str]] = {}  # tunnel ID -> (GPU host or None, its key)
+    cluster = _tunnel_id(secrets.get(CLUSTER_TUNNEL_ID_KEY))
+    if cluster is not None:
+        owners[cluster] = (None, CLUSTER_TUNNEL_ID_KEY)
+    problems = []
+    for plan in plans:
+        if plan.gpu is None:
+            continue
+        key = plan.gpu.tunnel_id_key
+        tunnel_id = _tunnel_id(secrets.get(key))
+        if tunnel_id is None:
+            continue
+        if tunnel_id not in owners:
+            owners[tunnel_id] = (plan.name, key)
+            continue
+        owner, owner_key = owners[tunnel_id]
+        if owner is not None and owner_key == key:
+            continue  # one key named by two hosts: check() reports it
+        where = f"hosts.{plan.name}.gpu.tunnel_id_key"
+        if owner is None:
+            whose = f"the cluster tunnel ({owner_key}, Label Studio's)"
+        else:
+            whose = f"the one {owner}'s {owner_key} holds"
+        fix = f"point {where} (and tunnel_credential_key) at keys of {plan.name}'s own"
+        if secrets_mod.canonical(key) != secrets_mod.canonical(owner_key):
+            fix += f", or remove the copied ID from {key}"  # its own key, another's value
+        problems.append(
+            f"{where}: {plan.name}'s {key} holds tunnel {tunnel_id}, {whose}; each GPU host "
+            f"needs a tunnel of its own: {fix}; `make tunnels` creates the missing tunnel"
+        )
+    return problems
+
+
 LABEL_STUDIO_KEYS = (
     "labelStudioDbUrl",
     "labelStudioAdminEmail",
@@ -410,12 +467,10 @@ def cluster_apps_problems(
         return []
     problems = []
     if apps.label_studio.enabled:
-        from deploys.cluster_apps.label_studio import database_env
-
         url = secrets.get("labelStudioDbUrl")
         if url is not None:
             try:
-                database_env(url)
+                secrets_mod.database_url(url)
             except ValueError as exc:
                 problems.append(str(exc))
         email = secrets.get("labelStudioAdminEmail")
@@ -540,6 +595,7 @@ def check(hosts: Iterable[HostView], *, environ: Mapping[str, str] | None = None
         _base_from_esc(plans, unset_base, secrets, problems)
         first = next(iter(plans.values())).settings
     problems += node_tunnel_key_problems(plans.values(), first, secrets)
+    problems += shared_tunnel_problems(plans.values(), secrets)
     problems += ml_backend_problems(plans.values(), secrets)
     site = Site(hosts=plans, secrets=secrets, required=required)
     if "cloudflareTunnelToken" in required:
@@ -569,15 +625,9 @@ def views_from_inventory(inventory: Any) -> list[HostView]:
 
 def load_inventory(path: str) -> Any:
     """Load an inventory file and its group data exactly as the pyinfra CLI does."""
-    from pyinfra.api import Config, State
-    from pyinfra.context import ctx_config, ctx_state
-    from pyinfra_cli.inventory import make_inventory
+    from oceanid.pyinfra_internals import cli_inventory
 
-    state = State()
-    state.cwd = os.getcwd()
-    ctx_state.set(state)
-    ctx_config.set(Config())
-    return make_inventory(path, cwd=state.cwd)
+    return cli_inventory(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -327,3 +328,64 @@ def override_lines(secrets: Secrets, keys: Iterable[str]) -> list[str]:
             others = " and ".join(_WHERE.get(o, o) for o in lost)
             lines.append(f"{key}: the value from {where} wins over {others}'s")
     return lines
+
+
+DB_URL_SHAPE = "postgresql://user:password@host:5432/database"
+
+
+@dataclass(frozen=True)
+class DatabaseUrl:
+    """A PostgreSQL URL's parts, percent-decoded; the password never in its repr."""
+
+    host: str
+    port: int
+    name: str
+    user: str
+    password: str = field(repr=False)
+
+
+def database_url(url: str, *, key: str = "labelStudioDbUrl") -> DatabaseUrl:
+    """The parts of Label Studio's database URL (ESC `labelStudioDbUrl`), checked.
+
+    Here, beside the secrets, because `make check` refuses a bad URL before any host is
+    touched (oceanid/preflight.py) and the Label Studio app builds its `POSTGRE_*` variables
+    from the same parts (deploys/cluster_apps/label_studio.py `database_env`).
+
+    Raises ValueError naming `key` (never the URL: it holds the password) when the URL
+    is not a complete postgresql:// URL; user, password, host and database are all
+    required, since Label Studio would otherwise fall back to `postgres` defaults.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{key}: not a URL; expected {DB_URL_SHAPE}") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(
+            f"{key}: scheme {parts.scheme or '(none)'} is not postgresql; Label Studio must "
+            f"run on PostgreSQL, never SQLite; expected {DB_URL_SHAPE}"
+        )
+    missing = [
+        what
+        for what, value in (
+            ("user", parts.username),
+            ("password", parts.password),
+            ("host", parts.hostname),
+            ("database", parts.path.lstrip("/")),
+        )
+        if not value
+    ]
+    if missing:
+        raise ValueError(f"{key}: no {', '.join(missing)} in the URL; expected {DB_URL_SHAPE}")
+    if parts.query or parts.fragment or "/" in parts.path.lstrip("/"):
+        raise ValueError(
+            f"{key}: Label Studio's POSTGRE_* variables take no path beyond the database name "
+            f"and no ?options; expected {DB_URL_SHAPE}"
+        )
+    return DatabaseUrl(
+        host=parts.hostname,
+        port=port or 5432,
+        name=unquote(parts.path.lstrip("/")),
+        user=unquote(parts.username),
+        password=unquote(parts.password),
+    )

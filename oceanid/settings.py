@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from oceanid.node_labels import check_api_label, check_taint
+
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
 )
@@ -277,17 +279,14 @@ K3S_PORTS = frozenset(
 
 def _check_k3s_labels(value: dict[str, str]) -> dict[str, str]:
     """Valid Kubernetes labels; those the kubelet refuses at registration (node-role...) are
-    set only through the API (deploys/k3s/labels.py), never in config.yaml."""
-    from deploys.k3s.config import check_api_label
-
+    set only through the API (operations/k3s.py `node_labels`), never in config.yaml
+    (deploys/k3s/config.py `registration_labels`)."""
     for key, label in value.items():
         check_api_label(key, label)
     return value
 
 
 def _check_k3s_taints(value: list[str]) -> list[str]:
-    from deploys.k3s.config import check_taint
-
     for taint in value:
         check_taint(taint)
     return value
@@ -702,11 +701,10 @@ def login_data(hosts: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]
 def run_login_data(hosts: Mapping[str, Any]) -> dict[str, Any]:
     """`login_data` for the hosts of the run pyinfra is loading (group_data/all.py's view of
     the inventory); nothing outside a pyinfra run, where there are no hosts to reach."""
-    from pyinfra.context import ctx_inventory
+    from oceanid.pyinfra_internals import loading_inventory_names
 
-    if not ctx_inventory.isset():
-        return {}
-    return login_data(hosts, [host.name for host in ctx_inventory.get()])
+    names = loading_inventory_names()
+    return {} if names is None else login_data(hosts, names)
 
 
 def inventory_host(

@@ -12,8 +12,8 @@ outside shows that. This command asks what a user would ask, through the same na
   ``/health`` answers 200 with the basic auth of ESC ``mlBackendUser``/``mlBackendPassword``
   and 401 without, and ``/predict`` returns the text of the ``smoke_pdf_url`` PDF (SKIP, saying
   so, when that setting is not given);
-- ``https://label.<base>/health`` (Label Studio) and its ``/`` redirecting to the login page,
-  when the inventory has a k3s server;
+- ``https://label.<base>/health`` (Label Studio, at ``cluster_apps.label_studio.public_name``)
+  and its ``/`` redirecting to the login page, when the inventory has a k3s server;
 - every k3s node of the inventory Ready in the cluster, with the labels and taints its
   ``hosts:`` entry gives (the ``kubernetes`` client through ``cluster/kubeconfig.yaml`` and the
   SSH tunnel of ``make tunnel``; without them the check says which to run).
@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from oceanid import exitcodes, model, preflight
-from oceanid.ingress import ml_hostname
+from oceanid import exitcodes, model, names, preflight
 from oceanid.model import K3S_AGENTS, K3S_SERVERS, Site
+from oceanid.node_labels import taint_text
 from oceanid.settings import GpuService, Settings, short_name
 
 if TYPE_CHECKING:  # imported where used: they load ssl, which must wait for gevent (see main)
@@ -149,27 +149,24 @@ def parse_overrides(values: Sequence[str], base: str) -> dict[str, str]:
 
 
 def targets(site: Site, overrides: dict[str, str], only: Kind | None = None) -> list[Target]:
-    """label.<base> when there is a k3s server, then each GPU host's public name."""
-    base = _base(site)
+    """Label Studio's name when there is a k3s server, then each GPU host's public name and
+    its adapter's (oceanid/names.py, as DNS and the tunnels name them)."""
     found: list[Target] = []
-    plans = sorted(site.hosts.values(), key=lambda plan: plan.name)
-    if any(K3S_SERVERS in plan.roles for plan in plans):
-        name = f"label.{base}"
-        found.append(Target("label", name, overrides.get(name, f"https://{name}")))
-    for plan in plans:
-        if plan.gpu is not None:
-            name = f"{plan.gpu.public_name}.{base}"
-            url = overrides.get(name, f"https://{name}")
-            headers = _access_headers(site, plan)
-            if name in overrides:  # the name stays the Host: a connector routes by it
-                headers = {"Host": name, **headers}
+    for public in names.site_names(site):
+        name = public.fqdn
+        url = overrides.get(name, f"https://{name}")
+        # an overridden name stays the Host: a connector routes by it
+        host_header = {"Host": name} if name in overrides else {}
+        if public.host is None:
+            found.append(Target("label", name, url))
+            continue
+        plan = site.hosts[public.host]
+        if public.kind == "gpu":
+            headers = {**host_header, **_access_headers(site, plan)}
             found.append(Target("gpu", name, url, plan.gpu.service, headers))
-            if plan.ml_backend_auth is not None:  # a `triton` host: its adapter's name
-                ml = ml_hostname(name)
-                ml_headers = {"Host": ml} if ml in overrides else {}
-                url = overrides.get(ml, f"https://{ml}")
-                auth = plan.ml_backend_auth
-                found.append(Target("ml", ml, url, plan.gpu.service, ml_headers, auth))
+        elif plan.ml_backend_auth is not None:  # the adapter's name, with its basic auth
+            auth = plan.ml_backend_auth
+            found.append(Target("ml", name, url, plan.gpu.service, host_header, auth))
     unknown = sorted(set(overrides) - {target.name for target in found})
     if unknown:
         known = ", ".join(target.name for target in found) or "none"
@@ -188,15 +185,15 @@ def _access_headers(site: Site, plan: model.HostPlan) -> dict[str, str]:
 
 
 def tunnels(site: Site, only: Kind | None = None) -> list[Tunnel]:
-    """The cluster tunnel (label) and each GPU host's own node tunnel."""
-    base = _base(site)
+    """The cluster tunnel (Label Studio's name) and each GPU host's own node tunnel."""
+    settings = _settings(site)
     found: list[Tunnel] = []
     if site.cluster_tunnel_id:
-        what = f"cluster tunnel (label.{base})"
+        what = f"cluster tunnel ({names.label_name(settings)})"
         found.append(Tunnel("label", what, site.cluster_tunnel_id, "cloudflareTunnelId"))
     for plan in sorted(site.hosts.values(), key=lambda plan: plan.name):
         if plan.gpu is not None and plan.node_tunnel_id:
-            name = f"{plan.gpu.public_name}.{base}"
+            name = names.gpu_name(settings, plan.gpu, plan.name)
             what = f"{plan.name}'s node tunnel ({name})"
             found.append(Tunnel("gpu", what, plan.node_tunnel_id, plan.gpu.tunnel_id_key))
     return [tunnel for tunnel in found if only in (None, tunnel.kind)]
@@ -209,12 +206,7 @@ def api_access(site: Site) -> CloudflareAccess | None:
     settings = _settings(site)
     if not settings.manage_dns:
         return None
-    return CloudflareAccess(
-        api_token=site.secrets["cloudflareApiToken"],
-        account_id=site.secrets["cloudflareAccountId"],
-        zone_id=site.secrets["cloudflareZoneId"],
-        base_url=settings.cloudflare_api_base_url,
-    )
+    return CloudflareAccess.of(settings, site.secrets)
 
 
 # -- the checks -----------------------------------------------------------------------------------
@@ -499,8 +491,8 @@ def _check_inference(client: Any, target: Target, ready: set[str]) -> Result:
     if SMOKE_MODEL not in ready:
         return Result(False, what, "not run: the model is not ready")
     text = f"oceanid smoke {uuid.uuid4().hex[:12]}"
-    tensor = triton_http.InferInput("text", [1], "BYTES")
-    tensor.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+    tensor = triton_http.InferInput("text", [1, 1], "BYTES")  # a batch of one document
+    tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
     output = triton_http.InferRequestedOutput("response")
     started = time.monotonic()
     result, error = _attempt(
@@ -510,9 +502,12 @@ def _check_inference(client: Any, target: Target, ready: set[str]) -> Result:
         return Result(False, what, error)
     took = time.monotonic() - started
     try:
-        answer = json.loads(result.as_numpy("response")[0])
-    except (TypeError, ValueError, IndexError) as exc:
+        (row,) = result.as_numpy("response").reshape(-1)
+        answer = json.loads(row)
+    except (AttributeError, TypeError, ValueError, IndexError) as exc:
         return Result(False, what, f"response is not one JSON document: {exc}")
+    if isinstance(answer, dict) and "error" in answer:
+        return Result(False, what, f"the model answered an error: {answer['error']}")
     if not isinstance(answer, dict) or answer.get("text") != text:
         got = answer.get("text") if isinstance(answer, dict) else answer
         return Result(False, what, f"sent {text!r}, got back {got!r}")
@@ -570,10 +565,6 @@ def run_checks(
     return results
 
 
-def _taint_text(key: str, value: str | None, effect: str) -> str:
-    return f"{key}={value}:{effect}" if value else f"{key}:{effect}"
-
-
 def _node_result(name: str, node: Any, labels: dict[str, str], taints: list[str]) -> Result:
     """One node: Ready, and the labels and taints its host's settings give it."""
     what = f"k3s node {name}"
@@ -590,7 +581,7 @@ def _node_result(name: str, node: Any, labels: dict[str, str], taints: list[str]
         f"label {key}={value} missing" for key, value in labels.items()
         if have_labels.get(key) != value
     ]  # fmt: skip
-    have_taints = {_taint_text(t.key, t.value, t.effect) for t in (node.spec.taints or [])}
+    have_taints = {taint_text(t.key, t.value, t.effect) for t in (node.spec.taints or [])}
     problems += [f"taint {taint} missing" for taint in taints if taint not in have_taints]
     version = node.status.node_info.kubelet_version if node.status.node_info else "?"
     state = f"Ready, {version}" if not problems else "; ".join(problems)

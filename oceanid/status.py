@@ -23,11 +23,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
 from oceanid import exitcodes, preflight
+from oceanid.cluster_layout import (
+    MANIFEST_DIR,
+    NODE_TUNNEL_METRICS_ADDRESS,
+    NODE_TUNNEL_NAMESPACE,
+    node_tunnel_daemon_set,
+)
 from oceanid.model import K3S_AGENTS, K3S_SERVERS
 from oceanid.settings import SettingsError, from_data, short_name
 
@@ -40,22 +45,11 @@ K3S_UNITS = {K3S_SERVERS: "k3s.service", K3S_AGENTS: "k3s-agent.service"}
 Report = dict[str, dict[str, Any]]
 
 
-def manifest_dir() -> str:
-    """k3s's auto-deploy folder, as the cluster apps' deploy names it (imported late: the deploy
-    code loads ssl, which must wait for gevent's patch in main)."""
-    from deploys.cluster_apps import MANIFEST_DIR
-
-    return MANIFEST_DIR
-
-
 def node_tunnel(host_name: str) -> tuple[str, str]:
     """(`namespace/name` of the DaemonSet serving this GPU host's tunnel, its pod's metrics
-    address on the node), as deploys/cluster_apps/node_tunnel.py renders them (imported late,
-    as `manifest_dir`)."""
-    from deploys.cluster_apps import node_tunnel as daemon_set
-
-    name = f"{daemon_set.NAMESPACE}/{daemon_set.daemon_set_name(host_name)}"
-    return name, daemon_set.METRICS_ADDRESS
+    address on the node), as deploys/cluster_apps/node_tunnel.py renders them."""
+    name = f"{NODE_TUNNEL_NAMESPACE}/{node_tunnel_daemon_set(host_name)}"
+    return name, NODE_TUNNEL_METRICS_ADDRESS
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -69,22 +63,13 @@ class _Reader:
         self.errors: list[str] = []
 
     def fact(self, cls: type, **kwargs: Any) -> Any:
-        from pyinfra.api.exceptions import PyinfraError
-        from pyinfra.api.facts import get_fact
-        from pyinfra.context import ctx_host
+        from oceanid.pyinfra_internals import read_fact
 
-        try:
-            with ctx_host.use(self.host):
-                value = get_fact(self.state, self.host, cls, kwargs=kwargs)
-        except PyinfraError:  # pyinfra's "No hosts remaining!" after this host's fact failed
-            value = None
-        if self.host in self.state.failed_hosts:
-            # pyinfra's log line above says why; keep the host for the next question, since a
-            # status reads everything it can
+        # a fact that fails fails its host in pyinfra; read_fact keeps the host for the next
+        # question, since a status reads everything it can (pyinfra's log line says why)
+        value, read = read_fact(self.state, self.host, cls, **kwargs)
+        if not read:
             self.errors.append(f"{cls.__name__}: could not be read")
-            self.state.failed_hosts.discard(self.host)
-            self.state.active_hosts.add(self.host)
-            return None
         return value
 
 
@@ -147,7 +132,7 @@ def read_host(state: Any, host: Any) -> dict[str, Any]:
         found["k3s"]["nodes"] = read.fact(K3sNodes)
         found["k3s"]["failed_jobs"] = read.fact(K3sFailedJobs)
         manifests = []
-        found_files = read.fact(FindFiles, path=manifest_dir(), maxdepth=1, fname=MANIFEST_GLOB)
+        found_files = read.fact(FindFiles, path=MANIFEST_DIR, maxdepth=1, fname=MANIFEST_GLOB)
         for path in sorted(found_files or []):
             stat = read.fact(File, path=path) or {}
             manifests.append({"path": path, "changed": stat.get("mtime"), "mode": stat.get("mode")})
@@ -158,21 +143,13 @@ def read_host(state: Any, host: Any) -> dict[str, Any]:
 
 def collect(inventory_path: str) -> Report:
     """Connect to every host of the inventory as pyinfra would and read each one's facts."""
-    from pyinfra.api import Config, State
-    from pyinfra.api.connect import connect_all
-    from pyinfra.api.exceptions import PyinfraError
-    from pyinfra.api.state import StateStage
+    from oceanid.pyinfra_internals import active_hosts, connected_state
 
     inventory = preflight.load_inventory(inventory_path)
-    state = State()
-    state.init(inventory, Config())
-    state.set_stage(StateStage.Connect)
-    with suppress(PyinfraError):  # "No hosts remaining!": every host is named below
-        connect_all(state)
-    state.set_stage(StateStage.Prepare)
+    state = connected_state(inventory)  # a host that did not answer is named below
     report: Report = {}
     for host in inventory:
-        if host not in state.active_hosts:
+        if host not in active_hosts(state):
             roles = preflight.roles_of(host.name, host.groups, from_data(host.data.dict()))
             report[host.name] = {"roles": sorted(roles), "errors": ["could not connect"]}
             continue
@@ -297,7 +274,7 @@ def _failed_jobs_row(jobs: list[dict[str, Any]] | None) -> tuple[str, str]:
 def _manifest_rows(found: dict[str, Any]) -> list[tuple[str, str]]:
     manifests = found["manifests"]
     if not manifests:
-        return [("manifests", f"none in {manifest_dir()}")]
+        return [("manifests", f"none in {MANIFEST_DIR}")]
     rows = []
     for manifest in manifests:
         changed = manifest.get("changed")

@@ -15,8 +15,12 @@ import hashlib
 
 from pyinfra import host
 from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
+from pyinfra.api.command import make_formatted_string_command
 
-from operations.managed import DesiredState, ManagedFile, _attributes_differ, _replace_commands
+from operations import progress
+from operations._desired import attributes_differ
+from operations._shell import fail, replace_commands
+from operations.managed import DesiredState, ManagedFile
 
 # The key's download gives up rather than hold the run: KEY_CONNECT_WAIT seconds to connect,
 # KEY_WAIT for one try (a key is a few kB), and no new try after KEY_RETRY_WAIT seconds.
@@ -86,71 +90,48 @@ def _holds_only(keyring: bytes | None, fingerprint: str) -> bool:
 def _fetch_and_verify(key_url: str, fingerprint: str, keyring: str) -> StringCommand:
     """Download the key into a private temporary folder, refuse it unless it is exactly one
     primary key with the pinned fingerprint, then dearmor it beside the keyring and rename."""
-    new = QuoteString(f"{keyring}.oceanid-new")
-    single_primary = '\'$1=="pub"{n++; p=1; next} p&&$1=="fpr"{f=$10} {p=0} END{if(n==1)print f}\''
-    return StringCommand(
-        "d=$(mktemp -d)",
-        "&&",
-        "trap",
-        "'rm -rf \"$d\"'",
-        "EXIT",
-        "&&",
-        "curl",
-        "-fsSL",
-        "--retry",
-        "3",
-        "--connect-timeout",
-        str(KEY_CONNECT_WAIT),
-        "--max-time",
-        str(KEY_WAIT),
-        "--retry-max-time",
-        str(KEY_RETRY_WAIT),
-        "-o",
-        '"$d/key"',
-        QuoteString(key_url),
-        "&&",
-        'got=$(gpg --homedir "$d" --show-keys --with-colons "$d/key" | awk -F:',
-        single_primary + ")",
-        "&&",
-        "if",
-        "[",
-        '"$got"',
-        "!=",
-        fingerprint,
-        "];",
-        "then",
-        "echo",
+    # awk: the fingerprint of the one primary key (`pub`) the file holds, nothing if several
+    single_primary = '$1=="pub"{n++; p=1; next} p&&$1=="fpr"{f=$10} {p=0} END{if(n==1)print f}'
+    refused = StringCommand(
         QuoteString(f"{key_url}: expected the single key {fingerprint},"),
         '"got ${got:-none or several};"',
         QuoteString(f"{keyring} was left as it was"),
-        ">&2;",
-        "exit",
-        "1;",
-        "fi",
-        "&&",
-        "gpg",
-        "--homedir",
-        '"$d"',
-        "--dearmor",
-        "--yes",
-        "-o",
-        new,
-        '"$d/key"',
-        "&&",
-        "chmod",
-        "0644",
-        new,
-        "&&",
-        "mv",
-        "-f",
-        new,
-        QuoteString(keyring),
     )
+    fetch = make_formatted_string_command(
+        "curl -fsSL --retry 3 --connect-timeout {connect_wait} --max-time {wait} "
+        "--retry-max-time {retry_wait} -o {key} {url}",
+        connect_wait=KEY_CONNECT_WAIT,
+        wait=KEY_WAIT,
+        retry_wait=KEY_RETRY_WAIT,
+        key='"$d/key"',
+        url=QuoteString(key_url),
+    )
+    # a key is a few kB: a stalled download says what it waits for every progress.EVERY s
+    limit = KEY_RETRY_WAIT + KEY_WAIT
+    command = make_formatted_string_command(
+        "d=$(mktemp -d) && trap {cleanup} EXIT && {{ {fetch} ; }} && "
+        "got=$(gpg --homedir {d} --show-keys --with-colons {key} | awk -F: {single_primary}) && "
+        "if [ {got} != {fingerprint} ]; then {refuse} fi && "
+        "gpg --homedir {d} --dearmor --yes -o {new} {key} && "
+        "chmod 0644 {new} && mv -f {new} {keyring}",
+        cleanup=QuoteString('rm -rf "$d"'),
+        fetch=StringCommand(*progress.watch(f"the key {key_url}", limit, fetch)),
+        d='"$d"',
+        key='"$d/key"',
+        single_primary=QuoteString(single_primary),
+        got='"$got"',
+        fingerprint=QuoteString(fingerprint),
+        refuse=fail(refused),
+        new=QuoteString(f"{keyring}.oceanid-new"),
+        keyring=QuoteString(keyring),
+    )
+    return progress.Shown(command)
 
 
 @operation()
 def signed_repository(
-    manifest: DesiredState,
+    desired: DesiredState,
+    *,
     key_url: str,
     fingerprint: str,
     keyring: str,
@@ -160,7 +141,7 @@ def signed_repository(
     """
     Trust a repository's key (by fingerprint), then point apt at it and refresh apt.
 
-    + manifest: the role's DesiredState; its `read` lists `keyring` and `sources_list`, so each
+    + desired: the role's DesiredState; its `read` lists `keyring` and `sources_list`, so each
       run sees both in the role's one fact
     + key_url: where the ASCII-armoured public key is published
     + fingerprint: the 40-hex-digit fingerprint the key must have
@@ -175,20 +156,20 @@ def signed_repository(
     download, or the run fails and apt is left as it was.
     """
     fingerprint = fingerprint.upper()
-    missing = [path for path in (keyring, sources_list) if path not in manifest.read]
+    missing = [path for path in (keyring, sources_list) if path not in desired.read]
     if missing:
         raise OperationValueError(
-            f"{', '.join(missing)}: add to the `read` list of manifest {manifest} so each run "
+            f"{', '.join(missing)}: add to the `read` list of manifest {desired} so each run "
             "can check it (apt_repo.signed_repository)"
         )
-    current = manifest.state()
+    current = desired.state()
     key_ok = _holds_only(current["contents"].get(keyring), fingerprint)
     sources = ManagedFile(sources_list, f"deb [signed-by={keyring}] {repository}\n".encode())
     now = current["paths"].get(sources_list)
     sources_ok = (
         now is not None
         and now.sha256 == sources.sha256
-        and not _attributes_differ(now, sources.mode, sources.user, sources.group)
+        and not attributes_differ(now, sources.mode, sources.user, sources.group)
     )
     if key_ok and sources_ok:
         host.noop(f"{keyring} holds only key {fingerprint}, and {sources_list} is in place")
@@ -196,5 +177,5 @@ def signed_repository(
     if not key_ok:
         yield _fetch_and_verify(key_url, fingerprint, keyring)
     if not sources_ok:
-        yield from _replace_commands(sources)
+        yield from replace_commands(sources)
     yield StringCommand("DEBIAN_FRONTEND=noninteractive", "apt-get", "update", "-qq")

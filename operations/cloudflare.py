@@ -14,10 +14,11 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, OperationValueError, operation
+from pyinfra.api import OperationValueError, operation
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
+from oceanid import pyinfra_internals as internals
 from oceanid.cloudflare_access import AccessPlan, ServiceTokenRef, apply_access, plan_access
 from oceanid.cloudflare_dns import (
     CloudflareAccess,
@@ -38,6 +39,7 @@ _ACCESS_READS: WeakKeyDictionary[State, dict[tuple, AccessPlan | CloudflareError
 
 def read_routes(
     access: CloudflareAccess,
+    *,
     records: Sequence[DesiredRecord] = (),
     ingress: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     takeover: Iterable[str] = (),
@@ -64,7 +66,12 @@ def read_routes(
     if key not in reads:
         try:
             reads[key] = plan_routes(
-                access.client(), access, records, ingress, takeover, tunnel_keys
+                access.client(),
+                access,
+                records,
+                ingress=ingress,
+                takeover=takeover,
+                tunnel_keys=tunnel_keys,
             )
         except CloudflareError as error:
             reads[key] = error
@@ -104,15 +111,16 @@ def _settle(
     if not planned.changes:
         host.noop(planned.settled())
         return
-    if not host.state.is_executing:
+    if not internals.executing(host.state):
         for line in planned.changes:
             host.log(f"Cloudflare: would {line}")
-    yield FunctionCommand(_apply, (access, planned), {"write": write})
+    yield internals.host_callback(_apply, access, planned, write=write)
 
 
 @operation()
 def routes(
     access: CloudflareAccess,
+    *,
     records: Sequence[DesiredRecord] = (),
     ingress: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     takeover: Iterable[str] = (),
@@ -124,9 +132,11 @@ def routes(
 
     + access: ``CloudflareAccess`` (API token, account id, zone id, optional base URL); the token
       never appears in pyinfra's output
-    + records: desired proxied CNAMEs, from ``oceanid.cloudflare_dns.desired_records``
-    + ingress: tunnel id -> ingress rules (``desired_ingress``); only tunnels whose configuration
-      is managed by Cloudflare are changed, locally-managed ones are left to their config file
+    + records: desired proxied CNAMEs (``DesiredRecord``; deploys/dns makes them from the names
+      of ``oceanid.names``)
+    + ingress: tunnel id -> ingress rules (``oceanid.ingress.node_ingress`` and the like);
+      only tunnels whose configuration is managed by Cloudflare are changed, locally-managed
+      ones are left to their config file
     + takeover: full names of existing records the deploy may overwrite (the
       ``cloudflare_takeover_records`` setting)
     + others: names that other hosts of the site manage in their own runs of this operation;
@@ -149,8 +159,8 @@ def routes(
         cloudflare.routes(
             name="Cloudflare routes",
             access=CloudflareAccess(api_token=token, account_id=acct, zone_id=zone),
-            records=desired_records("boathou.se", cluster_tunnel, {"gpu": node_tunnel}),
-            ingress={node_tunnel: desired_ingress({"gpu.boathou.se": "http://localhost:8000"})},
+            records=[DesiredRecord("gpu.boathou.se", tunnel_target(node_tunnel))],
+            ingress={node_tunnel: node_ingress("gpu.boathou.se", GpuService())},
             _run_once=True,
         )
     """
@@ -159,7 +169,9 @@ def routes(
     if isinstance(takeover, str):
         raise OperationValueError("takeover must be a list of names, not one string")
 
-    planned = read_routes(access, records, ingress, takeover, tunnel_keys)
+    planned = read_routes(
+        access, records=records, ingress=ingress, takeover=takeover, tunnel_keys=tunnel_keys
+    )
     if isinstance(planned, CloudflareError):
         yield from refuse(str(planned))
         return
@@ -186,38 +198,6 @@ def routes(
             host.log(f"Cloudflare: {tunnel_plan.describe()}", log_func=logger.debug)
 
     yield from _settle(access, planned)
-
-
-@operation()
-def dns_records(
-    access: CloudflareAccess,
-    records: Sequence[DesiredRecord],
-    takeover: Iterable[str] = (),
-):
-    """
-    Make sure public names are proxied CNAMEs to their tunnels (DNS only; see ``routes``).
-
-    + access: ``CloudflareAccess`` (API token, account id, zone id, optional base URL)
-    + records: desired proxied CNAMEs, from ``oceanid.cloudflare_dns.desired_records``
-    + takeover: full names of existing records the deploy may overwrite
-    """
-    yield from routes._inner(access=access, records=records, takeover=takeover)
-
-
-@operation()
-def tunnel_ingress(
-    access: CloudflareAccess,
-    tunnel_id: str,
-    ingress: Sequence[Mapping[str, Any]],
-):
-    """
-    Set a remotely-managed tunnel's ingress rules (a locally-managed tunnel is left alone).
-
-    + access: ``CloudflareAccess`` (API token, account id, optional base URL)
-    + tunnel_id: the tunnel's UUID
-    + ingress: the rules, last one a catch-all, from ``oceanid.cloudflare_dns.desired_ingress``
-    """
-    yield from routes._inner(access=access, ingress={tunnel_id: ingress})
 
 
 def read_access(

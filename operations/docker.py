@@ -1,6 +1,6 @@
 """Docker on a host: the engine found or installed, daemon.json merged, images on disk.
 
-Everything is decided from the role's one fact: the manifest's probes say whether a Docker
+Everything is decided from the role's one fact: its desired state's probes say whether a Docker
 engine is installed (`command -v dockerd`, whichever package provides it) and whether each
 image is on disk (`docker image inspect`); daemon.json's bytes are in its `read` list.
 
@@ -12,21 +12,16 @@ image is on disk. With an archive (a `docker save` file) the host needs no regis
 from __future__ import annotations
 
 import json
-import shlex
 
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
+from pyinfra.api.command import make_formatted_string_command
 
+from operations import progress
+from operations._diff import log_once, report
+from operations._shell import download_commands, or_fail, replace_commands
 from operations.failure import refuse
-from operations.managed import (
-    DesiredState,
-    ManagedBinary,
-    ManagedFile,
-    _download_commands,
-    _log_once,
-    _replace_commands,
-    _report,
-)
+from operations.managed import DesiredState, ManagedBinary, ManagedFile
 
 ENGINE_PROBE = "docker engine"
 IMAGE_DOWNLOADS = "/var/tmp/oceanid-images"  # root's, 0700: archives between download and load
@@ -40,14 +35,14 @@ PULL_KILL_AFTER = 30  # seconds after SIGTERM before `timeout` sends SIGKILL
 INSPECT = "docker image inspect -f '{{.Id}} {{json .RepoDigests}}'"
 
 
-def probe_engine(manifest: DesiredState) -> None:
+def probe_engine(desired: DesiredState) -> None:
     """Have the role's one fact say where dockerd is ("-" when no Docker is installed)."""
-    manifest.probes[ENGINE_PROBE] = "command -v dockerd || echo -"
+    desired.probes[ENGINE_PROBE] = "command -v dockerd || echo -"
 
 
-def engine(manifest: DesiredState) -> str | None:
+def engine(desired: DesiredState) -> str | None:
     """dockerd's path as the role's fact read it, or None when no Docker is installed."""
-    lines = [line for line in manifest.probe(ENGINE_PROBE) if line.strip()]
+    lines = [line for line in desired.probe(ENGINE_PROBE) if line.strip()]
     return None if not lines or lines[0] == "-" else lines[0]
 
 
@@ -55,11 +50,11 @@ def _image_probe(image: str) -> str:
     return f"docker image {image}"
 
 
-def probe_image(manifest: DesiredState, image: str) -> None:
+def probe_image(desired: DesiredState, image: str) -> None:
     """Have the role's one fact read whether `image` is on disk: its ID and repo digests."""
-    manifest.probes[_image_probe(image)] = " ".join(
-        [INSPECT, shlex.quote(image), "2>/dev/null", "||", "echo", "-"]
-    )
+    desired.probes[_image_probe(image)] = make_formatted_string_command(
+        "{inspect} {image} 2>/dev/null || echo -", inspect=INSPECT, image=QuoteString(image)
+    ).get_raw_value()  # a probe is text: the role's fact writes it into its script
 
 
 def _digest(image: str) -> str | None:
@@ -67,10 +62,10 @@ def _digest(image: str) -> str | None:
     return image.rsplit("@", 1)[1] if "@" in image else None
 
 
-def on_disk(manifest: DesiredState, image: str) -> str | None:
+def on_disk(desired: DesiredState, image: str) -> str | None:
     """The image's ID when the fact found `image` on disk as pinned: an ID must be the
     image's own, a digest must be among its repo digests. None otherwise."""
-    lines = [line for line in manifest.probe(_image_probe(image)) if line.strip()]
+    lines = [line for line in desired.probe(_image_probe(image)) if line.strip()]
     if not lines or lines[0].strip() == "-":
         return None
     image_id, _, listed = lines[0].strip().partition(" ")
@@ -89,14 +84,19 @@ def on_disk(manifest: DesiredState, image: str) -> str | None:
 def _check_command(image: str, message: str) -> StringCommand:
     """Fail with `message` unless Docker now has `image` as pinned (ID, or digest)."""
     wanted = _digest(image)
-    found = [INSPECT, QuoteString(image), "2>/dev/null"]
     if image.startswith("sha256:"):
-        found += ["|", "grep", "-q", QuoteString(f"^{image} ")]
+        found = make_formatted_string_command("| grep -q {0}", QuoteString(f"^{image} "))
     elif wanted is not None:
-        found += ["|", "grep", "-qF", QuoteString(f"@{wanted}")]
+        found = make_formatted_string_command("| grep -qF {0}", QuoteString(f"@{wanted}"))
     else:
-        found += [">/dev/null"]
-    return StringCommand(*found, "||", "{", "echo", QuoteString(message), ">&2;", "exit", "1;", "}")
+        found = StringCommand(">/dev/null")
+    return make_formatted_string_command(
+        "{inspect} {image} 2>/dev/null {found} {fail}",
+        inspect=INSPECT,
+        image=QuoteString(image),
+        found=found,
+        fail=or_fail(message),
+    )
 
 
 def _pull_command(image: str, archive_setting: str) -> StringCommand:
@@ -107,20 +107,26 @@ def _pull_command(image: str, archive_setting: str) -> StringCommand:
         "operations/docker.py, PULL_WAIT): check that the host reaches the registry, or set "
         f"{archive_setting} to a `docker save` archive of the image"
     )
-    return StringCommand(
-        "timeout", "-k", str(PULL_KILL_AFTER), str(PULL_WAIT),
-        # not -q: without a terminal docker prints a line per layer as each one is pulled,
-        # which pyinfra shows with -v (issue 23: a long pull says how it goes)
-        "docker", "pull", QuoteString(image), "||",
-        "{", "rc=$?;", 'case "$rc" in', "124|137)", "echo", QuoteString(late), ">&2;;", "esac;",
-        "exit", '"$rc";', "}",
-    )  # fmt: skip
+    # not -q: without a terminal docker prints a line per layer as each one is pulled, and
+    # the wait says what it waits for every progress.EVERY seconds (a layer of gigabytes
+    # prints nothing while it downloads); both shown as they come (issue 23)
+    pull = ["timeout", "-k", str(PULL_KILL_AFTER), str(PULL_WAIT), "docker", "pull"]
+    watched = progress.watch(f"docker pull {image}", PULL_WAIT, *pull, QuoteString(image))
+    return progress.Shown(
+        make_formatted_string_command(
+            "{pull} || {{ rc=$?; case {rc} in 124|137) echo {late} >&2;; esac; exit {rc}; }}",
+            pull=StringCommand(*watched),
+            rc='"$rc"',
+            late=QuoteString(late),
+        )
+    )
 
 
 @operation()
 def image(
-    manifest: DesiredState,
+    desired: DesiredState,
     image: str,
+    *,
     archive_url: str | None = None,
     archive_sha256: str | None = None,
     setting: str = "image",
@@ -129,7 +135,7 @@ def image(
     """
     Make a container image present on disk before the unit that runs it starts.
 
-    + manifest: the role's DesiredState, probing the image (`probe_image`)
+    + desired: the role's DesiredState, probing the image (`probe_image`)
     + image: the reference the unit runs: ``registry/name:tag[@sha256:…]`` or an image ID
     + archive_url: a `docker save` archive holding the image, for a host without a registry
     + archive_sha256: the archive's pinned SHA-256
@@ -141,10 +147,10 @@ def image(
     the image as pinned (its ID; a digest among its repo digests), or the run fails saying
     which setting to fix. Docker must be running (the role starts it first).
     """
-    if manifest.unreadable():
-        yield from refuse(manifest.unreadable_message())
+    if desired.unreadable():
+        yield from refuse(desired.unreadable_message())
         return
-    found = on_disk(manifest, image)
+    found = on_disk(desired, image)
     if found is not None:
         host.noop(f"image {image} is on disk ({found[:19]})")
         return
@@ -163,22 +169,29 @@ def image(
         )
         return
     if archive_url is None:
-        _log_once(image, f"image {image}: pulled")
+        log_once(image, f"image {image}: pulled")
         yield _pull_command(image, archive_setting)
         yield _check_command(
             image, f"docker pull {image} did not leave it on disk as pinned; check {setting}"
         )
         return
     tar = f"{IMAGE_DOWNLOADS}/{archive_sha256}.tar"
-    _log_once(image, f"image {image}: loaded from {archive_url} (SHA-256 {archive_sha256})")
-    yield StringCommand("mkdir", "-p", IMAGE_DOWNLOADS, "&&", "chmod", "0700", IMAGE_DOWNLOADS)
+    log_once(image, f"image {image}: loaded from {archive_url} (SHA-256 {archive_sha256})")
+    yield make_formatted_string_command(
+        "mkdir -p {0} && chmod 0700 {0}", QuoteString(IMAGE_DOWNLOADS)
+    )
     download = ManagedBinary(tar, archive_url, "", {}, mode="0600")
-    yield from _download_commands(download, archive_url, archive_sha256, kept="nothing was loaded")
-    yield StringCommand(
-        "docker", "load", "-q", "-i", QuoteString(tar), ";", "loaded=$?;",
-        "rm", "-f", QuoteString(tar), ";", '[ "$loaded" = 0 ]', "||",
-        "{", "echo", QuoteString(f"docker load of {archive_url} failed"), ">&2;", "exit", "1;", "}",
-    )  # fmt: skip
+    yield from download_commands(download, archive_url, archive_sha256, kept="nothing was loaded")
+    load = ["docker", "load", "-q", "-i", QuoteString(tar)]
+    yield progress.Shown(  # says what it waits for every progress.EVERY seconds
+        make_formatted_string_command(
+            "{load} ; loaded=$?; rm -f {tar} ; [ {loaded} = 0 ] {fail}",
+            load=StringCommand(*progress.watch(f"docker load of {archive_url}", None, *load)),
+            tar=QuoteString(tar),
+            loaded='"$loaded"',
+            fail=or_fail(f"docker load of {archive_url} failed"),
+        )
+    )
     yield _check_command(
         image,
         f"{archive_setting} ({archive_url}) does not hold image {image} ({setting}): "
@@ -205,23 +218,23 @@ def merged_daemon_json(
     return {**data, "runtimes": {**present, **runtimes}}, None
 
 
-def daemon_json_changes(manifest: DesiredState, path: str, runtimes: dict[str, dict]) -> bool:
+def daemon_json_changes(desired: DesiredState, path: str, runtimes: dict[str, dict]) -> bool:
     """Whether `daemon_json` writes the file in this run (so Docker must restart).
 
     A file the role's record lists but no longer declares is removed by `sweep` before
     this step runs (an older deploy wrote it whole): it is written again, merged from what
     the fact read.
     """
-    merged, problem = merged_daemon_json(manifest.state()["contents"].get(path), runtimes)
-    return problem is None and (merged is not None or path in manifest.unwanted())
+    merged, problem = merged_daemon_json(desired.state()["contents"].get(path), runtimes)
+    return problem is None and (merged is not None or path in desired.unwanted())
 
 
 @operation()
-def daemon_json(manifest: DesiredState, path: str, runtimes: dict[str, dict]):
+def daemon_json(desired: DesiredState, path: str, runtimes: dict[str, dict]):
     """
     Merge container runtimes into Docker's daemon.json, keeping every other setting.
 
-    + manifest: the role's DesiredState; its `read` lists `path`
+    + desired: the role's DesiredState; its `read` lists `path`
     + path: Docker's daemon.json
     + runtimes: runtime name -> its definition (``{"path": …, "args": []}``)
 
@@ -230,10 +243,10 @@ def daemon_json(manifest: DesiredState, path: str, runtimes: dict[str, dict]):
     a changed file) keeps its containers running otherwise. A file that is not a JSON
     object is refused, not replaced.
     """
-    if manifest.unreadable():
-        yield from refuse(manifest.unreadable_message())
+    if desired.unreadable():
+        yield from refuse(desired.unreadable_message())
         return
-    current = manifest.state()["contents"].get(path)
+    current = desired.state()["contents"].get(path)
     merged, problem = merged_daemon_json(current, runtimes)
     if problem is not None:
         yield from refuse(
@@ -241,11 +254,11 @@ def daemon_json(manifest: DesiredState, path: str, runtimes: dict[str, dict]):
             f"deploy merges the {', '.join(sorted(runtimes))} runtime into it"
         )
         return
-    if merged is None and path not in manifest.unwanted():
+    if merged is None and path not in desired.unwanted():
         host.noop(f"{path} has the {', '.join(sorted(runtimes))} runtime")
         return
     data = merged if merged is not None else json.loads(current or b"{}")
     new = ManagedFile(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-    was = manifest.state()["paths"].get(path)
-    _report(manifest, new, was if current is not None else None)
-    yield from _replace_commands(new)
+    was = desired.state()["paths"].get(path)
+    report(desired, new, was if current is not None else None)
+    yield from replace_commands(new)

@@ -19,19 +19,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from weakref import WeakKeyDictionary
 
-from pyinfra import host, logger, state
+from pyinfra import host, logger
 from pyinfra.api import FunctionCommand
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.api.state import StateStage
-from pyinfra.context import ctx_host, ctx_state
+
+from oceanid import pyinfra_internals as internals
 
 _SHOWN: WeakKeyDictionary = WeakKeyDictionary()  # pyinfra State -> what was already logged
 
 
 def first_time(*key: object, per_operation: bool = True) -> bool:
     """True the first time `key` is seen for this host (and operation) in this pyinfra run."""
-    shown = _SHOWN.setdefault(ctx_state.get(), set())
-    operation = getattr(host, "current_op_hash", None) if per_operation else None
+    shown = _SHOWN.setdefault(internals.current_state(), set())
+    operation = internals.operation_hash(host) if per_operation else None
     full = (host.name, operation, *key)
     if full in shown:
         return False
@@ -43,11 +43,6 @@ def _failed(state, host) -> bool:  # noqa: ARG001 - pyinfra passes state and hos
     return False
 
 
-def planning() -> bool:
-    """Whether pyinfra is preparing the run (nothing executes yet)."""
-    return getattr(state, "current_stage", None) == StateStage.Prepare
-
-
 def fail_host(message: str) -> None:
     """Log `message` in red (once) and, while planning, mark the host failed.
 
@@ -57,21 +52,19 @@ def fail_host(message: str) -> None:
     """
     if first_time("refuse", message, per_operation=False):
         host.log_styled(message, fg="red", log_func=logger.error)
-    if not planning():
+    if not internals.planning():
         return
-    current = ctx_state.get()
-    if ctx_host.get() not in current.failed_hosts:
-        try:
-            current.fail_hosts({ctx_host.get()})
-        except EOFError:
-            raise PyinfraError(
-                f"{host.name} failed while planning and there is no terminal to answer "
-                "whether to go on with the other hosts; fix it, or run with -y"
-            ) from None
+    try:
+        internals.fail_host(internals.current_host())
+    except EOFError:
+        raise PyinfraError(
+            f"{host.name} failed while planning and there is no terminal to answer "
+            "whether to go on with the other hosts; fix it, or run with -y"
+        ) from None
 
 
 def refuse(message: str) -> Iterator[FunctionCommand]:
     """`yield from refuse("…")` inside an operation: log the message, then fail the operation
     (and, while planning, the host: a dry run fails the same way)."""
     fail_host(message)
-    yield FunctionCommand(_failed, (), {})
+    yield internals.host_callback(_failed)

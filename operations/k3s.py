@@ -14,13 +14,13 @@ import re
 import shlex
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, QuoteString, StringCommand, operation
-from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
+from pyinfra.api.command import make_formatted_string_command
 from pyinfra.api.exceptions import FactProcessError
-from pyinfra.context import ctx_host, ctx_state
 
 from facts.k3s import (
     AGENT_TOKEN_RE,
@@ -34,7 +34,10 @@ from facts.k3s import (
     K3sNodes,
     token_secret,
 )
+from oceanid import pyinfra_internals as internals
+from oceanid.node_labels import taint_text
 from oceanid.settings import short_name
+from operations import progress
 from operations.failure import fail_host, first_time, refuse
 from operations.managed import DesiredState
 
@@ -48,30 +51,30 @@ INSTALL_PROBE = "k3s install"  # K3sInstall's command: every k3s node
 NODES_PROBE = "k3s nodes"  # K3sNodes' command: the first server, which reconciles the labels
 
 
-def probe_install(manifest: DesiredState) -> None:
+def probe_install(desired: DesiredState) -> None:
     """Have the role's one fact read what `install_state` needs."""
-    manifest.probes[INSTALL_PROBE] = K3sInstall().command()
+    desired.probes[INSTALL_PROBE] = K3sInstall().command()
 
 
-def probe_nodes(manifest: DesiredState) -> None:
+def probe_nodes(desired: DesiredState) -> None:
     """Have the role's one fact read the cluster's nodes (`nodes_state`)."""
-    manifest.probes[NODES_PROBE] = K3sNodes().command()
+    desired.probes[NODES_PROBE] = K3sNodes().command()
 
 
-def install_state(manifest: DesiredState) -> dict:
+def install_state(desired: DesiredState) -> dict:
     """`K3sInstall` as read by the role's fact (k3s absent where it could not be read: the
     role's operations refuse that host anyway). Output that is not k3s's fails the host."""
     try:
-        return K3sInstall().process(manifest.probe(INSTALL_PROBE))
+        return K3sInstall().process(desired.probe(INSTALL_PROBE))
     except FactProcessError as error:
         fail_host(f"{host.name}: {error}; is /usr/local/bin/k3s the pinned k3s binary?")
         return K3sInstall().process([])
 
 
-def nodes_state(manifest: DesiredState) -> list[K3sNode] | None:
+def nodes_state(desired: DesiredState) -> list[K3sNode] | None:
     """`K3sNodes` as read by the role's fact; None (the API did not answer) also when the
     output is not kubectl's, as at execution (`_reconcile_at_execution`)."""
-    lines = manifest.probe(NODES_PROBE)
+    lines = desired.probe(NODES_PROBE)
     try:
         return K3sNodes().process(lines) if lines else None
     except FactProcessError:
@@ -84,11 +87,11 @@ def token_sha256(token: str) -> str:
 
 
 @operation()
-def cluster_token(manifest: DesiredState, expected_sha256: str | None):
+def cluster_token(desired: DesiredState, expected_sha256: str | None):
     """
     Refuse to go on when this server's cluster has a token other than ours.
 
-    + manifest: the server role's DesiredState, probing `K3sInstall` (`probe_install`)
+    + desired: the server role's DesiredState, probing `K3sInstall` (`probe_install`)
     + expected_sha256: `token_sha256` of ESC ``k3s_token``, or None when ESC has none
 
     k3s keeps its token in ``/var/lib/rancher/k3s/server/token``; a config naming another would
@@ -96,7 +99,7 @@ def cluster_token(manifest: DesiredState, expected_sha256: str | None):
     by the SHA-256 of the secret (`K3sInstall`): no token is read off the host, nor passed to
     this operation, whose arguments pyinfra may print.
     """
-    found = None if expected_sha256 is None else install_state(manifest)["token_sha256"]
+    found = None if expected_sha256 is None else install_state(desired)["token_sha256"]
     if expected_sha256 is None or found is None:
         host.noop("no cluster token to compare (a new cluster, or none set in ESC)")
         return
@@ -111,11 +114,11 @@ def cluster_token(manifest: DesiredState, expected_sha256: str | None):
 
 
 @operation()
-def kernel(manifest: DesiredState, modules_file: str, sysctl_file: str, modules: Sequence[str]):
+def kernel(desired: DesiredState, modules_file: str, sysctl_file: str, modules: Sequence[str]):
     """
     Apply the kernel modules and sysctls k3s needs when their files changed.
 
-    + manifest: the role's DesiredState, holding both files
+    + desired: the role's DesiredState, holding both files
     + modules_file: the modules-load.d file (its modules are loaded now)
     + sysctl_file: the sysctl.d file (applied now with ``sysctl -p``)
     + modules: the modules the file lists
@@ -123,30 +126,16 @@ def kernel(manifest: DesiredState, modules_file: str, sysctl_file: str, modules:
     In a container (the lab's nspawn hosts) both belong to the host's kernel and are not
     permitted: the step says so in one line and goes on.
     """
-    if not manifest.will_change([modules_file, sysctl_file]):
+    if not desired.will_change([modules_file, sysctl_file]):
         host.noop(f"{modules_file} and {sysctl_file} are in place and applied")
         return
     note = "container: kernel modules and sysctls belong to the host kernel; not applied here"
-    yield StringCommand(
-        "if",
-        "systemd-detect-virt",
-        "--container",
-        "--quiet;",
-        "then",
-        "echo",
-        QuoteString(note),
-        ";",
-        "else",
-        "modprobe",
-        "-a",
-        *modules,
-        "&&",
-        "sysctl",
-        "-q",
-        "-p",
-        QuoteString(sysctl_file),
-        ";",
-        "fi",
+    yield make_formatted_string_command(
+        "if systemd-detect-virt --container --quiet; then echo {note} ; "
+        "else modprobe -a {modules} && sysctl -q -p {sysctl_file} ; fi",
+        note=QuoteString(note),
+        modules=StringCommand(*map(QuoteString, modules)),
+        sysctl_file=QuoteString(sysctl_file),
     )
 
 
@@ -167,12 +156,10 @@ def wait_for_server(endpoint: str, needed: bool = True, wait: int = JOIN_WAIT):
         host.noop(f"k3s does not (re)start here: no wait for {url}")
         return
     loop = f"until curl -ksf --max-time 5 {shlex.quote(url)} >/dev/null; do sleep 2; done"
-    yield StringCommand(
-        "timeout",
-        str(wait),
-        "sh",
-        "-c",
-        QuoteString(loop),
+    ping = ["timeout", str(wait), "sh", "-c", QuoteString(loop)]
+    # says what it waits for every progress.EVERY seconds, shown as it comes
+    yield progress.Shown(
+        *progress.watch(f"the k3s API at {url}", wait, *ping),
         "||",
         "{",
         "echo",
@@ -192,19 +179,17 @@ def wait_for_server(endpoint: str, needed: bool = True, wait: int = JOIN_WAIT):
 
 def _connector_arguments(state, target) -> dict:
     """How pyinfra runs a command on `target` (its sudo, user...), outside an operation."""
-    with ctx_host.use(target):
-        arguments, _ = pop_global_arguments(state, target, {})
-    # `_stdin` is the caller's to give (a token): pyinfra 3.10 fills in a default for it
-    # (None), which passed on beside the caller's would be the same keyword twice
-    return {k: v for k, v in arguments.items() if k in CONNECTOR_ARGUMENT_KEYS and k != "_stdin"}
+    return internals.connector_arguments(state, target)
 
 
 def _read_token(state, source_host, server: str, source: str, host) -> str:
     """Execution: the first line of `source` on the server, over its connection, never printed.
     k3s's agent token (SERVER_AGENT_TOKEN) is waited for in its full node form: k3s rewrites
     it when it starts with `agent-token-file` (pkg/server/server.go printTokens), and until
-    then it is a symlink to the server token, which an agent must never be given."""
-    deadline = time.monotonic() + (AGENT_TOKEN_WAIT if source == SERVER_AGENT_TOKEN else 0)
+    then it is a symlink to the server token, which an agent must never be given. A wait says
+    what it waits for every progress.EVERY seconds."""
+    start = time.monotonic()
+    deadline, said = start + (AGENT_TOKEN_WAIT if source == SERVER_AGENT_TOKEN else 0), start
     while True:
         ok, output = source_host.run_shell_command(
             StringCommand("head", "-n1", source),
@@ -219,7 +204,8 @@ def _read_token(state, source_host, server: str, source: str, host) -> str:
                     f"could not read {source} on {server}", fg="red", log_func=logger.error
                 )
             return token
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             host.log_styled(
                 f"{source} on {server} holds no agent token (K10<CA hash>::node:<secret>) after "
                 f"{AGENT_TOKEN_WAIT}s; is agent-token-file in its config.yaml and k3s running "
@@ -228,6 +214,10 @@ def _read_token(state, source_host, server: str, source: str, host) -> str:
                 log_func=logger.error,
             )
             return ""
+        if now - said >= progress.EVERY:
+            said = now
+            what = f"k3s on {server} to write the agent token in {source}"
+            progress.say(host, what, now - start, AGENT_TOKEN_WAIT)
         time.sleep(2)
 
 
@@ -235,7 +225,7 @@ def _copy_token(state, host, server: str, path: str, source: str = SERVER_TOKEN)
     """Execution: the server's `source`, read over its connection, written 0600 here; the token
     goes on stdin, never on a command line or in output."""
     origin = next((h for h in state.inventory if short_name(h.name) == server), None)
-    if origin is None or origin not in state.active_hosts:
+    if origin is None or origin not in internals.active_hosts(state):
         host.log_styled(
             f"k3s server {server} is not connected: no token to join with",
             fg="red",
@@ -245,17 +235,11 @@ def _copy_token(state, host, server: str, path: str, source: str = SERVER_TOKEN)
     token = _read_token(state, origin, server, source, host)
     if not token:
         return False
-    new = f"{path}.oceanid-new"
-    write = StringCommand(
-        "umask 077 && mkdir -p",
-        QuoteString(path.rsplit("/", 1)[0]),
-        "&& cat >",
-        QuoteString(new),
-        "&& chmod 0600",
-        QuoteString(new),
-        "&& mv -f",
-        QuoteString(new),
-        QuoteString(path),
+    write = make_formatted_string_command(
+        "umask 077 && mkdir -p {folder} && cat > {new} && chmod 0600 {new} && mv -f {new} {path}",
+        folder=QuoteString(path.rsplit("/", 1)[0]),
+        new=QuoteString(f"{path}.oceanid-new"),
+        path=QuoteString(path),
     )
     ok, _ = host.run_shell_command(
         write,
@@ -268,7 +252,7 @@ def _copy_token(state, host, server: str, path: str, source: str = SERVER_TOKEN)
 
 
 @operation()
-def join_token(path: str, server: str, present: bool, source: str = SERVER_TOKEN):
+def join_token(path: str, server: str, *, present: bool, source: str = SERVER_TOKEN):
     """
     Give this node a token from the first server, read there and written here while the run
     executes (a token k3s or this deploy generated there is not known while planning).
@@ -284,11 +268,11 @@ def join_token(path: str, server: str, present: bool, source: str = SERVER_TOKEN
     if present:
         host.noop(f"{path} holds the token copied from {server}'s {source}")
         return
-    yield FunctionCommand(_copy_token, (server, path, source), {})
+    yield internals.host_callback(_copy_token, server, path, source)
 
 
 @operation()
-def agent_secret(path: str, present: bool):
+def agent_secret(path: str, *, present: bool):
     """
     Generate the cluster's agent secret on the first server, once (no k3sAgentToken in ESC).
 
@@ -301,25 +285,13 @@ def agent_secret(path: str, present: bool):
     if present:
         host.noop(f"{path} holds the cluster's agent secret")
         return
-    new = QuoteString(f"{path}.oceanid-new")
-    yield StringCommand(
-        "test -s",
-        QuoteString(path),
-        "|| { umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' >",
-        new,
-        "&& echo >>",
-        new,
-        "&& chmod 0600",
-        new,
-        "&& mv -f",
-        new,
-        QuoteString(path),
-        "; }",
+    yield make_formatted_string_command(
+        "test -s {path} || {{ umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d {blanks} "
+        "> {new} && echo >> {new} && chmod 0600 {new} && mv -f {new} {path} ; }}",
+        path=QuoteString(path),
+        blanks=QuoteString(" \\n"),  # od's spaces and line breaks: one line of hex digits
+        new=QuoteString(f"{path}.oceanid-new"),
     )
-
-
-def _taint_text(key: str, value: str | None, effect: str) -> str:
-    return f"{key}={value}:{effect}" if value else f"{key}:{effect}"
 
 
 def _split_taint(taint: str) -> tuple[str, str | None, str]:
@@ -347,7 +319,7 @@ def node_commands(
     current = {(t["key"], t["effect"]): t["value"] for t in node["taints"]}
     wanted = {(k, e): v for k, v, e in map(_split_taint, taints)}
     taint_args = [
-        _taint_text(k, v, e) for (k, e), v in wanted.items() if current.get((k, e), ()) != v
+        taint_text(k, v, e) for (k, e), v in wanted.items() if current.get((k, e), ()) != v
     ]
     for text in had_taints:
         key, _, effect = text.rpartition(":")
@@ -442,12 +414,12 @@ def _reconcile_at_execution(state, host, wanted: Mapping[str, dict], wait: int) 
 
 @operation()
 def node_labels(
-    wanted: Mapping[str, dict], manifest: DesiredState | None = None, wait: int = NODES_WAIT
+    wanted: Mapping[str, dict], desired: DesiredState | None = None, wait: int = NODES_WAIT
 ):
     """
     Reconcile the nodes' labels and taints from data, through the API (one ``get nodes``).
 
-    + manifest: the first server's DesiredState, probing `K3sNodes` (`probe_nodes`); None elsewhere
+    + desired: the first server's DesiredState, probing `K3sNodes` (`probe_nodes`); None elsewhere
     + wanted: node name -> ``{"labels": {key: value}, "taints": ["key[=value]:Effect"]}``;
       empty on every node but the first server (all queue it, so it runs after all joined)
     + wait: how long a fresh cluster's nodes may take to register (execution only)
@@ -457,10 +429,10 @@ def node_labels(
     ``node-role.kubernetes.io/*`` there: all are set here, on the running nodes. A node that has not
     registered while planning (a fresh cluster) is reconciled at execution, once it has.
     """
-    if not wanted or manifest is None:
+    if not wanted or desired is None:
         host.noop("node labels and taints are reconciled on the first k3s server")
         return
-    nodes = nodes_state(manifest)
+    nodes = nodes_state(desired)
     missing = _missing(nodes, wanted)
     if missing:
         if first_time("nodes-later"):
@@ -468,7 +440,7 @@ def node_labels(
                 f"k3s nodes {', '.join(missing)} not registered yet: their labels and taints "
                 "are set once they are"
             )
-        yield FunctionCommand(_reconcile_at_execution, (dict(wanted), wait), {})
+        yield internals.host_callback(_reconcile_at_execution, dict(wanted), wait)
         return
     by_name = {node["name"]: node for node in nodes or []}
     commands = [
@@ -484,14 +456,14 @@ def node_labels(
 
 
 @operation()
-def report(manifest: DesiredState):
+def report(desired: DesiredState):
     """
     The minimal deploy (``enable_node_provisioning`` off): one line saying what k3s this node
     runs, changing nothing.
 
-    + manifest: a DesiredState of nothing but `probe_install` (still one batched fact)
+    + desired: a DesiredState of nothing but `probe_install` (still one batched fact)
     """
-    found = install_state(manifest)
+    found = install_state(desired)
     version = found["version"] or "not installed"
     units = ", ".join(f"{unit} {active}" for unit, active in sorted(found["units"].items()))
     line = f"k3s: {version}; {units} (enable_node_provisioning is off: nothing changed)"
@@ -552,15 +524,15 @@ def version_step_problem(installed: str | None, wanted: str) -> str | None:
     return None
 
 
-def refuse_now(manifest: DesiredState, version: str, datastore_args: dict | None = None) -> None:
+def refuse_now(desired: DesiredState, version: str, datastore_args: dict | None = None) -> None:
     """While the deploy file runs: fail this host at once when `version_step` (and, for a
     server, `datastore` with `datastore_args`) would refuse it. With ``-y`` pyinfra runs no
     operation's body before executing, so without this the host's earlier steps (the base
     role's) would run before the refusal; this way nothing runs on it. The operations still
     say it (once) in a dry run."""
-    problems = [version_step_problem(install_state(manifest)["version"], version)]
+    problems = [version_step_problem(install_state(desired)["version"], version)]
     if datastore_args is not None:
-        problems.append(datastore_problem(install_state(manifest), **datastore_args))
+        problems.append(datastore_problem(install_state(desired), **datastore_args))
     for problem in problems:
         if problem is not None:
             fail_host(f"{host.name}: {problem}")
@@ -568,14 +540,14 @@ def refuse_now(manifest: DesiredState, version: str, datastore_args: dict | None
 
 
 @operation()
-def version_step(manifest: DesiredState, version: str):
+def version_step(desired: DesiredState, version: str):
     """
     Refuse, before anything runs, a k3s upgrade that skips a minor version or goes back one.
 
-    + manifest: the node's role DesiredState, probing `K3sInstall` (`probe_install`)
+    + desired: the node's role DesiredState, probing `K3sInstall` (`probe_install`)
     + version: the pinned version (settings ``k3s.version``)
     """
-    installed = install_state(manifest)["version"]
+    installed = install_state(desired)["version"]
     problem = version_step_problem(installed, version)
     if problem is not None:
         yield from refuse(f"{host.name}: {problem}")
@@ -586,7 +558,7 @@ def version_step(manifest: DesiredState, version: str):
         host.noop(f"k3s {installed} -> {version} is one minor version at most")
 
 
-def datastore_problem(found: dict, cluster_init: bool, convert: bool, key: str) -> str | None:
+def datastore_problem(found: dict, *, cluster_init: bool, convert: bool, key: str) -> str | None:
     """Why starting this server (`K3sInstall` as `found`) would convert its datastore by
     surprise, or None."""
     sqlite_only = found["sqlite_datastore"] and not found["etcd_datastore"]
@@ -600,11 +572,11 @@ def datastore_problem(found: dict, cluster_init: bool, convert: bool, key: str) 
 
 
 @operation()
-def datastore(manifest: DesiredState, cluster_init: bool, convert: bool, key: str):
+def datastore(desired: DesiredState, *, cluster_init: bool, convert: bool, key: str):
     """
     Refuse to start a SQLite datastore's server with ``cluster-init``, unless data says so.
 
-    + manifest: the server's role DesiredState, probing `K3sInstall` (`probe_install`)
+    + desired: the server's role DesiredState, probing `K3sInstall` (`probe_install`)
     + cluster_init: whether this server's config.yaml sets ``cluster-init``
     + convert: the host's ``k3s.convert_datastore_to_etcd``
     + key: that setting's full key, for the message
@@ -613,8 +585,8 @@ def datastore(manifest: DesiredState, cluster_init: bool, convert: bool, key: st
     (pkg/cluster/managed.go assignManagedDriver) and moves the SQLite datastore it finds into
     it: a one-way change, made at its next start with no backup of its own.
     """
-    found = install_state(manifest)
-    problem = datastore_problem(found, cluster_init, convert, key)
+    found = install_state(desired)
+    problem = datastore_problem(found, cluster_init=cluster_init, convert=convert, key=key)
     if problem is not None:
         yield from refuse(f"{host.name}: {problem}")
         return
@@ -635,11 +607,16 @@ def _log_error(target, message: str) -> None:
 
 def _take_snapshot(state, host, name: str, version: str) -> bool:
     """Execution: `k3s etcd-snapshot save --name <name>` here; print the snapshot's name."""
-    ok, output = host.run_shell_command(
-        StringCommand("k3s", "etcd-snapshot", "save", "--name", QuoteString(name)),
-        print_output=False,
-        **_connector_arguments(state, host),
-    )
+
+    def tell(waited: float) -> None:
+        progress.say(host, f"k3s etcd-snapshot save --name {name}", waited)
+
+    with progress.telling(tell):  # a large datastore takes a while
+        ok, output = host.run_shell_command(
+            StringCommand("k3s", "etcd-snapshot", "save", "--name", QuoteString(name)),
+            print_output=False,
+            **_connector_arguments(state, host),
+        )
     text = "\n".join(output.stdout_lines + output.stderr_lines)
     saved = SNAPSHOT_SAVED.findall(text)
     if not ok or not saved:
@@ -660,11 +637,11 @@ def _take_snapshot(state, host, name: str, version: str) -> bool:
 
 
 @operation()
-def etcd_snapshot(manifest: DesiredState, version: str):
+def etcd_snapshot(desired: DesiredState, version: str):
     """
     Take an etcd snapshot on the first server before its k3s binary is replaced.
 
-    + manifest: the first server's role DesiredState, probing `K3sInstall` (`probe_install`)
+    + desired: the first server's role DesiredState, probing `K3sInstall` (`probe_install`)
     + version: the version being installed; the snapshot is ``pre-upgrade-<version>``
 
     A minor version migrates what the datastore holds and cannot be rolled back without it;
@@ -672,7 +649,7 @@ def etcd_snapshot(manifest: DesiredState, version: str):
     by the running server to ``<data-dir>/server/db/snapshots/<name>-<node>-<unix time>``.
     Kubernetes object names allow no ``+``, so the version's ``+`` becomes ``-``.
     """
-    found = install_state(manifest)
+    found = install_state(desired)
     installed = found["version"]
     if installed is None or installed == version:
         host.noop("k3s is not upgraded here: no etcd snapshot")
@@ -683,16 +660,16 @@ def etcd_snapshot(manifest: DesiredState, version: str):
     name = f"{SNAPSHOT_PREFIX}-{version.replace('+', '-')}"
     if first_time("snapshot"):
         host.log(f"etcd snapshot {name} is taken before k3s {installed} is replaced")
-    yield FunctionCommand(_take_snapshot, (name, version), {})
+    yield internals.host_callback(_take_snapshot, name, version)
 
 
-def replaced_binaries(manifest: DesiredState) -> list[str]:
+def replaced_binaries(desired: DesiredState) -> list[str]:
     """The manifest's binaries this run replaces that were there before (an upgrade)."""
-    current = manifest.state()["paths"]
+    current = desired.state()["paths"]
     return [
         binary.path
-        for binary in manifest.binaries
-        if current.get(binary.path) is not None and manifest.will_change([binary.path])
+        for binary in desired.binaries
+        if current.get(binary.path) is not None and desired.will_change([binary.path])
     ]
 
 
@@ -703,10 +680,11 @@ def _name(target) -> str:
 def _restore(state, host, paths: Sequence[str]) -> None:
     """Put each path's ``.previous`` back (a binary replaced in this run, not started on)."""
     for path in paths:
-        previous = QuoteString(f"{path}.previous")
         host.run_shell_command(
-            StringCommand(
-                "if [ -f", previous, "]; then mv -f", previous, QuoteString(path), "; fi"
+            make_formatted_string_command(
+                "if [ -f {previous} ]; then mv -f {previous} {path} ; fi",
+                previous=QuoteString(f"{path}.previous"),
+                path=QuoteString(path),
             ),
             print_output=False,
             **_connector_arguments(state, host),
@@ -718,7 +696,7 @@ def _server_turn(state, host, version: str, restore: Sequence[str]) -> bool:
     failed its upgrade in this run; else put the old binary back and stop here."""
     record = _UPGRADES.setdefault(state, {})
     failed = sorted(name for name, step in record.items() if step == "started")
-    failed += sorted(_name(h) for h in state.failed_hosts if _name(h) in record)
+    failed += sorted(_name(h) for h in internals.failed_hosts(state) if _name(h) in record)
     if failed:
         _restore(state, host, restore)
         _log_error(
@@ -737,12 +715,12 @@ def _server_done(state, host) -> bool:
     return True
 
 
-def server_turn(manifest: DesiredState, version: str) -> tuple[FunctionCommand, FunctionCommand]:
+def server_turn(desired: DesiredState, version: str) -> tuple[FunctionCommand, FunctionCommand]:
     """The commands around a server's restart on a new binary (`services.binary_service`'s
     `around`): one server at a time, none after one that failed in this run."""
     return (
-        FunctionCommand(_server_turn, (version, replaced_binaries(manifest)), {}),
-        FunctionCommand(_server_done, (), {}),
+        internals.host_callback(_server_turn, version, replaced_binaries(desired)),
+        internals.host_callback(_server_done),
     )
 
 
@@ -753,9 +731,10 @@ def _servers_upgraded(state, host, servers: Sequence[str], version: str) -> bool
     for name in servers:
         origin = next((h for h in state.inventory if _name(h) == name), None)
         problem = None
-        if origin is None or origin in state.failed_hosts or record.get(name) == "started":
+        failed = origin is None or origin in internals.failed_hosts(state)
+        if failed or record.get(name) == "started":
             problem = f"k3s server {name} failed in this run"
-        elif origin not in state.active_hosts:
+        elif origin not in internals.active_hosts(state):
             problem = f"k3s server {name} is not in this run"
         else:
             ok, output = origin.run_shell_command(
@@ -780,11 +759,11 @@ def _servers_upgraded(state, host, servers: Sequence[str], version: str) -> bool
 
 
 @operation()
-def servers_first(manifest: DesiredState, servers: Sequence[str], version: str):
+def servers_first(desired: DesiredState, servers: Sequence[str], version: str):
     """
     Let an agent's k3s binary change only once every server runs that version in this run.
 
-    + manifest: the agent's role DesiredState, probing `K3sInstall` (`probe_install`)
+    + desired: the agent's role DesiredState, probing `K3sInstall` (`probe_install`)
     + servers: the k3s servers' inventory names
     + version: the version the agent is given
 
@@ -794,13 +773,13 @@ def servers_first(manifest: DesiredState, servers: Sequence[str], version: str):
     agent's binary is not replaced when one is not there yet. A server outside this run
     (``--limit``) is refused while planning already.
     """
-    installed = install_state(manifest)["version"]
+    installed = install_state(desired)["version"]
     if installed == version:
         host.noop(f"k3s stays {version}: nothing to wait for on the servers")
         return
-    current = ctx_state.get()
+    current = internals.current_state()
     in_run = {_name(h): h for h in current.inventory}
-    failed = [name for name in servers if in_run.get(name) in current.failed_hosts]
+    failed = [name for name in servers if in_run.get(name) in internals.failed_hosts(current)]
     if failed:  # with -y this body runs at execution, after the servers' own operations
         yield from refuse(
             f"k3s server {', '.join(failed)} failed in this run: k3s on {host.name} was not "
@@ -808,7 +787,9 @@ def servers_first(manifest: DesiredState, servers: Sequence[str], version: str):
             "never newer than its API server)"
         )
         return
-    absent = [n for n in servers if n not in in_run or in_run[n] not in current.active_hosts]
+    absent = [
+        n for n in servers if n not in in_run or in_run[n] not in internals.active_hosts(current)
+    ]
     if absent:
         yield from refuse(
             f"{host.name}: k3s {installed or '(none)'} -> {version} on an agent waits for every "
@@ -816,7 +797,7 @@ def servers_first(manifest: DesiredState, servers: Sequence[str], version: str):
             "servers first (or without --limit)"
         )
         return
-    yield FunctionCommand(_servers_upgraded, (list(servers), version), {})
+    yield internals.host_callback(_servers_upgraded, list(servers), version)
 
 
 # ---- the auto-deploy manifests: what k3s's deploy controller applied of them
@@ -835,15 +816,15 @@ APPLY_FAILURES = (
 )
 
 
-def probe_addons(manifest: DesiredState) -> None:
+def probe_addons(desired: DesiredState) -> None:
     """Have the role's one fact read the Addons' checksums (`addons_state`)."""
-    manifest.probes[ADDONS_PROBE] = K3sAddons().command()
+    desired.probes[ADDONS_PROBE] = K3sAddons().command()
 
 
-def addons_state(manifest: DesiredState) -> dict[str, str] | None:
+def addons_state(desired: DesiredState) -> dict[str, str] | None:
     """`K3sAddons` as read by the role's fact; None where it is not known (the API did not
     answer, it was not probed, or its output is not kubectl's)."""
-    lines = manifest.probe(ADDONS_PROBE)
+    lines = desired.probe(ADDONS_PROBE)
     try:
         return K3sAddons().process(lines) if lines else None
     except FactProcessError:
@@ -891,12 +872,12 @@ def _applied_script(wanted: Mapping[str, str], wait: int) -> str:
 
 
 @operation()
-def manifests_applied(manifest: DesiredState, paths: Sequence[str], wait: int = APPLY_WAIT):
+def manifests_applied(desired: DesiredState, paths: Sequence[str], wait: int = APPLY_WAIT):
     """
     Confirm k3s applied the auto-deploy manifests this run writes: each file's Addon holds
     the file's SHA-256, within `wait` seconds, else the run fails with k3s's own message.
 
-    + manifest: the first server's DesiredState holding the files, probing the Addons
+    + desired: the first server's DesiredState holding the files, probing the Addons
       (`probe_addons`)
     + paths: the files in k3s's auto-deploy folder
     + wait: at most this many seconds
@@ -908,15 +889,15 @@ def manifests_applied(manifest: DesiredState, paths: Sequence[str], wait: int = 
     Addon does not hold, or when its Addon holds other content than the file (k3s has not
     applied it yet, or refused it). One command for all of them, none when nothing differs.
     """
-    if manifest.unreadable():
-        yield from refuse(manifest.unreadable_message())
+    if desired.unreadable():
+        yield from refuse(desired.unreadable_message())
         return
-    addons = addons_state(manifest)
+    addons = addons_state(desired)
     pending, files = {}, []
     for path in paths:
-        name, checksum = addon_name(path), manifest.file(path).sha256
+        name, checksum = addon_name(path), desired.file(path).sha256
         held = None if addons is None else addons.get(name)
-        written = manifest.will_change([path]) and held != checksum
+        written = desired.will_change([path]) and held != checksum
         stale = held is not None and held != checksum
         if written or stale:
             pending[name] = checksum
@@ -928,4 +909,132 @@ def manifests_applied(manifest: DesiredState, paths: Sequence[str], wait: int = 
         f"k3s applies {', '.join(files)} (content their Addons do not hold): "
         f"the run waits up to {wait}s for it"
     )
-    yield StringCommand("sh", "-c", QuoteString(_applied_script(pending, wait)))
+    applied = ["sh", "-c", QuoteString(_applied_script(pending, wait))]
+    what = f"k3s to apply {', '.join(files)}"
+    yield progress.Shown(*progress.watch(what, wait, *applied))  # says so every EVERY s
+
+
+@dataclass(frozen=True)
+class ImageBackup:
+    """What `backed_up_first` decides from: Label Studio's image, now and in this run, and the
+    backup Job that runs first (deploys/k3s/apps.py `image_backup` builds it)."""
+
+    probe: str  # the DesiredState's probe that reads the image the Deployment runs now
+    image: str | None  # the image this run writes; None where Label Studio is off
+    skip: str | None  # `cluster_apps.backup.skip_before_upgrade`: upgrade to it without one
+    namespace: str  # the backup Job's namespace
+    job: str  # the backup Job's name
+    script: str | None  # shell that creates the Job and waits for it; None: backups are off
+
+
+@operation()
+def backed_up_first(desired: DesiredState, backup: ImageBackup):
+    """
+    Back Label Studio up before its image changes: the new version migrates the database
+    when it starts, with no way back but a backup.
+
+    + desired: the first server's DesiredState (its probe `backup.probe` holds the image that
+      runs now)
+    + backup: the image this run writes, the one named to skip the backup, the backup Job
+
+    Runs before the apps' files are written: the backup CronJob's own pod, as a Job, waited
+    for (`backup.script`); a failed backup fails the run here, before the new image is
+    written. `cluster_apps.backup.skip_before_upgrade` naming the new image skips it; with
+    backups off, an upgrade is refused unless it is named there.
+    """
+    if desired.unreadable():
+        yield from refuse(desired.unreadable_message())
+        return
+    wanted = backup.image
+    running = next(iter(desired.probe(backup.probe)), "").strip()
+    if wanted is None or not running:
+        host.noop("Label Studio is not running: no backup is due before its image is set")
+        return
+    if running == wanted:
+        host.noop(f"Label Studio runs {wanted}: no upgrade, no backup due")
+        return
+    if backup.skip == wanted:
+        host.noop(
+            f"Label Studio {running} -> {wanted}: no backup first, as "
+            "cluster_apps.backup.skip_before_upgrade names it"
+        )
+        return
+    if backup.script is None:
+        yield from refuse(
+            f"Label Studio's image changes from {running} to {wanted}, which migrates its "
+            "database, and backups are off: configure the object store (backupS3* keys), or "
+            f'set cluster_apps.backup.skip_before_upgrade: "{wanted}" to upgrade without one'
+        )
+        return
+    host.log(f"Label Studio {running} -> {wanted}: backing up first (Job {backup.job})")
+    # a Job of that name left by an earlier try is replaced: each try backs up anew
+    yield StringCommand(
+        "k3s", "kubectl", "-n", backup.namespace, "delete", "job", backup.job, "--ignore-not-found"
+    )
+    # the Job's wait says what it waits for every progress.EVERY s (backup.run_job_script)
+    yield progress.Shown("sh", "-c", QuoteString(backup.script))
+
+
+@dataclass(frozen=True)
+class SwitchedOff:
+    """A cluster app switched off, as `apps_deleted` deletes it."""
+
+    instance: str  # its `app.kubernetes.io/instance` label
+    kinds: str  # the kinds of its objects that go, as kubectl takes them
+    addons: tuple[str, ...]  # the Addons k3s keeps for its files
+    kept: str | None = None  # what of it stays (where its data lives), said in the log
+
+
+@operation()
+def apps_deleted(desired: DesiredState, apps: Sequence[SwitchedOff]):
+    """
+    Delete the objects of cluster apps switched off, which k3s leaves running.
+
+    + desired: the first server's DesiredState (its state says which files the sweep removes)
+    + apps: the apps whose objects go, by their `app.kubernetes.io/instance` label
+
+    Each app's Addons go too (`SwitchedOff.addons`), so that the files written again when
+    it is switched on are applied again.
+    """
+    if desired.unreadable():
+        yield from refuse(desired.unreadable_message())
+        return
+    if not apps:
+        host.noop("no cluster app was switched off")
+        return
+    for app in apps:
+        kept = f" ({app.kept})" if app.kept else ""
+        host.log(f"cluster app {app.instance} switched off: its objects are deleted{kept}")
+        yield StringCommand(
+            "k3s",
+            "kubectl",
+            "delete",
+            app.kinds,
+            "-A",
+            "--ignore-not-found",
+            "-l",
+            f"app.kubernetes.io/instance={app.instance}",
+        )
+        yield StringCommand(
+            "k3s",
+            "kubectl",
+            "delete",
+            ADDONS,
+            "-n",
+            ADDON_NAMESPACE,
+            "--ignore-not-found",
+            *app.addons,
+        )
+
+
+@operation()
+def apps_skipped(reason: str):
+    """
+    Say in one line why the cluster apps were not deployed, changing nothing.
+
+    + reason: the line, shown whatever -v says (as the node's k3s report is)
+    """
+    if first_time("cluster apps skipped", host.name):
+        logger.info(f"{host.print_prefix}{reason}")
+    host.noop(reason)
+    yield from ()

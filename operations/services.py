@@ -1,7 +1,7 @@
 """A systemd unit brought to its wanted state, restarted only when its inputs changed.
 
 The unit's state (enabled, active) comes from the role's batched fact; whether its unit
-file, binary, config or credentials change comes from the same manifest, decided before
+file, binary, config or credentials change comes from the same desired state, decided before
 anything runs. After a start or restart the unit must still be active a moment later,
 otherwise the run fails with the unit's last log lines instead of reporting success.
 
@@ -20,8 +20,9 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import FunctionCommand, QuoteString, StringCommand, operation
 
-from operations import managed
-from operations.managed import OWED_DIR, DesiredState
+from operations import managed, progress
+from operations._desired import OWED_DIR
+from operations.managed import DesiredState
 
 SETTLE = 2  # seconds a started unit must stay active
 START_WAIT = 150  # seconds the deploy waits for a unit to finish starting
@@ -41,14 +42,18 @@ def _started_and_alive(
     if health:
         # the service's own check, retried for at most HEALTH_WAIT seconds
         loop = f"until {health}; do sleep {SETTLE}; done"
-        healthy = ["&&", "timeout", str(HEALTH_WAIT), "sh", "-c", QuoteString(loop)]
+        check = ["timeout", str(HEALTH_WAIT), "sh", "-c", QuoteString(loop)]
+        waited = progress.watch(f"{unit} to become healthy", HEALTH_WAIT, *check)
+        healthy = ["&&", "{", *waited, ";", "}"]
     back: list = []
     if rollback:
         for path in rollback:
             previous = QuoteString(f"{path}.previous")
             back += ["if", "[", "-f", previous, "];", "then", "mv", "-f", previous]
             back += [QuoteString(path), ";", "fi;"]
-        back += ["timeout", str(START_WAIT), "systemctl", "restart", unit, ";"]
+        again = ["timeout", str(START_WAIT), "systemctl", "restart", unit]
+        back += progress.watch(f"{unit} to restart on its previous binary", START_WAIT, *again)
+        back += [";"]
         back += [
             "echo",
             QuoteString(
@@ -59,12 +64,11 @@ def _started_and_alive(
             ">&2;",
         ]
     what = "become healthy" if health else "become active"
-    return StringCommand(
-        "timeout",
-        str(START_WAIT),
-        "systemctl",
-        verb,
-        unit,
+    # each wait says what it waits for every progress.EVERY seconds, shown as it comes
+    return progress.Shown(
+        *progress.watch(
+            f"{unit} to {verb}", START_WAIT, "timeout", str(START_WAIT), "systemctl", verb, unit
+        ),
         "&&",
         "sleep",
         str(SETTLE),
@@ -95,10 +99,11 @@ def _started_and_alive(
 
 
 def actions(
-    manifest: DesiredState,
+    desired: DesiredState,
     name: str,
     unit_file: str | None,
     inputs: list[str],
+    *,
     restart: bool = False,
 ) -> list[str]:
     """What `unit` will do: any of daemon-reload, enable, start, restart; decided up front.
@@ -112,15 +117,15 @@ def actions(
     before the restart: the marker in `OWED_DIR`) is reloaded and restarted, although its
     files are in place now.
     """
-    current = manifest.state()["units"].get(name, {"enabled": "not-found", "active": "unknown"})
+    current = desired.state()["units"].get(name, {"enabled": "not-found", "active": "unknown"})
     owed = bool(current.get("owed"))
-    reload = unit_file is not None and (owed or manifest.will_change([unit_file]))
+    reload = unit_file is not None and (owed or desired.will_change([unit_file]))
     todo = []
     if reload or current["enabled"] == "not-found":
         todo.append("daemon-reload")
     if current["enabled"] != "enabled":
         todo.append("enable")
-    if reload or restart or owed or manifest.will_change(inputs):
+    if reload or restart or owed or desired.will_change(inputs):
         todo.append("restart")
     elif current["active"] != "active":
         todo.append("start")
@@ -129,10 +134,11 @@ def actions(
 
 @operation()
 def unit_operation(
-    manifest: DesiredState,
+    desired: DesiredState,
     unit_name: str,
     unit_file: str | None,
     inputs: list[str],
+    *,
     restart: bool = False,
     health: str | None = None,
     rollback: list[str] | None = None,
@@ -141,15 +147,15 @@ def unit_operation(
     """
     Keep a systemd unit enabled and running; restart it when something it reads changed.
 
-    + manifest: the role's DesiredState (its units include `unit_name`)
+    + desired: the role's DesiredState (its units include `unit_name`)
     + unit_name: the unit, e.g. ``cloudflared-node.service``
-    + unit_file: the unit file's path in the manifest (a change means daemon-reload), or
+    + unit_file: the unit file's path in the desired state (a change means daemon-reload), or
       None for a unit a package ships
-    + inputs: the manifest paths the service reads (binary, config, credentials)
-    + restart: restart for a change the manifest's files do not show (a rebuilt environment)
+    + inputs: the desired state's paths the service reads (binary, config, credentials)
+    + restart: restart for a change the desired state's files do not show (a rebuilt environment)
     + health: a shell check of the service's own health after a (re)start (k3s: its API's
       /readyz), retried for at most HEALTH_WAIT seconds; default: active is healthy
-    + rollback: binaries of the manifest whose replacement in this run is undone (their
+    + rollback: binaries of the desired state whose replacement in this run is undone (their
       ``.previous`` put back, the unit restarted, the run failed) when the unit is not
       healthy after the (re)start
     + around: two commands run before and after the (re)start when one of `rollback`'s
@@ -157,23 +163,23 @@ def unit_operation(
       operation (k3s servers: one at a time, none after one that failed;
       `operations.k3s.server_turn`)
     """
-    todo = actions(manifest, unit_name, unit_file, inputs, restart)
+    todo = actions(desired, unit_name, unit_file, inputs, restart=restart)
     if not todo:
         host.noop(f"{unit_name} is enabled and active, and nothing it reads changed")
         return
-    current = manifest.state()["paths"]
+    current = desired.state()["paths"]
     replaced = [  # only a binary this run replaces, and that existed before, can go back
         path
         for path in rollback or []
-        if current.get(path) is not None and manifest.will_change([path])
+        if current.get(path) is not None and desired.will_change([path])
     ]
     if "daemon-reload" in todo:
         yield "systemctl daemon-reload"
     if "enable" in todo:
         yield StringCommand("systemctl", "enable", unit_name)
     # a marker is there (an earlier run's), or this run's files and binaries write one
-    owed = manifest.state()["units"].get(unit_name, {}).get("owed") or any(
-        manifest.will_change([path]) for path in manifest.restarts.get(unit_name, [])
+    owed = desired.state()["units"].get(unit_name, {}).get("owed") or any(
+        desired.will_change([path]) for path in desired.restarts.get(unit_name, [])
     )
     upgrade = around is not None and bool(replaced)  # an upgrade: not a first install
     for verb in ("start", "restart"):
@@ -188,21 +194,21 @@ def unit_operation(
 
 def unit(
     *,
-    manifest: DesiredState,
+    desired: DesiredState,
     unit_name: str,
     unit_file: str | None,
     inputs: list[str],
     **arguments,
 ):
-    """`unit_operation`, with what the unit reads declared in `manifest` first (`reads`).
+    """`unit_operation`, with what the unit reads declared in `desired` first (`reads`).
 
     Declared when the deploy file calls this, before any operation runs: the files and
     binaries operations, which run earlier, then leave the unit's owed-restart marker in the
     command that replaces what it reads, so a run killed before the restart leaves it owed.
     """
-    manifest.reads(unit_name, [path for path in (unit_file, *inputs) if path])
+    desired.reads(unit_name, [path for path in (unit_file, *inputs) if path])
     return unit_operation(
-        manifest=manifest, unit_name=unit_name, unit_file=unit_file, inputs=inputs, **arguments
+        desired=desired, unit_name=unit_name, unit_file=unit_file, inputs=inputs, **arguments
     )
 
 
@@ -210,7 +216,7 @@ unit._inner = unit_operation._inner  # the operation's body, as pyinfra-testing 
 
 
 def binary_service(
-    manifest: DesiredState,
+    desired: DesiredState,
     *,
     name: str,
     unit_name: str,
@@ -222,9 +228,9 @@ def binary_service(
     serial: bool = False,
 ) -> None:
     """
-    A service run from the manifest's pinned binaries: upgrades, and their rollback.
+    A service run from the desired state's pinned binaries: upgrades, and their rollback.
 
-    + manifest: the role's DesiredState; its binaries are the service's
+    + desired: the role's DesiredState; its binaries are the service's
     + name: the operations' name (``k3s``, ``cloudflared-node``)
     + unit_name, unit_file, inputs, health, restart: as for `unit`; `inputs` include the
       binaries
@@ -238,17 +244,17 @@ def binary_service(
     breaks the service never leaves it broken.
     """
     managed.binaries(
-        name=f"{name} binary (pinned, SHA-256 verified)", manifest=manifest, keep_previous=True
+        name=f"{name} binary (pinned, SHA-256 verified)", desired=desired, keep_previous=True
     )
     unit(
         name=name,
-        manifest=manifest,
+        desired=desired,
         unit_name=unit_name,
         unit_file=unit_file,
         inputs=inputs,
         restart=restart,
         health=health,
-        rollback=[binary.path for binary in manifest.binaries],
+        rollback=[binary.path for binary in desired.binaries],
         around=around,
         _serial=serial,
     )

@@ -14,11 +14,12 @@ model folders the deploy created and no longer wants are unloaded and deleted.
 
 from __future__ import annotations
 
-import shlex
-
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
+from pyinfra.api.command import make_formatted_string_command
 
+from operations import progress
+from operations._shell import fail, in_double_quotes
 from operations.failure import first_time
 from operations.managed import DesiredState
 
@@ -57,25 +58,33 @@ def image_build_command(env: str, image: str, extra: tuple[str, ...] = ()) -> St
     """
     mount = IMAGE_MOUNT
     venv = f"{mount}/{IMAGE_VENV}"
-    steps = [
-        shlex.join(["python3", "-m", "venv", "--without-pip", "--system-site-packages", venv]),
-        shlex.join(
-            [f"{venv}/bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-            + ["--no-cache-dir", "-r", f"{mount}/{IMAGE_REQUIREMENTS}"]
-        ),
-        shlex.join([f"{venv}/bin/python", "-c", VERSION]) + " > " + f"{mount}/{IMAGE_PYTHON}",
-        # $PATH is the image's own, expanded inside the container
-        f"printf 'PATH=%s\\n' \"{venv}/bin:$PATH\" > {shlex.quote(f'{mount}/{IMAGE_ENV_FILE}')}",
-    ]
-    return StringCommand(
-        "docker", "run", "--rm", "--network", "host", "-v", QuoteString(f"{env}:{mount}"),
-        *map(QuoteString, extra), QuoteString(image), "sh", "-c", QuoteString(" && ".join(steps)),
-    )  # fmt: skip
+    script = make_formatted_string_command(
+        "python3 -m venv --without-pip --system-site-packages {venv} && "
+        "{python} -m pip install -q --disable-pip-version-check --no-cache-dir "
+        "-r {requirements} && "
+        "{python} -c {version} > {python_version} && "
+        "printf {path_line} {path} > {env_file}",
+        venv=QuoteString(venv),
+        python=QuoteString(f"{venv}/bin/python"),
+        requirements=QuoteString(f"{mount}/{IMAGE_REQUIREMENTS}"),
+        version=QuoteString(VERSION),
+        python_version=QuoteString(f"{mount}/{IMAGE_PYTHON}"),
+        path_line=QuoteString("PATH=%s\\n"),
+        path=f'"{in_double_quotes(venv)}/bin:$PATH"',  # $PATH: the image's, in the container
+        env_file=QuoteString(f"{mount}/{IMAGE_ENV_FILE}"),
+    )
+    return make_formatted_string_command(
+        "docker run --rm --network host {options} {image} sh -c {script}",
+        options=StringCommand("-v", QuoteString(f"{env}:{mount}"), *map(QuoteString, extra)),
+        image=QuoteString(image),
+        script=QuoteString(script),
+    )
 
 
 @operation()
 def environment(
-    manifest: DesiredState,
+    desired: DesiredState,
+    *,
     link: str,
     env: str,
     stamp_name: str,
@@ -90,7 +99,7 @@ def environment(
     Build Triton's Python environment beside the current one when its inputs changed (or
     another service's: the ML-backend adapter's, from a hash-pinned file alone).
 
-    + manifest: the role's DesiredState (its `read` includes `<link>/<stamp_name>`)
+    + desired: the role's DesiredState (its `read` includes `<link>/<stamp_name>`)
     + link: the stable path the service uses: a symlink to the current environment
     + env: where the new environment is built: a new folder, never the one `link` names
     + stamp_name: the file in an environment that records what it was built from
@@ -109,48 +118,63 @@ def environment(
     `link` that is still a real folder (the layout before environments were kept side by
     side) is moved beside the new environment first, so it is removed with the old ones.
     """
-    if manifest.state()["contents"].get(f"{link}/{stamp_name}") == stamp:
+    if desired.state()["contents"].get(f"{link}/{stamp_name}") == stamp:
         host.noop(f"{what} at {link} is built from the pinned inputs")
         return
     new, pip = QuoteString(env), QuoteString(f"{env}/bin/pip")
-    in_use = f"{link} links to {env}, the environment in use; build it elsewhere"
-    fresh = [
-        "if", "[", '"$(readlink', QuoteString(link), ')"', "=", new, "];", "then",
-        "echo", QuoteString(in_use), ">&2;", "exit", "1;", "fi;",
-        "rm", "-rf", new, "&&",
-    ]  # fmt: skip
-    quiet = ["install", "-q", "--disable-pip-version-check"]
+    # `$(readlink <link> )`: the environment the link names now, never the one rebuilt here
+    fresh = make_formatted_string_command(
+        "if [ {linked} = {new} ]; then {refuse} fi; rm -rf {new} &&",
+        linked=StringCommand('"$(readlink', QuoteString(link), ')"'),
+        new=new,
+        refuse=fail(f"{link} links to {env}, the environment in use; build it elsewhere"),
+    )
     if image is not None:
-        yield StringCommand(
-            *fresh, "install", "-d", "-m", "0755", new, "&&",
-            "install", "-m", "0644", QuoteString(model_requirements),
-            QuoteString(f"{env}/{IMAGE_REQUIREMENTS}"),
-        )  # fmt: skip
+        yield make_formatted_string_command(
+            "{fresh} install -d -m 0755 {new} && install -m 0644 {requirements} {copy}",
+            fresh=fresh,
+            new=new,
+            requirements=QuoteString(model_requirements),
+            copy=QuoteString(f"{env}/{IMAGE_REQUIREMENTS}"),
+        )
         yield image_build_command(env, image)
     else:
-        yield StringCommand(*fresh, "python3", "-m", "venv", new)
+        yield make_formatted_string_command("{0} python3 -m venv {1}", fresh, new)
+        pip_install = "{pip} install -q --disable-pip-version-check"
         if wheel_requirements:
-            yield StringCommand(
-                pip, *quiet, "--no-deps", "--require-hashes", "-r", wheel_requirements
+            yield make_formatted_string_command(
+                pip_install + " --no-deps --require-hashes -r {requirements}",
+                pip=pip,
+                requirements=QuoteString(wheel_requirements),
             )
         if model_requirements:
-            yield StringCommand(pip, *quiet, "-r", model_requirements)
+            yield make_formatted_string_command(
+                pip_install + " -r {requirements}",
+                pip=pip,
+                requirements=QuoteString(model_requirements),
+            )
     if finish is not None:
         yield finish
-    yield StringCommand(
-        "printf", "%s", QuoteString(stamp.decode()), ">", QuoteString(f"{env}/{stamp_name}")
+    yield make_formatted_string_command(
+        "printf %s {stamp} > {path}",
+        stamp=QuoteString(stamp.decode()),
+        path=QuoteString(f"{env}/{stamp_name}"),
     )
-    old, staged = QuoteString(link), QuoteString(f"{link}.oceanid-new")
-    legacy = QuoteString(f"{env.rsplit('/', 1)[0]}/previous")
-    yield StringCommand(
-        "if", "[", "-d", old, "]", "&&", "[", "!", "-L", old, "];", "then",
-        "rm", "-rf", legacy, "&&", "mv", "-T", old, legacy, ";", "fi", "&&",
-        "ln", "-sfn", new, staged, "&&", "mv", "-T", staged, old,
-    )  # fmt: skip
+    # a real folder at `link` (the layout before environments were kept side by side) moves
+    # aside first; then a new link is renamed over the old one, which is atomic
+    yield make_formatted_string_command(
+        "if [ -d {link} ] && [ ! -L {link} ]; then "
+        "rm -rf {legacy} && mv -T {link} {legacy} ; fi && "
+        "ln -sfn {new} {staged} && mv -T {staged} {link}",
+        link=QuoteString(link),
+        legacy=QuoteString(f"{env.rsplit('/', 1)[0]}/previous"),
+        new=new,
+        staged=QuoteString(f"{link}.oceanid-new"),
+    )
 
 
 @operation()
-def old_environments(link: str, envs: str, leftovers: list[str], rebuilt: bool):
+def old_environments(link: str, envs: str, leftovers: list[str], *, rebuilt: bool):
     """
     Remove the environments Triton no longer runs on, once it answered ready on the new one.
 
@@ -162,12 +186,15 @@ def old_environments(link: str, envs: str, leftovers: list[str], rebuilt: bool):
     if not rebuilt:
         host.noop(f"no new environment was built: nothing beside {link}'s to remove")
         return
-    yield StringCommand(
-        "current=$(readlink", QuoteString(link), ")", "&&",
-        "for", "old", "in", f"{shlex.quote(envs)}/*;", "do",
-        "[", '"$old"', "=", '"$current"', "]", "||", "rm", "-rf", '"$old";', "done",
-        "&&", "rm", "-rf", *(QuoteString(path) for path in leftovers),
-    )  # fmt: skip
+    every_other = make_formatted_string_command(
+        "current=$(readlink {link} ) && "
+        "for old in {envs}/*; do [ {old} = {current} ] || rm -rf {old}; done && rm -rf",
+        link=QuoteString(link),
+        envs=QuoteString(envs),
+        old='"$old"',
+        current='"$current"',
+    )
+    yield StringCommand(every_other, *map(QuoteString, leftovers))
 
 
 def _curl(limit: int, *words: object) -> list:
@@ -176,18 +203,22 @@ def _curl(limit: int, *words: object) -> list:
     return ["curl", *words, "--connect-timeout", str(CONNECT_WAIT), "--max-time", str(limit)]
 
 
-def _repository_call(url: str, limit: int, doing: str, refused: str) -> list:
+def _repository_call(url: str, limit: int, doing: str, refused: str) -> StringCommand:
     """POST to Triton's repository API, `limit` seconds at most; a time limit reached and
     a refusal are told apart in the message (Triton's log says why)."""
     late = (
         f"Triton did not finish {doing} in {limit} s (the limit set in operations/triton.py); "
         "see its log"
     )
-    return [
-        *_curl(limit, "-fsS", "-X", "POST", "-o", "/dev/null"), QuoteString(url), "||",
-        "{", 'if [ "$?" = 28 ];', "then", "echo", QuoteString(late), ">&2;",
-        "else", "echo", QuoteString(refused), ">&2;", "fi;", "exit", "1;", "}",
-    ]  # fmt: skip
+    post = [*_curl(limit, "-fsS", "-X", "POST", "-o", "/dev/null"), QuoteString(url)]
+    return make_formatted_string_command(
+        "{post} || "
+        "{{ if [ {status} = 28 ]; then echo {late} >&2; else echo {refused} >&2; fi; exit 1; }}",
+        post=StringCommand(*progress.watch(f"Triton to finish {doing}", limit, *post)),
+        status='"$?"',
+        late=QuoteString(late),
+        refused=QuoteString(refused),
+    )
 
 
 def _failed_with_journal(unit: str, message: str) -> list:
@@ -222,8 +253,8 @@ def wait_ready(unit: str, port: int, models: list[str], started: bool, timeout: 
         probes += ["&&", *_curl(PROBE_WAIT, "-fs", "-o", "/dev/null")]
         probes.append(QuoteString(f"{base}/models/{model}/ready"))
     show = ["systemctl", "show", "--value", "-p"]
-    yield StringCommand(
-        "restarts=$(", *show, "NRestarts", unit, ");", "waited=0;",
+    loop = [
+        "{", "restarts=$(", *show, "NRestarts", unit, ");", "waited=0;",
         "until", *probes, ";", "do",
         'case "$(', *show, "SubState", unit, ')"', "in", "start*|running)", ";;",
         "*)", *_failed_with_journal(unit, f"{unit} exited before Triton was ready"), ";;",
@@ -236,16 +267,19 @@ def wait_ready(unit: str, port: int, models: list[str], started: bool, timeout: 
             f"Triton on 127.0.0.1:{port} was not ready with model(s) {', '.join(models)} "
             f"after {timeout} s",
         ),
-        ";", "sleep", "1;", "done",
-    )  # fmt: skip
+        ";", "sleep", "1;", "done;", "}",
+    ]  # fmt: skip
+    # says what it waits for every progress.EVERY seconds, for as long as the loop's tries last
+    what = f"{unit} to be ready (models: {', '.join(models)})"
+    yield progress.Shown(*progress.watch(what, timeout, *loop, bounded=False))
 
 
-def strays(manifest: DesiredState, root: str, models: set[str]) -> list[str]:
+def strays(desired: DesiredState, root: str, models: set[str]) -> list[str]:
     """Entries under `root` inside managed models that the repository no longer has."""
     prefix = root.rstrip("/") + "/"
-    wanted = {f.path.removeprefix(prefix) for f in manifest.files if f.path.startswith(prefix)}
+    wanted = {f.path.removeprefix(prefix) for f in desired.files if f.path.startswith(prefix)}
     parents = {p.rsplit("/", n)[0] for p in wanted for n in range(1, p.count("/") + 1)}
-    found = manifest.state()["trees"].get(root, {})
+    found = desired.state()["trees"].get(root, {})
     return sorted(
         (
             rel
@@ -257,15 +291,15 @@ def strays(manifest: DesiredState, root: str, models: set[str]) -> list[str]:
 
 
 @operation()
-def prune(manifest: DesiredState, root: str, models: list[str]):
+def prune(desired: DesiredState, root: str, models: list[str]):
     """
     Remove files and folders of managed models that the repository no longer has.
 
-    + manifest: the role's DesiredState (its trees include `root`)
+    + desired: the role's DesiredState (its trees include `root`)
     + root: the model repository on the host
     + models: the models the deploy manages; nothing else under `root` is touched
     """
-    extra = strays(manifest, root, set(models))
+    extra = strays(desired, root, set(models))
     if not extra:
         host.noop(f"no stray files in the {len(models)} managed model(s)")
         return
@@ -273,20 +307,20 @@ def prune(manifest: DesiredState, root: str, models: list[str]):
         yield StringCommand("rm", "-rf", QuoteString(f"{root}/{rel}"))
 
 
-def retired(manifest: DesiredState, root: str, models: set[str]) -> list[str]:
+def retired(desired: DesiredState, root: str, models: set[str]) -> list[str]:
     """Model folders under `root` this deploy created and no longer has: the host's record
-    of the manifest lists paths in them, and they are not among the current `models`."""
+    of the desired state lists paths in them, and they are not among the current `models`."""
     prefix = root.rstrip("/") + "/"
-    unwanted = [path for path in manifest.unwanted() if path.startswith(prefix)]
+    unwanted = [path for path in desired.unwanted() if path.startswith(prefix)]
     return sorted({path.removeprefix(prefix).split("/", 1)[0] for path in unwanted} - models)
 
 
 @operation()
-def retire(manifest: DesiredState, root: str, models: list[str], port: int = 8000):
+def retire(desired: DesiredState, root: str, models: list[str], port: int = 8000):
     """
     Unload and delete the model folders this deploy created and no longer wants.
 
-    + manifest: the role's DesiredState (its record on the host says which paths it wrote)
+    + desired: the role's DesiredState (its record on the host says which paths it wrote)
     + root: the model repository on the host
     + models: the models the deploy manages now
     + port: Triton's HTTP port on localhost
@@ -295,7 +329,7 @@ def retire(manifest: DesiredState, root: str, models: list[str], port: int = 800
     served until the next restart, and be loaded again by `--load-model=*` at every start.
     A running Triton unloads it first; folders the deploy never wrote are left alone.
     """
-    gone = retired(manifest, root, set(models))
+    gone = retired(desired, root, set(models))
     if not gone:
         host.noop(f"no retired model folder under {root}")
         return
@@ -305,16 +339,19 @@ def retire(manifest: DesiredState, root: str, models: list[str], port: int = 800
             host.log(
                 f"model {model}: no longer in the repository; unloaded from Triton and deleted"
             )
-        yield StringCommand(
-            "if", *_curl(PROBE_WAIT, "-fs", "-o", "/dev/null"), f"{base}/health/live;", "then",
-            *_repository_call(
-                f"{base}/repository/models/{model}/unload",
-                UNLOAD_WAIT,
-                f"unloading model {model}",
-                f"Triton refused to unload model {model}; see its log",
-            ),
-            ";", "fi",
-        )  # fmt: skip
+        yield progress.Shown(
+            make_formatted_string_command(
+                "if {live} {url}; then {unload} ; fi",
+                live=StringCommand(*_curl(PROBE_WAIT, "-fs", "-o", "/dev/null")),
+                url=QuoteString(f"{base}/health/live"),
+                unload=_repository_call(
+                    f"{base}/repository/models/{model}/unload",
+                    UNLOAD_WAIT,
+                    f"unloading model {model}",
+                    f"Triton refused to unload model {model}; see its log",
+                ),
+            )
+        )
         yield StringCommand("rm", "-rf", QuoteString(f"{root}/{model}"))
 
 
@@ -334,14 +371,16 @@ def load(models: list[str], port: int = 8000):
         host.noop("no model changed")
         return
     base = f"http://127.0.0.1:{port}"
-    yield StringCommand(
+    live = [
         "for", "i", "in", "$(seq", str(READY_WAIT) + ");", "do",
         *_curl(PROBE_WAIT, "-fs", "-o", "/dev/null"), f"{base}/v2/health/live", "&&", "break;",
         "sleep", "1;", "done",
-    )  # fmt: skip
+    ]  # fmt: skip
+    what = f"Triton on 127.0.0.1:{port} to answer"
+    yield progress.Shown(*progress.watch(what, READY_WAIT, *live, bounded=False))
     for model in models:
-        yield StringCommand(
-            *_repository_call(
+        yield progress.Shown(
+            _repository_call(
                 f"{base}/v2/repository/models/{model}/load",
                 LOAD_WAIT,
                 f"loading model {model}",

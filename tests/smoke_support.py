@@ -159,17 +159,24 @@ def http_server(routes: Mapping[str, Route], tls: Path | None = None) -> Iterato
         server.server_close()
 
 
-def triton_echo(mangle: bool = False) -> Callable[[Any, bytes], Answer]:
+def triton_echo(mangle: bool = False, error: str | None = None) -> Callable[[Any, bytes], Answer]:
     """A fake `POST /v2/models/<model>/infer` that answers like docling_granite_python given
-    `text` (binary tensor extension in, JSON out); `mangle` returns other text instead."""
+    `text` (binary tensor extension in, JSON out); `mangle` returns other text instead, `error`
+    the model's {"error"} row. Like Triton for the batched model, it refuses an input without
+    the batch dimension (a batch of one is [1, 1])."""
 
     def infer(headers: Any, body: bytes) -> Answer:
         size = int(headers.get("Inference-Header-Content-Length") or len(body))
         request, blob = json.loads(body[:size]), body[size:]
         (tensor,) = request["inputs"]
+        if tensor["shape"] != [1, 1]:
+            message = f"unexpected shape for input 'text'. Expected [-1,1], got {tensor['shape']}"
+            return 400, json.dumps({"error": message})
         text = blob[4 : 4 + struct.unpack("<I", blob[:4])[0]].decode()
         answer = {"text": text[::-1] if mangle else text, "model": "fake", "device": "cpu"}
-        output = {"name": "response", "datatype": "BYTES", "shape": [1]}
+        if error is not None:
+            answer = {"error": error}
+        output = {"name": "response", "datatype": "BYTES", "shape": [1, 1]}
         output["data"] = [json.dumps(answer)]
         return 200, json.dumps({"model_name": "docling_granite_python", "outputs": [output]})
 

@@ -40,7 +40,8 @@ def key_of(line: str) -> str | None:
     return f"{found[1]} {found[2]}" if found else None
 
 
-def manifest(plan: HostPlan) -> DesiredState:
+def declare(plan: HostPlan) -> DesiredState:
+    """The base's DesiredState, declared whole, for the host's one read."""
     settings = plan.settings
     user = settings.admin_user
     home = f"/home/{user}"
@@ -101,17 +102,15 @@ def authorized_keys(plan: HostPlan, base: DesiredState) -> list[ManagedFile]:
     return files
 
 
-def deploy(plan: HostPlan, base: DesiredState | None = None) -> DesiredState:
-    """The base, from `base` (this host's `manifest`, when the site declared it first)."""
-    base = base or manifest(plan)
+def deploy(plan: HostPlan, base: DesiredState) -> None:
+    """The base, from this host's `declare` (read with the host's other roles)."""
     base.files += authorized_keys(plan, base)
-    managed.packages(name="Base packages", manifest=base)
+    managed.packages(name="Base packages", desired=base)
     managed.account(
         name=f"Operators' account {plan.settings.admin_user}",
-        manifest=base,
+        desired=base,
         user=plan.settings.admin_user,
     )
-    managed.directories(name="Base directories", manifest=base)
-    managed.files(name="Sudo rule and SSH keys", manifest=base)
-    managed.sweep(name="Base files no longer wanted", manifest=base)
-    return base
+    managed.directories(name="Base directories", desired=base)
+    managed.files(name="Sudo rule and SSH keys", desired=base)
+    managed.sweep(name="Base files no longer wanted", desired=base)

@@ -27,18 +27,18 @@ from deploys.cluster_apps import (
     node_tunnel,
     objects,
 )
+from oceanid.cluster_layout import MANIFEST_DIR
 from oceanid.model import K3S_AGENTS, K3S_SERVERS, Site, backups_on
 from oceanid.settings import Settings
 from operations.managed import ManagedFile
 
-MANIFEST_DIR = "/var/lib/rancher/k3s/server/manifests"
 #: Every app this package can render, in the order its files are written.
 APPS = (label_studio.APP, cluster_connector.APP, ml_backend.APP, node_tunnel.APP, backup.APP)
 #: The apps' Namespaces, in a file of their own that k3s applies before the apps' files.
 NAMESPACES = "00-namespaces"
 
 
-def namespaces(rendered: dict[str, tuple[list[dict], list[dict]]]) -> list[dict]:
+def namespaces(rendered: dict[str, objects.AppObjects]) -> list[dict]:
     """Every Namespace the apps that are on render, taken out of their files, plus Label
     Studio's `apps` always.
 
@@ -52,8 +52,8 @@ def namespaces(rendered: dict[str, tuple[list[dict], list[dict]]]) -> list[dict]
     leave it with their app, which deletes them anyway (deploys/k3s/apps.py).
     """
     found = {label_studio.NAMESPACE: objects.namespace(label_studio.APP, label_studio.NAMESPACE)}
-    for objs, _ in rendered.values():
-        for obj in objs:
+    for built in rendered.values():
+        for obj in built.objects:
             if obj["kind"] == "Namespace":
                 found.setdefault(obj["metadata"]["name"], obj)
     return [found[name] for name in sorted(found)]
@@ -63,11 +63,11 @@ def path(app: str, *, secret: bool = False) -> str:
     return f"{MANIFEST_DIR}/oceanid-{app}{'-secret' if secret else ''}.yaml"
 
 
-def render(site: Site, settings: Settings) -> dict[str, tuple[list[dict], list[dict]]]:
-    """app -> (objects, secret objects) for every app switched on in data, after the
+def render(site: Site, settings: Settings) -> dict[str, objects.AppObjects]:
+    """app -> its objects and Secrets, for every app switched on in data, after the
     `NAMESPACES` file that holds their Namespaces (`namespaces`)."""
     apps = settings.cluster_apps
-    rendered: dict[str, tuple[list[dict], list[dict]]] = {}
+    rendered: dict[str, objects.AppObjects] = {}
     if apps.label_studio.enabled:
         rendered[label_studio.APP] = label_studio.build(settings, site.secrets)
     gpu_plans = [site.hosts[name] for name in sorted(site.hosts) if site.hosts[name].gpu]
@@ -89,20 +89,21 @@ def render(site: Site, settings: Settings) -> dict[str, tuple[list[dict], list[d
             "credential keys their Secrets digest"
         )
     key = objects.secrets_key(site.cluster_credential.tunnel_secret)
-    files = {NAMESPACES: (namespaces(rendered), [])}
-    for app, (found, secrets) in rendered.items():
-        found = [obj for obj in found if obj["kind"] != "Namespace"]
-        files[app] = (objects.with_secrets_digest(found, secrets, key), secrets)
+    files = {NAMESPACES: objects.AppObjects(namespaces(rendered), [])}
+    for app, built in rendered.items():
+        found = [obj for obj in built.objects if obj["kind"] != "Namespace"]
+        found = objects.with_secrets_digest(found, built.secrets, key)
+        files[app] = objects.AppObjects(found, built.secrets)
     return files
 
 
 def manifest_files(site: Site, settings: Settings) -> list[ManagedFile]:
     """The files to write into k3s's auto-deploy folder: one per app, Secrets 0600 apart."""
     files = []
-    for app, (found, secrets) in render(site, settings).items():
-        files.append(ManagedFile(path(app), objects.dump(found), mode="0644"))
-        if secrets:
-            content = objects.dump(secrets)
+    for app, built in render(site, settings).items():
+        files.append(ManagedFile(path(app), objects.dump(built.objects), mode="0644"))
+        if built.secrets:
+            content = objects.dump(built.secrets)
             files.append(
                 ManagedFile(
                     path(app, secret=True),

@@ -31,6 +31,7 @@ from typing import Any
 from deploys.cluster_apps import label_studio, objects
 from oceanid.secrets import Secrets
 from oceanid.settings import Settings
+from operations import progress
 
 APP = "backup"
 NAMESPACE = label_studio.NAMESPACE
@@ -163,7 +164,7 @@ def restore_job(settings: Settings, backup: str, job: str) -> dict[str, Any]:
     }
 
 
-def build(settings: Settings, secrets: Secrets) -> tuple[list[dict], list[dict]]:
+def build(settings: Settings, secrets: Secrets) -> objects.AppObjects:
     """(objects, secret objects); the namespace is Label Studio's."""
     cron = {
         "apiVersion": "batch/v1",
@@ -190,14 +191,18 @@ def build(settings: Settings, secrets: Secrets) -> tuple[list[dict], list[dict]]
         },
     }
     script = objects.config_map(APP, NAME, NAMESPACE, {SCRIPT.name: SCRIPT.read_text()})
-    return (
-        [script, cron],
-        [objects.secret(APP, SECRET, NAMESPACE, secret_values(secrets))],
+    return objects.AppObjects(
+        objects=[script, cron],
+        secrets=[objects.secret(APP, SECRET, NAMESPACE, secret_values(secrets))],
     )
 
 
 def run_job_script(
-    job: str, create: list[str] | None = None, manifest: str | None = None, timeout: int = 3600
+    job: str,
+    create: list[str] | None = None,
+    manifest: str | None = None,
+    timeout: int = 3600,
+    summary: bool = False,
 ) -> str:
     """
     Shell, run as root on the first server: create Job `job` in Label Studio's namespace,
@@ -209,9 +214,12 @@ def run_job_script(
     + manifest: else the Job as YAML, applied from a here-document (it names Secrets,
       never holds their values)
     + timeout: seconds before the wait gives up (the Job's own deadline is an hour)
+    + summary: of a Job that completed, print only the log's last line (the backup's
+      ``done`` line; a deploy shows this output as it comes), all of it for one that did not
 
     Waits on the Job's conditions (`Complete`, `Failed`), not on `kubectl wait`, which
-    watches one condition and would sit out its timeout on a Job that failed.
+    watches one condition and would sit out its timeout on a Job that failed. The wait says
+    what it waits for every progress.EVERY seconds (on stdout).
     """
     kubectl = f"k3s kubectl -n {NAMESPACE}"
     conditions = '{range .status.conditions[?(@.status=="True")]}{.type} {end}'
@@ -221,21 +229,34 @@ def run_job_script(
         make = f"{kubectl} apply -f - >/dev/null <<'OCEANID_JOB' || exit 1\n{manifest}\nOCEANID_JOB"
     else:
         raise ValueError("run_job_script: give `create` or a `manifest`")
+    # the wait's own exit: 0 completed, 1 failed or not finished in time, 2 the Job unreadable
+    wait = "\n".join(
+        [
+            f"end=$(( $(date +%s) + {timeout} ))",
+            "while :; do",
+            f"  state=$({kubectl} get job {shlex.quote(job)} -o jsonpath={shlex.quote(conditions)})"
+            " || exit 2",
+            '  case "$state" in *Complete*) exit 0;; *Failed*) exit 1;; esac',
+            '  if [ "$(date +%s)" -ge "$end" ]; then',
+            f"    echo 'job {job}: not finished in {timeout}s' >&2; exit 1",
+            "  fi",
+            "  sleep 3",
+            "done",
+        ]
+    )
+    logs = f"{kubectl} logs job/{shlex.quote(job)} --all-containers=true 2>&1"
+    if summary:
+        logs = f'if [ "$ok" = 0 ]; then {logs} | tail -n 1; else {logs} || true; fi'
+    else:
+        logs = f"{logs} || true"
     return "\n".join(
         [
             "set -u",
             make,
-            f"end=$(( $(date +%s) + {timeout} ))",
-            "while :; do",
-            f"  state=$({kubectl} get job {shlex.quote(job)} -o jsonpath={shlex.quote(conditions)})"
-            " || exit 1",
-            '  case "$state" in *Complete*) ok=0; break;; *Failed*) ok=1; break;; esac',
-            '  if [ "$(date +%s)" -ge "$end" ]; then',
-            f"    echo 'job {job}: not finished in {timeout}s' >&2; ok=1; break",
-            "  fi",
-            "  sleep 3",
-            "done",
-            f"{kubectl} logs job/{shlex.quote(job)} --all-containers=true 2>&1 || true",
+            progress.watch_script(f"Job {NAMESPACE}/{job} to finish", timeout, wait),
+            "ok=$?",
+            '[ "$ok" -le 1 ] || exit 1',
+            logs,
             'exit "$ok"',
         ]
     )

@@ -37,6 +37,7 @@ from deploys.cluster_apps import backup, label_studio, objects
 from oceanid import model, preflight
 from oceanid.settings import Settings
 from oceanid.sshtarget import TargetError, target
+from operations import progress
 
 
 class CommandError(Exception):
@@ -113,7 +114,13 @@ def restore_script(settings: Settings, name: str) -> str:
             f'{kubectl} patch cronjob {backup.NAME} -p \'{{"spec":{{"suspend":true}}}}\' '
             ">/dev/null 2>&1 || true",
             f"{kubectl} scale {deployment} --replicas=0 || exit 1",
-            f"{kubectl} wait --for=delete pod -l {selector} --timeout=300s || exit 1",
+            # says what it waits for every progress.EVERY seconds
+            progress.watch_script(
+                "Label Studio's pods to stop",
+                300,
+                f"{kubectl} wait --for=delete pod -l {selector} --timeout=300s",
+            )
+            + " || exit 1",
             "(",
             backup.run_job_script(job, manifest=manifest),
             ")",
@@ -133,7 +140,7 @@ def restore_script(settings: Settings, name: str) -> str:
     )
 
 
-def restore(inventory: str, name: str, yes: bool) -> int:
+def restore(inventory: str, name: str, *, yes: bool) -> int:
     site, settings = _site(inventory)
     verified = run_script(site, "verify", name)
     sys.stdout.write(verified.stdout)
@@ -166,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             return list_backups(args.inventory)
         if not args.name:
             raise CommandError("restore: name the backup, BACKUP=<name> (`make backups`)")
-        return restore(args.inventory, args.name, args.yes)
+        return restore(args.inventory, args.name, yes=args.yes)
     except (CommandError, TargetError) as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""The cluster tunnel's connector (namespace `cloudflared`): `label.<base>` into the cluster.
+"""The cluster tunnel's connector (namespace `cloudflared`): Label Studio's name into the cluster.
 
 Two replicas of the host connector's pinned cloudflared, spread over nodes and kept off
 the GPU hosts' nodes (`not_on`), with memory well above the 256 MiB at which the old stack's was
@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 
 from deploys.cluster_apps import label_studio, objects
+from oceanid import names
+from oceanid.cluster_layout import CONNECTOR_METRICS_PORT as METRICS_PORT
 from oceanid.ingress import CATCH_ALL_SERVICE
 from oceanid.settings import Settings
 from oceanid.tunnel_credentials import TunnelCredential
@@ -24,7 +26,6 @@ NAME = "cloudflared"
 SECRET = "cloudflared-credential"
 CONFIG_DIR = "/etc/cloudflared/config"
 CREDENTIAL_DIR = "/etc/cloudflared/credential"
-METRICS_PORT = 2000
 IMAGE = "cloudflare/cloudflared:{version}"
 NONROOT = 65532
 # The GPU node's taint (group_data hosts.calypso.k3s.taints), which the node tunnel tolerates.
@@ -73,7 +74,7 @@ def ingress(settings: Settings) -> list[dict[str, Any]]:
     if settings.cluster_apps.label_studio.enabled:
         rules.append(
             {
-                "hostname": label_studio.public_host(settings),
+                "hostname": names.label_name(settings),
                 "service": label_studio.SERVICE_URL,
             }
         )
@@ -164,8 +165,8 @@ def not_on(gpu_nodes: list[str]) -> dict[str, Any]:
 
 def build(
     settings: Settings, tunnel_id: str, credential: TunnelCredential, gpu_nodes: list[str]
-) -> tuple[list[dict], list[dict]]:
-    """(objects, secret objects) of the cluster connector; its Namespace goes to the
+) -> objects.AppObjects:
+    """The objects and Secrets of the cluster connector; its Namespace goes to the
     namespaces file (`cluster_apps.namespaces`).
 
     + gpu_nodes: the k3s nodes that are GPU hosts, where it must not run (`not_on`)
@@ -215,14 +216,14 @@ def build(
         "spec": {"minAvailable": 1, "selector": {"matchLabels": objects.selector(NAME)}},
     }
     config_text = yaml.safe_dump(config(settings, tunnel_id, credential), sort_keys=False)
-    return (
-        [
+    return objects.AppObjects(
+        objects=[
             objects.namespace(APP, NAMESPACE),
             objects.config_map(APP, NAME, NAMESPACE, {"config.yaml": config_text}),
             deployment,
             budget,
         ],
-        [
+        secrets=[
             objects.secret(
                 APP, SECRET, NAMESPACE, {credential_file(credential): credential.file_content()}
             )

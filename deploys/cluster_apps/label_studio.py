@@ -1,4 +1,4 @@
-"""Label Studio in namespace `apps`, on PostgreSQL, served at `label.<base>`.
+"""Label Studio in namespace `apps`, on PostgreSQL, served at `label.<base>` (oceanid/names.py).
 
 In the stack we replace it ran on SQLite until the database variables were right (its
 CLI's settings default `DJANGO_DB` to sqlite), was OOM-killed at 512 MiB and at 1 GiB,
@@ -14,10 +14,10 @@ container through `secretKeyRef` only.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from deploys.cluster_apps import objects
-from oceanid.secrets import Secrets
+from oceanid import names
+from oceanid.secrets import Secrets, database_url
 from oceanid.settings import Settings
 
 APP = "label-studio"
@@ -39,54 +39,20 @@ SECRET_KEYS = (
     "labelStudioAdminPassword",
     "labelStudioApiToken",
 )
-DB_URL_SHAPE = "postgresql://user:password@host:5432/database"
 
 
 def database_env(url: str, *, key: str = "labelStudioDbUrl") -> dict[str, str]:
-    """The `POSTGRE_*` variables Label Studio reads, from a PostgreSQL URL.
-
-    Raises ValueError naming `key` (never the URL: it holds the password) when the URL
-    is not a complete postgresql:// URL; user, password, host and database are all
-    required, since Label Studio would otherwise fall back to `postgres` defaults.
-    """
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{key}: not a URL; expected {DB_URL_SHAPE}") from None
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError(
-            f"{key}: scheme {parts.scheme or '(none)'} is not postgresql; Label Studio must "
-            f"run on PostgreSQL, never SQLite; expected {DB_URL_SHAPE}"
-        )
-    missing = [
-        what
-        for what, value in (
-            ("user", parts.username),
-            ("password", parts.password),
-            ("host", parts.hostname),
-            ("database", parts.path.lstrip("/")),
-        )
-        if not value
-    ]
-    if missing:
-        raise ValueError(f"{key}: no {', '.join(missing)} in the URL; expected {DB_URL_SHAPE}")
-    if parts.query or parts.fragment or "/" in parts.path.lstrip("/"):
-        raise ValueError(
-            f"{key}: Label Studio's POSTGRE_* variables take no path beyond the database name "
-            f"and no ?options; expected {DB_URL_SHAPE}"
-        )
+    """The `POSTGRE_*` variables Label Studio reads, from a PostgreSQL URL checked as
+    `make check` checks it (oceanid.secrets.database_url: a ValueError naming `key`, never
+    the URL)."""
+    db = database_url(url, key=key)
     return {
-        "POSTGRE_HOST": parts.hostname,
-        "POSTGRE_PORT": str(port or 5432),
-        "POSTGRE_NAME": unquote(parts.path.lstrip("/")),
-        "POSTGRE_USER": unquote(parts.username),
-        "POSTGRE_PASSWORD": unquote(parts.password),
+        "POSTGRE_HOST": db.host,
+        "POSTGRE_PORT": str(db.port),
+        "POSTGRE_NAME": db.name,
+        "POSTGRE_USER": db.user,
+        "POSTGRE_PASSWORD": db.password,
     }
-
-
-def public_host(settings: Settings) -> str:
-    return f"{settings.cluster_apps.label_studio.public_name}.{settings.base_domain}"
 
 
 def secret_values(secrets: Secrets) -> dict[str, str]:
@@ -101,7 +67,7 @@ def secret_values(secrets: Secrets) -> dict[str, str]:
 
 
 def container_env(settings: Settings) -> list[dict[str, Any]]:
-    origin = f"https://{public_host(settings)}"
+    origin = f"https://{names.label_name(settings)}"
     plain = {
         "DJANGO_DB": "default",  # PostgreSQL; the CLI's own default is sqlite
         "LABEL_STUDIO_HOST": origin,
@@ -191,7 +157,7 @@ def deployment(settings: Settings) -> dict[str, Any]:
     }
 
 
-def build(settings: Settings, secrets: Secrets) -> tuple[list[dict], list[dict]]:
+def build(settings: Settings, secrets: Secrets) -> objects.AppObjects:
     """(objects, secret objects) of the app; its Namespace goes to the namespaces file
     (`cluster_apps.namespaces`)."""
     app = settings.cluster_apps.label_studio
@@ -214,7 +180,7 @@ def build(settings: Settings, secrets: Secrets) -> tuple[list[dict], list[dict]]
             "resources": {"requests": {"storage": app.storage}},
         },
     }
-    return (
-        [objects.namespace(APP, NAMESPACE), claim, deployment(settings), service],
-        [objects.secret(APP, SECRET, NAMESPACE, secret_values(secrets))],
+    return objects.AppObjects(
+        objects=[objects.namespace(APP, NAMESPACE), claim, deployment(settings), service],
+        secrets=[objects.secret(APP, SECRET, NAMESPACE, secret_values(secrets))],
     )

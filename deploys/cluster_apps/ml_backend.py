@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deploys.cluster_apps import label_studio, objects
-from oceanid.ingress import ml_name
+from oceanid import names
 from oceanid.secrets import Secrets
 from oceanid.settings import GpuHost, Settings
 
@@ -27,17 +27,16 @@ SCRIPT_DIR = "/opt/oceanid"
 
 def backend_url(settings: Settings, gpus: list[GpuHost]) -> str:
     """The configured URL, else the adapter's public URL on the first GPU host that runs
-    one (kind `triton`): https://<ml name>.<base>, the ml name beside its GPU name
-    (oceanid.ingress.ml_name: `gpu` -> `ml`); with none in this inventory, the default GPU
-    name's (https://ml.<base>)."""
+    one (kind `triton`): https://<ml name>, the ml name beside its GPU name (oceanid/names.py:
+    `gpu` -> `ml`); with none in this inventory, the default GPU name's (https://ml.<base>)."""
     if settings.cluster_apps.ml_backend.url:
         return settings.cluster_apps.ml_backend.url
-    triton = [gpu for gpu in gpus if gpu.service.kind == "triton"]
-    gpu = triton[0] if triton else GpuHost()
-    return f"https://{ml_name(gpu.public_name)}.{settings.base_domain}"
+    triton = [gpu for gpu in gpus if gpu.service.kind == "triton"] or [GpuHost()]
+    (ml,) = [name for name in names.host_names(settings, "", triton[0]) if name.kind == "ml"]
+    return f"https://{ml.fqdn}"
 
 
-def build(settings: Settings, secrets: Secrets, url: str) -> tuple[list[dict], list[dict]]:
+def build(settings: Settings, secrets: Secrets, url: str) -> objects.AppObjects:
     """(objects, secret objects); the namespace is Label Studio's."""
     connector = settings.cluster_apps.ml_backend
     env = [
@@ -94,9 +93,9 @@ def build(settings: Settings, secrets: Secrets, url: str) -> tuple[list[dict], l
         },
     }
     script = objects.config_map(APP, NAME, NAMESPACE, {SCRIPT.name: SCRIPT.read_text()})
-    return (
-        [script, job],
-        [
+    return objects.AppObjects(
+        objects=[script, job],
+        secrets=[
             objects.secret(
                 APP,
                 SECRET,

@@ -16,21 +16,17 @@ from typing import Any
 import yaml
 
 from deploys.cluster_apps import cluster_connector, objects
+from oceanid import names
+from oceanid.cluster_layout import NODE_TUNNEL_METRICS_ADDRESS as METRICS_ADDRESS
+from oceanid.cluster_layout import NODE_TUNNEL_NAMESPACE as NAMESPACE
+from oceanid.cluster_layout import node_tunnel_daemon_set as daemon_set_name
 from oceanid.ingress import node_ingress
 from oceanid.model import HostPlan
 
+# The namespace, the DaemonSets' names and their pods' metrics address come from
+# oceanid/cluster_layout.py, where `make status` reads them too.
 APP = "node-tunnel"
-NAMESPACE = "cloudflared-node"
 TUNNEL_LABEL = "oceanid.cluster/tunnel-enabled"
-
-
-#: Where each DaemonSet pod's metrics server listens: the node's loopback (hostNetwork).
-METRICS_ADDRESS = f"127.0.0.1:{cluster_connector.METRICS_PORT}"
-
-
-def daemon_set_name(host_name: str) -> str:
-    """The DaemonSet (and its ConfigMap and Secret) serving this GPU host's tunnel."""
-    return f"cloudflared-node-{host_name}"
 
 
 def name(plan: HostPlan) -> str:
@@ -49,13 +45,13 @@ def config(plan: HostPlan) -> dict[str, Any]:
             "no-autoupdate": True,
             # the node's loopback: hostNetwork; the host connector's port, as it is stopped
             "metrics": METRICS_ADDRESS,
-            "ingress": node_ingress(f"{gpu.public_name}.{settings.base_domain}", gpu.service),
+            "ingress": node_ingress(names.gpu_name(settings, gpu, plan.name), gpu.service),
         }
     )
     return document
 
 
-def build(plans: list[HostPlan]) -> tuple[list[dict], list[dict]]:
+def build(plans: list[HostPlan]) -> objects.AppObjects:
     """(objects, secret objects) for every GPU host's DaemonSet; its Namespace goes to the
     namespaces file (`cluster_apps.namespaces`)."""
     found: list[dict] = [objects.namespace(APP, NAMESPACE)]
@@ -112,4 +108,4 @@ def build(plans: list[HostPlan]) -> tuple[list[dict], list[dict]]:
                 {cluster_connector.credential_file(credential): credential.file_content()},
             )
         )
-    return found, secrets
+    return objects.AppObjects(found, secrets)

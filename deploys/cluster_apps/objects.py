@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -24,6 +25,15 @@ SECRETS_ANNOTATION = "oceanid.cluster/secrets-hmac-sha256"
 #: Workloads whose pods run on until their template changes; a CronJob's pods are new on
 #: every run and read the Secret as it is then, so it needs no digest.
 LONG_RUNNING = ("Deployment", "DaemonSet", "StatefulSet")
+
+
+@dataclass(frozen=True)
+class AppObjects:
+    """One app's Kubernetes objects as the deploy renders them: `objects` go to the app's file
+    in k3s's auto-deploy folder, its Secrets (`secrets`) to a 0600 file beside it."""
+
+    objects: list[dict[str, Any]]
+    secrets: list[dict[str, Any]]
 
 
 def labels(app: str, name: str) -> dict[str, str]:
@@ -246,38 +256,3 @@ def secret_key_lines(content: bytes) -> tuple[tuple[str, int, int], ...]:
             end = value.end_mark.line + (1 if value.end_mark.column else 0)
             found.append((f"{where}: {key.value}", first, max(end, first + 1)))
     return tuple(found)
-
-
-def _secret_values(content: bytes | str | None) -> dict[str, str]:
-    """`namespace/name: key` -> value for every Secret in a rendered file."""
-    if content is None:
-        return {}
-    found: dict[str, str] = {}
-    for document in yaml.safe_load_all(content):
-        if not isinstance(document, dict) or document.get("kind") != "Secret":
-            continue
-        meta = document.get("metadata") or {}
-        where = f"{meta.get('namespace', 'default')}/{meta.get('name')}"
-        for key, value in (document.get("stringData") or {}).items():
-            found[f"{where}: {key}"] = value
-        for key, value in (document.get("data") or {}).items():
-            found.setdefault(f"{where}: {key}", value)
-    return found
-
-
-def secret_key_changes(old: bytes | str | None, new: bytes | str | None) -> list[str]:
-    """Which Secret keys differ between two renderings, by name only (for --dry --diff).
-
-    Lines such as `apps/label-studio: LABEL_STUDIO_PASSWORD changes`; a value never
-    appears, so the list is safe to print.
-    """
-    before, after = _secret_values(old), _secret_values(new)
-    changes = []
-    for key in sorted(before.keys() | after.keys()):
-        if key not in before:
-            changes.append(f"{key} added")
-        elif key not in after:
-            changes.append(f"{key} removed")
-        elif before[key] != after[key]:
-            changes.append(f"{key} changes")
-    return changes

@@ -1,12 +1,13 @@
 """Public names: each host makes sure its own name points at its own tunnel.
 
-The k3s server owns `label.<base>` (the cluster tunnel), each GPU host its
-`<public_name>.<base>` (its node tunnel) and, on the `triton` kind, the ML-backend adapter's
-name beside it (`ml.<base>` for `gpu`, `mlN` for `gpuN`: oceanid/ingress.py `public_names`), on
-the same tunnel, and, with `access: service_token`, the GPU name's Cloudflare Access
-application and policy. The Cloudflare API is called from the machine
-running pyinfra; the operation reads the zone while it is prepared, so `--dry` lists
-what would change, and it writes nothing when there is a conflict anywhere in its plan.
+The k3s server owns Label Studio's name (`label.<base>`, on the cluster tunnel), each GPU host
+its `<public_name>.<base>` (its node tunnel) and, on the `triton` kind, the ML-backend adapter's
+name beside it (`ml.<base>` for `gpu`, `mlN` for `gpuN`), on the same tunnel, and, with
+`access: service_token`, the GPU name's Cloudflare Access application and policy. Every name
+comes from oceanid/names.py, as the connectors' rules and smoke's checks do. The Cloudflare
+API is called from the machine running pyinfra; the operation reads the zone while it is
+prepared, so `--dry` lists what would change, and it writes nothing when there is a conflict
+anywhere in its plan.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from deploys.cluster_apps import cluster_connector
-from oceanid.ingress import node_ingress, public_names
+from oceanid import names
+from oceanid.ingress import node_ingress
 from oceanid.model import K3S_SERVERS, HostPlan, Site
 
 if TYPE_CHECKING:
@@ -29,21 +31,22 @@ def records(plan: HostPlan, site: Site) -> tuple[list[DesiredRecord], dict]:
     a tunnel's configuration; a locally-managed tunnel keeps its config file's)."""
     from oceanid.cloudflare_dns import DesiredRecord, tunnel_target
 
-    base = plan.settings.base_domain
-    wanted: list[DesiredRecord] = []
+    tunnels = {"cluster": site.cluster_tunnel_id, "node": plan.node_tunnel_id}
+    wanted = [
+        DesiredRecord(public.fqdn, tunnel_target(tunnels[public.tunnel]))
+        for public in names.plan_names(plan)  # Label Studio's; the GPU name, the adapter's
+        if tunnels[public.tunnel]
+    ]
     ingress: dict = {}
-    if K3S_SERVERS in plan.roles and site.cluster_tunnel_id:
-        wanted.append(DesiredRecord(f"label.{base}", tunnel_target(site.cluster_tunnel_id)))
-        if plan.settings.cluster_apps.cluster_connector:
-            # the deploy's connector's own rules: where Cloudflare holds a configuration for the
-            # cluster tunnel (a stale one from an earlier stack, say), cloudflared runs that one
-            ingress[site.cluster_tunnel_id] = cluster_connector.ingress(plan.settings)
+    cluster = K3S_SERVERS in plan.roles and site.cluster_tunnel_id
+    if cluster and plan.settings.cluster_apps.cluster_connector:
+        # the deploy's connector's own rules: where Cloudflare holds a configuration for the
+        # cluster tunnel (a stale one from an earlier stack, say), cloudflared runs that one
+        ingress[site.cluster_tunnel_id] = cluster_connector.ingress(plan.settings)
     if plan.gpu is not None and plan.node_tunnel_id:
-        name = f"{plan.gpu.public_name}.{base}"
-        for public in public_names(name, plan.gpu.service):  # the GPU name, the adapter's
-            wanted.append(DesiredRecord(public, tunnel_target(plan.node_tunnel_id)))
         # the same rules as the connector's own config.yaml (deploys/gpu_host): where the tunnel
         # is remotely managed, cloudflared runs these instead of the file's
+        name = names.gpu_name(plan.settings, plan.gpu, plan.name)
         ingress[plan.node_tunnel_id] = node_ingress(name, plan.gpu.service)
     return wanted, ingress
 
@@ -59,14 +62,9 @@ def tunnel_keys(plan: HostPlan, site: Site) -> dict[str, str]:
 
 
 def site_names(plan: HostPlan) -> set[str]:
-    """Every public name the site's settings give: label, each GPU host's name and its
-    adapter's."""
-    base = plan.settings.base_domain
-    names = {f"label.{base}"}
-    for h in plan.settings.hosts.values():
-        if h.gpu:
-            names |= set(public_names(f"{h.gpu.public_name}.{base}", h.gpu.service))
-    return names
+    """Every public name the site's settings give: Label Studio's, each GPU host's name and
+    its adapter's."""
+    return {public.fqdn for public in names.public_names(plan.settings)}
 
 
 def deploy(plan: HostPlan, site: Site) -> None:
@@ -79,12 +77,7 @@ def deploy(plan: HostPlan, site: Site) -> None:
     from oceanid.cloudflare_dns import CloudflareAccess
     from operations import cloudflare
 
-    access = CloudflareAccess(
-        api_token=site.secrets["cloudflareApiToken"],
-        account_id=site.secrets["cloudflareAccountId"],
-        zone_id=site.secrets["cloudflareZoneId"],
-        base_url=settings.cloudflare_api_base_url,
-    )
+    access = CloudflareAccess.of(settings, site.secrets)
     routes = {
         "access": access,
         "records": wanted,
@@ -113,7 +106,7 @@ def guard_gpu_name(plan: HostPlan, site: Site, access: CloudflareAccess) -> None
 
     guarded = {
         "access": access,
-        "domain": f"{plan.gpu.public_name}.{plan.settings.base_domain}",
+        "domain": names.gpu_name(plan.settings, plan.gpu, plan.name),
         "token": ServiceTokenRef(site.secrets[ID_KEY]),
         "app_name": f"oceanid {plan.name}",
     }

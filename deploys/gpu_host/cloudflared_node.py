@@ -9,24 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING
 
 import yaml
-from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, StringCommand, operation
-from pyinfra.api.host import Host
-from pyinfra.api.state import State
 
 from deploys.cluster_apps.node_tunnel import NAMESPACE as NODE_TUNNEL_NAMESPACE
-from facts.cloudflared import CloudflaredReady
+from oceanid import names
 from oceanid.ingress import node_ingress
 from oceanid.model import HostPlan, Site
-from operations import services
-from operations.failure import refuse
+from operations import cloudflared, services
 from operations.managed import DesiredState, ManagedBinary, ManagedDirectory, ManagedFile
-
-if TYPE_CHECKING:
-    from oceanid.cloudflare_dns import CloudflareAccess
 
 HERE = Path(__file__).parent
 BINARY = "/usr/local/bin/cloudflared"
@@ -54,7 +45,7 @@ def config(plan: HostPlan) -> dict:
             "protocol": settings.tunnel_protocol,
             "no-autoupdate": True,
             "metrics": settings.cloudflared_metrics_address,
-            "ingress": node_ingress(f"{gpu.public_name}.{settings.base_domain}", gpu.service),
+            "ingress": node_ingress(names.gpu_name(settings, gpu, plan.name), gpu.service),
         }
     )
     return document
@@ -63,22 +54,22 @@ def config(plan: HostPlan) -> dict:
 def unit(plan: HostPlan) -> str:
     token_args = f" --token-file {TOKEN}" if plan.node_credential.kind == "token" else ""
     return Template((HERE / "cloudflared-node.service").read_text()).substitute(
-        public_host=f"{plan.gpu.public_name}.{plan.settings.base_domain}",
+        public_host=names.gpu_name(plan.settings, plan.gpu, plan.name),
         binary=BINARY,
         config=CONFIG,
         token_args=token_args,
     )
 
 
-def add_to(manifest: DesiredState, plan: HostPlan) -> list[str]:
+def add_to(desired: DesiredState, plan: HostPlan) -> list[str]:
     """Declare the connector's files; return the paths whose change restarts it."""
     artifact = plan.settings.cloudflared
     header = "# Managed by oceanid-deploys (deploys/gpu_host); local edits are overwritten.\n"
-    manifest.directories.append(ManagedDirectory(CONFIG_DIR, "0755"))
-    manifest.binaries.append(
+    desired.directories.append(ManagedDirectory(CONFIG_DIR, "0755"))
+    desired.binaries.append(
         ManagedBinary(BINARY, artifact.url, artifact.version, dict(artifact.sha256))
     )
-    manifest.files += [
+    desired.files += [
         ManagedFile(CONFIG, (header + yaml.safe_dump(config(plan), sort_keys=False)).encode()),
         ManagedFile(
             credential_path(plan),
@@ -88,7 +79,7 @@ def add_to(manifest: DesiredState, plan: HostPlan) -> list[str]:
         ),
         ManagedFile(UNIT_FILE, unit(plan).encode()),
     ]
-    manifest.units.append(UNIT)
+    desired.units.append(UNIT)
     return [BINARY, CONFIG, credential_path(plan)]
 
 
@@ -98,107 +89,7 @@ def in_cluster(plan: HostPlan) -> bool:
     return plan.settings.node_tunnel_in_cluster()
 
 
-#: How long the host connector waits for another connector on its tunnel before it stops,
-#: and how often the API is asked meanwhile.
-HAND_OVER_TIMEOUT = 120.0
-HAND_OVER_INTERVAL = 5.0
-
-
-def _other_connector_up(
-    state: State,
-    host: Host,
-    access: CloudflareAccess,
-    tunnel_id: str,
-    own_id: str | None,
-    unit_name: str,
-    timeout: float,
-    interval: float,
-    check: str,
-) -> bool:
-    """Callback, run on the operator's machine just before the stop: the API must show a
-    connected connector other than this host's. False (the operation fails, the unit keeps
-    running) when none appears within ``timeout``."""
-    from oceanid.cloudflare_dns import CloudflareError, wait_for_other_connector
-
-    try:
-        other = wait_for_other_connector(
-            access.client(),
-            access.account_id,
-            tunnel_id,
-            own_id,
-            timeout=timeout,
-            interval=interval,
-            say=host.log,
-            check=check,
-        )
-    except CloudflareError as error:
-        host.log_styled(f"{unit_name} keeps running: {error}", fg="red", log_func=logger.error)
-        return False
-    host.log(f"Cloudflare: connector {other} serves tunnel {tunnel_id}; stopping {unit_name}")
-    return True
-
-
-@operation()
-def stopped(
-    manifest: DesiredState,
-    unit_name: str,
-    access: CloudflareAccess,
-    tunnel_id: str,
-    metrics_address: str,
-    timeout: float = HAND_OVER_TIMEOUT,
-    interval: float = HAND_OVER_INTERVAL,
-    check: str = "that the cluster's connector runs on this node",
-):
-    """
-    Stop and disable the host connector once another connector serves its tunnel.
-
-    + manifest: the GPU host's DesiredState (its units include `unit_name`)
-    + unit_name: the connector's unit
-    + access: ``CloudflareAccess`` (API token, account id): the tunnel's connectors are read
-      from the machine running pyinfra
-    + tunnel_id: the tunnel the unit serves
-    + metrics_address: the unit's ``metrics:`` address, whose ``/ready`` gives its connector ID
-    + timeout: seconds to wait for another connector before failing, the unit left running
-    + interval: seconds between two reads of the tunnel's connections
-    + check: what the failure tells the operator to check
-
-    Make before break: a running unit stops only after the API lists a connected connector
-    whose ID is not this unit's (cloudflared's ``/ready`` answers ``connectorId``; the API's
-    ``/connections`` lists each connector by that ID). A unit enabled but not running is only
-    disabled: it serves nothing.
-    """
-    if manifest.unreadable():
-        yield from refuse(manifest.unreadable_message())
-        return
-    now = manifest.state()["units"].get(unit_name) or {}
-    enabled = now.get("enabled") in ("enabled", "enabled-runtime")
-    active = now.get("active") in ("active", "activating", "reloading")
-    if not enabled and not active:
-        host.noop(f"{unit_name} is stopped and disabled (the cluster's DaemonSet serves it)")
-        return
-    if active:
-        ready = host.get_fact(CloudflaredReady, metrics_address=metrics_address)
-        own_id = ready["connector_id"] if ready else None
-        if ready and ready["status"] == 200 and not own_id:
-            yield from refuse(
-                f"{unit_name} is connected but its /ready at {metrics_address} names no "
-                "connectorId, so its connector cannot be told from the cluster's; it keeps "
-                "running: check that the host runs the pinned cloudflared"
-            )
-            return
-        if not host.state.is_executing:
-            host.log(
-                f"would wait for another connector on tunnel {tunnel_id}, then stop {unit_name}"
-            )
-        yield FunctionCommand(
-            _other_connector_up,
-            (access, tunnel_id, own_id, unit_name, timeout, interval, check),
-            {},
-        )
-    yield StringCommand("systemctl", "disable", "--now", unit_name)
-
-
-def deploy(manifest: DesiredState, inputs: list[str], plan: HostPlan) -> None:
+def deploy(desired: DesiredState, inputs: list[str], plan: HostPlan) -> None:
     """The pinned cloudflared and the connector's unit, restarted when its binary, config or
     credential changed; a new cloudflared that does not come up is rolled back. With the
     tunnel in the cluster, the unit is left to `hand_over`, queued after the cluster's part
@@ -206,7 +97,7 @@ def deploy(manifest: DesiredState, inputs: list[str], plan: HostPlan) -> None:
     if in_cluster(plan):
         return
     services.binary_service(
-        manifest,
+        desired,
         name="cloudflared-node",
         unit_name=UNIT,
         unit_file=UNIT_FILE,
@@ -214,7 +105,7 @@ def deploy(manifest: DesiredState, inputs: list[str], plan: HostPlan) -> None:
     )
 
 
-def hand_over(manifest: DesiredState, plan: HostPlan, site: Site) -> None:
+def hand_over(desired: DesiredState, plan: HostPlan, site: Site) -> None:
     """With the tunnel in the cluster, stop the host connector once the cluster's serves it.
 
     Queue it after the cluster's part of the run (deploys/site.py: after k3s), so that the
@@ -224,15 +115,10 @@ def hand_over(manifest: DesiredState, plan: HostPlan, site: Site) -> None:
         return
     from oceanid.cloudflare_dns import CloudflareAccess
 
-    access = CloudflareAccess(
-        api_token=site.secrets["cloudflareApiToken"],
-        account_id=site.secrets["cloudflareAccountId"],
-        zone_id=site.secrets.get("cloudflareZoneId") or "",
-        base_url=plan.settings.cloudflare_api_base_url,
-    )
-    stopped(
+    access = CloudflareAccess.of(plan.settings, site.secrets)
+    cloudflared.stopped(
         name="cloudflared-node stopped (tunnel served by the cluster)",
-        manifest=manifest,
+        desired=desired,
         unit_name=UNIT,
         access=access,
         tunnel_id=plan.node_tunnel_id,

@@ -31,61 +31,59 @@ RUNTIMES = {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
 UNIT = "docker.service"
 
 
-def add_to(manifest: DesiredState, plan: HostPlan) -> None:
+def add_to(desired: DesiredState, plan: HostPlan) -> None:
     """Declare what the role reads about Docker: whether dockerd is installed, and, where a
     GPU is required, daemon.json, the toolkit, NVIDIA's keyring and sources list (written
     by the repository step only after the key is verified)."""
-    docker_ops.probe_engine(manifest)
+    docker_ops.probe_engine(desired)
     if plan.gpu.require_gpu:
-        manifest.read += [NVIDIA_KEYRING, NVIDIA_SOURCES, DOCKER_DAEMON]
-        manifest.packages += CONTAINER_PACKAGES
-    manifest.units.append(UNIT)
+        desired.read += [NVIDIA_KEYRING, NVIDIA_SOURCES, DOCKER_DAEMON]
+        desired.packages += CONTAINER_PACKAGES
+    desired.units.append(UNIT)
 
 
-def restart_needed(manifest: DesiredState, plan: HostPlan) -> bool:
+def restart_needed(desired: DesiredState, plan: HostPlan) -> bool:
     """Whether Docker must restart in this run: the toolkit is installed now (it was not
     when the state was read) or daemon.json changes. Docker started by its own package
     install, before either, would otherwise never register the NVIDIA runtime."""
-    if not plan.gpu.require_gpu or manifest.unreadable():
+    if not plan.gpu.require_gpu or desired.unreadable():
         return False
-    installed = manifest.state()["packages"]
+    installed = desired.state()["packages"]
     toolkit_new = any(not installed.get(name) for name in CONTAINER_PACKAGES)
-    return toolkit_new or docker_ops.daemon_json_changes(manifest, DOCKER_DAEMON, RUNTIMES)
+    return toolkit_new or docker_ops.daemon_json_changes(desired, DOCKER_DAEMON, RUNTIMES)
 
 
-def deploy(manifest: DesiredState, plan: HostPlan) -> None:
+def deploy(desired: DesiredState, plan: HostPlan) -> None:
     """Docker found or installed; NVIDIA's repository, toolkit and runtime where a GPU is
     required; then Docker running, restarted if the toolkit or daemon.json changed."""
-    found = docker_ops.engine(manifest)
+    found = docker_ops.engine(desired)
     if found is None:
         managed.packages(
-            name="Docker engine package", manifest=manifest, names=[plan.gpu.service.docker_package]
+            name="Docker engine package", desired=desired, names=[plan.gpu.service.docker_package]
         )
     else:
         host.log(f"Docker: dockerd found at {found}; used as it is")
     if plan.gpu.require_gpu:
         apt_repo.signed_repository(
             name="NVIDIA container toolkit repository",
-            manifest=manifest,
+            desired=desired,
             key_url=NVIDIA_KEY_URL,
             fingerprint=plan.settings.nvidia_container_key_fingerprint,
             keyring=NVIDIA_KEYRING,
             sources_list=NVIDIA_SOURCES,
             repository=NVIDIA_REPO,
         )
-        managed.packages(
-            name="NVIDIA container toolkit", manifest=manifest, names=CONTAINER_PACKAGES
-        )
+        managed.packages(name="NVIDIA container toolkit", desired=desired, names=CONTAINER_PACKAGES)
         docker_ops.daemon_json(
-            name="Docker's NVIDIA runtime", manifest=manifest, path=DOCKER_DAEMON, runtimes=RUNTIMES
+            name="Docker's NVIDIA runtime", desired=desired, path=DOCKER_DAEMON, runtimes=RUNTIMES
         )
     else:
         host.log("Docker: no GPU required here (require_gpu: false): NVIDIA runtime skipped")
     services.unit(
         name="Docker",
-        manifest=manifest,
+        desired=desired,
         unit_name=UNIT,
         unit_file=None,
         inputs=[],
-        restart=restart_needed(manifest, plan),
+        restart=restart_needed(desired, plan),
     )

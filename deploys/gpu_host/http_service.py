@@ -24,31 +24,31 @@ UNIT_FILE = f"/etc/systemd/system/{UNIT}"
 ENV_FILE = "/etc/oceanid/gpu-http.env"
 
 
-def add_to(manifest: DesiredState, plan: HostPlan) -> list[str]:
+def add_to(desired: DesiredState, plan: HostPlan) -> list[str]:
     service = plan.gpu.service
     unit = Template((HERE / "gpu-http.service").read_text()).substitute(
         image=service.image, options=unit_options(gpu_options(plan)), port=service.port,
         env_file=ENV_FILE,
     )  # fmt: skip
     env = "".join(f"{key}={value}\n" for key, value in sorted(service.environment.items()))
-    docker_ops.probe_image(manifest, service.image)
-    manifest.directories.append(ManagedDirectory("/etc/oceanid", "0755"))
-    manifest.files += [
+    docker_ops.probe_image(desired, service.image)
+    desired.directories.append(ManagedDirectory("/etc/oceanid", "0755"))
+    desired.files += [
         ManagedFile(ENV_FILE, env.encode(), mode="0600", secret=True),
         ManagedFile(UNIT_FILE, unit.encode()),
     ]
-    manifest.units.append(UNIT)
+    desired.units.append(UNIT)
     return [ENV_FILE]
 
 
-def deploy(manifest: DesiredState, plan: HostPlan, inputs: list[str]) -> None:
+def deploy(desired: DesiredState, plan: HostPlan, inputs: list[str]) -> None:
     """The image on disk, then the service's unit, restarted when its env file (or the
     unit) changed."""
     service = plan.gpu.service
     archive = service.image_archive
     docker_ops.image(
         name="GPU HTTP service's image",
-        manifest=manifest,
+        desired=desired,
         image=service.image,
         archive_url=archive.url if archive else None,
         archive_sha256=archive.sha256 if archive else None,
@@ -57,7 +57,7 @@ def deploy(manifest: DesiredState, plan: HostPlan, inputs: list[str]) -> None:
     )
     services.unit(
         name="GPU HTTP service",
-        manifest=manifest,
+        desired=desired,
         unit_name=UNIT,
         unit_file=UNIT_FILE,
         inputs=inputs,

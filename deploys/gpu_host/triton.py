@@ -27,9 +27,11 @@ from __future__ import annotations
 import hashlib
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from string import Template
+from typing import NamedTuple
 
 from pyinfra.api import QuoteString, StringCommand
 
@@ -102,10 +104,18 @@ def wheel_requirement(plan: HostPlan) -> str:
     return f"nvidia-pytriton=={pin.version} {hashes}\n"
 
 
-def ports(plan: HostPlan) -> tuple[int, int, int]:
+class Ports(NamedTuple):
+    """Triton's three ports."""
+
+    http: int
+    grpc: int
+    metrics: int
+
+
+def ports(plan: HostPlan) -> Ports:
     """Triton's HTTP, gRPC and metrics ports: the service's port and the two after it."""
     http = plan.gpu.service.port
-    return http, http + 1, http + 2
+    return Ports(http, http + 1, http + 2)
 
 
 def host_unit(plan: HostPlan) -> str:
@@ -165,15 +175,15 @@ def container_unit(plan: HostPlan) -> str:
         container_env=CONTAINER_ENV,
         env_file=triton_ops.IMAGE_ENV_FILE,
         volumes=unit_options(volumes),
-        http_port=ports(plan)[0],
-        grpc_port=ports(plan)[1],
-        metrics_port=ports(plan)[2],
+        http_port=ports(plan).http,
+        grpc_port=ports(plan).grpc,
+        metrics_port=ports(plan).metrics,
     )
 
 
-def environment_stale(manifest: DesiredState, plan: HostPlan) -> bool:
+def environment_stale(desired: DesiredState, plan: HostPlan) -> bool:
     """A new environment will be built (new pins, or it was removed): Triton must restart on it."""
-    return manifest.state()["contents"].get(STAMP) != stamp(plan)
+    return desired.state()["contents"].get(STAMP) != stamp(plan)
 
 
 def stamp(plan: HostPlan) -> bytes:
@@ -196,15 +206,23 @@ def environment_path(plan: HostPlan) -> str:
     return f"{ENVS}/{hashlib.sha256(stamp(plan)).hexdigest()[:12]}-{built}"
 
 
-def add_to(manifest: DesiredState, plan: HostPlan) -> tuple[list[str], dict[str, list[str]]]:
-    """Declare Triton's files; return (paths that restart it, model name -> its paths).
+@dataclass(frozen=True)
+class Declared:
+    """What Triton's steps (`deploy`) need from its declaration (`add_to`)."""
+
+    restart_on: list[str]  # the paths whose change restarts Triton
+    by_model: dict[str, list[str]]  # model name -> its files
+
+
+def add_to(desired: DesiredState, plan: HostPlan) -> Declared:
+    """Declare Triton's files; return the paths that restart it and each model's paths.
 
     Triton restarts when its Python environment's pins change (the requirements files the
     environment is built from), never for a model: models are loaded through the API.
     """
     runtime = plan.gpu.service.runtime
-    manifest.users.append("triton")
-    manifest.directories += [
+    desired.users.append("triton")
+    desired.directories += [
         ManagedDirectory(ROOT, "0755"),
         ManagedDirectory(ENVS, "0755"),
         ManagedDirectory(MODELS, "0755"),
@@ -215,27 +233,27 @@ def add_to(manifest: DesiredState, plan: HostPlan) -> tuple[list[str], dict[str,
         model = relpath.split("/", 1)[0]
         path = f"{MODELS}/{relpath}"
         parent = path.rsplit("/", 1)[0]
-        if parent != MODELS and all(d.path != parent for d in manifest.directories):
-            manifest.directories.append(ManagedDirectory(parent, "0755"))
-        manifest.files.append(ManagedFile(path, files[relpath]))
+        if parent != MODELS and all(d.path != parent for d in desired.directories):
+            desired.directories.append(ManagedDirectory(parent, "0755"))
+        desired.files.append(ManagedFile(path, files[relpath]))
         by_model.setdefault(model, []).append(path)
-    manifest.trees.append(MODELS)
-    manifest.files += [
+    desired.trees.append(MODELS)
+    desired.files += [
         ManagedFile(WHEEL_REQUIREMENTS, wheel_requirement(plan).encode()),
         ManagedFile(MODEL_REQUIREMENTS, ("\n".join(requirements()) + "\n").encode()),
     ]
-    manifest.read.append(STAMP)
+    desired.read.append(STAMP)
     if runtime == "host":
-        manifest.packages += HOST_PACKAGES
+        desired.packages += HOST_PACKAGES
         unit_text = host_unit(plan)
         restart_on = [WHEEL_REQUIREMENTS, MODEL_REQUIREMENTS]
     else:  # Docker is the Docker role's (deploys/gpu_host/docker.py); the image builds the env
-        docker_ops.probe_image(manifest, plan.settings.triton_image)
+        docker_ops.probe_image(desired, plan.settings.triton_image)
         unit_text = container_unit(plan)
         restart_on = [MODEL_REQUIREMENTS]
-    manifest.files.append(ManagedFile(UNIT_FILE, unit_text.encode()))
-    manifest.units.append(UNIT)
-    return restart_on, by_model
+    desired.files.append(ManagedFile(UNIT_FILE, unit_text.encode()))
+    desired.units.append(UNIT)
+    return Declared(restart_on, by_model)
 
 
 def _joined(*bits: object) -> StringCommand:
@@ -268,26 +286,28 @@ def backend_copy_command(env: str) -> StringCommand:
     )  # fmt: skip
 
 
-def deploy(manifest: DesiredState, plan: HostPlan, restart_on: list[str], by_model: dict) -> None:
-    """Triton's steps, once the role's packages, folders and files are in place.
+def deploy(desired: DesiredState, plan: HostPlan, declared: Declared) -> None:
+    """Triton's steps, once the role's packages, folders and files are in place (`declared`:
+    what its `add_to` returned).
 
     The environment is built and switched to, stray and retired model files go, then the
     unit is (re)started only if its pins changed and Triton must answer ready on it; models
     whose files changed are otherwise loaded into the running Triton. Older environments
     are removed last, after Triton answered ready on the new one.
     """
-    http_port = ports(plan)[0]
+    restart_on, by_model = declared.restart_on, declared.by_model
+    http_port = ports(plan).http
     host_runtime = plan.gpu.service.runtime == "host"
     image = None if host_runtime else plan.settings.triton_image
     models = sorted(by_model)
-    rebuilt = environment_stale(manifest, plan)
+    rebuilt = environment_stale(desired, plan)
     env = environment_path(plan)
-    managed.account(name="Triton's service account", manifest=manifest, user="triton", system=True)
+    managed.account(name="Triton's service account", desired=desired, user="triton", system=True)
     if image is not None:  # before the environment, which this image builds
         archive = plan.settings.triton_image_archive
         docker_ops.image(
             name="Triton's image",
-            manifest=manifest,
+            desired=desired,
             image=image,
             archive_url=archive.url if archive else None,
             archive_sha256=archive.sha256 if archive else None,
@@ -296,7 +316,7 @@ def deploy(manifest: DesiredState, plan: HostPlan, restart_on: list[str], by_mod
         )
     triton_ops.environment(
         name="Triton's Python environment",
-        manifest=manifest,
+        desired=desired,
         link=VENV,
         env=env,
         stamp_name=STAMP_NAME,
@@ -306,15 +326,15 @@ def deploy(manifest: DesiredState, plan: HostPlan, restart_on: list[str], by_mod
         finish=backend_copy_command(env) if host_runtime else None,
         image=image,
     )
-    stray = triton_ops.strays(manifest, MODELS, set(by_model))
-    triton_ops.prune(name="Stray model files", manifest=manifest, root=MODELS, models=models)
+    stray = triton_ops.strays(desired, MODELS, set(by_model))
+    triton_ops.prune(name="Stray model files", desired=desired, root=MODELS, models=models)
     triton_ops.retire(
-        name="Retired models", manifest=manifest, root=MODELS, models=models, port=http_port
+        name="Retired models", desired=desired, root=MODELS, models=models, port=http_port
     )
-    todo = services.actions(manifest, UNIT, UNIT_FILE, restart_on, rebuilt)
+    todo = services.actions(desired, UNIT, UNIT_FILE, restart_on, restart=rebuilt)
     services.unit(
         name="tritonserver",
-        manifest=manifest,
+        desired=desired,
         unit_name=UNIT,
         unit_file=UNIT_FILE,
         inputs=restart_on,
@@ -330,7 +350,7 @@ def deploy(manifest: DesiredState, plan: HostPlan, restart_on: list[str], by_mod
     changed = sorted(
         name
         for name, paths in by_model.items()
-        if manifest.will_change(paths) or any(r.split("/", 1)[0] == name for r in stray)
+        if desired.will_change(paths) or any(r.split("/", 1)[0] == name for r in stray)
     )
     triton_ops.load(name="Load changed models", models=[] if todo else changed, port=http_port)
     triton_ops.old_environments(

@@ -24,23 +24,24 @@ from operations import k3s as k3s_ops
 from operations.managed import DesiredState
 
 
-@dataclass
+@dataclass(frozen=True)
 class Node:
     """This node's k3s role states, declared whole before anything is read or run: the report's
     (provisioning off), or the server's and the agent's with what their steps need."""
 
     report: DesiredState | None = None
-    server: tuple[DesiredState, list[str], list[str]] | None = None
-    agent: tuple[DesiredState, list[str]] | None = None
+    server: server.Server | None = None
+    agent: agent.Agent | None = None
     apps: bool = False  # provisioning off, on the first server: the report carries the apps
 
-    def manifests(self) -> list[DesiredState]:
-        found = [self.report] + [part[0] for part in (self.server, self.agent) if part]
-        return [manifest for manifest in found if manifest is not None]
+    def states(self) -> list[DesiredState]:
+        """The DesiredStates to read, in the host's one read (`managed.read_together`)."""
+        found = [self.report] + [role.desired for role in (self.server, self.agent) if role]
+        return [desired for desired in found if desired is not None]
 
 
 def declare(plan: HostPlan, site: Site) -> Node | None:
-    """The node's manifests (None on a host that is no k3s node)."""
+    """The node's role states, declared whole (None on a host that is no k3s node)."""
     if not {K3S_SERVERS, K3S_AGENTS} & plan.roles:
         return None
     if not plan.settings.enable_node_provisioning:
@@ -48,29 +49,30 @@ def declare(plan: HostPlan, site: Site) -> Node | None:
         k3s_ops.probe_install(probed)  # one batched fact, as every other role reads
         return Node(report=probed, apps=apps.declare_minimal(probed, plan, site))
     return Node(
-        server=server.manifest(plan, site) if K3S_SERVERS in plan.roles else None,
-        agent=agent.manifest(plan, site) if K3S_AGENTS in plan.roles else None,
+        server=server.declare(plan, site) if K3S_SERVERS in plan.roles else None,
+        agent=agent.declare(plan, site) if K3S_AGENTS in plan.roles else None,
     )
 
 
-def deploy(plan: HostPlan, site: Site, node: Node | None = None) -> None:
+def deploy(plan: HostPlan, site: Site, node: Node | None) -> None:
     """
     Every k3s node's part, in an order pyinfra keeps across hosts.
 
     pyinfra runs each host's operations in order but interleaves different hosts' by depth,
     so "servers, then agents" is made a dependency: two operations that every k3s node queues
     from the same line (the wait for the API, the labels) are one step for all of them, after
-    everything before it on every node and before everything after it.
+    everything before it on every node and before everything after it. `node` is this host's
+    `declare` (None on a host that is no k3s node).
     """
-    node = node or declare(plan, site)
     if node is None:
         return
     if node.report is not None:
-        k3s_ops.report(name="k3s on this node (provisioning off)", manifest=node.report)
+        k3s_ops.report(name="k3s on this node (provisioning off)", desired=node.report)
         if node.apps:
             apps.deploy_minimal(node.report, site, plan.settings)
         return
-    role = server.deploy(plan, site, node.server) if node.server else None
+    if node.server is not None:
+        server.deploy(plan, site, node.server)
     joining = agent.prepare(plan, site, node.agent) if node.agent else None
     k3s_ops.wait_for_server(
         name="k3s API answers before agents join",
@@ -79,9 +81,9 @@ def deploy(plan: HostPlan, site: Site, node: Node | None = None) -> None:
     )
     if joining is not None:
         agent.start(plan, site, joining)
-    first = plan.name == cluster.servers(site)[0].name
+    first = node.server is not None and node.server.first  # it sets every node's
     k3s_ops.node_labels(
         name="k3s node labels and taints",
         wanted=cluster.wanted_labels(site) if first else {},
-        manifest=role if first else None,
+        desired=node.server.desired if first else None,
     )

@@ -20,53 +20,63 @@ from operations import services
 from operations.managed import DesiredState
 
 
-@dataclass
-class Joining:
-    """An agent's DesiredState and what restarts it, between its files and its start."""
+@dataclass(frozen=True)
+class Agent:
+    """The agent role as declared, before anything is read: its DesiredState and the paths
+    whose change restarts k3s-agent."""
 
-    manifest: DesiredState
+    desired: DesiredState
     inputs: list[str]
+
+
+@dataclass(frozen=True)
+class Joining:
+    """An agent between its files and its start: its declaration, and whether its token is
+    (re)copied in this run."""
+
+    agent: Agent
     token: bool = False  # the agent token is (re)copied in this run: k3s-agent restarts
 
 
-def manifest(plan: HostPlan, site: Site) -> tuple[DesiredState, list[str]]:
+def declare(plan: HostPlan, site: Site) -> Agent:
+    """The agent role's DesiredState, declared whole, for the host's one read."""
     role = DesiredState(name=f"k3s agent {plan.name}")
-    return role, node.add_to(role, plan, site, "agent")
+    return Agent(role, node.add_to(role, plan, site, "agent"))
 
 
-def prepare(
-    plan: HostPlan, site: Site, declared: tuple[DesiredState, list[str]] | None = None
-) -> Joining:
-    """The agent's files and kernel settings: nothing here needs the server. `declared` is
-    its `manifest`, when the site declared it first."""
-    role, inputs = declared or manifest(plan, site)
+def prepare(plan: HostPlan, site: Site, declared: Agent) -> Joining:
+    """The agent's files and kernel settings, from its declaration: nothing here needs the
+    server."""
+    role = declared.desired
     if plan.gpu is not None and not plan.gpu.require_gpu:
         host.log("k3s: no GPU required here (require_gpu: false): NVIDIA runtime skipped")
     k3s_ops.refuse_now(role, plan.settings.k3s.version)  # before anything runs here
     k3s_ops.version_step(
         name="k3s upgrade one minor version at most",
-        manifest=role,
+        desired=role,
         version=plan.settings.k3s.version,
     )
     node.install(role, [f.path for f in role.files])
-    return Joining(role, inputs, token=not node.agent_token_present(role, site))
+    return Joining(declared, token=not node.agent_token_present(role, site))
 
 
 def will_start(joining: Joining) -> bool:
     """Whether k3s-agent (re)starts in this run, so it must find the server answering."""
     unit = units.UNIT_NAMES["agent"]
-    todo = services.actions(joining.manifest, unit, node.unit_file("agent"), joining.inputs)
+    agent = joining.agent
+    todo = services.actions(agent.desired, unit, node.unit_file("agent"), agent.inputs)
     return joining.token or bool({"start", "restart"} & set(todo))
 
 
 def start(plan: HostPlan, site: Site, joining: Joining) -> None:
     """Once the server answers: the agent token (the first server's, in full), the binary,
     the unit (restarted when its token was replaced: an agent that held the server token)."""
-    node.agent_tokens(joining.manifest, site)
+    agent = joining.agent
+    node.agent_tokens(agent.desired, site)
     k3s_ops.servers_first(  # Kubernetes' version skew: no kubelet newer than the API server
         name="k3s agent upgraded only after every server",
-        manifest=joining.manifest,
+        desired=agent.desired,
         servers=[server.name for server in cluster.servers(site)],
         version=plan.settings.k3s.version,
     )
-    node.start(joining.manifest, "agent", joining.inputs, None, restart=joining.token)
+    node.start(agent.desired, "agent", agent.inputs, None, restart=joining.token)

@@ -32,17 +32,15 @@ from __future__ import annotations
 
 import hashlib
 
-from pyinfra import host, logger
-from pyinfra.api import QuoteString, StringCommand, operation
+from pyinfra import host
 
 from deploys import cluster_apps
-from deploys.cluster_apps import MANIFEST_DIR, backup, label_studio
-from deploys.k3s import cluster
+from deploys.cluster_apps import backup, label_studio
+from oceanid.cluster_layout import MANIFEST_DIR
 from oceanid.model import HostPlan, Site, backups_on
 from oceanid.settings import Settings
 from operations import k3s as k3s_ops
 from operations import managed
-from operations.failure import first_time, refuse
 from operations.managed import DesiredState
 
 # What the apps render; Jobs go with their CronJob (owner references).
@@ -51,12 +49,12 @@ KINDS = "deployments,daemonsets,cronjobs,services,configmaps,secrets,poddisrupti
 KEPT = {f"oceanid-{label_studio.APP}": "its PersistentVolumeClaim and Namespace kept"}
 
 
-def add_to(manifest: DesiredState, site: Site, settings: Settings) -> list[str]:
+def add_to(desired: DesiredState, site: Site, settings: Settings) -> list[str]:
     """Declare the apps' files; return their paths."""
     files = cluster_apps.manifest_files(site, settings)
-    manifest.files += files
-    k3s_ops.probe_addons(manifest)  # what k3s last applied of each: read with the files
-    manifest.probes[LABEL_STUDIO_IMAGE] = RUNNING_IMAGE  # for `backed_up_first`
+    desired.files += files
+    k3s_ops.probe_addons(desired)  # what k3s last applied of each: read with the files
+    desired.probes[LABEL_STUDIO_IMAGE] = RUNNING_IMAGE  # for `k3s_ops.backed_up_first`
     return [f.path for f in files]
 
 
@@ -70,53 +68,25 @@ RUNNING_IMAGE = (
 )
 
 
-@operation()
-def backed_up_first(manifest: DesiredState, site: Site, settings: Settings):
-    """
-    Back Label Studio up before its image changes: the new version migrates the database
-    when it starts, with no way back but a backup.
-
-    + manifest: the first server's DesiredState (its state holds the image that runs now)
-    + site: the validated site (whether backups are on)
-    + settings: the settings (the image this run writes, `cluster_apps.backup`)
-
-    Runs before the apps' files are written: the backup CronJob's own pod, as a Job, waited
-    for (backup.run_job_script); a failed backup fails the run here, before the new image is
-    written. `cluster_apps.backup.skip_before_upgrade` naming the new image skips it; with
-    backups off, an upgrade is refused unless it is named there.
-    """
-    if manifest.unreadable():
-        yield from refuse(manifest.unreadable_message())
-        return
-    wanted = settings.cluster_apps.label_studio.image
-    running = next(iter(manifest.probe(LABEL_STUDIO_IMAGE)), "").strip()
-    if not settings.cluster_apps.label_studio.enabled or not running:
-        host.noop("Label Studio is not running: no backup is due before its image is set")
-        return
-    if running == wanted:
-        host.noop(f"Label Studio runs {wanted}: no upgrade, no backup due")
-        return
-    if settings.cluster_apps.backup.skip_before_upgrade == wanted:
-        host.noop(
-            f"Label Studio {running} -> {wanted}: no backup first, as "
-            "cluster_apps.backup.skip_before_upgrade names it"
-        )
-        return
-    if not backups_on(settings, site.secrets):
-        yield from refuse(
-            f"Label Studio's image changes from {running} to {wanted}, which migrates its "
-            "database, and backups are off: configure the object store (backupS3* keys), or "
-            f'set cluster_apps.backup.skip_before_upgrade: "{wanted}" to upgrade without one'
-        )
-        return
-    job = f"{backup.NAME}-before-upgrade-{hashlib.sha256(wanted.encode()).hexdigest()[:8]}"
-    host.log(f"Label Studio {running} -> {wanted}: backing up first (Job {job})")
+def image_backup(site: Site, settings: Settings) -> k3s_ops.ImageBackup:
+    """What `k3s_ops.backed_up_first` decides from: Label Studio's image in this run, and the
+    backup CronJob's own pod as a Job, waited for (backup.run_job_script), where backups are on.
+    The Job is named after the new image, so each upgrade's backup is a Job of its own."""
+    app = settings.cluster_apps.label_studio
+    job = f"{backup.NAME}-before-upgrade-{hashlib.sha256(app.image.encode()).hexdigest()[:8]}"
     create = ["create", "job", job, f"--from=cronjob/{backup.NAME}"]
-    # a Job of that name left by an earlier try is replaced: each try backs up anew
-    yield StringCommand(
-        "k3s", "kubectl", "-n", backup.NAMESPACE, "delete", "job", job, "--ignore-not-found"
+    return k3s_ops.ImageBackup(
+        probe=LABEL_STUDIO_IMAGE,
+        image=app.image if app.enabled else None,
+        skip=settings.cluster_apps.backup.skip_before_upgrade,
+        namespace=backup.NAMESPACE,
+        job=job,
+        script=(
+            backup.run_job_script(job, create=create, summary=True)  # shown as it comes
+            if backups_on(settings, site.secrets)
+            else None
+        ),
     )
-    yield StringCommand("sh", "-c", QuoteString(backup.run_job_script(job, create=create)))
 
 
 def addons(instance: str) -> list[str]:
@@ -125,9 +95,9 @@ def addons(instance: str) -> list[str]:
     return [k3s_ops.addon_name(cluster_apps.path(app, secret=s)) for s in (False, True)]
 
 
-def switched_off(manifest: DesiredState, site: Site, settings: Settings) -> list[str]:
+def switched_off(desired: DesiredState, site: Site, settings: Settings) -> list[str]:
     """The instance labels of apps that are off and whose file this run's sweep removes."""
-    unwanted = set(manifest.unwanted())
+    unwanted = set(desired.unwanted())
     return [
         instance
         for instance, on in cluster_apps.instances(site, settings).items()
@@ -137,61 +107,29 @@ def switched_off(manifest: DesiredState, site: Site, settings: Settings) -> list
     ]
 
 
-@operation()
-def deleted(manifest: DesiredState, instances: list[str]):
-    """
-    Delete the objects of cluster apps switched off, which k3s leaves running.
-
-    + manifest: the first server's DesiredState (its state says which files the sweep removes)
-    + instances: `app.kubernetes.io/instance` labels whose objects go
-
-    Namespaces go too, except where an app's data lives (`KEPT`). So do the Addons k3s keeps
-    for the app's files (`addons`), so that the files written again when it is switched on
-    are applied again.
-    """
-    if manifest.unreadable():
-        yield from refuse(manifest.unreadable_message())
-        return
-    if not instances:
-        host.noop("no cluster app was switched off")
-        return
-    for instance in instances:
-        kinds = KINDS if instance in KEPT else f"{KINDS},namespaces"
-        kept = f" ({KEPT[instance]})" if instance in KEPT else ""
-        host.log(f"cluster app {instance} switched off: its objects are deleted{kept}")
-        yield StringCommand(
-            "k3s",
-            "kubectl",
-            "delete",
-            kinds,
-            "-A",
-            "--ignore-not-found",
-            "-l",
-            f"app.kubernetes.io/instance={instance}",
-        )
-        yield StringCommand(
-            "k3s",
-            "kubectl",
-            "delete",
-            k3s_ops.ADDONS,
-            "-n",
-            k3s_ops.ADDON_NAMESPACE,
-            "--ignore-not-found",
-            *addons(instance),
-        )
+def removal(instance: str) -> k3s_ops.SwitchedOff:
+    """What `k3s_ops.apps_deleted` deletes of an app switched off: its objects of `KINDS` and
+    its Namespace, except where its data lives (`KEPT`), and its Addons (`addons`), so that
+    the files written again when it is switched on are applied again."""
+    return k3s_ops.SwitchedOff(
+        instance=instance,
+        kinds=KINDS if instance in KEPT else f"{KINDS},namespaces",
+        addons=tuple(addons(instance)),
+        kept=KEPT.get(instance),
+    )
 
 
-def deploy(manifest: DesiredState, site: Site, settings: Settings) -> None:
+def deploy(desired: DesiredState, site: Site, settings: Settings) -> None:
     """Run after the role's files and sweep, once k3s answers."""
     k3s_ops.manifests_applied(
         name="k3s applied the auto-deploy manifests",
-        manifest=manifest,
-        paths=[f.path for f in manifest.files if f.path.startswith(f"{MANIFEST_DIR}/")],
+        desired=desired,
+        paths=[f.path for f in desired.files if f.path.startswith(f"{MANIFEST_DIR}/")],
     )
-    deleted(
+    k3s_ops.apps_deleted(
         name="cluster apps switched off: objects deleted",
-        manifest=manifest,
-        instances=switched_off(manifest, site, settings),
+        desired=desired,
+        apps=[removal(instance) for instance in switched_off(desired, site, settings)],
     )
 
 
@@ -202,8 +140,7 @@ SERVER_UNIT = "k3s.service"
 def declare_minimal(report: DesiredState, plan: HostPlan, site: Site) -> bool:
     """Provisioning off: add the apps to the node's report DesiredState on the first server;
     whether it was this host."""
-    servers = cluster.servers(site)
-    if not servers or plan.name != servers[0].name:
+    if not site.is_first_server(plan):
         return False
     add_to(report, site, plan.settings)
     return True
@@ -214,35 +151,21 @@ def k3s_running(report: DesiredState) -> bool:
     return k3s_ops.install_state(report)["units"].get(SERVER_UNIT) == "active"
 
 
-@operation()
-def skipped(reason: str):
-    """
-    Say in one line why the cluster apps were not deployed, changing nothing.
-
-    + reason: the line, shown whatever -v says (as the node's k3s report is)
-    """
-    if first_time("cluster apps skipped", host.name):
-        logger.info(f"{host.print_prefix}{reason}")
-    host.noop(reason)
-    yield from ()
-
-
-def deploy_minimal(manifest: DesiredState, site: Site, settings: Settings) -> None:
+def deploy_minimal(desired: DesiredState, site: Site, settings: Settings) -> None:
     """Provisioning off: the apps' files, their sweep and k3s's confirmation, where k3s runs
-    (`manifest`: the node's report, which `declare_minimal` gave the apps)."""
-    if not manifest.unreadable() and not k3s_running(manifest):
-        skipped(
+    (`desired`: the node's report, which `declare_minimal` gave the apps)."""
+    if not desired.unreadable() and not k3s_running(desired):
+        k3s_ops.apps_skipped(
             name="cluster apps (provisioning off)",
             reason=f"k3s is not running on {host.name} ({SERVER_UNIT} is not active): the "
             "cluster apps were not deployed; start k3s, or turn enable_node_provisioning on",
         )
         return
-    backed_up_first(
+    k3s_ops.backed_up_first(
         name="Label Studio backed up before its image changes",
-        manifest=manifest,
-        site=site,
-        settings=settings,
+        desired=desired,
+        backup=image_backup(site, settings),
     )
-    managed.files(name="k3s auto-deploy manifests (provisioning off)", manifest=manifest)
-    managed.sweep(name="cluster apps no longer wanted (provisioning off)", manifest=manifest)
-    deploy(manifest, site, settings)
+    managed.files(name="k3s auto-deploy manifests (provisioning off)", desired=desired)
+    managed.sweep(name="cluster apps no longer wanted (provisioning off)", desired=desired)
+    deploy(desired, site, settings)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import re
 
-from oceanid.model import K3S_AGENTS, K3S_SERVERS, HostPlan, Site
+from oceanid.model import K3S_AGENTS, HostPlan, Site, k3s_servers
 
 RUNTIME_CLASS = "nvidia"
 
 
 def servers(site: Site) -> list[HostPlan]:
     """The k3s servers in inventory order: the first starts the cluster, the others join it."""
-    return [plan for plan in site.hosts.values() if K3S_SERVERS in plan.roles]
+    return k3s_servers(site.hosts.values())
 
 
 def nodes(site: Site) -> list[HostPlan]:
@@ -29,7 +29,7 @@ def address(plan: HostPlan) -> str:
 def endpoint(site: Site, plan: HostPlan) -> str:
     """The control-plane endpoint agents, `tls-san` and the kubeconfig use: the first server's
     HAProxy with `enable_control_plane_lb`, else its API on 6443."""
-    first = servers(site)[0]
+    first = site.first_server
     lb = plan.settings.enable_control_plane_lb
     port = plan.settings.k3s_lb_port if lb else 6443
     return f"https://{address(first)}:{port}"

@@ -72,10 +72,10 @@ def render(document: dict[str, list[str]]) -> str:
     return "".join(parts)
 
 
-def add_to(manifest: DesiredState, plan: HostPlan, servers: Sequence[tuple[str, str]]) -> str:
+def add_to(desired: DesiredState, plan: HostPlan, servers: Sequence[tuple[str, str]]) -> str:
     """Declare HAProxy on this server; return its config's path (its change restarts it)."""
     text = render(config(plan.settings.k3s_lb_port, servers))
-    manifest.packages.append(PACKAGE)
-    manifest.files.append(ManagedFile(CONFIG, text.encode(), validate="haproxy -c -q -f {path}"))
-    manifest.units.append(UNIT)
+    desired.packages.append(PACKAGE)
+    desired.files.append(ManagedFile(CONFIG, text.encode(), validate="haproxy -c -q -f {path}"))
+    desired.units.append(UNIT)
     return CONFIG

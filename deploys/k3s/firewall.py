@@ -132,21 +132,21 @@ def unit() -> str:
     )
 
 
-def add_to(manifest: DesiredState, plan: HostPlan, site: Site) -> None:
+def add_to(desired: DesiredState, plan: HostPlan, site: Site) -> None:
     """Declare the firewall on this node: nftables, the rules (checked by nft), the unit."""
     settings = plan.settings
     lb_port = settings.k3s_lb_port if settings.enable_control_plane_lb else None
     text = render(ruleset(node_addresses(site), lb_port))
-    manifest.packages.append(PACKAGE)
-    manifest.directories.append(ManagedDirectory(FOLDER))
-    manifest.files += [
+    desired.packages.append(PACKAGE)
+    desired.directories.append(ManagedDirectory(FOLDER))
+    desired.files += [
         ManagedFile(RULES, text.encode(), validate="nft -c -f {path}"),
         ManagedFile(UNIT_FILE, unit().encode()),
     ]
-    manifest.units.append(UNIT)
+    desired.units.append(UNIT)
 
 
-def start(manifest: DesiredState) -> None:
+def start(desired: DesiredState) -> None:
     """Load the rules (again) when they or the unit changed; enable the unit for every boot.
 
     A restart of this oneshot unit runs `nft -f` once more: the unit has no stop command, so
@@ -154,7 +154,7 @@ def start(manifest: DesiredState) -> None:
     """
     services.unit(
         name="host firewall (nftables table inet oceanid)",
-        manifest=manifest,
+        desired=desired,
         unit_name=UNIT,
         unit_file=UNIT_FILE,
         inputs=[RULES],

@@ -39,8 +39,7 @@ def unit_file(role: Role) -> str:
 def config_document(plan: HostPlan, site: Site, role: Role) -> dict:
     """config.yaml for this node, from its host data and the cluster's shape."""
     data = plan.settings.host(plan.name).k3s
-    first = cluster.servers(site)[0]
-    is_first = role == "server" and plan.name == first.name
+    is_first = role == "server" and site.is_first_server(plan)
     has_token = cluster.token(site) is not None or not is_first or role == "agent"
     return config.config(
         role,
@@ -92,19 +91,19 @@ def etcd_snapshots_text(plan: HostPlan, site: Site) -> str | None:
     )
 
 
-def add_to(manifest: DesiredState, plan: HostPlan, site: Site, role: Role) -> list[str]:
+def add_to(desired: DesiredState, plan: HostPlan, site: Site, role: Role) -> list[str]:
     """Declare the node's binary and files, and its firewall (deploys/k3s/firewall.py); return
     the paths whose change restarts k3s (the firewall's and the labels' are not among them)."""
     artifact = plan.settings.k3s
-    manifest.directories += [
+    desired.directories += [
         ManagedDirectory("/etc/rancher"),
         ManagedDirectory("/etc/rancher/k3s"),
         ManagedDirectory(config.DROP_IN_DIR),
     ]
-    manifest.binaries.append(
+    desired.binaries.append(
         ManagedBinary(units.BINARY, artifact.url, artifact.version, dict(artifact.sha256))
     )
-    manifest.files += [
+    desired.files += [
         ManagedFile(config.CONFIG, config_text(plan, site, role).encode()),
         ManagedFile(unit_file(role), units.unit(role).encode()),
         ManagedFile(units.MODULES_FILE, units.modules_load().encode()),
@@ -112,7 +111,7 @@ def add_to(manifest: DesiredState, plan: HostPlan, site: Site, role: Role) -> li
     ]
     labels = labels_document(plan)
     if labels:  # read by k3s when it starts, but no restart input (config.node_labels)
-        manifest.files.append(ManagedFile(config.LABELS_FILE, config.dump(labels).encode()))
+        desired.files.append(ManagedFile(config.LABELS_FILE, config.dump(labels).encode()))
     inputs = [units.BINARY, config.CONFIG]
     if role == "server":  # an agent's is copied from the first server (`agent_tokens`)
         for path, token in (
@@ -121,61 +120,61 @@ def add_to(manifest: DesiredState, plan: HostPlan, site: Site, role: Role) -> li
         ):
             if token is not None:
                 secret = (token_secret(token) + "\n").encode()
-                manifest.files.append(ManagedFile(path, secret, mode="0600", secret=True))
+                desired.files.append(ManagedFile(path, secret, mode="0600", secret=True))
                 inputs.append(path)
         snapshots = etcd_snapshots_text(plan, site)
         if snapshots is not None:  # read by k3s when it starts: a restart input
-            manifest.files.append(
+            desired.files.append(
                 ManagedFile(config.ETCD_S3_FILE, snapshots.encode(), mode="0600", secret=True)
             )
             inputs.append(config.ETCD_S3_FILE)
-    manifest.units.append(units.UNIT_NAMES[role])
-    firewall.add_to(manifest, plan, site)
-    k3s_ops.probe_install(manifest)  # the token checks, read in the role's one fact
+    desired.units.append(units.UNIT_NAMES[role])
+    firewall.add_to(desired, plan, site)
+    k3s_ops.probe_install(desired)  # the token checks, read in the role's one fact
     return inputs
 
 
-def install(manifest: DesiredState, paths: list[str]) -> None:
+def install(desired: DesiredState, paths: list[str]) -> None:
     """The role's packages, folders and files (`paths`), the kernel settings, then the
     firewall loaded: all before k3s (re)starts."""
-    managed.packages(name="k3s packages", manifest=manifest)
-    managed.directories(name="k3s directories", manifest=manifest)
-    managed.files(name="k3s files", manifest=manifest, paths=paths)
-    managed.sweep(name="k3s files no longer wanted", manifest=manifest)
+    managed.packages(name="k3s packages", desired=desired)
+    managed.directories(name="k3s directories", desired=desired)
+    managed.files(name="k3s files", desired=desired, paths=paths)
+    managed.sweep(name="k3s files no longer wanted", desired=desired)
     k3s_ops.kernel(
         name="k3s kernel modules and sysctls",
-        manifest=manifest,
+        desired=desired,
         modules_file=units.MODULES_FILE,
         sysctl_file=units.SYSCTL_FILE,
         modules=list(units.MODULES),
     )
-    firewall.start(manifest)
+    firewall.start(desired)
 
 
-def _kept(manifest: DesiredState, path: str, there: bool) -> bool:
+def _kept(desired: DesiredState, path: str, there: bool) -> bool:
     """Whether a token file found on the host stays (this run's sweep does not remove it)."""
-    return there and path not in manifest.unwanted()
+    return there and path not in desired.unwanted()
 
 
-def agent_token_present(manifest: DesiredState, site: Site) -> bool:
+def agent_token_present(desired: DesiredState, site: Site) -> bool:
     """Whether an agent holds the agent token already: the full ``::node:`` form in its token
     file (not the server token an older deploy gave it), of ESC k3sAgentToken when ESC has one."""
-    found = k3s_ops.install_state(manifest)
+    found = k3s_ops.install_state(desired)
     expected = cluster.agent_token(site)
-    return _kept(manifest, config.TOKEN_FILE, found["token_file_form"] == "node") and (
+    return _kept(desired, config.TOKEN_FILE, found["token_file_form"] == "node") and (
         expected is None or found["token_file_sha256"] == k3s_ops.token_sha256(expected)
     )
 
 
-def server_tokens(manifest: DesiredState, plan: HostPlan, site: Site) -> bool:
+def server_tokens(desired: DesiredState, plan: HostPlan, site: Site) -> bool:
     """The tokens a server is given while the run executes: the generated server token on a
     later server, and the agent secret (generated on the first server, then copied), when ESC
     has none. True when one is written, so k3s restarts and reads it."""
-    first = cluster.servers(site)[0].name
-    found = k3s_ops.install_state(manifest)
+    first = site.first_server.name
+    found = k3s_ops.install_state(desired)
     written = False
     if cluster.token(site) is None and plan.name != first:
-        present = _kept(manifest, config.TOKEN_FILE, found["token_file"])
+        present = _kept(desired, config.TOKEN_FILE, found["token_file"])
         k3s_ops.join_token(
             name="k3s join token (the first server's)",
             path=config.TOKEN_FILE,
@@ -185,7 +184,7 @@ def server_tokens(manifest: DesiredState, plan: HostPlan, site: Site) -> bool:
         written = not present
     if cluster.agent_token(site) is None:
         there = found["agent_token_file_sha256"] is not None
-        present = _kept(manifest, config.AGENT_TOKEN_FILE, there)
+        present = _kept(desired, config.AGENT_TOKEN_FILE, there)
         if plan.name == first:  # this line first: a later server copies it in the next one
             k3s_ops.agent_secret(
                 name="k3s agent secret (generated on the first server)",
@@ -204,23 +203,24 @@ def server_tokens(manifest: DesiredState, plan: HostPlan, site: Site) -> bool:
     return written
 
 
-def agent_tokens(manifest: DesiredState, site: Site) -> None:
+def agent_tokens(desired: DesiredState, site: Site) -> None:
     """An agent's token: the first server's agent token, copied in full while the run executes
     (once the server answers), unless the agent holds it already (`agent_token_present`)."""
     k3s_ops.join_token(
         name="k3s agent token (the first server's)",
         path=config.TOKEN_FILE,
-        server=cluster.servers(site)[0].name,
-        present=agent_token_present(manifest, site),
+        server=site.first_server.name,
+        present=agent_token_present(desired, site),
         source=SERVER_AGENT_TOKEN,
     )
 
 
 def start(
-    manifest: DesiredState,
+    desired: DesiredState,
     role: Role,
     inputs: list[str],
     health: str | None,
+    *,
     restart: bool = False,
     version: str | None = None,
 ) -> None:
@@ -228,9 +228,9 @@ def start(
     when k3s is not healthy on it. `restart`: a token was written in this run (k3s reads
     tokens only when it starts). `version` (servers): the version installed; servers then
     restart on a new binary one at a time, none after one that failed (`k3s_ops.server_turn`)."""
-    turn = k3s_ops.server_turn(manifest, version) if version is not None else None
+    turn = k3s_ops.server_turn(desired, version) if version is not None else None
     services.binary_service(
-        manifest,
+        desired,
         name=units.UNIT_NAMES[role].removesuffix(".service"),
         unit_name=units.UNIT_NAMES[role],
         unit_file=unit_file(role),

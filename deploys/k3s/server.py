@@ -10,17 +10,19 @@ server also carries the cluster apps (deploys/k3s/apps.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import yaml
 
 from deploys.k3s import apps, cluster, config, endpoint, node
+from oceanid.cluster_layout import MANIFEST_DIR
 from oceanid.model import HostPlan, Site
 from operations import k3s as k3s_ops
 from operations import managed, services
 from operations.managed import DesiredState, ManagedFile
 
-# k3s deploys what it finds here (its auto-deploy manifests); the folder exists once it ran.
-MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
-RUNTIME_CLASS_FILE = f"{MANIFESTS}/oceanid-nvidia-runtimeclass.yaml"
+# in k3s's auto-deploy folder, beside the cluster apps' files
+RUNTIME_CLASS_FILE = f"{MANIFEST_DIR}/oceanid-nvidia-runtimeclass.yaml"
 # k3s's own view of its API's health, through the admin kubeconfig it writes
 HEALTH = "k3s kubectl get --raw /readyz >/dev/null 2>&1"
 
@@ -37,29 +39,42 @@ def runtime_class() -> dict:
     }
 
 
-def manifest(plan: HostPlan, site: Site) -> tuple[DesiredState, list[str], list[str]]:
-    """(the role's DesiredState, what restarts k3s, the files written before k3s starts)."""
+@dataclass(frozen=True)
+class Server:
+    """The server role as declared, before anything is read: its DesiredState and what its
+    steps need from the declaration."""
+
+    desired: DesiredState
+    inputs: list[str]  # the paths whose change restarts k3s
+    before_start: list[str]  # the files written before k3s (re)starts
+    auto_deploy: list[str]  # the files k3s applies from its auto-deploy folder (after it starts)
+    first: bool  # the first server: it starts the cluster and carries the apps and the labels
+
+
+def declare(plan: HostPlan, site: Site) -> Server:
+    """The server role's DesiredState, declared whole, for the host's one read."""
     role = DesiredState(name=f"k3s server {plan.name}")
+    first = site.is_first_server(plan)
     inputs = node.add_to(role, plan, site, "server")
     if plan.settings.enable_control_plane_lb:
         servers = [(p.name, cluster.address(p)) for p in cluster.servers(site)]
         endpoint.add_to(role, plan, servers)
     before_start = [f.path for f in role.files]
-    if plan.name == cluster.servers(site)[0].name:
+    auto_deploy: list[str] = []
+    if first:
         if cluster.gpu_agents(site) and not cluster.ships_runtime_class(plan.settings.k3s.version):
             text = config.HEADER + yaml.safe_dump(runtime_class(), sort_keys=False)
             role.files.append(ManagedFile(RUNTIME_CLASS_FILE, text.encode(), mode="0600"))
-        apps.add_to(role, site, plan.settings)
+            auto_deploy.append(RUNTIME_CLASS_FILE)
+        auto_deploy += apps.add_to(role, site, plan.settings)
         k3s_ops.probe_nodes(role)  # for the labels and taints (deploys/k3s/__init__.py)
-    return role, inputs, before_start
+    return Server(role, inputs, before_start, auto_deploy, first)
 
 
-def deploy(
-    plan: HostPlan, site: Site, declared: tuple[DesiredState, list[str], list[str]] | None = None
-) -> DesiredState:
-    """The server's steps, from `declared` (its `manifest`, when the site declared it first)."""
-    role, inputs, before_start = declared or manifest(plan, site)
-    version, first = plan.settings.k3s.version, plan.name == cluster.servers(site)[0].name
+def deploy(plan: HostPlan, site: Site, declared: Server) -> None:
+    """The server's steps, from its declaration (read with the host's other roles)."""
+    role, first = declared.desired, declared.first
+    version = plan.settings.k3s.version
     datastore = {
         "cluster_init": first,  # config.yaml's cluster-init (node.config_document)
         "convert": plan.settings.host(plan.name).k3s.convert_datastore_to_etcd,
@@ -67,43 +82,41 @@ def deploy(
     }
     k3s_ops.refuse_now(role, version, datastore)  # before anything runs here, with -y too
     k3s_ops.version_step(
-        name="k3s upgrade one minor version at most", manifest=role, version=version
+        name="k3s upgrade one minor version at most", desired=role, version=version
     )
-    k3s_ops.datastore(name="k3s datastore not converted by surprise", manifest=role, **datastore)
+    k3s_ops.datastore(name="k3s datastore not converted by surprise", desired=role, **datastore)
     token = cluster.token(site)
     k3s_ops.cluster_token(
         name="k3s cluster token unchanged",
-        manifest=role,
+        desired=role,
         expected_sha256=None if token is None else k3s_ops.token_sha256(token),
     )
     if first:  # before the apps' files: a new Label Studio image migrates its database
-        apps.backed_up_first(
+        k3s_ops.backed_up_first(
             name="Label Studio backed up before its image changes",
-            manifest=role,
-            site=site,
-            settings=plan.settings,
+            desired=role,
+            backup=apps.image_backup(site, plan.settings),
         )
-    node.install(role, before_start)
+    node.install(role, declared.before_start)
     written = node.server_tokens(role, plan, site)
     if plan.settings.enable_control_plane_lb:
         services.unit(
             name="HAProxy (k3s API endpoint)",
-            manifest=role,
+            desired=role,
             unit_name=endpoint.UNIT,
             unit_file=None,
             inputs=[endpoint.CONFIG],
         )
     if first:  # before any server's binary is replaced (servers' steps run in line order)
         k3s_ops.etcd_snapshot(
-            name="etcd snapshot before the upgrade", manifest=role, version=version
+            name="etcd snapshot before the upgrade", desired=role, version=version
         )
-    node.start(role, "server", inputs, HEALTH, restart=written, version=version)
-    if len(role.files) > len(before_start):
+    node.start(role, "server", declared.inputs, HEALTH, restart=written, version=version)
+    if declared.auto_deploy:
         managed.files(
             name="k3s auto-deploy manifests",
-            manifest=role,
-            paths=[f.path for f in role.files[len(before_start) :]],
+            desired=role,
+            paths=declared.auto_deploy,
         )
-    if plan.name == cluster.servers(site)[0].name:
+    if first:
         apps.deploy(role, site, plan.settings)
-    return role

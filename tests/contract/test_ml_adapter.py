@@ -4,6 +4,8 @@ The requests are the ones Label Studio 1.23.2 sends (label_studio/ml/api_connect
 MLApi.setup, make_predictions, health); what Label Studio itself makes of the answers is
 proven in test_label_studio.py. Here: each task's PDF text in its own prediction, in order,
 a failed task without one while the others keep theirs, and basic auth on every endpoint.
+Triton's own statistics show the batching: the tasks of one /predict reach the model as one
+execution per batch of up to `batch` documents, not one per document.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ def files() -> Iterator[FileServer]:
 def adapter(triton: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adapter]:
     with start_adapter(tmp_path_factory.mktemp("adapter"), triton.url, batch=2) as started:
         yield started
+
+
+def counts(triton: Server) -> tuple[int, int]:
+    """(executions, documents) Triton has run the model for, from its statistics API."""
+    answer = requests.get(f"{triton.url}/v2/models/docling_granite_python/stats", timeout=10)
+    (model,) = answer.json()["model_stats"]
+    return model["execution_count"], model["inference_count"]
 
 
 def predict(adapter: Adapter, tasks: list[dict], **kwargs) -> requests.Response:
@@ -85,12 +94,17 @@ def test_setup_without_a_textarea_says_so(adapter: Adapter) -> None:
         answer.raise_for_status()
 
 
-def test_each_task_gets_its_own_text_in_order(adapter: Adapter, files: FileServer) -> None:
+def test_each_task_gets_its_own_text_in_order(
+    triton: Server, adapter: Adapter, files: FileServer
+) -> None:
     tasks = [{"id": 10 + n, "data": {"pdf": f"{files.url}/doc{n}.pdf"}} for n in range(5)]
+    executions, documents = counts(triton)
     answer = predict(adapter, tasks, auth=adapter.auth)
     assert answer.status_code == 200, answer.text
+    # more than `batch` (2): three requests of 2, 2 and 1 documents, answered in order
+    assert counts(triton) == (executions + 3, documents + 5)
     results = answer.json()["results"]
-    assert len(results) == 5  # more than `batch` (2): sent in rounds, answered in order
+    assert len(results) == 5
     for sentence, prediction in zip(SENTENCES, results, strict=True):
         assert prediction["model_version"] == "docling_granite_python@1"
         (result,) = prediction["result"]
@@ -102,8 +116,20 @@ def test_each_task_gets_its_own_text_in_order(adapter: Adapter, files: FileServe
         assert "score" not in prediction  # pypdf gives none
 
 
+def test_one_predict_within_the_batch_is_one_execution(
+    triton: Server, adapter: Adapter, files: FileServer
+) -> None:
+    tasks = [{"id": 20 + n, "data": {"pdf": f"{files.url}/doc{n}.pdf"}} for n in (3, 4)]
+    executions, documents = counts(triton)
+    answer = predict(adapter, tasks, auth=adapter.auth)
+    assert answer.status_code == 200, answer.text
+    assert counts(triton) == (executions + 1, documents + 2)
+    texts = [r["result"][0]["value"]["text"][0] for r in answer.json()["results"]]
+    assert SENTENCES[3] in texts[0] and SENTENCES[4] in texts[1]
+
+
 def test_a_bad_file_gets_no_prediction_and_the_others_keep_theirs(
-    adapter: Adapter, files: FileServer
+    triton: Server, adapter: Adapter, files: FileServer
 ) -> None:
     tasks = [
         {"id": 1, "data": {"pdf": f"{files.url}/broken.pdf"}},  # Triton: not a readable PDF
@@ -112,8 +138,11 @@ def test_a_bad_file_gets_no_prediction_and_the_others_keep_theirs(
         {"id": 4, "data": {"pdf": "ftp://example.invalid/x.pdf"}},  # not http(s)
         {"id": 5, "data": {"text": "no pdf field"}},
     ]
+    executions, documents = counts(triton)
     answer = predict(adapter, tasks, auth=adapter.auth)
     assert answer.status_code == 200, answer.text
+    # the broken PDF and doc1 went in one batch; the model read doc1 all the same
+    assert counts(triton) == (executions + 1, documents + 2)
     results = answer.json()["results"]
     assert [bool(r) for r in results] == [False, True, False, False, False]
     assert SENTENCES[1] in results[1]["result"][0]["value"]["text"][0]

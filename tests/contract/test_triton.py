@@ -27,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 from tests.contract.conftest import Server
 from tests.gpu.triton_smoke import (
     infer_bytes,
+    infer_rows,
     minimal_pdf,
 )
 
@@ -45,14 +46,29 @@ def client(triton: Server) -> Iterator[triton_http.InferenceServerClient]:
     client.close()
 
 
-def infer(client: triton_http.InferenceServerClient, **inputs: bytes) -> dict:
+def infer_batch(client: triton_http.InferenceServerClient, **inputs: list[bytes]) -> list[dict]:
+    """One request: each input a [B, 1] tensor (row i is document i); B documents back."""
     tensors = []
-    for name, value in inputs.items():
-        tensor = triton_http.InferInput(name, [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([value], dtype=np.object_), binary_data=True)
+    for name, rows in inputs.items():
+        tensor = triton_http.InferInput(name, [len(rows), 1], "BYTES")
+        values = np.array([[row] for row in rows], dtype=np.object_).reshape(len(rows), 1)
+        tensor.set_data_from_numpy(values, binary_data=True)
         tensors.append(tensor)
     result = client.infer(MODEL, tensors, outputs=[triton_http.InferRequestedOutput("response")])
-    return json.loads(result.as_numpy("response")[0])
+    response = result.as_numpy("response")
+    assert response.shape == (len(next(iter(inputs.values()))), 1)
+    return [json.loads(row) for row in response.reshape(-1)]
+
+
+def infer(client: triton_http.InferenceServerClient, **inputs: bytes) -> dict:
+    """One document, as a batch of one ([1, 1])."""
+    (answer,) = infer_batch(client, **{name: [value] for name, value in inputs.items()})
+    return answer
+
+
+def stats(client: triton_http.InferenceServerClient) -> dict:
+    (model,) = client.get_inference_statistics(MODEL)["model_stats"]
+    return model
 
 
 def test_server_and_model_ready_with_declared_io(client: triton_http.InferenceServerClient) -> None:
@@ -61,9 +77,9 @@ def test_server_and_model_ready_with_declared_io(client: triton_http.InferenceSe
     metadata = client.get_model_metadata(MODEL)
     assert metadata["platform"] == "python"
     inputs = {i["name"]: (i["datatype"], i["shape"]) for i in metadata["inputs"]}
-    assert inputs == {name: ("BYTES", [1]) for name in ("pdf_data", "prompt", "text")}
+    assert inputs == {name: ("BYTES", [-1, 1]) for name in ("pdf_data", "prompt", "text")}
     outputs = {o["name"]: (o["datatype"], o["shape"]) for o in metadata["outputs"]}
-    assert outputs == {"response": ("BYTES", [1])}
+    assert outputs == {"response": ("BYTES", [-1, 1])}  # -1: the batch
 
 
 def test_served_config_is_the_rendered_one(client: triton_http.InferenceServerClient) -> None:
@@ -73,6 +89,7 @@ def test_served_config_is_the_rendered_one(client: triton_http.InferenceServerCl
     ]
     assert config["parameters"] == {"granite_model_dir": {"string_value": ""}}
     assert all(i["optional"] for i in config["input"])
+    assert config["max_batch_size"] > 1
 
 
 def test_pdf_text_comes_back(client: triton_http.InferenceServerClient) -> None:
@@ -91,19 +108,52 @@ def test_text_input_without_pdf(client: triton_http.InferenceServerClient) -> No
     assert answer["model"] == "text input (passed through)"
 
 
-def test_broken_pdf_is_a_request_error_and_server_stays_ready(
+def test_broken_pdf_is_a_document_error_and_server_stays_ready(
     triton: Server, client: triton_http.InferenceServerClient
 ) -> None:
     broken = minimal_pdf(PHRASE)[:60]
-    with pytest.raises(InferenceServerException, match="pdf_data is not a readable PDF"):
-        infer(client, pdf_data=broken)
+    answer = infer(client, pdf_data=broken)
+    assert list(answer) == ["error"]
+    assert answer["error"].startswith("pdf_data is not a readable PDF")
     assert requests.get(f"{triton.url}/v2/health/ready", timeout=5).status_code == 200
     assert PHRASE in infer(client, pdf_data=minimal_pdf(PHRASE))["text"]  # the stub lives on
 
 
 def test_neither_pdf_nor_text_is_an_error(client: triton_http.InferenceServerClient) -> None:
-    with pytest.raises(InferenceServerException, match="send pdf_data .* or text"):
-        infer(client, prompt=b"only a prompt")
+    answer = infer(client, prompt=b"only a prompt")
+    assert answer["error"] == "send pdf_data (the PDF's bytes) or text; neither was given"
+    with pytest.raises(InferenceServerException, match="0 inputs"):
+        client.infer(MODEL, [])  # nothing at all: the request itself fails
+
+
+def test_a_batch_is_one_execution_and_a_bad_document_fails_alone(
+    client: triton_http.InferenceServerClient,
+) -> None:
+    """Rows in, rows out, in order; one unreadable PDF costs its own row only."""
+    before = stats(client)
+    pdfs = [minimal_pdf(f"{PHRASE} first"), minimal_pdf(PHRASE)[:60], minimal_pdf(f"{PHRASE} last")]
+    first, broken, last = infer_batch(client, pdf_data=pdfs, prompt=[b"a", b"b", b"c"])
+    assert f"{PHRASE} first" in first["text"] and first["prompt"] == "a"
+    assert broken["error"].startswith("pdf_data is not a readable PDF")
+    assert f"{PHRASE} last" in last["text"] and last["prompt"] == "c"
+    after = stats(client)
+    assert after["execution_count"] - before["execution_count"] == 1
+    assert after["inference_count"] - before["inference_count"] == 3
+    assert any(b["batch_size"] == 3 for b in after["batch_stats"])
+    # a PDF in one row and text in another: an empty row is an input left out for that document
+    pdf, text = infer_batch(client, pdf_data=[minimal_pdf(PHRASE), b""], text=[b"", b"plain"])
+    assert PHRASE in pdf["text"] and (text["text"], text["model"]) == (
+        "plain",
+        "text input (passed through)",
+    )
+
+
+def test_a_batch_over_the_bound_is_refused(client: triton_http.InferenceServerClient) -> None:
+    bound = client.get_model_config(MODEL)["max_batch_size"]
+    with pytest.raises(InferenceServerException, match=f"batch-size must be <= {bound}"):
+        infer_batch(client, text=[b"x"] * (bound + 1))
+    with pytest.raises(InferenceServerException, match="batch size does not match"):
+        infer_batch(client, text=[b"x", b"y"], prompt=[b"p"])
 
 
 def test_gpu_check_client_works_here(triton: Server) -> None:
@@ -112,8 +162,13 @@ def test_gpu_check_client_works_here(triton: Server) -> None:
         infer_bytes(triton.url, MODEL, {"pdf_data": minimal_pdf(PHRASE)}, "response")
     )
     assert PHRASE in answer["text"]
-    with pytest.raises(RuntimeError, match="neither was given"):
-        infer_bytes(triton.url, MODEL, {"prompt": b"x"}, "response")
+    alone = json.loads(infer_bytes(triton.url, MODEL, {"prompt": b"x"}, "response"))
+    assert "neither was given" in alone["error"]
+    pdfs = [minimal_pdf(f"{PHRASE} {n}") for n in range(3)]
+    rows = infer_rows(triton.url, MODEL, {"pdf_data": pdfs}, "response")
+    assert [f"{PHRASE} {n}" in json.loads(row)["text"] for n, row in enumerate(rows)] == [True] * 3
+    with pytest.raises(RuntimeError, match=r"refused the request \(400\).*batch size does not"):
+        infer_rows(triton.url, MODEL, {"pdf_data": pdfs, "prompt": [b"p"]}, "response")
 
 
 def test_unloadable_granite_dir_fails_the_load_and_keeps_the_old_model(

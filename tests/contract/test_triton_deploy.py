@@ -31,7 +31,7 @@ from oceanid.triton_runtime import (
     server_command,
     server_env,
 )
-from operations import managed
+from operations import _desired
 from operations import triton as triton_ops
 from operations.managed import DesiredState, ManagedFile
 from tests.gpu.triton_smoke import stop_server
@@ -182,12 +182,10 @@ def test_a_retired_model_is_unloaded_and_deleted(start) -> None:
             ManagedFile(f"{root}/old_echo/{rel}", b"") for rel in ("config.pbtxt", "1/model.py")
         ],
     )
-    manifest = DesiredState(name="gpu host calypso", files=[ManagedFile(f"{root}/{ECHO}/x", b"")])
+    desired = DesiredState(name="gpu host calypso", files=[ManagedFile(f"{root}/{ECHO}/x", b"")])
     state = {**managed_state(), "record": json.dumps(previous.declared()).encode()}
-    managed._STATE_CACHE.clear()
-    run = run_op(
-        triton_ops.retire, manifest, root, [ECHO], triton.port, facts={ManagedState: state}
-    )
+    _desired.STATE_CACHE.clear()
+    run = run_op(triton_ops.retire, desired, root, [ECHO], triton.port, facts={ManagedState: state})
     unload, remove = run.strings
     assert triton.run(unload).returncode == 0
     states = triton.index()  # still on disk, no longer served (Triton unloads in the background)

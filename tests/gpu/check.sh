@@ -2,7 +2,8 @@
 # GPU check (design.md §5, layer 5): on a real NVIDIA machine, with no network,
 #   (a) the pyinfra GPU fact through the @local connector against the real nvidia-smi;
 #   (b) Triton from the nvidia-pytriton wheel serving docling_granite_python with KIND_GPU on GPU 0,
-#       the repository rendered by oceanid.triton_repo exactly as the deploy renders it; one PDF.
+#       the repository rendered by oceanid.triton_repo exactly as the deploy renders it; one PDF,
+#       then a batch of three in one request ([3, 1]), one of them unreadable.
 # Prints PASS/FAIL lines and exits non-zero on any FAIL. Takes about a minute.
 #
 # Usage: bash tests/gpu/check.sh BUNDLE_DIR     (BUNDLE_DIR built here by tests/gpu/pack.sh)

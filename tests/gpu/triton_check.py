@@ -2,9 +2,10 @@
 
 `facts FILE`: the JSON that `pyinfra @local fact <GpuDevices>` printed must list the GPUs that
 `nvidia-smi -L` lists. `triton WORK`: the Triton from the bundle, with the repository rendered by
-oceanid.triton_repo for `--kind` (KIND_GPU on GPU 0 by default), must load the docling model and
-answer one PDF. Stdlib only (plus this repository on PYTHONPATH): the GPU machine has no network
-to install anything else. Exit status is the number of FAILs, capped at 1.
+oceanid.triton_repo for `--kind` (KIND_GPU on GPU 0 by default), must load the docling model,
+answer one PDF, and answer a batch of PDFs in one request, row by row, an unreadable one with
+an error in its own row. Stdlib only (plus this repository on PYTHONPATH): the GPU machine has
+no network to install anything else. Exit status is the number of FAILs, capped at 1.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from oceanid.triton_runtime import (
     server_command,
     server_env,
 )
-from tests.gpu.triton_smoke import free_ports, infer_bytes, minimal_pdf, stop_server, wait_ready
+from tests.gpu.triton_smoke import (
+    free_ports,
+    infer_bytes,
+    infer_rows,
+    minimal_pdf,
+    stop_server,
+    wait_ready,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "docling_granite_python"
@@ -147,6 +155,38 @@ def _ask(report: Report, url: str, kind: str) -> None:
     device = "cuda:0" if kind == "KIND_GPU" else "cpu"
     report.check(
         body.get("device") == device, f"model instance runs on {device}", str(body.get("device"))
+    )
+    _ask_batch(report, url, device)
+
+
+def _ask_batch(report: Report, url: str, device: str) -> None:
+    """Three documents in one request ([3, 1]): two PDFs and a broken one, answered in order."""
+    phrases = [f"{PHRASE} {n}" for n in (1, 2)]
+    pdfs = [minimal_pdf(phrases[0]), minimal_pdf(PHRASE)[:60], minimal_pdf(phrases[1])]
+    started = time.monotonic()
+    try:
+        rows = [json.loads(row) for row in infer_rows(url, MODEL, {"pdf_data": pdfs}, "response")]
+    except (RuntimeError, OSError, ValueError) as exc:
+        report.check(False, "a batch of 3 PDFs in one request", str(exc))
+        return
+    elapsed = f"{time.monotonic() - started:.2f} s"
+    if not report.check(len(rows) == 3, "a batch of 3 PDFs: 3 rows back", f"{elapsed}: {rows}"):
+        return
+    first, broken, last = rows
+    report.check(
+        phrases[0] in first.get("text", "") and phrases[1] in last.get("text", ""),
+        "each PDF's text in its own row, in order",
+        f"{elapsed}: {first.get('text')!r}, {last.get('text')!r}",
+    )
+    report.check(
+        str(broken.get("error", "")).startswith("pdf_data is not a readable PDF"),
+        "the unreadable PDF's row is an error, its neighbours unharmed",
+        str(broken)[:300],
+    )
+    report.check(
+        first.get("device") == last.get("device") == device,
+        f"the batch ran on {device}",
+        f"{first.get('device')}, {last.get('device')}",
     )
 
 

@@ -23,16 +23,54 @@ def minimal_pdf(text: str) -> bytes:
 
     Hand-written so the check needs no PDF library; pypdf reads the text back exactly.
     """
-    escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-    stream = f"BT /F1 18 Tf 72 720 Td ({escaped}) Tj ET".encode("latin-1")
+    stream = f"BT /F1 18 Tf 72 720 Td ({_escaped(text)}) Tj ET".encode("latin-1")
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
         b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
+        _stream(stream),
     ]
+    return _pdf_file(objects)
+
+
+def pages_pdf(pages: list[list[str]]) -> bytes:
+    """A PDF of `len(pages)` letter pages, each showing its lines top to bottom in 11 pt
+    Helvetica (13 pt apart, so about 50 lines fit a page), with a correct xref table.
+
+    For documents longer than minimal_pdf's one line (make bench-predict's); pypdf reads each
+    line back as a line, the pages in order.
+    """
+    if not pages:
+        raise ValueError("a PDF needs at least one page")
+    font = 3 + 2 * len(pages)
+    kids = b" ".join(b"%d 0 R" % (3 + 2 * n) for n in range(len(pages)))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, len(pages)),
+    ]
+    for n, lines in enumerate(pages):
+        shown = " T* ".join(f"({_escaped(line)}) Tj" for line in lines)
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            b"/Resources << /Font << /F1 %d 0 R >> >> /Contents %d 0 R >>" % (font, 4 + 2 * n)
+        )
+        objects.append(_stream(f"BT /F1 11 Tf 13 TL 72 740 Td {shown} ET".encode("latin-1")))
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    return _pdf_file(objects)
+
+
+def _escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
+def _stream(content: bytes) -> bytes:
+    return b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content)
+
+
+def _pdf_file(objects: list[bytes]) -> bytes:
+    """Objects 1..n (1 the catalog), their xref table and trailer."""
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -51,30 +89,44 @@ def minimal_pdf(text: str) -> bytes:
 def infer_bytes(
     url: str, model: str, inputs: dict[str, bytes], output: str, timeout: float = 120.0
 ) -> bytes:
-    """One inference over Triton's HTTP API with BYTES tensors sent as binary data.
+    """One document through a batched model (a batch of one, shape [1, 1]): its output row."""
+    (row,) = infer_rows(
+        url, model, {name: [data] for name, data in inputs.items()}, output, timeout
+    )
+    return row
+
+
+def infer_rows(
+    url: str, model: str, inputs: dict[str, list[bytes]], output: str, timeout: float = 120.0
+) -> list[bytes]:
+    """One inference of a batch over Triton's HTTP API: each input a [B, 1] BYTES tensor sent as
+    binary data (row i of every input is document i), the output's B rows back in order.
 
     The binary-tensor extension carries a PDF's raw bytes, which JSON strings cannot; each
     element is a 4-byte little-endian length and the bytes. Raises RuntimeError with Triton's own
     error message when the server refuses the request.
     """
-    tensors = [(name, struct.pack("<I", len(data)) + data) for name, data in inputs.items()]
+    tensors = [
+        (name, len(rows), b"".join(struct.pack("<I", len(data)) + data for data in rows))
+        for name, rows in inputs.items()
+    ]
     header = json.dumps(
         {
             "inputs": [
                 {
                     "name": name,
-                    "shape": [1],
+                    "shape": [count, 1],
                     "datatype": "BYTES",
                     "parameters": {"binary_data_size": len(blob)},
                 }
-                for name, blob in tensors
+                for name, count, blob in tensors
             ],
             "outputs": [{"name": output, "parameters": {"binary_data": False}}],
         }
     ).encode()
     request = urllib.request.Request(
         f"{url}/v2/models/{model}/infer",
-        data=header + b"".join(blob for _, blob in tensors),
+        data=header + b"".join(blob for _, _, blob in tensors),
         headers={
             "Content-Type": "application/octet-stream",
             "Inference-Header-Content-Length": str(len(header)),
@@ -88,7 +140,7 @@ def infer_bytes(
             f"Triton refused the request ({exc.code}): {exc.read().decode()}"
         ) from exc
     (tensor,) = [t for t in body["outputs"] if t["name"] == output]
-    return tensor["data"][0].encode()
+    return [row.encode() for row in tensor["data"]]
 
 
 def free_ports(count: int) -> list[int]:

@@ -129,8 +129,9 @@ def assert_inference_plane_only(edge: str, host: str) -> None:
     assert status == 200 and json.loads(content)["outputs"], content[:300]  # Triton answered
 
 
-INFER = json.dumps({
-    "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["through the edge"]}],
+INFER = json.dumps({  # a batch of one document: the model's inputs are [B, 1]
+    "inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES",
+                "data": ["through the edge"]}],
     "outputs": [{"name": "response"}],
 }).encode()  # fmt: skip
 

@@ -16,7 +16,8 @@ import pytest
 from deploys.gpu_host import cloudflared_node
 from lab.converge import lab_env, pyinfra
 from lab.topology import REPO
-from operations.managed import LOCK, OWED_DIR
+from operations._desired import OWED_DIR
+from operations._lock import LOCK
 from tests.lab import ssh
 
 pytestmark = pytest.mark.lab

@@ -18,7 +18,7 @@ def _deploy_lock_of_its_own(tmp_path_factory, monkeypatch):
     /run/oceanid/deploy.lock: a test that runs pyinfra inside the test process holds its lock
     for as long as that process lives, and would refuse every later `pyinfra @local` run of
     the session (the lock's holder, the test process, is still there). Subprocesses inherit it."""
-    from operations.managed import LOCK_ENV
+    from operations._lock import LOCK_ENV
 
     folder = tmp_path_factory.mktemp("deploy-lock")
     monkeypatch.setenv(LOCK_ENV, str(folder / "deploy.lock"))

@@ -89,7 +89,7 @@ def _repo(
 ) -> Run:
     """signed_repository on a host whose keyring holds `installed` and whose sources file
     holds `sources` (None: missing)."""
-    manifest = DesiredState(name="gpu host calypso", read=[keyring, sources_list])
+    desired = DesiredState(name="gpu host calypso", read=[keyring, sources_list])
     paths = {
         sources_list: None if sources is None else file_state(ManagedFile(sources_list, sources)),
         keyring: None if installed is None else file_state(ManagedFile(keyring, installed)),
@@ -97,7 +97,7 @@ def _repo(
     contents = {keyring: installed, sources_list: sources}
     return run_op(
         apt_repo.signed_repository,
-        manifest,
+        desired,
         key_url=key_url,
         fingerprint=key.fingerprint,
         keyring=keyring,
@@ -192,11 +192,11 @@ def test_changed_sources_with_the_pinned_key_rewrite_only_the_sources(keys) -> N
 
 
 def test_a_keyring_the_fact_does_not_read_is_refused(keys) -> None:
-    manifest = DesiredState(name="gpu host calypso", read=[KEYRING])  # the sources file is not read
+    desired = DesiredState(name="gpu host calypso", read=[KEYRING])  # the sources file is not read
     with pytest.raises(OperationValueError, match=f"{SOURCES}: add to the `read` list"):
         run_op(
             apt_repo.signed_repository,
-            manifest,
+            desired,
             key_url=KEY_URL,
             fingerprint=keys["pinned"].fingerprint,
             keyring=KEYRING,

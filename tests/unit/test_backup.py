@@ -1,7 +1,8 @@
 """Backups: the app as the deploy renders it (on where the object store is configured), the
 settings and secrets preflight requires, k3s's etcd-snapshot drop-in (read back by the k3s
 stand-in as k3s reads it), the wait script's shell, and the backup an image change takes
-first (deploys/k3s/apps.py `backed_up_first`, on a fake host)."""
+first (operations/k3s.py `backed_up_first`, as deploys/k3s/apps.py sets it up, on a fake
+host)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from deploys.k3s import apps as k3s_apps
 from deploys.k3s import config as k3s_config
 from deploys.k3s import node
 from facts.managed import ManagedState
-from operations import managed
+from operations import _desired
+from operations import k3s as k3s_ops
 from operations.managed import DesiredState
 from tests.unit.test_cluster_apps import docs, files_of, find, site_for
 from tests.unit.test_k3s_config import _standin
@@ -232,7 +234,7 @@ def test_the_wait_scripts_are_shell_and_never_carry_a_secret(data, lab_secrets, 
 
 
 def _before_upgrade(data, values, tmp_path, running: str | None):
-    managed._STATE_CACHE.clear()  # each call is a pyinfra run of its own
+    _desired.STATE_CACHE.clear()  # each call is a pyinfra run of its own
     site, settings = site_for(data, values, tmp_path)
     role = DesiredState(name="k3s server tethys")
     k3s_apps.add_to(role, site, settings)
@@ -240,8 +242,9 @@ def _before_upgrade(data, values, tmp_path, running: str | None):
         **managed_state(),
         "probes": {k3s_apps.LABEL_STUDIO_IMAGE: [running] if running else []},
     }
+    backup_args = k3s_apps.image_backup(site, settings)
     return run_op(
-        k3s_apps.backed_up_first, role, site, settings, facts={ManagedState: state}, name="tethys"
+        k3s_ops.backed_up_first, role, backup_args, facts={ManagedState: state}, name="tethys"
     )
 
 

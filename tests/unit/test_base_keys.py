@@ -15,7 +15,7 @@ from pyinfra_testing.util import FakeHost, FakeState
 
 from deploys import base
 from facts.managed import ManagedState, PathState
-from operations import managed
+from operations import _desired
 
 KEYS = "/home/oceanid/.ssh/authorized_keys"
 RECORD = base.keys_record("oceanid")
@@ -33,17 +33,17 @@ def plan(*keys: str) -> SimpleNamespace:
 
 @pytest.fixture(autouse=True)
 def _fresh_state_cache():
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
     yield
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
 
 
 def converge(keys: list[str], authorized: bytes | None, record: bytes | None) -> dict:
     """The base's key files (path -> ManagedFile) for the keys declared, on a host whose
     authorized_keys and key record are as given."""
-    managed._STATE_CACHE.clear()  # each converge is a run of its own
+    _desired.STATE_CACHE.clear()  # each converge is a run of its own
     host_plan = plan(*keys)
-    manifest = base.manifest(host_plan)
+    desired = base.declare(host_plan)
     present = {}
     for path, content in ((KEYS, authorized), (RECORD, record)):
         if content is not None:
@@ -61,7 +61,7 @@ def converge(keys: list[str], authorized: bytes | None, record: bytes | None) ->
     host = FakeHost(FakeState(), "calypso", facts={}, data={})
     host.get_fact = lambda cls, *a, **k: {ManagedState: state}[cls]  # type: ignore[method-assign]
     with ctx_state.use(FakeState()), ctx_host.use(host):
-        files = {f.path: f for f in base.authorized_keys(host_plan, manifest)}
+        files = {f.path: f for f in base.authorized_keys(host_plan, desired)}
     return files
 
 

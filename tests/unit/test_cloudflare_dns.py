@@ -116,28 +116,21 @@ def standin(start_standin) -> Standin:
 
 
 def wanted(gpu_hosts: dict[str, str] | None = None) -> list[cf.DesiredRecord]:
-    return cf.desired_records(BASE, CLUSTER, {"gpu": NODE} if gpu_hosts is None else gpu_hosts)
-
-
-# -- desired state --------------------------------------------------------------------------------
-
-
-def test_desired_records_are_proxied_cnames_to_each_hosts_own_tunnel():
-    records = cf.desired_records(BASE, CLUSTER, {"gpu": NODE, "gpu2.boathou.se": NODE2})
-    assert [(r.name, r.type, r.content, r.proxied, r.ttl) for r in records] == [
-        ("label.boathou.se", "CNAME", target(CLUSTER), True, 1),
-        ("gpu.boathou.se", "CNAME", target(NODE), True, 1),
-        ("gpu2.boathou.se", "CNAME", target(NODE2), True, 1),
+    """label.<base> on the cluster tunnel, then each GPU label's name on its own tunnel, as
+    deploys/dns makes them from a site (tests/unit/test_public_names.py)."""
+    hosts = {"label": CLUSTER, **({"gpu": NODE} if gpu_hosts is None else gpu_hosts)}
+    return [
+        cf.DesiredRecord(f"{name}.{BASE}", cf.tunnel_target(tid)) for name, tid in hosts.items()
     ]
 
 
-def test_two_hosts_on_one_tunnel_are_refused():
-    with pytest.raises(cf.CloudflareError, match="same tunnel"):
-        cf.desired_records(BASE, CLUSTER, {"gpu": NODE, "gpu2": NODE})
-    with pytest.raises(cf.CloudflareError, match="not a tunnel UUID"):
-        cf.desired_records(BASE, CLUSTER, {"gpu": "calypso"})
-    with pytest.raises(cf.CloudflareError, match="not a valid name under boathou.se"):
-        cf.desired_records(BASE, CLUSTER, {"gpu.example.com": NODE})
+def apply(client: cloudflare.Cloudflare, plan: cf.Plan) -> list[str]:
+    """A DNS plan's writes, as the operation makes them (`apply_routes`, no tunnel to set)."""
+    access = cf.CloudflareAccess(api_token=TOKEN, account_id=ACCOUNT, zone_id=plan.zone_id)
+    return cf.apply_routes(client, access, cf.RoutesPlan(plan))
+
+
+# -- desired state --------------------------------------------------------------------------------
 
 
 def test_desired_ingress_ends_in_catch_all():
@@ -154,7 +147,7 @@ def test_create_then_second_run_changes_nothing(standin: Standin):
     client = standin.client()
     first = cf.plan(client, ZONE, wanted())
     assert [a.kind for a in first.actions] == ["create", "create"]
-    cf.apply(client, ZONE, first)
+    apply(client, first)
 
     for name, tunnel in (("label.boathou.se", CLUSTER), ("gpu.boathou.se", NODE)):
         (record,) = standin.records(name)
@@ -170,7 +163,7 @@ def test_create_then_second_run_changes_nothing(standin: Standin):
     second = cf.plan(client, ZONE, wanted())
     assert second.changes == ()
     assert [a.kind for a in second.actions] == ["adopt", "adopt"]
-    cf.apply(client, ZONE, second)
+    apply(client, second)
     assert len(standin.writes()) == writes_before
 
 
@@ -181,7 +174,7 @@ def test_matching_record_is_adopted_unchanged(start_standin):
     client = standin.client()
     result = cf.plan(client, ZONE, wanted())
     assert [a.kind for a in result.actions] == ["adopt", "adopt"]
-    cf.apply(client, ZONE, result)
+    apply(client, result)
     assert standin.writes() == []
     assert standin.records("gpu.boathou.se")[0]["comment"] is None  # adopted, not re-labelled
 
@@ -196,7 +189,7 @@ def test_conflict_stops_before_any_write_and_names_everything(start_standin):
             access.client(),
             access,
             wanted(),
-            {CLUSTER: cf.desired_ingress({"label.boathou.se": LABEL_SERVICE})},
+            ingress={CLUSTER: cf.desired_ingress({"label.boathou.se": LABEL_SERVICE})},
         )
     message = str(raised.value)
     assert "gpu.boathou.se" in message
@@ -217,7 +210,7 @@ def test_cname_to_elsewhere_is_a_conflict_and_apply_refuses_it(start_standin):
     assert [c.desired.name for c in result.conflicts] == ["label.boathou.se"]
     assert "CNAME old-lb.example.net" in result.conflicts[0].message()
     with pytest.raises(cf.CloudflareConflictError):
-        cf.apply(client, ZONE, result)
+        apply(client, result)
     assert standin.writes() == []
 
 
@@ -240,7 +233,7 @@ def test_takeover_updates_in_place_and_marks_the_record(start_standin):
         "label.boathou.se": "create",
         "gpu.boathou.se": "update",
     }
-    cf.apply(client, ZONE, result)
+    apply(client, result)
     (after,) = standin.records("gpu.boathou.se")
     assert after["id"] == before["id"]
     assert (after["type"], after["content"], after["proxied"], after["ttl"]) == (
@@ -265,7 +258,7 @@ def test_managed_record_follows_a_recreated_tunnel(start_standin):
     client = standin.client()
     result = cf.plan(client, ZONE, wanted())
     assert {a.desired.name: a.kind for a in result.actions}["gpu.boathou.se"] == "update"
-    cf.apply(client, ZONE, result)
+    apply(client, result)
     assert standin.records("gpu.boathou.se")[0]["content"] == target(NODE)
 
 
@@ -283,7 +276,7 @@ def test_only_a_aaaa_and_cname_are_taken_over(start_standin):
     assert "never overwrites" in gpu and "cannot share its name" in gpu
     assert "add 'gpu.boathou.se' to" not in gpu  # taking it over is not the way out
     with pytest.raises(cf.CloudflareConflictError):
-        cf.apply(client, ZONE, result)
+        apply(client, result)
     assert standin.writes() == []
 
     # Beside a matching CNAME (Cloudflare allows it, resolvers would hide it) it stops too.
@@ -310,7 +303,7 @@ def test_never_deletes(start_standin):
     (conflict,) = result.conflicts
     assert "never deletes" in conflict.message() and "2 records" in conflict.message()
 
-    cf.apply(client, ZONE, cf.plan(client, ZONE, wanted({})))  # label only: no conflict
+    apply(client, cf.plan(client, ZONE, wanted({})))  # label only: no conflict
     assert standin.requests("DELETE") == []
     assert len(standin.records()) == len(records) + 1
 
@@ -373,7 +366,7 @@ def test_unknown_tunnel_is_named(standin: Standin):
 
 def test_a_tunnel_id_that_does_not_exist_names_the_esc_key_it_came_from(standin: Standin):
     access = standin.access()
-    records = cf.desired_records(BASE, OLD, {})  # label.boathou.se on a tunnel that is not there
+    records = [cf.DesiredRecord(f"label.{BASE}", target(OLD))]  # on a tunnel that is not there
     with pytest.raises(cf.CloudflareError) as raised:
         cf.plan_routes(access.client(), access, records, tunnel_keys={OLD: "cloudflareTunnelId"})
     message = str(raised.value)
@@ -395,7 +388,7 @@ def test_a_deleted_tunnel_is_refused_by_name_and_never_routed_to(start_standin):
     assert "\n" not in message
     rules = {CLUSTER: cf.desired_ingress({"label.boathou.se": LABEL_SERVICE})}
     with pytest.raises(cf.CloudflareError, match="oceanid-cluster .* was deleted"):
-        cf.plan_routes(access.client(), access, wanted({}), rules, tunnel_keys=keys)
+        cf.plan_routes(access.client(), access, wanted({}), ingress=rules, tunnel_keys=keys)
     with pytest.raises(cf.CloudflareError, match="was deleted"):  # smoke asks the same way
         cf.tunnel_status(access.client(), ACCOUNT, CLUSTER)
     assert standin.writes() == []
@@ -495,11 +488,11 @@ def test_operation_dry_run_shows_changes_and_makes_none(standin: Standin, caplog
     assert TOKEN not in caplog.text
 
 
-def test_single_purpose_operations(standin: Standin):
+def test_routes_with_records_alone_or_ingress_alone(standin: Standin):
     state = _pyinfra_state()
-    add_op(state, cf_ops.dns_records, access=standin.access(), records=wanted({}))
+    add_op(state, cf_ops.routes, access=standin.access(), records=wanted({}))
     rules = cf.desired_ingress({"gpu2.boathou.se": "http://localhost:8000"})
-    add_op(state, cf_ops.tunnel_ingress, access=standin.access(), tunnel_id=NODE2, ingress=rules)
+    add_op(state, cf_ops.routes, access=standin.access(), ingress={NODE2: rules})
     _execute(state)
     assert [r["name"] for r in standin.records()] == ["label.boathou.se"]
     assert standin.state.data["tunnels"][NODE2]["config"]["ingress"] == rules
@@ -668,7 +661,7 @@ def test_rate_limit_is_retried_after_retry_after(standin: Standin):
     standin.fault(method="POST", path="/dns_records", status=429, code=971, retry_after=1, times=1)
     client = standin.client()
     started = time.monotonic()
-    cf.apply(client, ZONE, cf.plan(client, ZONE, wanted()))
+    apply(client, cf.plan(client, ZONE, wanted()))
     assert time.monotonic() - started >= 0.9  # waited as told
     assert len(standin.requests("POST", "/dns_records")) == 3  # one refused, two creates
     assert len(standin.records()) == 2
@@ -679,7 +672,7 @@ def test_rate_limit_that_persists_says_what_was_done(standin: Standin, monkeypat
     standin.fault(method="POST", path="/dns_records", skip=1, times=99, retry_after=1)
     client = standin.client()
     with pytest.raises(cf.CloudflareError) as raised:
-        cf.apply(client, ZONE, cf.plan(client, ZONE, wanted()))
+        apply(client, cf.plan(client, ZONE, wanted()))
     message = str(raised.value)
     assert "create CNAME gpu.boathou.se" in message and "HTTP 429" in message
     assert "asks to wait 1 s (Retry-After)" in message
@@ -711,7 +704,7 @@ def test_create_whose_answer_was_lost_is_not_an_error(standin: Standin):
     standin.fault(method="POST", path="/dns_records", status=502, code=10002, times=1,
                   after_apply=True, message="Bad gateway")  # fmt: skip
     client = standin.client()
-    cf.apply(client, ZONE, cf.plan(client, ZONE, wanted({})))
+    apply(client, cf.plan(client, ZONE, wanted({})))
     assert len(standin.records("label.boathou.se")) == 1
     assert len(standin.requests("POST", "/dns_records")) == 2
 
@@ -802,7 +795,7 @@ def test_standin_runs_standalone(tmp_path: Path):
         assert line.startswith("listening on http://127.0.0.1:")
         url = line.removeprefix("listening on ")
         client = cf.make_client(TOKEN, url)
-        cf.apply(client, ZONE, cf.plan(client, ZONE, wanted()))
+        apply(client, cf.plan(client, ZONE, wanted()))
         saved = state_file.read_text()
         assert target(NODE) in saved and TOKEN not in saved
     finally:
@@ -815,7 +808,7 @@ def test_standin_runs_standalone(tmp_path: Path):
 ROUTES_DEPLOY = """
 import os
 
-from oceanid.cloudflare_dns import CloudflareAccess, desired_records
+from oceanid.cloudflare_dns import CloudflareAccess, DesiredRecord, tunnel_target
 from operations import cloudflare
 
 cloudflare.routes(
@@ -824,7 +817,7 @@ cloudflare.routes(
         api_token=os.environ["CF_TEST_TOKEN"], account_id={account!r}, zone_id={zone!r},
         base_url={url!r},
     ),
-    records=desired_records({base!r}, {cluster!r}, {{}}),
+    records=[DesiredRecord("label." + {base!r}, tunnel_target({cluster!r}))],
 )
 """
 

@@ -50,14 +50,14 @@ def test_unit_is_notify_typed_and_restarts_on_failure(make_plan, shape) -> None:
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_exec_start_as_rendered_connects_and_signals_ready(make_plan, shape, tmp_path) -> None:
     plan = make_plan(shape=shape)
-    manifest = DesiredState(name="gpu host calypso")
-    cloudflared_node.add_to(manifest, plan)
-    unit_text = manifest.file(cloudflared_node.UNIT_FILE).content.decode()
+    desired = DesiredState(name="gpu host calypso")
+    cloudflared_node.add_to(desired, plan)
+    unit_text = desired.file(cloudflared_node.UNIT_FILE).content.decode()
     argv = shlex.split(_service_section(unit_text)["ExecStart"])
     assert argv[0] == cloudflared_node.BINARY
 
     folder = cloudflared_node.CONFIG_DIR + "/"
-    for managed in manifest.files:
+    for managed in desired.files:
         if managed.path.startswith(folder):
             target = tmp_path / managed.path.removeprefix(folder)
             text = managed.content.decode().replace(folder, f"{tmp_path}/")

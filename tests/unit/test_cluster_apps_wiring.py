@@ -25,7 +25,7 @@ from deploys.gpu_host import cloudflared_node
 from deploys.k3s import server
 from facts.cloudflared import CloudflaredReady
 from facts.managed import ManagedState, PathState, empty_state, script
-from operations import managed
+from operations import _desired, _diff, managed
 from operations.managed import DesiredState
 from tests.unit import test_k3s_roles, test_k3s_site_plan
 from tests.unit.test_cluster_apps import COMBINATIONS, files_of, with_credential_shapes
@@ -53,7 +53,7 @@ def _text(commands) -> str:
 
 def test_the_first_server_carries_every_app_file_and_writes_it(k3s_site) -> None:
     site = k3s_site()
-    role = server.manifest(site.hosts["tethys"], site)[0]
+    role = server.declare(site.hosts["tethys"], site).desired
     wanted = [f.path for f in cluster_apps.manifest_files(site, site.hosts["tethys"].settings)]
     assert LABEL_STUDIO in wanted and SECRET in wanted
     assert set(wanted) <= {f.path for f in role.files}
@@ -125,7 +125,7 @@ def test_label_studio_switched_off_keeps_its_data(k3s_site, data) -> None:
 def _diff_plan(site, old_site, caplog, monkeypatch) -> str:
     """The --diff output of a plan of `site` over hosts converged with `old_site`, whose
     old files are read back as the fact reads them (non-secret text, secret line hashes)."""
-    old_role = server.manifest(old_site.hosts["tethys"], old_site)[0]
+    old_role = server.declare(old_site.hosts["tethys"], old_site).desired
 
     def facts(host_name, _site):
         found = _converged(host_name, old_site)
@@ -133,7 +133,7 @@ def _diff_plan(site, old_site, caplog, monkeypatch) -> str:
             state = found[ManagedState]
             state["peeks"] = {f.path: f.content for f in old_role.files if not f.secret}
             state["line_hashes"] = {
-                f.path: [managed._line_hash(line) for line in f.content.decode().splitlines()]
+                f.path: [_diff.line_hash(line) for line in f.content.decode().splitlines()]
                 for f in old_role.files
                 if f.secret
             }
@@ -185,19 +185,19 @@ def test_the_fact_reads_a_secret_file_as_salted_line_hashes_only(tmp_path) -> No
     old = b"kind: Secret\nstringData:\n  A: old-value-1234\n  B: same\n"
     path = tmp_path / "secret.yaml"
     path.write_bytes(old)
-    text = script(lines=(str(path),), salt=managed._SALT)
+    text = script(lines=(str(path),), salt=_diff.SALT)
     done = subprocess.run(["sh", "-s"], input=text, capture_output=True, text=True, check=True)
     assert "old-value-1234" not in done.stdout
     assert "b2xkLXZhbHVl" not in done.stdout  # nor its base64
     hashes = ManagedState().process(done.stdout.splitlines())["line_hashes"][str(path)]
-    assert hashes == [managed._line_hash(line) for line in old.decode().splitlines()]
+    assert hashes == [_diff.line_hash(line) for line in old.decode().splitlines()]
     new = managed.ManagedFile(
         "/x",
         old.replace(b"old-value-1234", b"new"),
         secret=True,
         line_keys=(("ns/s: A", 2, 3), ("ns/s: B", 3, 4)),
     )
-    assert managed.secret_changes(new, hashes) == "; keys: ns/s: A changes"
+    assert _diff.secret_changes(new, hashes) == "; keys: ns/s: A changes"
 
 
 HOST_CONNECTOR = "6b3c1c2e-3f4a-4e43-9d1c-1d5b0f3d8a11"
@@ -210,12 +210,12 @@ def test_the_host_connector_follows_node_tunnel_mode(make_site, mode) -> None:
     enabled and started again."""
     site = make_site(cluster_apps={**_apps(mode)})
     plan = site.hosts["calypso"]
-    manifest = DesiredState(name="gpu host calypso")
-    inputs = cloudflared_node.add_to(manifest, plan)
-    paths = {d.path: PathState("directory", "0755", "root", "root") for d in manifest.directories}
-    for f in manifest.files:
+    desired = DesiredState(name="gpu host calypso")
+    inputs = cloudflared_node.add_to(desired, plan)
+    paths = {d.path: PathState("directory", "0755", "root", "root") for d in desired.directories}
+    for f in desired.files:
         paths[f.path] = PathState("file", f.mode.zfill(4), f.user, f.group, f.sha256)
-    for b in manifest.binaries:
+    for b in desired.binaries:
         paths[b.path] = PathState("file", "0755", "root", "root", b.sha256["amd64"])
     running = {"enabled": "enabled", "active": "active"}
     stopped = {"enabled": "disabled", "active": "inactive"}
@@ -225,7 +225,7 @@ def test_the_host_connector_follows_node_tunnel_mode(make_site, mode) -> None:
             **empty_state(),
             "arch": "amd64",
             "paths": paths,
-            "record": (json.dumps(manifest.declared(), indent=1, sort_keys=True) + "\n").encode(),
+            "record": (json.dumps(desired.declared(), indent=1, sort_keys=True) + "\n").encode(),
             "units": {cloudflared_node.UNIT: unit},
         },
         CloudflaredReady: {"status": 200, "ready_connections": 4, "connector_id": HOST_CONNECTOR},
@@ -235,14 +235,14 @@ def test_the_host_connector_follows_node_tunnel_mode(make_site, mode) -> None:
     state.current_deploy_filename = __file__
     state.current_op_file_number = 0
     state.set_stage(StateStage.Prepare)
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
     pyinfra.is_cli = True
     (host,) = list(inventory)
     host.get_fact = lambda cls, *a, **k: facts[cls]  # type: ignore[method-assign]
     state.activate_host(host)
     with ctx_state.use(state), ctx_host.use(host):
-        cloudflared_node.deploy(manifest, inputs, plan)
-        cloudflared_node.hand_over(manifest, plan, site)
+        cloudflared_node.deploy(desired, inputs, plan)
+        cloudflared_node.hand_over(desired, plan, site)
         commands = []
         for op_hash in state.get_op_order():
             host.current_op_hash = op_hash
@@ -304,4 +304,4 @@ def test_the_k3s_standin_accepts_every_rendered_file(
 
 def test_sha256_helper_is_not_the_line_hash() -> None:
     """A line hash is salted: it is not the plain SHA-256 a table could reverse."""
-    assert managed._line_hash("x") != hashlib.sha256(b"x").hexdigest()
+    assert _diff.line_hash("x") != hashlib.sha256(b"x").hexdigest()

@@ -29,7 +29,7 @@ from operations import managed
 from operations.managed import ManagedFile, DesiredState
 
 owner = dict(user={user!r}, group={group!r})
-manifest = DesiredState(
+desired = DesiredState(
     name="diff secrets test",
     files=[
         ManagedFile({secret!r}, {new_secret!r}.encode(), mode="0600", secret=True,
@@ -37,7 +37,7 @@ manifest = DesiredState(
         ManagedFile({plain!r}, {new_plain!r}.encode(), mode="0644", **owner),
     ],
 )
-managed.files(name="Connector files", manifest=manifest)
+managed.files(name="Connector files", desired=desired)
 """
 
 

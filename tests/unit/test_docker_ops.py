@@ -29,8 +29,8 @@ from pyinfra_testing.util import FakeState
 from deploys import gpu_host
 from deploys.gpu_host import docker, ml_backend, triton
 from facts.managed import Account, ManagedState, PathState, empty_state, script
+from operations import _desired
 from operations import docker as docker_ops
-from operations import managed
 from operations.managed import DesiredState, ManagedFile
 from tests.unit.test_gpu_rendering import make_plan  # noqa: F401 - a fixture
 from tests.unit.test_operations import (
@@ -50,9 +50,9 @@ BY_DIGEST = f"{TAGGED}@{DIGEST}"
 
 @pytest.fixture(autouse=True)
 def _fresh_state_cache():
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
     yield
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
 
 
 def _state(probes: dict[str, list[str]] | None = None, **kwargs) -> dict:
@@ -70,23 +70,23 @@ def _inspected(image: str, line: str) -> dict[str, list[str]]:
 def test_the_probes_run_in_the_roles_one_read(tmp_path) -> None:
     """The role's fact script, run for real: what it reads of Docker comes back as the
     operations read it (a fake docker has the image loaded; a fake dockerd is installed)."""
-    manifest = DesiredState(name="gpu host calypso")
-    docker_ops.probe_image(manifest, IMAGE_ID)
-    docker_ops.probe_image(manifest, TAGGED)  # not on disk
-    docker_ops.probe_engine(manifest)
+    desired = DesiredState(name="gpu host calypso")
+    docker_ops.probe_image(desired, IMAGE_ID)
+    docker_ops.probe_image(desired, TAGGED)  # not on disk
+    docker_ops.probe_engine(desired)
     env = _fake_docker(tmp_path, holds="")
     (tmp_path / "loaded").write_text(f'{IMAGE_ID} ["nvcr.io/nvidia/tritonserver@{DIGEST}"]\n')
     (tmp_path / "bin" / "dockerd").write_text("#!/bin/sh\n")
     (tmp_path / "bin" / "dockerd").chmod(0o755)
     with ctx_state.use(FakeState()):
-        stdin = script(**manifest.fact_args(), **manifest.script_args())
+        stdin = script(**desired.fact_args(), **desired.script_args())
     done = subprocess.run(["sh"], input=stdin, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     facts = {ManagedState: ManagedState().process(done.stdout.splitlines())}
     with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with(facts)):
-        assert docker_ops.on_disk(manifest, IMAGE_ID) == IMAGE_ID
-        assert docker_ops.on_disk(manifest, TAGGED) is None
-        assert docker_ops.engine(manifest) == f"{tmp_path}/bin/dockerd"
+        assert docker_ops.on_disk(desired, IMAGE_ID) == IMAGE_ID
+        assert docker_ops.on_disk(desired, TAGGED) is None
+        assert docker_ops.engine(desired) == f"{tmp_path}/bin/dockerd"
 
 
 @pytest.mark.parametrize(
@@ -94,28 +94,28 @@ def test_the_probes_run_in_the_roles_one_read(tmp_path) -> None:
     [(["-"], None), ([], None), (["/usr/bin/dockerd"], "/usr/bin/dockerd")],
 )
 def test_an_existing_docker_is_found_by_its_daemon(line, found) -> None:
-    manifest = DesiredState(name="gpu host calypso")
-    docker_ops.probe_engine(manifest)
+    desired = DesiredState(name="gpu host calypso")
+    docker_ops.probe_engine(desired)
     facts = {ManagedState: _state({docker_ops.ENGINE_PROBE: line})}
     with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with(facts)):
-        assert docker_ops.engine(manifest) == found
+        assert docker_ops.engine(desired) == found
 
 
 # ---- image: present before the unit starts, never pulled by it
 
 
 def _image_run(image: str, line: str, archive: tuple[str, str] | None = None, **kwargs):
-    manifest = DesiredState(name="gpu host calypso")
-    docker_ops.probe_image(manifest, image)
+    desired = DesiredState(name="gpu host calypso")
+    docker_ops.probe_image(desired, image)
     url, sha256 = archive or (None, None)
     return run_op(
         docker_ops.image,
-        manifest,
+        desired,
         image,
-        url,
-        sha256,
-        "triton_image",
-        "triton_image_archive",
+        archive_url=url,
+        archive_sha256=sha256,
+        setting="triton_image",
+        archive_setting="triton_image_archive",
         facts={ManagedState: _state(_inspected(image, line))},
         **kwargs,
     )
@@ -142,9 +142,16 @@ def test_an_image_on_disk_as_pinned_is_a_noop(image, line) -> None:
 PULL = f"timeout -k {docker_ops.PULL_KILL_AFTER} {docker_ops.PULL_WAIT} docker pull"
 
 
+def pulled(image: str) -> str:
+    """The pull, in the background of a wait that says what it waits for (test_progress)."""
+    from tests.unit.test_progress import watched
+
+    return watched(f"{PULL} {image}", f"docker pull {image}", docker_ops.PULL_WAIT)
+
+
 def test_an_image_without_an_archive_is_pulled_then_checked() -> None:
     run = _image_run(BY_DIGEST, "-")
-    assert run.strings[0].startswith(f"{PULL} {BY_DIGEST} ||")
+    assert run.strings[0].startswith(f"{pulled(BY_DIGEST)} ||")
     assert f"grep -qF @{DIGEST} ||" in run.strings[1]
     assert shell_syntax_errors(run.commands) == []
 
@@ -153,7 +160,7 @@ def test_an_image_on_disk_under_another_digest_is_pulled() -> None:
     """The tag is there, but not the pinned build: the digest decides."""
     other = "sha256:" + "e2" * 32
     run = _image_run(BY_DIGEST, f'{IMAGE_ID} ["nvcr.io/nvidia/tritonserver@{other}"]')
-    assert run.strings[0].startswith(f"{PULL} {BY_DIGEST} ||")
+    assert run.strings[0].startswith(f"{pulled(BY_DIGEST)} ||")
 
 
 def test_an_image_id_without_archive_is_refused_in_one_line(caplog) -> None:
@@ -344,12 +351,12 @@ OPERATOR = {
 
 
 def _daemon_run(current: bytes | None, record: bytes | None = None):
-    managed._STATE_CACHE.clear()  # each call is a run of its own
-    manifest = DesiredState(name="gpu host calypso", read=[DAEMON])
+    _desired.STATE_CACHE.clear()  # each call is a run of its own
+    desired = DesiredState(name="gpu host calypso", read=[DAEMON])
     paths = {} if current is None else {DAEMON: file_state(ManagedFile(DAEMON, current))}
     state = {**_state(paths=paths, contents={DAEMON: current}), "record": record}
     run = run_op(
-        docker_ops.daemon_json, manifest, DAEMON, docker.RUNTIMES, facts={ManagedState: state}
+        docker_ops.daemon_json, desired, DAEMON, docker.RUNTIMES, facts={ManagedState: state}
     )
     uploads = [c.src.getvalue() for c in run.raw if isinstance(c, FileUploadCommand)]
     return run, uploads
@@ -410,11 +417,11 @@ def test_a_daemon_json_an_older_deploy_wrote_whole_is_written_again_after_the_sw
 
 
 def _restart(plan, packages: dict, current: bytes | None) -> bool:
-    manifest = DesiredState(name="gpu host calypso")
-    docker.add_to(manifest, plan)
+    desired = DesiredState(name="gpu host calypso")
+    docker.add_to(desired, plan)
     state = _state(packages=packages, contents={DAEMON: current})
     with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with({ManagedState: state})):
-        return docker.restart_needed(manifest, plan)
+        return docker.restart_needed(desired, plan)
 
 
 MERGED = json.dumps({"runtimes": docker.RUNTIMES}).encode()
@@ -442,19 +449,19 @@ def test_docker_restarts_exactly_when_the_toolkit_or_daemon_json_change(
 
 def test_without_a_gpu_docker_gets_no_nvidia_runtime_nor_restart(make_plan) -> None:  # noqa: F811
     plan = make_plan(gpu={"require_gpu": False, "gpus": None})
-    manifest = DesiredState(name="gpu host calypso")
-    docker.add_to(manifest, plan)
-    assert manifest.packages == [] and manifest.read == []
-    assert manifest.probes == {docker_ops.ENGINE_PROBE: "command -v dockerd || echo -"}
+    desired = DesiredState(name="gpu host calypso")
+    docker.add_to(desired, plan)
+    assert desired.packages == [] and desired.read == []
+    assert desired.probes == {docker_ops.ENGINE_PROBE: "command -v dockerd || echo -"}
     assert _restart(plan, {}, None) is False
 
 
 def test_with_a_gpu_the_role_reads_daemon_json_and_the_toolkit(make_plan) -> None:  # noqa: F811
-    manifest = DesiredState(name="gpu host calypso")
-    docker.add_to(manifest, make_plan())
-    assert manifest.packages == docker.CONTAINER_PACKAGES
-    assert DAEMON in manifest.read
-    assert DAEMON not in [f.path for f in manifest.files]  # merged by its operation, not replaced
+    desired = DesiredState(name="gpu host calypso")
+    docker.add_to(desired, make_plan())
+    assert desired.packages == docker.CONTAINER_PACKAGES
+    assert DAEMON in desired.read
+    assert DAEMON not in [f.path for f in desired.files]  # merged by its operation, not replaced
 
 
 # ---- the whole GPU host role, planned as a run plans it: order, and a second converge
@@ -463,7 +470,7 @@ def test_with_a_gpu_the_role_reads_daemon_json_and_the_toolkit(make_plan) -> Non
 def _plan_role(plan, state_value: dict) -> list[tuple[str, list[str]]]:
     """Queue deploys/gpu_host for calypso on a real pyinfra State; [(op name, commands)]."""
     inventory = Inventory((["calypso"], {}), gpu_hosts=(["calypso"], {}))
-    managed._STATE_CACHE.clear()  # a pyinfra run of its own
+    _desired.STATE_CACHE.clear()  # a pyinfra run of its own
     state = State(inventory, Config())
     state.current_deploy_filename = __file__
     state.current_op_file_number = 0
@@ -472,7 +479,7 @@ def _plan_role(plan, state_value: dict) -> list[tuple[str, list[str]]]:
     host.get_fact = lambda cls, *args, **kwargs: {ManagedState: state_value}[cls]
     state.activate_host(host)
     with ctx_state.use(state), ctx_host.use(host):
-        gpu_host.deploy(plan)
+        gpu_host.deploy(plan, gpu_host.declare(plan))
     assert state.failed_hosts == set()
     order = []
     for op_hash in state.get_op_order():
@@ -513,7 +520,7 @@ def test_a_fresh_gpu_host_gets_docker_the_toolkit_a_restart_then_the_image_then_
     assert commands["Docker"][0] == "systemctl daemon-reload"
     assert commands["Docker"][-1].startswith("timeout 150 systemctl restart docker.service")
     image = plan.settings.triton_image
-    assert commands["Triton's image"][0].startswith(f"{PULL} {image} ||")
+    assert commands["Triton's image"][0].startswith(f"{pulled(image)} ||")
     assert any(text.startswith("docker run --rm --network host -v /opt/triton/venvs/")
                and f":/opt/oceanid/env {image} sh -c" in text
                for text in commands["Triton's Python environment"])  # fmt: skip
@@ -528,7 +535,7 @@ def test_an_existing_docker_is_used_not_replaced(make_plan) -> None:  # noqa: F8
 
 def _converged(plan, archive_state: dict) -> dict:
     """The role's fact on the lab's Docker host after a first converge."""
-    role = gpu_host.declare(plan).manifest
+    role = gpu_host.declare(plan).desired
     paths: dict = {
         d.path: PathState("directory", d.mode, d.user, d.group) for d in role.directories
     }

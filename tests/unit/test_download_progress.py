@@ -1,5 +1,6 @@
 """Long steps say how they go (issue 23): a download prints its size and time once done (on
-stdout, which pyinfra shows with -v), run here by the real curl against a loopback server."""
+stdout, which a plain run shows: progress.Shown), run here by the real curl against a loopback
+server. The bytes so far as it goes: tests/unit/test_progress.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from functools import partial
 
 import pytest
 
-from operations import managed
+from operations import _shell, managed
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -29,7 +30,7 @@ def test_a_download_says_how_much_came_and_how_fast(tmp_path):
         binary = managed.ManagedBinary(
             str(tmp_path / "tool"), url, "1", {"amd64": hashlib.sha256(payload).hexdigest()}
         )
-        first = next(managed._download_commands(binary, url, binary.sha256["amd64"]))
+        first = next(_shell.download_commands(binary, url, binary.sha256["amd64"]))
         done = subprocess.run(
             ["sh", "-c", first.get_raw_value()], capture_output=True, text=True, timeout=60
         )

@@ -88,8 +88,8 @@ def _secret_fragments(plan: HostPlan, credential_text: str) -> list[str]:
 def test_cloudflared_config_and_unit_for_each_credential_shape(make_plan, lab_secrets, shape):
     plan = make_plan(shape=shape)
     tunnel_id = lab_secrets["cloudflareNodeTunnelId"]
-    manifest = DesiredState(name="gpu host calypso")
-    inputs = cloudflared_node.add_to(manifest, plan)
+    desired = DesiredState(name="gpu host calypso")
+    inputs = cloudflared_node.add_to(desired, plan)
 
     token_shape = shape == "token"
     credential_path = (
@@ -97,7 +97,7 @@ def test_cloudflared_config_and_unit_for_each_credential_shape(make_plan, lab_se
     )
     assert inputs == ["/usr/local/bin/cloudflared", "/etc/cloudflared/config.yaml", credential_path]
 
-    config_text = manifest.file("/etc/cloudflared/config.yaml").content.decode()
+    config_text = desired.file("/etc/cloudflared/config.yaml").content.decode()
     config = yaml.safe_load(config_text)
     assert config["tunnel"] == tunnel_id
     assert config["no-autoupdate"] is True
@@ -118,7 +118,7 @@ def test_cloudflared_config_and_unit_for_each_credential_shape(make_plan, lab_se
     else:
         assert config["credentials-file"] == credential_path
 
-    unit = manifest.file(cloudflared_node.UNIT_FILE).content.decode()
+    unit = desired.file(cloudflared_node.UNIT_FILE).content.decode()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     argv = shlex.split(exec_start.removeprefix("ExecStart="))
     assert argv[:4] == [
@@ -131,7 +131,7 @@ def test_cloudflared_config_and_unit_for_each_credential_shape(make_plan, lab_se
     assert argv[6:] == (["--token-file", "/etc/cloudflared/token"] if token_shape else [])
     assert "Description=Cloudflare Tunnel node connector for gpu.boathou.se" in unit
 
-    credential = manifest.file(credential_path)
+    credential = desired.file(credential_path)
     assert (credential.mode, credential.user, credential.group) == ("0600", "root", "root")
     assert credential.secret is True
     if token_shape:
@@ -150,29 +150,29 @@ def test_cloudflared_config_and_unit_for_each_credential_shape(make_plan, lab_se
 
     credential_text = SHAPES[shape](lab_secrets["cloudflareAccountId"], tunnel_id)
     fragments = _secret_fragments(plan, credential_text)
-    for managed in manifest.files:
+    for managed in desired.files:
         if managed.secret:
             continue
         text = managed.content.decode()
         for fragment in fragments:
             assert fragment not in text, f"{managed.path} holds the credential"
-    assert [f.path for f in manifest.files if f.secret] == [credential_path]
+    assert [f.path for f in desired.files if f.secret] == [credential_path]
     for fragment in fragments:
-        assert fragment not in repr(manifest) and fragment not in repr(plan)
+        assert fragment not in repr(desired) and fragment not in repr(plan)
 
 
 def test_cloudflared_binary_is_the_pinned_one(make_plan):
     plan = make_plan()
-    manifest = DesiredState(name="gpu host calypso")
-    cloudflared_node.add_to(manifest, plan)
-    [binary] = manifest.binaries
+    desired = DesiredState(name="gpu host calypso")
+    cloudflared_node.add_to(desired, plan)
+    [binary] = desired.binaries
     assert binary.path == "/usr/local/bin/cloudflared"
     assert binary.pin("amd64") == (
         "https://github.com/cloudflare/cloudflared/releases/download/2025.8.1/"
         "cloudflared-linux-amd64",
         "a66353004197ee4c1fcb68549203824882bba62378ad4d00d234bdb8251f1114",
     )
-    assert manifest.units == ["cloudflared-node.service"]
+    assert desired.units == ["cloudflared-node.service"]
 
 
 def test_cloudflared_ingress_follows_public_name_port_and_settings(make_plan, data):
@@ -414,25 +414,26 @@ def test_the_host_runtimes_stamp_does_not_follow_the_image(make_plan, data):
 
 def test_triton_add_to_declares_models_stamp_and_unit(make_plan):
     plan = make_plan()
-    manifest = DesiredState(name="gpu host calypso")
-    restart_on, by_model = triton.add_to(manifest, plan)
+    desired = DesiredState(name="gpu host calypso")
+    declared = triton.add_to(desired, plan)
+    restart_on, by_model = declared.restart_on, declared.by_model
     # the container runtime restarts when the models' environment pins change
     assert restart_on == [triton.MODEL_REQUIREMENTS]
     assert set(by_model) == {"docling_granite_python"}
-    paths = {f.path for f in manifest.files}
+    paths = {f.path for f in desired.files}
     assert "/opt/triton/models/docling_granite_python/config.pbtxt" in paths
     assert "/opt/triton/models/docling_granite_python/1/model.py" in paths
-    assert triton.STAMP in manifest.read and triton.MODELS in manifest.trees
-    assert manifest.file(triton.UNIT_FILE).content.decode() == triton.container_unit(plan)
-    wheel = manifest.file(triton.WHEEL_REQUIREMENTS).content.decode()
+    assert triton.STAMP in desired.read and triton.MODELS in desired.trees
+    assert desired.file(triton.UNIT_FILE).content.decode() == triton.container_unit(plan)
+    wheel = desired.file(triton.WHEEL_REQUIREMENTS).content.decode()
     assert wheel.startswith("nvidia-pytriton==0.7.0 --hash=sha256:21f063ff93bb426d")
     # the image is read in the role's one fact; Docker itself is the Docker role's, and the
     # environment is built by the image, not by the host's python3-venv
     image = plan.settings.triton_image
-    assert manifest.probes == {
+    assert desired.probes == {
         f"docker image {image}": f"{docker_ops.INSPECT} {image} 2>/dev/null || echo -"
     }
-    assert manifest.packages == []
+    assert desired.packages == []
 
 
 def test_renamed_model_folder_is_refused_by_name(tmp_path):
@@ -469,21 +470,21 @@ def test_http_service_environment_is_only_in_the_0600_env_file(make_plan):
             },
         }
     )
-    manifest = DesiredState(name="gpu host calypso")
-    inputs = http_service.add_to(manifest, plan)
+    desired = DesiredState(name="gpu host calypso")
+    inputs = http_service.add_to(desired, plan)
     assert inputs == [http_service.ENV_FILE]
 
-    env = manifest.file(http_service.ENV_FILE)
+    env = desired.file(http_service.ENV_FILE)
     assert (env.mode, env.user, env.group, env.secret) == ("0600", "root", "root", True)
     assert env.content.decode() == f"HF_TOKEN={HF_TOKEN}\nMODEL=granite\n"
 
-    unit = manifest.file(http_service.UNIT_FILE).content.decode()
+    unit = desired.file(http_service.UNIT_FILE).content.decode()
     assert HF_TOKEN not in unit and "granite\n" not in unit.replace("docling-granite", "")
     argv = _exec_start(unit)
     assert argv[argv.index("--env-file") + 1] == http_service.ENV_FILE
     assert argv[argv.index("-p") + 1] == "127.0.0.1:8080:8080"
     assert argv[-1] == "ghcr.io/example/docling-granite:1.0"
-    for managed in manifest.files:
+    for managed in desired.files:
         if not managed.secret:
             assert HF_TOKEN.encode() not in managed.content
 
@@ -500,12 +501,12 @@ def test_http_service_image_is_on_disk_before_start_and_gpus_only_where_required
             "service": {"kind": "http", "image": image, "port": 8080},
         }
     )
-    manifest = DesiredState(name="gpu host calypso")
-    http_service.add_to(manifest, plan)
-    unit = manifest.file(http_service.UNIT_FILE).content.decode()
+    desired = DesiredState(name="gpu host calypso")
+    http_service.add_to(desired, plan)
+    unit = desired.file(http_service.UNIT_FILE).content.decode()
     assert "docker pull" not in unit
-    assert f"docker image {image}" in manifest.probes
-    assert manifest.packages == []  # Docker is the Docker role's: an existing one is kept
+    assert f"docker image {image}" in desired.probes
+    assert desired.packages == []  # Docker is the Docker role's: an existing one is kept
     argv = _exec_start(unit)
     if require_gpu:
         assert argv[argv.index("--gpus") + 1] == '"device=1"'
@@ -515,14 +516,14 @@ def test_http_service_image_is_on_disk_before_start_and_gpus_only_where_required
 
 def test_host_runtime_restarts_for_new_wheel_or_model_pins(make_plan):
     plan = make_plan(gpu={"service": {"kind": "triton", "runtime": "host", "port": 8000}})
-    restart_on, _ = triton.add_to(DesiredState(name="gpu host calypso"), plan)
+    restart_on = triton.add_to(DesiredState(name="gpu host calypso"), plan).restart_on
     assert restart_on == [triton.WHEEL_REQUIREMENTS, triton.MODEL_REQUIREMENTS]
 
 
 def test_nvidia_sources_list_is_written_only_by_the_verified_repository_step(make_plan):
     """The sources list is no managed file (which would be written before the key is
     checked); the role reads it and the keyring each run for the repository step."""
-    manifest = DesiredState(name="gpu host calypso")
-    docker.add_to(manifest, make_plan())
-    assert docker.NVIDIA_SOURCES not in [f.path for f in manifest.files]
-    assert {docker.NVIDIA_KEYRING, docker.NVIDIA_SOURCES} <= set(manifest.read)
+    desired = DesiredState(name="gpu host calypso")
+    docker.add_to(desired, make_plan())
+    assert docker.NVIDIA_SOURCES not in [f.path for f in desired.files]
+    assert {docker.NVIDIA_KEYRING, docker.NVIDIA_SOURCES} <= set(desired.read)

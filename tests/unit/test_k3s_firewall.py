@@ -40,9 +40,9 @@ def lab_site(make_site, data):  # noqa: F811 (the fixture imported above)
 
 
 def _rules(site, host: str = "tethys") -> str:
-    role = server.manifest(site.hosts[host], site)[0] if host == "tethys" else None
-    role = role or agent.manifest(site.hosts[host], site)[0]
-    return role.file(firewall.RULES).content.decode()
+    plan = site.hosts[host]
+    role = server.declare(plan, site) if host == "tethys" else agent.declare(plan, site)
+    return role.desired.file(firewall.RULES).content.decode()
 
 
 def test_k3s_ports_are_dropped_for_everyone_but_nodes_loopback_and_pods() -> None:
@@ -109,8 +109,10 @@ def test_the_api_endpoints_port_is_dropped_only_with_the_balancer(lab_site) -> N
 
 def test_every_node_declares_nftables_the_checked_file_and_the_boot_unit(lab_site) -> None:
     site = lab_site()
-    tethys, inputs, before_start = server.manifest(site.hosts["tethys"], site)
-    styx, agent_inputs = agent.manifest(site.hosts["styx"], site)
+    declared = server.declare(site.hosts["tethys"], site)
+    joining = agent.declare(site.hosts["styx"], site)
+    tethys, inputs, before_start = declared.desired, declared.inputs, declared.before_start
+    styx, agent_inputs = joining.desired, joining.inputs
     for role, restarts in ((tethys, inputs), (styx, agent_inputs)):
         assert firewall.PACKAGE in role.packages and firewall.UNIT in role.units
         rules = role.file(firewall.RULES)

@@ -12,8 +12,8 @@ from pyinfra.api.exceptions import FactProcessError
 
 from facts.k3s import API_UNAVAILABLE_MARKER, K3sAddons
 from facts.managed import ManagedState
+from operations import _desired
 from operations import k3s as k3s_ops
-from operations import managed
 from operations.managed import DesiredState, ManagedFile
 from tests.unit.test_operations import (
     assert_refused,
@@ -32,7 +32,7 @@ OLD = hashlib.sha256(b"old\n").hexdigest()
 def _applied(on_host: dict[str, bytes | None], addons: dict[str, str] | None, *, unreadable=False):
     """Plan manifests_applied over APP and SECRETS: `on_host` path -> the content the host
     has (None: absent), `addons` name -> the checksum its Addon holds (None: API down)."""
-    managed._STATE_CACHE.clear()  # each call is a pyinfra run of its own
+    _desired.STATE_CACHE.clear()  # each call is a pyinfra run of its own
     role = DesiredState(name="k3s server tethys", files=[APP, SECRETS])
     k3s_ops.probe_addons(role)
     paths = {

@@ -30,8 +30,8 @@ from facts.k3s import (
     K3sInstall,
 )
 from facts.managed import ManagedState, script
+from operations import _desired, managed, services
 from operations import k3s as k3s_ops
-from operations import managed, services
 from operations.managed import DesiredState, ManagedBinary, ManagedFile
 from tests.unit.test_operations import (
     ANSI,
@@ -75,7 +75,7 @@ def _install_lines(**changes) -> list[str]:
 
 def _probed(install: list[str] | None = None, nodes: list[str] | None = None):
     """(a role's DesiredState probing k3s, the facts of a host whose probes print these lines)."""
-    managed._STATE_CACHE.clear()  # each call is a pyinfra run of its own
+    _desired.STATE_CACHE.clear()  # each call is a pyinfra run of its own
     role = DesiredState(name="k3s server tethys")
     k3s_ops.probe_install(role)
     k3s_ops.probe_nodes(role)
@@ -156,9 +156,9 @@ def test_the_role_fact_probes_k3s_in_its_one_run(tmp_path: Path) -> None:
     result = subprocess.run(["sh", "-s"], input=text, env=env, capture_output=True, text=True)
     state = ManagedState().process(result.stdout.splitlines())
     facts = {ManagedState: {**managed_state(), "probes": state["probes"]}}
-    run = run_op(k3s_ops.node_labels, {"calypso": CALYPSO_WANTED}, manifest=role, facts=facts)
+    run = run_op(k3s_ops.node_labels, {"calypso": CALYPSO_WANTED}, desired=role, facts=facts)
     assert len(run.commands) == 3  # calypso was read: labelled now, not at execution
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
     run = run_op(k3s_ops.report, role, facts=facts, name="styx")
     assert run.noop.startswith("k3s: v1.33.4+k3s1; k3s-agent.service active, k3s.service active")
 
@@ -228,7 +228,7 @@ def test_provisioning_off_reports_one_line_and_changes_nothing(caplog) -> None:
 # ---- kernel
 
 
-def _kernel_manifest(changed: bool) -> DesiredState:
+def _kernel_desired(changed: bool) -> DesiredState:
     files = [
         ManagedFile(units.MODULES_FILE, units.modules_load().encode()),
         ManagedFile(units.SYSCTL_FILE, units.sysctl().encode()),
@@ -236,14 +236,14 @@ def _kernel_manifest(changed: bool) -> DesiredState:
     paths = {f.path: file_state(f) for f in files}
     if changed:
         paths[units.SYSCTL_FILE] = None
-    manifest = DesiredState(name="k3s agent styx", files=files)
-    managed._STATE_CACHE.clear()
-    return manifest, managed_state(paths=paths)
+    desired = DesiredState(name="k3s agent styx", files=files)
+    _desired.STATE_CACHE.clear()
+    return desired, managed_state(paths=paths)
 
 
 def _kernel(changed: bool):
-    manifest, state = _kernel_manifest(changed)
-    args = (manifest, units.MODULES_FILE, units.SYSCTL_FILE, list(units.MODULES))
+    desired, state = _kernel_desired(changed)
+    args = (desired, units.MODULES_FILE, units.SYSCTL_FILE, list(units.MODULES))
     return run_op(k3s_ops.kernel, *args, facts={ManagedState: state})
 
 
@@ -303,11 +303,11 @@ def test_an_agent_waits_for_the_servers_ping_and_gives_up_in_one_line(tmp_path, 
 
 
 def test_the_generated_token_is_copied_only_to_a_node_without_one() -> None:
-    run = run_op(k3s_ops.join_token, "/etc/rancher/k3s/token", "tethys", True, facts={})
+    run = run_op(k3s_ops.join_token, "/etc/rancher/k3s/token", "tethys", present=True, facts={})
     assert run.commands == [] and run.noop == (
         f"/etc/rancher/k3s/token holds the token copied from tethys's {SERVER_TOKEN}"
     )
-    run = run_op(k3s_ops.join_token, "/etc/rancher/k3s/token", "tethys", False, facts={})
+    run = run_op(k3s_ops.join_token, "/etc/rancher/k3s/token", "tethys", present=False, facts={})
     assert len(run.raw) == 1 and isinstance(run.raw[0], FunctionCommand)
     assert run.raw[0].function is k3s_ops._copy_token
 
@@ -337,7 +337,7 @@ def _nodes_fact(*raw: dict) -> list[str]:
 def _labels(wanted, nodes: list[str] | None, name: str = "calypso"):
     """node_labels on the first server, whose role's fact read `nodes` (the probe's lines)."""
     role, facts = _probed(nodes=nodes)
-    return run_op(k3s_ops.node_labels, wanted, manifest=role, facts=facts, name=name)
+    return run_op(k3s_ops.node_labels, wanted, desired=role, facts=facts, name=name)
 
 
 CALYPSO_WANTED = {
@@ -470,7 +470,7 @@ UNIT_FILE = ManagedFile(f"/etc/systemd/system/{UNIT}", b"[Service]\nExecStart=k3
 
 
 def _upgrade(installed_sha: str | None, active: str = "active"):
-    manifest = DesiredState(
+    desired = DesiredState(
         name="k3s server tethys", binaries=[K3S], files=[UNIT_FILE], units=[UNIT]
     )
     binary_state = (
@@ -482,12 +482,12 @@ def _upgrade(installed_sha: str | None, active: str = "active"):
         paths={K3S.path: binary_state, UNIT_FILE.path: file_state(UNIT_FILE)},
         units={UNIT: {"enabled": "enabled", "active": active}},
     )
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
     facts = {ManagedState: state}
-    binaries = run_op(managed.binaries, manifest, keep_previous=True, facts=facts)
+    binaries = run_op(managed.binaries, desired, keep_previous=True, facts=facts)
     unit = run_op(
         services.unit,
-        manifest,
+        desired,
         UNIT,
         UNIT_FILE.path,
         [K3S.path],
@@ -530,17 +530,17 @@ def test_an_unhealthy_upgrade_is_rolled_back_and_fails_the_run(tmp_path, monkeyp
     binary = ManagedBinary(
         str(target), "http://m/{version}", "v2", {"amd64": hashlib.sha256(new).hexdigest()}
     )
-    manifest = DesiredState(name="k3s server tethys", binaries=[binary], units=[UNIT])
+    desired = DesiredState(name="k3s server tethys", binaries=[binary], units=[UNIT])
     state = managed_state(
         paths={binary.path: file_state(ManagedFile(binary.path, old, mode="0755"))},
         units={UNIT: {"enabled": "enabled", "active": "active"}},
     )
     facts = {ManagedState: state}
-    binaries = run_op(managed.binaries, manifest, keep_previous=True, facts=facts)
+    binaries = run_op(managed.binaries, desired, keep_previous=True, facts=facts)
     health = f"grep -q {'new' if healthy else 'never'} {shlex.quote(str(target))}"
     unit = run_op(
         services.unit,
-        manifest,
+        desired,
         UNIT,
         None,
         [binary.path],
@@ -659,9 +659,9 @@ def test_an_agent_is_never_given_the_server_token(tmp_path, monkeypatch) -> None
 
 def test_the_agent_secret_is_made_on_the_first_server_once(tmp_path) -> None:
     path = tmp_path / "agent-token"
-    run = run_op(k3s_ops.agent_secret, str(path), True, facts={})
+    run = run_op(k3s_ops.agent_secret, str(path), present=True, facts={})
     assert run.commands == [] and run.noop == f"{path} holds the cluster's agent secret"
-    run = run_op(k3s_ops.agent_secret, str(path), False, facts={})
+    run = run_op(k3s_ops.agent_secret, str(path), present=False, facts={})
     assert len(run.strings) == 1
     done = subprocess.run(["sh", "-c", run.strings[0]], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""

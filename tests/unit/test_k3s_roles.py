@@ -54,8 +54,8 @@ def _document(role_manifest) -> dict:
 
 def test_first_server_starts_the_cluster_and_agents_join_through_the_endpoint(make_site) -> None:
     site = make_site()
-    tethys, _, _ = server.manifest(site.hosts["tethys"], site)
-    styx, _ = agent.manifest(site.hosts["styx"], site)
+    tethys = server.declare(site.hosts["tethys"], site).desired
+    styx = agent.declare(site.hosts["styx"], site).desired
     first, joining = _document(tethys), _document(styx)
     assert first["cluster-init"] is True and "server" not in first
     assert joining["server"] == "https://tethys:7443"  # HAProxy on the first server
@@ -67,16 +67,17 @@ def test_first_server_starts_the_cluster_and_agents_join_through_the_endpoint(ma
 
 def test_without_the_balancer_agents_use_the_first_servers_api(make_site) -> None:
     site = make_site(lb=False)
-    styx, _ = agent.manifest(site.hosts["styx"], site)
+    styx = agent.declare(site.hosts["styx"], site).desired
     assert _document(styx)["server"] == "https://tethys:6443"
-    tethys, _, _ = server.manifest(site.hosts["tethys"], site)
+    tethys = server.declare(site.hosts["tethys"], site).desired
     assert endpoint.CONFIG not in [f.path for f in tethys.files]
     assert "haproxy" not in tethys.packages
 
 
 def test_the_token_file_holds_the_secret_only_0600_and_restarts_k3s(make_site, lab_secrets):
     site = make_site()
-    role, inputs = server.manifest(site.hosts["tethys"], site)[:2]
+    declared = server.declare(site.hosts["tethys"], site)
+    role, inputs = declared.desired, declared.inputs
     token = role.file(config.TOKEN_FILE)
     secret = lab_secrets["k3s_token"].split("::server:")[1]
     assert token.content == f"{secret}\n".encode()
@@ -93,7 +94,8 @@ def test_the_server_token_never_reaches_an_agent(make_site, lab_secrets) -> None
     site = make_site(agent_token="k3s-agent-secret-0123456789abcdef")
     secret = lab_secrets["k3s_token"].split("::server:")[1]
     for name in ("styx", "calypso"):
-        role, inputs = agent.manifest(site.hosts[name], site)
+        declared = agent.declare(site.hosts[name], site)
+        role, inputs = declared.desired, declared.inputs
         assert config.TOKEN_FILE not in [f.path for f in role.files] + inputs
         assert config.AGENT_TOKEN_FILE not in [f.path for f in role.files]
         for managed in role.files:
@@ -112,7 +114,8 @@ def test_the_server_token_never_reaches_an_agent(make_site, lab_secrets) -> None
 def test_esc_agent_token_is_every_servers_agent_token_file(make_site, esc) -> None:
     site = make_site({"tethys": {SERVERS}, "nereid": {SERVERS}, "styx": {AGENTS}}, agent_token=esc)
     for name in ("tethys", "nereid"):
-        role, inputs, _ = server.manifest(site.hosts[name], site)
+        declared = server.declare(site.hosts[name], site)
+        role, inputs = declared.desired, declared.inputs
         written = role.file(config.AGENT_TOKEN_FILE)
         assert written.content == b"k3s-agent-secret-0123456789abcdef\n"  # the secret alone
         assert (written.mode, written.user, written.secret) == ("0600", "root", True)
@@ -122,7 +125,8 @@ def test_esc_agent_token_is_every_servers_agent_token_file(make_site, esc) -> No
 
 def test_without_esc_agent_token_no_server_declares_one(make_site) -> None:
     site = make_site()  # the first server generates it, the others copy it (execution)
-    role, inputs, _ = server.manifest(site.hosts["tethys"], site)
+    declared = server.declare(site.hosts["tethys"], site)
+    role, inputs = declared.desired, declared.inputs
     assert config.AGENT_TOKEN_FILE not in [f.path for f in role.files] + inputs
     assert _document(role)["agent-token-file"] == config.AGENT_TOKEN_FILE
 
@@ -149,8 +153,9 @@ def test_preflight_refuses_an_agent_token_agents_must_not_hold(
 
 def test_without_k3s_token_the_first_server_generates_it_and_no_node_has_a_file(make_site):
     site = make_site(token=False)
-    tethys, inputs, _ = server.manifest(site.hosts["tethys"], site)
-    styx, _ = agent.manifest(site.hosts["styx"], site)
+    declared = server.declare(site.hosts["tethys"], site)
+    tethys, inputs = declared.desired, declared.inputs
+    styx = agent.declare(site.hosts["styx"], site).desired
     assert "token-file" not in _document(tethys)  # k3s generates the cluster's token
     assert _document(styx)["token-file"] == config.TOKEN_FILE  # copied from the server
     for role in (tethys, styx):
@@ -161,7 +166,9 @@ def test_without_k3s_token_the_first_server_generates_it_and_no_node_has_a_file(
 def test_a_second_server_is_one_inventory_line(make_site) -> None:
     site = make_site({"tethys": {SERVERS}, "nereid": {SERVERS}, "styx": {AGENTS}})
     assert [p.name for p in cluster.servers(site)] == ["tethys", "nereid"]
-    nereid, _, _ = server.manifest(site.hosts["nereid"], site)
+    assert site.first_server is site.hosts["tethys"]  # the inventory's first: it starts it
+    assert not site.is_first_server(site.hosts["nereid"])
+    nereid = server.declare(site.hosts["nereid"], site).desired
     document = _document(nereid)
     assert document["server"] == "https://tethys:7443" and "cluster-init" not in document
     assert document["token-file"] == config.TOKEN_FILE
@@ -175,7 +182,7 @@ def test_a_second_server_is_one_inventory_line(make_site) -> None:
 
 def test_haproxy_is_checked_before_it_replaces_its_config_and_is_plain_tcp(make_site) -> None:
     site = make_site()
-    tethys, _, _ = server.manifest(site.hosts["tethys"], site)
+    tethys = server.declare(site.hosts["tethys"], site).desired
     cfg = tethys.file(endpoint.CONFIG)
     assert cfg.validate == "haproxy -c -q -f {path}"
     assert "haproxy" in tethys.packages and endpoint.UNIT in tethys.units
@@ -196,7 +203,7 @@ def test_node_data_reaches_config_except_labels_the_kubelet_refuses(make_site, d
         }
     }
     site = make_site()
-    role = agent.manifest(site.hosts["styx"], site)[0]
+    role = agent.declare(site.hosts["styx"], site).desired
     document = _document(role)
     assert document["node-ip"] == "10.77.0.12" and document["flannel-iface"] == "host0"
     assert "node-label" not in document  # in the drop-in beside it, read by k3s after it
@@ -215,7 +222,8 @@ def test_a_label_or_taint_edit_restarts_no_k3s(make_site, data) -> None:
     next starts (node-label patched onto the node, pkg/agent/run.go; node-taint at a
     registration)."""
     site = make_site()
-    before, inputs = agent.manifest(site.hosts["calypso"], site)
+    declared = agent.declare(site.hosts["calypso"], site)
+    before, inputs = declared.desired, declared.inputs
     assert yaml.safe_load(before.file(config.LABELS_FILE).content) == {
         "node-label": ["oceanid.cluster/tunnel-enabled=true"],
         "node-taint": ["workload-type=gpu-compute:NoSchedule"],
@@ -224,7 +232,7 @@ def test_a_label_or_taint_edit_restarts_no_k3s(make_site, data) -> None:
     data["hosts"]["calypso"]["k3s"]["labels"]["oceanid.cluster/x"] = "y"
     data["hosts"]["calypso"]["k3s"]["taints"].append("dedicated:NoExecute")
     site = make_site()
-    after, _ = agent.manifest(site.hosts["calypso"], site)
+    after = agent.declare(site.hosts["calypso"], site).desired
     changed = {f.path for f in after.files if f.content != before.file(f.path).content}
     assert changed == {config.LABELS_FILE}
 
@@ -243,7 +251,7 @@ def test_the_pinned_k3s_ships_the_nvidia_runtime_class_so_the_deploy_writes_none
     of ours would make two Addons claim the one object."""
     site = make_site()  # group_data as shipped: calypso require_gpu True, k3s v1.33.4+k3s1
     assert cluster.gpu_agents(site)
-    tethys, _, _ = server.manifest(site.hosts["tethys"], site)
+    tethys = server.declare(site.hosts["tethys"], site).desired
     assert server.RUNTIME_CLASS_FILE not in [f.path for f in tethys.files]
     assert not [f for f in tethys.files if b"kind: RuntimeClass" in f.content]
 
@@ -266,7 +274,8 @@ def test_which_k3s_versions_ship_the_runtime_class(version, ships):
 def test_a_k3s_without_its_own_runtime_class_gets_the_deploys(make_site, data):
     data["k3s"] = {**data["k3s"], "version": "v1.28.4+k3s2"}
     site = make_site()
-    tethys, _, before_start = server.manifest(site.hosts["tethys"], site)
+    declared = server.declare(site.hosts["tethys"], site)
+    tethys, before_start = declared.desired, declared.before_start
     runtime_class = tethys.file(server.RUNTIME_CLASS_FILE)
     assert runtime_class.path not in before_start  # its folder exists once k3s ran
     assert yaml.safe_load(runtime_class.content) == {
@@ -281,14 +290,15 @@ def test_without_a_required_gpu_there_is_no_runtime_class(make_site, data) -> No
     data["hosts"]["calypso"]["gpu"]["require_gpu"] = False
     data["k3s"] = {**data["k3s"], "version": "v1.28.4+k3s2"}
     site = make_site()
-    tethys, _, _ = server.manifest(site.hosts["tethys"], site)
+    tethys = server.declare(site.hosts["tethys"], site).desired
     assert server.RUNTIME_CLASS_FILE not in [f.path for f in tethys.files]
 
 
 def test_units_binary_and_kernel_files_are_the_roles(make_site) -> None:
     site = make_site()
-    tethys, inputs, _ = server.manifest(site.hosts["tethys"], site)
-    styx, _ = agent.manifest(site.hosts["styx"], site)
+    declared = server.declare(site.hosts["tethys"], site)
+    tethys, inputs = declared.desired, declared.inputs
+    styx = agent.declare(site.hosts["styx"], site).desired
     assert [b.path for b in tethys.binaries] == [units.BINARY]
     assert tethys.binaries[0].version == site.hosts["tethys"].settings.k3s.version
     assert (
@@ -326,9 +336,9 @@ def test_every_nodes_config_is_one_the_k3s_standin_accepts_for_its_role(make_sit
     standin = _standin()
     site = make_site({"tethys": {SERVERS}, "nereid": {SERVERS}, "styx": {AGENTS}})
     for name, role, built in (
-        ("tethys", "server", server.manifest(site.hosts["tethys"], site)[0]),
-        ("nereid", "server", server.manifest(site.hosts["nereid"], site)[0]),
-        ("styx", "agent", agent.manifest(site.hosts["styx"], site)[0]),
+        ("tethys", "server", server.declare(site.hosts["tethys"], site).desired),
+        ("nereid", "server", server.declare(site.hosts["nereid"], site).desired),
+        ("styx", "agent", agent.declare(site.hosts["styx"], site).desired),
     ):
         path = tmp_path / f"{name}.yaml"
         path.write_bytes(built.file(config.CONFIG).content)

@@ -32,7 +32,7 @@ from facts.k3s import API_UNAVAILABLE_MARKER, SERVER_AGENT_TOKEN
 from facts.managed import ManagedState, PathState, empty_state
 from oceanid.model import HostView
 from oceanid.preflight import check
-from operations import managed
+from operations import _desired
 from operations.k3s import INSTALL_PROBE, MANAGED_LABELS, MANAGED_TAINTS, NODES_PROBE
 from tests.unit.conftest import with_node_ips
 
@@ -43,9 +43,9 @@ AGENT_SECRET = "k3s-agent-secret-generated-on-tethys"  # what the first server g
 @pytest.fixture(autouse=True)
 def _cli_mode(monkeypatch):
     monkeypatch.setattr(pyinfra, "is_cli", True)
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
     yield
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
 
 
 @pytest.fixture
@@ -79,9 +79,9 @@ def _converged(host_name: str, site) -> dict:
     """The facts of a node on which the roles already ran."""
     plan = site.hosts[host_name]
     role = (
-        server.manifest(plan, site)[0]
+        server.declare(plan, site).desired
         if "k3s_servers" in plan.roles
-        else agent.manifest(plan, site)[0]
+        else agent.declare(plan, site).desired
     )
     paths: dict = {d.path: PathState("directory", "0755", "root", "root") for d in role.directories}
     for f in role.files:
@@ -165,7 +165,7 @@ def _plan(site, facts_for) -> tuple[State, list[tuple[str, list[str], dict[str, 
         k3s_servers=([n for n, groups in INVENTORY.items() if "k3s_servers" in groups], {}),
         k3s_agents=([n for n, groups in INVENTORY.items() if "k3s_agents" in groups], {}),
     )
-    managed._STATE_CACHE.clear()  # each plan is a pyinfra run of its own
+    _desired.STATE_CACHE.clear()  # each plan is a pyinfra run of its own
     state = State(inventory, Config())
     state.current_deploy_filename = __file__
     state.current_op_file_number = 0
@@ -175,7 +175,8 @@ def _plan(site, facts_for) -> tuple[State, list[tuple[str, list[str], dict[str, 
         host.get_fact = _counting(host.name, facts)  # type: ignore[method-assign]
         state.activate_host(host)
         with ctx_state.use(state), ctx_host.use(host):
-            k3s.deploy(site.hosts[host.name], site)  # the line deploys/site.py runs
+            plan = site.hosts[host.name]
+            k3s.deploy(plan, site, k3s.declare(plan, site))  # the line deploys/site.py runs
     order = []
     for op_hash in state.get_op_order():
         names = sorted(state.get_op_meta(op_hash).names)

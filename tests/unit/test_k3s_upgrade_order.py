@@ -84,7 +84,15 @@ KEY = "hosts.tethys.k3s.convert_datastore_to_etcd"
 
 def _datastore(line: str, cluster_init: bool = True, convert: bool = False):
     role, facts = _probed(install=[*_install_lines(), line])
-    return run_op(k3s_ops.datastore, role, cluster_init, convert, KEY, facts=facts, name="tethys")
+    return run_op(
+        k3s_ops.datastore,
+        role,
+        cluster_init=cluster_init,
+        convert=convert,
+        key=KEY,
+        facts=facts,
+        name="tethys",
+    )
 
 
 def test_a_sqlite_datastore_with_cluster_init_is_refused_naming_host_and_key(caplog) -> None:
@@ -260,7 +268,8 @@ def _failed_while_planning(planned, facts_for, yes: bool) -> list[str]:
         state.activate_host(host)
     for host in inventory:
         with ctx_state.use(state), ctx_host.use(host):
-            k3s.deploy(planned.hosts[host.name], planned)
+            plan = planned.hosts[host.name]
+            k3s.deploy(plan, planned, k3s.declare(plan, planned))
     return sorted(host.name for host in state.failed_hosts)
 
 

@@ -116,15 +116,15 @@ def test_the_lab_inventory_is_read_as_written():
 def test_every_declared_thing_is_in_the_reference_once_with_its_owner_and_mode(lab_site):
     site = lab_site()
     for name, plan in site.hosts.items():
-        manifests = declared(plan, site)
-        ops = host_ops(plan, manifests, "amd64")
+        states = declared(plan, site)
+        ops = host_ops(plan, states, "amd64")
 
-        packages = Counter(p for m in manifests for p in m.packages)
+        packages = Counter(p for m in states for p in m.packages)
         assert Counter(p for k in _of(ops, "apt.packages") for p in k["packages"]) == packages
         assert all(k["no_recommends"] for k in _of(ops, "apt.packages")), name
 
         files = Counter(
-            (f.path, f.content, f.mode, f.user, f.group) for m in manifests for f in m.files
+            (f.path, f.content, f.mode, f.user, f.group) for m in states for f in m.files
         )
         put = _of(ops, "files.put")
         assert (
@@ -133,18 +133,18 @@ def test_every_declared_thing_is_in_the_reference_once_with_its_owner_and_mode(l
         )
 
         directories = Counter(
-            (d.path, d.mode, d.user, d.group) for m in manifests for d in m.directories
+            (d.path, d.mode, d.user, d.group) for m in states for d in m.directories
         )
         made = _of(ops, "files.directory")
         assert Counter((k["path"], k["mode"], k["user"], k["group"]) for k in made) == directories
 
-        binaries = Counter((b.path, *b.pin("amd64"), b.mode) for m in manifests for b in m.binaries)
+        binaries = Counter((b.path, *b.pin("amd64"), b.mode) for m in states for b in m.binaries)
         fetched = _of(ops, "files.download")
         assert (
             Counter((k["dest"], k["src"], k["sha256sum"], k["mode"]) for k in fetched) == binaries
         )
 
-        users = Counter(u for m in manifests for u in m.users)
+        users = Counter(u for m in states for u in m.users)
         accounts = _of(ops, "server.user")
         assert Counter(k["user"] for k in accounts) == users
         for account in accounts:  # as managed.account creates them; home left as it is
@@ -161,12 +161,12 @@ def test_every_declared_thing_is_in_the_reference_once_with_its_owner_and_mode(l
             }
         ]
 
-        units = Counter(u for m in manifests for u in m.units)
+        units = Counter(u for m in states for u in m.units)
         services = _of(ops, "systemd.service")
         assert Counter(k["service"] for k in services) == units
         assert all(k["running"] and k["enabled"] for k in services), name
 
-        with_packages = sum(1 for m in manifests if m.packages)
+        with_packages = sum(1 for m in states if m.packages)
         others = files + directories + binaries + users + units
         assert len(ops) == with_packages + sum(others.values()) + 1, name  # + the SSH keys
         for operation, kwargs in ops:  # arguments pyinfra's operation takes (name: global)
@@ -190,10 +190,10 @@ def test_a_secret_file_reaches_the_reference_only_inside_a_bytesio(lab_site):
     site = lab_site()
     seen = 0
     for plan in site.hosts.values():
-        manifests = declared(plan, site)
-        ops = host_ops(plan, manifests, "amd64")
+        states = declared(plan, site)
+        ops = host_ops(plan, states, "amd64")
         shown = repr(ops)  # what a name, a log line or an error could carry
-        for secret in (f for m in manifests for f in m.files if f.secret):
+        for secret in (f for m in states for f in m.files if f.secret):
             (put,) = [k for k in _of(ops, "files.put") if k["dest"] == secret.path]
             assert isinstance(put["src"], BytesIO)
             assert put["src"].getvalue() == secret.content
@@ -307,8 +307,8 @@ def _tiny(tmp_path) -> DesiredState:
 
 def test_pyinfra_runs_the_reference_operations_and_then_has_nothing_to_do(tmp_path, caplog):
     caplog.set_level(logging.DEBUG, logger="pyinfra")
-    manifest = _tiny(tmp_path)
-    ops = reference_ops([manifest], "amd64")
+    desired = _tiny(tmp_path)
+    ops = reference_ops([desired], "amd64")
     assert [name for name, _ in ops] == [
         "files.directory",
         "files.put",
@@ -320,21 +320,21 @@ def test_pyinfra_runs_the_reference_operations_and_then_has_nothing_to_do(tmp_pa
     assert changes == [True, True, True, True]
     assert not (tmp_path / "etc").exists()
 
-    state, _ = _prepare(reference_ops([manifest], "amd64"))
+    state, _ = _prepare(reference_ops([desired], "amd64"))
     state.set_stage(StateStage.Execute)
     run_ops(state)
     (results,) = state.results.values()
     assert results.error_ops == 0
-    for wanted in [*manifest.directories, *manifest.files]:
+    for wanted in [*desired.directories, *desired.files]:
         path = tmp_path / wanted.path
         assert oct(path.stat().st_mode & 0o777) == oct(int(wanted.mode, 8)), wanted.path
         assert (path.owner(), path.group()) == (wanted.user, wanted.group)
-    for file in manifest.files:
+    for file in desired.files:
         assert (tmp_path / file.path).read_bytes() == file.content
     binary = tmp_path / "bin" / "tool"
-    assert hashlib.sha256(binary.read_bytes()).hexdigest() == manifest.binaries[0].sha256["amd64"]
+    assert hashlib.sha256(binary.read_bytes()).hexdigest() == desired.binaries[0].sha256["amd64"]
     assert oct(binary.stat().st_mode & 0o777) == "0o755"
 
-    _, changes = _prepare(reference_ops([manifest], "amd64"))  # the no-op converge
+    _, changes = _prepare(reference_ops([desired], "amd64"))  # the no-op converge
     assert changes == [False, False, False, False]
     assert "s3cret-t0ken-value" not in caplog.text

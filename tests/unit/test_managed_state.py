@@ -21,7 +21,7 @@ import pytest
 from pyinfra.api.exceptions import FactProcessError
 
 from facts.managed import PEEK_LIMIT, ManagedState, ManagedStates, script, script_together
-from operations.managed import LOCK_ENV
+from operations._lock import LOCK_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = REPO / ".venv" / "bin" / "pyinfra"
@@ -137,7 +137,7 @@ from operations import managed
 from operations.managed import ManagedFile, DesiredState
 
 root = Path({root!r})
-manifest = DesiredState(
+desired = DesiredState(
     name="cli test",
     files=[
         ManagedFile(str(root / name), ("new " + name + "\\n").encode(), user={user!r},
@@ -145,7 +145,7 @@ manifest = DesiredState(
         for name in {names!r}
     ],
 )
-managed.files(name="Odd files", manifest=manifest)
+managed.files(name="Odd files", desired=desired)
 """
 
 
@@ -251,9 +251,9 @@ UNREADABLE = """
 from operations import managed
 from operations.managed import ManagedFile, DesiredState
 
-manifest = DesiredState(name="cli test", files=[ManagedFile({path!r}, b"x\\n")])
-managed.files(name="Files", manifest=manifest)
-managed.sweep(name="Sweep", manifest=manifest)
+desired = DesiredState(name="cli test", files=[ManagedFile({path!r}, b"x\\n")])
+managed.files(name="Files", desired=desired)
+managed.sweep(name="Sweep", desired=desired)
 """
 
 
@@ -338,9 +338,9 @@ from operations.managed import ManagedFile, DesiredState
 first = DesiredState(name="first", files=[ManagedFile({a!r}, b"a\\n")])
 second = DesiredState(name="second", files=[ManagedFile({b!r}, b"b\\n")], units=["x.service"])
 managed.read_together(first, second)
-managed.files(name="First files", manifest=first)
-managed.files(name="Second files", manifest=second)
-managed.sweep(name="Second sweep", manifest=second)
+managed.files(name="First files", desired=first)
+managed.files(name="Second files", desired=second)
+managed.sweep(name="Second sweep", desired=second)
 """
 
 
@@ -536,9 +536,9 @@ SLOW = """
 from operations import managed
 from operations.managed import ManagedFile, DesiredState
 
-manifest = DesiredState(name="slow", files=[ManagedFile({path!r}, {content!r},
+desired = DesiredState(name="slow", files=[ManagedFile({path!r}, {content!r},
                     user={user!r}, group={group!r}, validate={validate!r})])
-managed.files(name="Slow file", manifest=manifest)
+managed.files(name="Slow file", desired=desired)
 """
 
 
@@ -612,14 +612,14 @@ def test_a_dry_run_through_pyinfra_writes_no_lock(tmp_path: Path) -> None:
 # ---- a restart a killed run owed, done by the next run (real pyinfra, real shell)
 
 OWING = """
-from operations import managed, services
+from operations import _desired, managed, services
 from operations.managed import ManagedFile, DesiredState
 
-managed.OWED_DIR = services.OWED_DIR = {owed!r}  # this test's marker folder, not the machine's
+_desired.OWED_DIR = services.OWED_DIR = {owed!r}  # this test's marker folder, not the machine's
 config = ManagedFile({path!r}, {content!r}, user={user!r}, group={group!r})
-manifest = DesiredState(name="owing", files=[config], units=["demo.service"])
-managed.files(name="Demo config", manifest=manifest)
-services.unit(name="Demo", manifest=manifest, unit_name="demo.service", unit_file=None,
+desired = DesiredState(name="owing", files=[config], units=["demo.service"])
+managed.files(name="Demo config", desired=desired)
+services.unit(name="Demo", desired=desired, unit_name="demo.service", unit_file=None,
               inputs=[config.path])
 """
 

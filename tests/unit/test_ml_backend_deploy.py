@@ -16,8 +16,9 @@ from pyinfra.api import FileUploadCommand
 from deploys import dns, gpu_host
 from deploys.gpu_host import cloudflared_node, ml_backend
 from facts.managed import Account, PathState
-from oceanid.ingress import ml_hostname, ml_name, node_ingress
+from oceanid.ingress import node_ingress
 from oceanid.model import HostView
+from oceanid.names import ml_hostname, ml_label
 from oceanid.preflight import PreflightError, check
 from oceanid.settings import GpuService
 from tests.unit.test_docker_ops import _converged, _fresh, _plan_role
@@ -51,7 +52,7 @@ def _password(plan) -> str:
 
 
 def test_the_ml_name_beside_each_gpu_name() -> None:
-    assert [ml_name(n) for n in ("gpu", "gpu2", "gpu17", "vision")] == [
+    assert [ml_label(n) for n in ("gpu", "gpu2", "gpu17", "vision")] == [
         "ml",
         "ml2",
         "ml17",
@@ -89,12 +90,12 @@ def test_dns_gives_the_ml_name_the_gpu_names_tunnel(lab_plan, data) -> None:
 
 def test_the_adapter_listens_on_loopback_and_its_secret_is_only_in_its_0600_file(lab_plan) -> None:
     role = gpu_host.declare(lab_plan)
-    manifest = role.manifest
-    config = json.loads(manifest.file(ml_backend.CONFIG).content)
+    desired = role.desired
+    config = json.loads(desired.file(ml_backend.CONFIG).content)
     assert (config["listen_host"], config["listen_port"]) == ("127.0.0.1", 9090)
     assert config["triton_url"] == "http://127.0.0.1:8000"
     assert config["credentials_file"] == ml_backend.CREDENTIALS
-    credentials = manifest.file(ml_backend.CREDENTIALS)
+    credentials = desired.file(ml_backend.CREDENTIALS)
     assert (credentials.mode, credentials.user, credentials.secret) == (
         "0600",
         ml_backend.USER,
@@ -102,10 +103,10 @@ def test_the_adapter_listens_on_loopback_and_its_secret_is_only_in_its_0600_file
     )
     user, password = lab_plan.ml_backend_auth
     assert json.loads(credentials.content) == {"user": user, "password": password}
-    for f in manifest.files:
+    for f in desired.files:
         if f.path != ml_backend.CREDENTIALS:
             assert password.encode() not in f.content, f.path
-    unit = manifest.file(ml_backend.UNIT_FILE).content.decode()
+    unit = desired.file(ml_backend.UNIT_FILE).content.decode()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert shlex.split(exec_start.removeprefix("ExecStart=")) == [
         "/opt/oceanid-ml-backend/venv/bin/python",
@@ -114,8 +115,8 @@ def test_the_adapter_listens_on_loopback_and_its_secret_is_only_in_its_0600_file
         ml_backend.CONFIG,
     ]
     assert f"User={ml_backend.USER}" in unit and "User=root" not in unit
-    assert manifest.file(ml_backend.CODE).content == (ml_backend.HERE / "adapter.py").read_bytes()
-    assert ml_backend.UNIT in manifest.units and ml_backend.USER in manifest.users
+    assert desired.file(ml_backend.CODE).content == (ml_backend.HERE / "adapter.py").read_bytes()
+    assert ml_backend.UNIT in desired.units and ml_backend.USER in desired.users
     assert role.ml_inputs == [
         ml_backend.CODE,
         ml_backend.CONFIG,
@@ -128,8 +129,8 @@ def test_an_http_gpu_host_runs_no_adapter(make_plan) -> None:  # noqa: F811
     plan = make_plan(gpu={"service": {"kind": "http", "image": "ghcr.io/example/x:1"}})
     role = gpu_host.declare(plan)
     assert role.ml_inputs is None
-    assert all(not f.path.startswith(ml_backend.ROOT) for f in role.manifest.files)
-    assert ml_backend.UNIT not in role.manifest.units
+    assert all(not f.path.startswith(ml_backend.ROOT) for f in role.desired.files)
+    assert ml_backend.UNIT not in role.desired.units
 
 
 def test_every_dependency_is_pinned_by_version_and_hash() -> None:
@@ -227,10 +228,10 @@ def test_the_credentials_file_is_uploaded_never_echoed(lab_plan) -> None:
     from pyinfra.context import ctx_host, ctx_state
 
     from facts.managed import ManagedState
-    from operations import managed
+    from operations import _desired
 
     inventory = Inventory((["calypso"], {}), gpu_hosts=(["calypso"], {}))
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
     state = State(inventory, Config())
     state.current_deploy_filename = __file__
     state.current_op_file_number = 0
@@ -240,7 +241,7 @@ def test_the_credentials_file_is_uploaded_never_echoed(lab_plan) -> None:
     host.get_fact = lambda cls, *args, **kwargs: {ManagedState: fact}[cls]
     state.activate_host(host)
     with ctx_state.use(state), ctx_host.use(host):
-        gpu_host.deploy(lab_plan)
+        gpu_host.deploy(lab_plan, gpu_host.declare(lab_plan))
     password = _password(lab_plan)
     uploaded = []
     for op_hash in state.get_op_order():

@@ -26,11 +26,10 @@ from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import StateStage
 
-from deploys.gpu_host import cloudflared_node
 from facts.cloudflared import CloudflaredReady
 from facts.managed import ManagedState, empty_state
 from oceanid import cloudflare_dns as cf
-from operations import managed
+from operations import _desired, cloudflared
 from operations.managed import DesiredState
 from tests.unit.test_cloudflare_dns import ACCOUNT, NODE, Standin, default_seed, start_standin
 
@@ -132,7 +131,7 @@ def _run(api: Standin, shim: tuple[Path, Path], unit: dict, timeout: float = 5.0
     state.set_stage(StateStage.Connect)
     connect_all(state)
     state.set_stage(StateStage.Prepare)
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
     pyinfra.is_cli = False  # add_op, as an API user calls operations
     (host,) = list(state.inventory)
     facts = {
@@ -142,8 +141,8 @@ def _run(api: Standin, shim: tuple[Path, Path], unit: dict, timeout: float = 5.0
     host.get_fact = lambda cls, *a, **k: facts[cls]  # type: ignore[method-assign]
     (meta,) = add_op(
         state,
-        cloudflared_node.stopped,
-        manifest=DesiredState(name="gpu host"),
+        cloudflared.stopped,
+        desired=DesiredState(name="gpu host"),
         unit_name=UNIT,
         access=api.access(),
         tunnel_id=NODE,

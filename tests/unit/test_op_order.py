@@ -1,4 +1,4 @@
-"""`oceanid.op_order`: the same operation order as pyinfra's, from the frames alone."""
+"""`oceanid.pyinfra_internals`' operation order: the same as pyinfra's, from the frames alone."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api import util as pyinfra_util
 
-from oceanid import op_order
+from oceanid import pyinfra_internals as internals
 
 pyinfra_operation = importlib.import_module("pyinfra.api.operation")
 
@@ -46,7 +46,7 @@ def test_the_order_is_pyinfras_from_any_depth(tmp_path: Path, monkeypatch, cli, 
     path = str(tmp_path / "deploy.py")
     state = _state(path if in_deploy_file else str(tmp_path / "another.py"))
 
-    theirs, ours = pyinfra_util.get_operation_order_from_stack, op_order.order_from_frames
+    theirs, ours = pyinfra_util.get_operation_order_from_stack, internals.order_from_frames
 
     def probe():
         return (theirs(state), ours(state))  # one line, so both see the same line here
@@ -65,13 +65,13 @@ def test_installed_for_the_pinned_pyinfra_only(monkeypatch):
     original = pyinfra_operation.get_operation_order_from_stack
     theirs = pyinfra_util.get_operation_order_from_stack
     try:
-        assert op_order.install() is True
-        assert pyinfra_operation.get_operation_order_from_stack is op_order.order_from_frames
+        assert internals.install_op_order() is True
+        assert pyinfra_operation.get_operation_order_from_stack is internals.order_from_frames
         pyinfra_operation.get_operation_order_from_stack = (
             pyinfra_util.get_operation_order_from_stack
         )
-        monkeypatch.setattr(op_order, "version", lambda _: "3.11.0")
-        assert op_order.install() is False
+        monkeypatch.setattr(internals, "version", lambda _: "3.11.0")
+        assert internals.install_op_order() is False
         assert pyinfra_operation.get_operation_order_from_stack is theirs
     finally:
         pyinfra_operation.get_operation_order_from_stack = original

@@ -45,11 +45,11 @@ from pyinfra_testing.util import FakeHost, FakeState
 
 from facts.gpu import GpuDevices
 from facts.managed import Account, ManagedState, PathState
-from operations import apt_repo, failure, gpu, k3s, managed, services
+from operations import _desired, _lock, _shell, apt_repo, failure, gpu, k3s, managed, services
 from operations import triton as triton_ops
+from operations._lock import RUN_ID
+from operations._shell import STAGING
 from operations.managed import (
-    RUN_ID,
-    STAGING,
     DesiredState,
     ManagedBinary,
     ManagedDirectory,
@@ -84,9 +84,9 @@ def shell_syntax_errors(commands: list[Any]) -> list[str]:
 @pytest.fixture(autouse=True)
 def _fresh_state_cache():
     """`DesiredState.state()` memoises per host and role for a pyinfra run; each test is a run."""
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
     yield
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,11 +97,11 @@ def _with_fresh_cache_and_shell_check(case: type[TestCase]) -> type[TestCase]:
     generated = case._test  # type: ignore[attr-defined]
 
     def _test(self: TestCase, test_name: str, test_data: dict[str, Any]) -> None:
-        managed._STATE_CACHE.clear()
+        _desired.STATE_CACHE.clear()
         try:
             generated(self, test_name, test_data)
         finally:
-            managed._STATE_CACHE.clear()
+            _desired.STATE_CACHE.clear()
         # Reached only when the yielded commands equal the fixture's, so this checks them.
         assert shell_syntax_errors(test_data.get("commands", [])) == []
 
@@ -253,7 +253,7 @@ RUN_STAGING = f"{STAGING}/{RUN_ID}"  # this run's own staging folder
 STAGED_CONFIG = f"{RUN_STAGING}/{CONFIG.sha256[:16]}"
 
 
-def base_manifest(*files: ManagedFile) -> DesiredState:
+def base_desired(*files: ManagedFile) -> DesiredState:
     return DesiredState(name="base calypso", files=list(files or (SUDOERS, CONFIG)))
 
 
@@ -261,20 +261,20 @@ def base_manifest(*files: ManagedFile) -> DesiredState:
 
 
 def test_files_up_to_date_is_a_noop_and_reads_one_fact() -> None:
-    manifest = base_manifest()
-    state = managed_state(paths={f.path: file_state(f) for f in manifest.files})
-    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    desired = base_desired()
+    state = managed_state(paths={f.path: file_state(f) for f in desired.files})
+    run = run_op(managed.files, desired, facts={ManagedState: state})
     assert run.commands == []
     assert run.noop == "2 file(s) of base calypso are up to date"
-    assert run.facts == [(ManagedState, manifest.fact_args())]
+    assert run.facts == [(ManagedState, desired.fact_args())]
 
 
 def test_changed_file_is_staged_copied_owned_and_renamed() -> None:
-    manifest = base_manifest()
+    desired = base_desired()
     state = managed_state(
         paths={SUDOERS.path: file_state(SUDOERS), CONFIG.path: file_state(CONFIG, sha256="0" * 64)}
     )
-    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    run = run_op(managed.files, desired, facts={ManagedState: state})
     new = "/etc/cloudflared/config.yaml.oceanid-new"
     assert run.commands == [
         {
@@ -293,9 +293,9 @@ def test_changed_file_is_staged_copied_owned_and_renamed() -> None:
 
 
 def test_missing_file_is_created_the_same_way() -> None:
-    manifest = base_manifest(CONFIG)
+    desired = base_desired(CONFIG)
     run = run_op(
-        managed.files, manifest, facts={ManagedState: managed_state(paths={CONFIG.path: None})}
+        managed.files, desired, facts={ManagedState: managed_state(paths={CONFIG.path: None})}
     )
     assert run.commands[1] == {
         "_sudo": False,
@@ -305,9 +305,9 @@ def test_missing_file_is_created_the_same_way() -> None:
 
 
 def test_validate_runs_on_the_new_copy_before_it_replaces_the_old() -> None:
-    manifest = base_manifest(SUDOERS)
+    desired = base_desired(SUDOERS)
     state = managed_state(paths={SUDOERS.path: file_state(SUDOERS, sha256="1" * 64)})
-    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    run = run_op(managed.files, desired, facts={ManagedState: state})
     chain = run.strings[1]
     new = "/etc/sudoers.d/oceanid.oceanid-new"
     steps = [
@@ -324,9 +324,9 @@ def test_validate_runs_on_the_new_copy_before_it_replaces_the_old() -> None:
 
 
 def test_only_attributes_changed_fixes_them_in_place() -> None:
-    manifest = base_manifest(SUDOERS)
+    desired = base_desired(SUDOERS)
     state = managed_state(paths={SUDOERS.path: file_state(SUDOERS, mode="0644", user="oceanid")})
-    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    run = run_op(managed.files, desired, facts={ManagedState: state})
     assert run.commands == [
         "chown root:root /etc/sudoers.d/oceanid",
         "chmod 0440 /etc/sudoers.d/oceanid",
@@ -334,29 +334,29 @@ def test_only_attributes_changed_fixes_them_in_place() -> None:
 
 
 def test_files_paths_narrows_to_the_named_files() -> None:
-    manifest = base_manifest()
+    desired = base_desired()
     state = managed_state(
         paths={SUDOERS.path: file_state(SUDOERS, sha256="1" * 64), CONFIG.path: None}
     )
-    run = run_op(managed.files, manifest, paths=[CONFIG.path], facts={ManagedState: state})
+    run = run_op(managed.files, desired, paths=[CONFIG.path], facts={ManagedState: state})
     assert all("sudoers" not in text for text in run.strings)
     with pytest.raises(OperationValueError, match="/etc/nope is not in manifest base calypso"):
-        run_op(managed.files, manifest, paths=["/etc/nope"], facts={ManagedState: state})
+        run_op(managed.files, desired, paths=["/etc/nope"], facts={ManagedState: state})
 
 
 def test_something_else_where_a_file_belongs_is_refused(caplog) -> None:
-    manifest = base_manifest(CONFIG)
+    desired = base_desired(CONFIG)
     state = managed_state(paths={CONFIG.path: PathState("directory", "0755", "root", "root")})
-    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    run = run_op(managed.files, desired, facts={ManagedState: state})
     assert_refused(run, caplog, "config.yaml exists but is a directory, not a file")
 
 
 def test_a_file_where_a_directory_belongs_is_refused(caplog) -> None:
-    manifest = DesiredState(
+    desired = DesiredState(
         name="gpu host calypso", directories=[ManagedDirectory("/etc/cloudflared")]
     )
     state = managed_state(paths={"/etc/cloudflared": PathState("file", "0644", "root", "root")})
-    run = run_op(managed.directories, manifest, facts={ManagedState: state})
+    run = run_op(managed.directories, desired, facts={ManagedState: state})
     assert_refused(run, caplog, "/etc/cloudflared exists but is a file, not a directory")
 
 
@@ -397,7 +397,7 @@ def test_replace_chain_runs_atomically_and_validate_protects_the_old_file(
         validate="grep -q VALID {path}",
     )
     state = managed_state(paths={rule.path: file_state(rule, sha256="2" * 64)})
-    run = run_op(managed.files, base_manifest(rule), facts={ManagedState: state})
+    run = run_op(managed.files, base_desired(rule), facts={ManagedState: state})
     failed = _execute(run.commands, home)
     staged = home / RUN_STAGING / rule.sha256[:16]
     assert not staged.exists() and not staged.parent.exists()
@@ -417,20 +417,20 @@ def test_replace_chain_runs_atomically_and_validate_protects_the_old_file(
 TUNNEL_SECRET = "c2VjcmV0LXR1bm5lbC1zZWNyZXQtdmFsdWUtMTIzNDU2Nzg5MA=="
 
 
-def _secret_manifest() -> tuple[DesiredState, ManagedFile]:
+def _secret_desired() -> tuple[DesiredState, ManagedFile]:
     credential = ManagedFile(
         "/etc/cloudflared/0b1c6d3e-6f26-4c8a-9e70-5a8d3c1f2a4b.json",
         json.dumps({"TunnelSecret": TUNNEL_SECRET}).encode(),
         mode="0600",
         secret=True,
     )
-    return base_manifest(CONFIG, credential), credential
+    return base_desired(CONFIG, credential), credential
 
 
 def test_secret_content_is_never_in_a_command_or_an_operation_argument() -> None:
-    manifest, credential = _secret_manifest()
+    desired, credential = _secret_desired()
     state = managed_state(paths={CONFIG.path: None, credential.path: None})
-    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    run = run_op(managed.files, desired, facts={ManagedState: state})
     uploads = [
         c["command"] for c in run.commands if isinstance(c, dict) and c["command"][0] == "upload"
     ]
@@ -442,15 +442,15 @@ def test_secret_content_is_never_in_a_command_or_an_operation_argument() -> None
             assert TUNNEL_SECRET not in command.get_raw_value()
             assert TUNNEL_SECRET not in command.get_masked_value()
     # How pyinfra prints an unnamed operation: str() of each argument
-    meta = attach_args(SimpleNamespace(args=[]), (manifest,), {"manifest": manifest})
+    meta = attach_args(SimpleNamespace(args=[]), (desired,), {"desired": desired})
     assert meta.args and all(TUNNEL_SECRET not in arg for arg in meta.args)
-    assert TUNNEL_SECRET not in repr(manifest)
-    assert TUNNEL_SECRET not in repr(manifest.fact_args())
+    assert TUNNEL_SECRET not in repr(desired)
+    assert TUNNEL_SECRET not in repr(desired.fact_args())
 
 
 def test_diff_shows_non_secret_changes_and_hides_secret_ones(caplog) -> None:
-    manifest, credential = _secret_manifest()
-    manifest.read.append(CONFIG.path)
+    desired, credential = _secret_desired()
+    desired.read.append(CONFIG.path)
     state = managed_state(
         paths={
             CONFIG.path: file_state(CONFIG, sha256="3" * 64),
@@ -459,7 +459,7 @@ def test_diff_shows_non_secret_changes_and_hides_secret_ones(caplog) -> None:
         contents={CONFIG.path: b"tunnel: 1\nprotocol: quic\n"},
     )
     with caplog.at_level(logging.INFO, logger="pyinfra"):
-        run_op(managed.files, manifest, diff=True, facts={ManagedState: state})
+        run_op(managed.files, desired, diff=True, facts={ManagedState: state})
     text = ANSI.sub("", caplog.text)
     assert "- protocol: quic" in text
     assert "+ protocol: auto" in text
@@ -468,10 +468,10 @@ def test_diff_shows_non_secret_changes_and_hides_secret_ones(caplog) -> None:
 
 
 def test_without_diff_nothing_is_logged(caplog) -> None:
-    manifest, credential = _secret_manifest()
+    desired, credential = _secret_desired()
     state = managed_state(paths={CONFIG.path: None, credential.path: None})
     with caplog.at_level(logging.INFO, logger="pyinfra"):
-        run_op(managed.files, manifest, facts={ManagedState: state})
+        run_op(managed.files, desired, facts={ManagedState: state})
     assert "protocol" not in caplog.text
     assert "not shown" not in caplog.text
 
@@ -489,8 +489,8 @@ def test_binary_checksum_mismatch_keeps_the_installed_one(tmp_path: Path) -> Non
     binary = ManagedBinary(
         str(target), "https://mirror.example/{version}/{arch}", "1", {"amd64": pin}
     )
-    manifest = DesiredState(name="node", binaries=[binary])
-    run = run_op(managed.binaries, manifest, facts={ManagedState: managed_state()})
+    desired = DesiredState(name="node", binaries=[binary])
+    run = run_op(managed.binaries, desired, facts={ManagedState: managed_state()})
     assert len(run.strings) == 3 and run.strings[0].startswith("curl ")
     assert pin in run.strings[1] and "the installed binary was left in place" in run.strings[1]
     verify_and_rename = run.strings[1:]
@@ -521,7 +521,7 @@ def _unit_run(
     restart=False,
 ):
     """(what `unit` yields, what `actions` decides) for one state of the unit and its files."""
-    manifest = DesiredState(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
+    desired = DesiredState(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
     unit_sha = "5" * 64 if unit_file_changed else UNIT_FILE.sha256
     config_sha = "6" * 64 if input_changed else CONFIG.sha256
     state = managed_state(
@@ -532,10 +532,12 @@ def _unit_run(
         units={UNIT: {"enabled": enabled, "active": active}},
     )
     facts = {ManagedState: state}
-    run = run_op(services.unit, manifest, UNIT, UNIT_FILE.path, [CONFIG.path], restart, facts=facts)
-    managed._STATE_CACHE.clear()
+    run = run_op(
+        services.unit, desired, UNIT, UNIT_FILE.path, [CONFIG.path], restart=restart, facts=facts
+    )
+    _desired.STATE_CACHE.clear()
     with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with(facts)):
-        todo = services.actions(manifest, UNIT, UNIT_FILE.path, [CONFIG.path], restart)
+        todo = services.actions(desired, UNIT, UNIT_FILE.path, [CONFIG.path], restart=restart)
     return run, todo
 
 
@@ -546,8 +548,11 @@ def _fake_host_with(facts: dict[type, Any]) -> _Host:
 
 
 def _alive(verb: str) -> str:
+    from tests.unit.test_progress import watched  # it imports this module
+
+    wait = f"timeout {services.START_WAIT} systemctl {verb} {UNIT}"
     return (
-        f"timeout {services.START_WAIT} systemctl {verb} {UNIT} && sleep 2 && "
+        f"{watched(wait, f'{UNIT} to {verb}', services.START_WAIT)} && sleep 2 && "
         f"systemctl is-active --quiet {UNIT} || "
         f"{{ echo '{UNIT} did not become active within {services.START_WAIT}s or did not stay "
         "active; its last log lines:' >&2; "
@@ -576,18 +581,18 @@ def test_a_change_outside_the_files_restarts_only() -> None:
 
 # ---- a restart owed: the marker written with the file, cleared by the restart
 
-OWED = f"{managed.OWED_DIR}/{UNIT}"
+OWED = f"{_desired.OWED_DIR}/{UNIT}"
 
 
 def test_a_replaced_input_marks_its_unit_owed_before_the_rename() -> None:
     """In the same command that renames the new file over the old: a run killed after it
     leaves the marker; one killed before it has not replaced the file."""
-    manifest = DesiredState(name="gpu host calypso", files=[CONFIG, SUDOERS], units=[UNIT])
-    manifest.reads(UNIT, [UNIT_FILE.path, CONFIG.path])  # what services.unit declares
+    desired = DesiredState(name="gpu host calypso", files=[CONFIG, SUDOERS], units=[UNIT])
+    desired.reads(UNIT, [UNIT_FILE.path, CONFIG.path])  # what services.unit declares
     state = managed_state(paths={CONFIG.path: None, SUDOERS.path: None})
-    run = run_op(managed.files, manifest, facts={ManagedState: state})
+    run = run_op(managed.files, desired, facts={ManagedState: state})
     config_chain = next(s for s in run.strings if f"mv -f {CONFIG.path}.oceanid-new" in s)
-    mark = f"mkdir -p {managed.OWED_DIR} && touch {OWED} && mv -f {CONFIG.path}.oceanid-new"
+    mark = f"mkdir -p {_desired.OWED_DIR} && touch {OWED} && mv -f {CONFIG.path}.oceanid-new"
     assert mark in config_chain
     sudoers_chain = next(s for s in run.strings if "mv -f /etc/sudoers.d/oceanid.oceanid" in s)
     assert "touch" not in sudoers_chain  # no unit reads it: nothing owed
@@ -604,7 +609,7 @@ def test_a_download_that_stalls_is_given_up_and_one_that_moves_is_not(
     import http.server
     import threading
 
-    monkeypatch.setattr(managed, "SLOW_SECONDS", 2)
+    monkeypatch.setattr(_shell, "SLOW_SECONDS", 2)
     body = b"x" * 4096
 
     class Slow(http.server.BaseHTTPRequestHandler):
@@ -628,8 +633,8 @@ def test_a_download_that_stalls_is_given_up_and_one_that_moves_is_not(
     try:
         url = f"http://127.0.0.1:{server.server_port}/{{version}}/{{arch}}"
         binary = ManagedBinary(str(tmp_path / "tool"), url, "1", {"amd64": "a" * 64})
-        manifest = DesiredState(name="gpu host calypso", binaries=[binary])
-        run = run_op(managed.binaries, manifest, facts={ManagedState: managed_state()})
+        desired = DesiredState(name="gpu host calypso", binaries=[binary])
+        run = run_op(managed.binaries, desired, facts={ManagedState: managed_state()})
         download = run.strings[0].replace("--retry 3", "--retry 0")  # one try, timed
         began = time.monotonic()
         done = subprocess.run(["sh", "-c", download], capture_output=True, text=True, timeout=60)
@@ -648,26 +653,26 @@ def test_a_download_that_stalls_is_given_up_and_one_that_moves_is_not(
 def test_a_replaced_binary_marks_its_unit_owed_before_the_rename() -> None:
     binary = ManagedBinary("/usr/local/bin/cloudflared", "https://x/{version}/{arch}", "1",
                            {"amd64": "a" * 64})  # fmt: skip
-    manifest = DesiredState(name="gpu host calypso", binaries=[binary], units=[UNIT])
-    manifest.reads(UNIT, [binary.path])
-    run = run_op(managed.binaries, manifest, facts={ManagedState: managed_state()})
+    desired = DesiredState(name="gpu host calypso", binaries=[binary], units=[UNIT])
+    desired.reads(UNIT, [binary.path])
+    run = run_op(managed.binaries, desired, facts={ManagedState: managed_state()})
     assert run.strings[-1] == (
-        f"chmod 0755 {binary.path}.oceanid-new && mkdir -p {managed.OWED_DIR} && touch {OWED} "
+        f"chmod 0755 {binary.path}.oceanid-new && mkdir -p {_desired.OWED_DIR} && touch {OWED} "
         f"&& mv -f {binary.path}.oceanid-new {binary.path}"
     )
 
 
 def _owed_run(owed: bool, registered: bool = False):
-    managed._STATE_CACHE.clear()  # a run of its own
-    manifest = DesiredState(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
+    _desired.STATE_CACHE.clear()  # a run of its own
+    desired = DesiredState(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
     if registered:
-        manifest.reads(UNIT, [UNIT_FILE.path, CONFIG.path])
+        desired.reads(UNIT, [UNIT_FILE.path, CONFIG.path])
     state = managed_state(
         paths={UNIT_FILE.path: file_state(UNIT_FILE), CONFIG.path: file_state(CONFIG)},
         units={UNIT: {"enabled": "enabled", "active": "active", "owed": owed}},
     )
     return run_op(
-        services.unit, manifest, UNIT, UNIT_FILE.path, [CONFIG.path], facts={ManagedState: state}
+        services.unit, desired, UNIT, UNIT_FILE.path, [CONFIG.path], facts={ManagedState: state}
     )
 
 
@@ -681,14 +686,14 @@ def test_an_owed_restart_is_done_although_the_files_are_in_place() -> None:
 
 
 def test_a_restart_for_a_changed_input_clears_the_marker_the_files_wrote() -> None:
-    manifest = DesiredState(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
-    manifest.reads(UNIT, [UNIT_FILE.path, CONFIG.path])
+    desired = DesiredState(name="gpu host calypso", files=[UNIT_FILE, CONFIG], units=[UNIT])
+    desired.reads(UNIT, [UNIT_FILE.path, CONFIG.path])
     state = managed_state(
         paths={UNIT_FILE.path: file_state(UNIT_FILE), CONFIG.path: file_state(CONFIG, sha256="7")},
         units={UNIT: {"enabled": "enabled", "active": "active", "owed": False}},
     )
     run = run_op(
-        services.unit, manifest, UNIT, UNIT_FILE.path, [CONFIG.path], facts={ManagedState: state}
+        services.unit, desired, UNIT, UNIT_FILE.path, [CONFIG.path], facts={ManagedState: state}
     )
     assert run.commands == [f"{_alive('restart')} && rm -f {OWED}"]
 
@@ -696,7 +701,7 @@ def test_a_restart_for_a_changed_input_clears_the_marker_the_files_wrote() -> No
 def test_the_marker_stays_when_the_restart_fails(tmp_path: Path) -> None:
     """The clearing is part of the restart's command, after its checks: a unit that does
     not come up stays owed to the next run. Run for real, systemctl failing."""
-    command = _owed_run(owed=True).strings[-1].replace(managed.OWED_DIR, str(tmp_path))
+    command = _owed_run(owed=True).strings[-1].replace(_desired.OWED_DIR, str(tmp_path))
     marker = tmp_path / UNIT
     tools = tmp_path / "bin"
     tools.mkdir()
@@ -793,7 +798,7 @@ def test_a_start_that_never_finishes_fails_after_the_wait(tmp_path: Path, monkey
 
 def test_strays_keep_unmanaged_models_and_go_deepest_first() -> None:
     root = "/opt/triton/models"
-    manifest = DesiredState(
+    desired = DesiredState(
         name="gpu host calypso",
         files=[
             ManagedFile(f"{root}/m/config.pbtxt", b"name: 'm'"),
@@ -815,7 +820,7 @@ def test_strays_keep_unmanaged_models_and_go_deepest_first() -> None:
     }
     state = managed_state(trees={root: found})
     with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with({ManagedState: state})):
-        extra = triton_ops.strays(manifest, root, {"m"})
+        extra = triton_ops.strays(desired, root, {"m"})
     assert set(extra) == {"m/1/b.py", "m/3", "m/3/sub", "m/3/sub/c.py"}
     depths = [rel.count("/") for rel in extra]
     assert depths == sorted(depths, reverse=True)
@@ -880,11 +885,11 @@ def test_require_gpu_names_configured_indexes_that_are_absent(caplog) -> None:
 
 
 def test_account_noop_reads_a_real_account_value() -> None:
-    manifest = DesiredState(name="base calypso", users=["oceanid"])
+    desired = DesiredState(name="base calypso", users=["oceanid"])
     account = Account(1000, 1000, "/home/oceanid", "/bin/bash", ("oceanid", "sudo"))
     run = run_op(
         managed.account,
-        manifest,
+        desired,
         "oceanid",
         facts={ManagedState: managed_state(users={"oceanid": account})},
     )
@@ -892,9 +897,9 @@ def test_account_noop_reads_a_real_account_value() -> None:
 
 
 def test_directories_noop_with_real_path_state() -> None:
-    manifest = DesiredState(name="base calypso", directories=[ManagedDirectory("/etc/oceanid")])
+    desired = DesiredState(name="base calypso", directories=[ManagedDirectory("/etc/oceanid")])
     state = managed_state(paths={"/etc/oceanid": PathState("directory", "0755", "root", "root")})
-    run = run_op(managed.directories, manifest, facts={ManagedState: state})
+    run = run_op(managed.directories, desired, facts={ManagedState: state})
     assert run.noop == "1 director(ies) of base calypso are in place"
 
 
@@ -911,20 +916,20 @@ def _change_detection_then_execution(op, *args, facts, **kwargs) -> tuple[list[A
     host.get_fact = lambda cls, *a, **k: facts[cls]  # type: ignore[method-assign]
     with ctx_state.use(state), ctx_host.use(host):
         first = next(iter(op._inner(*args, **kwargs)))
-        managed._STATE_CACHE.clear()
+        _desired.STATE_CACHE.clear()
         everything = list(op._inner(*args, **kwargs))
     return [first], everything
 
 
 def test_diff_shows_every_file_before_the_first_command_and_only_once(caplog) -> None:
     other = ManagedFile("/etc/cloudflared/other.yaml", b"a: 2\n")
-    manifest, credential = _secret_manifest()
-    manifest.files.append(other)
+    desired, credential = _secret_desired()
+    desired.files.append(other)
     state = managed_state(
         paths={CONFIG.path: None, credential.path: None, other.path: None},
     )
     with caplog.at_level(logging.INFO, logger="pyinfra"):
-        _change_detection_then_execution(managed.files, manifest, facts={ManagedState: state})
+        _change_detection_then_execution(managed.files, desired, facts={ManagedState: state})
     text = ANSI.sub("", caplog.text)
     assert text.count(f"{CONFIG.path}: created") == 1
     assert text.count(f"{other.path}: created") == 1
@@ -935,21 +940,21 @@ def test_diff_shows_every_file_before_the_first_command_and_only_once(caplog) ->
 
 def test_diff_of_a_large_or_binary_file_is_not_read_back(caplog) -> None:
     weights = ManagedFile("/opt/triton/models/m/1/weights.bin", b"\0\1" * 1000)
-    manifest = base_manifest(CONFIG, weights)
+    desired = base_desired(CONFIG, weights)
     with ctx_state.use(FakeState()):
-        managed.state.config.DIFF = True
-        assert manifest.script_args()["peek"] == (CONFIG.path,)
+        _desired.state.config.DIFF = True
+        assert desired.script_args()["peek"] == (CONFIG.path,)
     state = managed_state(
         paths={CONFIG.path: file_state(CONFIG), weights.path: file_state(weights, sha256="9" * 64)}
     )
     with caplog.at_level(logging.INFO, logger="pyinfra"):
-        run_op(managed.files, manifest, diff=True, facts={ManagedState: state})
+        run_op(managed.files, desired, diff=True, facts={ManagedState: state})
     assert f"{weights.path}: binary or large file changes" in ANSI.sub("", caplog.text)
 
 
 def test_diff_names_every_directory_and_binary_change(caplog) -> None:
     pin = "b" * 64
-    manifest = DesiredState(
+    desired = DesiredState(
         name="gpu host calypso",
         directories=[ManagedDirectory("/etc/cloudflared"), ManagedDirectory("/opt/triton")],
         binaries=[
@@ -967,7 +972,7 @@ def test_diff_names_every_directory_and_binary_change(caplog) -> None:
     )
     with caplog.at_level(logging.INFO, logger="pyinfra"):
         for op in (managed.directories, managed.binaries):
-            _change_detection_then_execution(op, manifest, facts={ManagedState: state})
+            _change_detection_then_execution(op, desired, facts={ManagedState: state})
     text = ANSI.sub("", caplog.text)
     for line in [
         "/etc/cloudflared: directory created (root:root 0755)",
@@ -982,17 +987,17 @@ def test_diff_names_every_directory_and_binary_change(caplog) -> None:
 
 
 def test_an_unreadable_state_refuses_every_operation_on_it(caplog) -> None:
-    manifest = base_manifest(CONFIG)
-    manifest.packages.append("curl")
+    desired = base_desired(CONFIG)
+    desired.packages.append("curl")
     for op in (managed.files, managed.packages, managed.sweep):
-        managed._STATE_CACHE.clear()
-        run = run_op(op, manifest, facts={ManagedState: None})
+        _desired.STATE_CACHE.clear()
+        run = run_op(op, desired, facts={ManagedState: None})
         assert_refused(run, caplog, "could not read the state of base calypso")
     assert "calypso: could not read the state of base calypso" in caplog.text
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
     with ctx_state.use(FakeState()), ctx_host.use(_fake_host_with({ManagedState: None})):
-        assert manifest.will_change([CONFIG.path]) is False  # restarts nothing on it
-        assert manifest.unwanted() == []  # and removes nothing
+        assert desired.will_change([CONFIG.path]) is False  # restarts nothing on it
+        assert desired.unwanted() == []  # and removes nothing
 
 
 # ---- staging is private in fact
@@ -1001,7 +1006,7 @@ def test_an_unreadable_state_refuses_every_operation_on_it(caplog) -> None:
 def test_staging_folder_is_private_and_a_killed_runs_leftovers_go(tmp_path: Path) -> None:
     """This run stages in a 0700 folder of its own; what a killed run left (untouched for an
     hour) is removed, another run's fresh folder is not."""
-    manifest, credential = _secret_manifest()
+    desired, credential = _secret_desired()
     staging = tmp_path / STAGING
     staging.mkdir(mode=0o755)
     staging.chmod(0o755)
@@ -1012,7 +1017,7 @@ def test_staging_folder_is_private_and_a_killed_runs_leftovers_go(tmp_path: Path
     os.utime(old, (hours_ago, hours_ago))
     busy.mkdir()
     (busy / "staged").write_text("its upload")
-    run = run_op(managed.files, base_manifest(credential), facts={ManagedState: managed_state()})
+    run = run_op(managed.files, base_desired(credential), facts={ManagedState: managed_state()})
     prepare, upload = run.commands[0], run.commands[1]
     subprocess.run(["sh", "-c", prepare["command"]], cwd=tmp_path, check=True)
     assert oct(staging.stat().st_mode & 0o777) == "0o700"
@@ -1034,9 +1039,9 @@ def test_two_runs_at_once_never_remove_each_others_uploads(tmp_path: Path, monke
     second = ManagedFile(str(tmp_path / "b.conf"), b"second run\n", user=user, group=group)
     runs = []
     for run_id, managed_file in (("run-one", first), ("run-two", second)):
-        monkeypatch.setattr(managed, "RUN_ID", run_id)
+        monkeypatch.setattr(_lock, "RUN_ID", run_id)
         state = managed_state(paths={managed_file.path: None})
-        op = run_op(managed.files, base_manifest(managed_file), facts={ManagedState: state})
+        op = run_op(managed.files, base_desired(managed_file), facts={ManagedState: state})
         runs.append(op.commands)
     home = tmp_path / "home"
     home.mkdir()
@@ -1063,7 +1068,7 @@ def _record(files: list[str], directories: list[str] = ()) -> bytes:
 def test_sweep_removes_the_credential_of_the_old_shape(caplog) -> None:
     """The node tunnel switched from credentials.json to a token: the json goes."""
     token = ManagedFile("/etc/cloudflared/token", b"t", mode="0600", secret=True)
-    manifest = DesiredState(
+    desired = DesiredState(
         name="gpu host calypso",
         files=[CONFIG, token],
         directories=[ManagedDirectory("/etc/cloudflared")],
@@ -1072,8 +1077,8 @@ def test_sweep_removes_the_credential_of_the_old_shape(caplog) -> None:
     state = managed_state()
     state["record"] = _record([CONFIG.path, old], ["/etc/cloudflared"])
     with caplog.at_level(logging.INFO, logger="pyinfra"):
-        run = run_op(managed.sweep, manifest, facts={ManagedState: state})
-    assert manifest.unwanted() == [old]
+        run = run_op(managed.sweep, desired, facts={ManagedState: state})
+    assert desired.unwanted() == [old]
     assert run.strings[0] == f"rm -f -- {old}"
     assert f"{old}: no longer wanted, removed" in caplog.text
     # then the record is rewritten to what the manifest declares now
@@ -1085,31 +1090,31 @@ def test_sweep_removes_the_credential_of_the_old_shape(caplog) -> None:
         "files": sorted([CONFIG.path, token.path]),
     }
     assert any(
-        f"mv -f {manifest.record_path}.oceanid-new {manifest.record_path}" in s for s in run.strings
+        f"mv -f {desired.record_path}.oceanid-new {desired.record_path}" in s for s in run.strings
     )
-    assert manifest.record_path == "/var/lib/oceanid/gpu-host-calypso.paths"
+    assert desired.record_path == "/var/lib/oceanid/gpu-host-calypso.paths"
     assert shell_syntax_errors(run.commands) == []
 
 
 def test_sweep_with_nothing_unwanted_and_a_current_record_is_a_noop() -> None:
-    manifest = base_manifest(CONFIG)
+    desired = base_desired(CONFIG)
     state = managed_state()
     state["record"] = _record([CONFIG.path])
-    run = run_op(managed.sweep, manifest, facts={ManagedState: state})
+    run = run_op(managed.sweep, desired, facts={ManagedState: state})
     assert run.commands == []
     assert run.noop == "nothing base calypso wrote is unwanted; its record is up to date"
 
 
 def test_sweep_without_a_record_removes_nothing_and_writes_one() -> None:
-    manifest = base_manifest(CONFIG)
+    desired = base_desired(CONFIG)
     for record in (None, b"not json", b'{"files": "/etc"}'):
-        managed._STATE_CACHE.clear()
+        _desired.STATE_CACHE.clear()
         state = managed_state()
         state["record"] = record
-        run = run_op(managed.sweep, manifest, facts={ManagedState: state})
-        assert manifest.unwanted() == []
+        run = run_op(managed.sweep, desired, facts={ManagedState: state})
+        assert desired.unwanted() == []
         assert not any(s.startswith(("rm -f --", "if [ -d")) for s in run.strings)
-        assert any(manifest.record_path in s for s in run.strings)
+        assert any(desired.record_path in s for s in run.strings)
 
 
 def test_sweep_for_real_removes_only_recorded_files_and_empty_directories(
@@ -1130,7 +1135,7 @@ def test_sweep_for_real_removes_only_recorded_files_and_empty_directories(
     odd = tmp_path / "it's $(touch PWNED)"
     odd.write_text("old")
     wanted = ManagedFile(str(kept / "config.pbtxt"), b"name: kept\n")
-    manifest = DesiredState(
+    desired = DesiredState(
         name="gpu host calypso", files=[wanted], directories=[ManagedDirectory(str(kept))]
     )
     state = managed_state()
@@ -1138,7 +1143,7 @@ def test_sweep_for_real_removes_only_recorded_files_and_empty_directories(
         [wanted.path, str(gone / "1" / "model.py"), str(gone / "config.pbtxt"), str(odd)],
         [str(kept), str(gone), str(gone / "1"), str(busy), str(tmp_path / "never-made")],
     )
-    run = run_op(managed.sweep, manifest, facts={ManagedState: state})
+    run = run_op(managed.sweep, desired, facts={ManagedState: state})
     removals = [s for s in run.strings if s.startswith(("rm -f --", "if [ -d"))]
     for command in removals:
         subprocess.run(["sh", "-c", command], cwd=tmp_path, check=True)
@@ -1150,10 +1155,10 @@ def test_sweep_for_real_removes_only_recorded_files_and_empty_directories(
 
 def test_long_removals_are_split_into_commands_of_bounded_size() -> None:
     names = [f"/opt/triton/models/old/{i:05d}-{'x' * 200}" for i in range(1000)]
-    manifest = base_manifest(CONFIG)
+    desired = base_desired(CONFIG)
     state = managed_state()
     state["record"] = _record([CONFIG.path, *names])
-    run = run_op(managed.sweep, manifest, facts={ManagedState: state})
+    run = run_op(managed.sweep, desired, facts={ManagedState: state})
     removals = [s for s in run.strings if s.startswith("rm -f --")]
     assert len(removals) > 1
     assert all(len(s) < 100 * 1024 for s in removals)
@@ -1173,17 +1178,17 @@ def test_a_held_package_is_installed_not_reinstalled() -> None:
         "@@oceanid end",
     ]
     state = ManagedState().process(output)
-    manifest = DesiredState(name="gpu host calypso", packages=["cloudflared"])
-    run = run_op(managed.packages, manifest, facts={ManagedState: state})
+    desired = DesiredState(name="gpu host calypso", packages=["cloudflared"])
+    run = run_op(managed.packages, desired, facts={ManagedState: state})
     assert run.commands == []
     assert run.noop == "1 package(s) of gpu host calypso are installed"
 
 
 def test_a_shared_file_is_never_recorded_so_never_swept() -> None:
     keys = ManagedFile("/home/oceanid/.ssh/authorized_keys", b"ssh-ed25519 A\n", shared=True)
-    manifest = base_manifest(SUDOERS, keys)
+    desired = base_desired(SUDOERS, keys)
     state = managed_state()
     state["record"] = _record([SUDOERS.path, keys.path])  # however it got there
-    run = run_op(managed.sweep, manifest, facts={ManagedState: state})
-    assert manifest.declared() == {"files": [SUDOERS.path], "directories": []}
+    run = run_op(managed.sweep, desired, facts={ManagedState: state})
+    assert desired.declared() == {"files": [SUDOERS.path], "directories": []}
     assert not any(s.startswith("rm -f --") for s in run.strings)

@@ -143,6 +143,98 @@ def test_two_gpu_hosts_may_not_share_a_tunnel_or_name(data, secrets_file, lab_se
     assert "cloudflareNodeTunnelId is shared by two GPU hosts" in joined
 
 
+def with_calypso2(
+    data, id_key="cloudflareNode2TunnelId", credential_key="cloudflareNode2TunnelToken"
+):
+    """calypso2 beside calypso, at gpu2, on the tunnel whose ESC keys are given."""
+    gpu = dict(data["hosts"]["calypso"]["gpu"], public_name="gpu2")
+    gpu.update(tunnel_id_key=id_key, tunnel_credential_key=credential_key)
+    data["hosts"]["calypso2"] = {"gpu": gpu}
+    return [*views(data), HostView("calypso2", frozenset({"gpu_hosts"}), data)]
+
+
+def test_two_gpu_hosts_may_not_hold_one_tunnel_id_under_two_keys(data, secrets_file, lab_secrets):
+    """calypso's tunnel ID copied into calypso2's own key: the keys differ, the tunnel is one."""
+    data["secret_sources"] = ["file"]
+    hosts = with_calypso2(data)
+    check(hosts, environ=secrets_file(lab_secrets))  # each on its own tunnel
+    node = lab_secrets["cloudflareNodeTunnelId"]
+    for key in ("Id", "Token"):
+        lab_secrets[f"cloudflareNode2Tunnel{key}"] = lab_secrets[f"cloudflareNodeTunnel{key}"]
+    lab_secrets["cloudflareNode2TunnelId"] = node.upper()  # compared as an ID
+    with pytest.raises(PreflightError) as err:
+        check(hosts, environ=secrets_file(lab_secrets))
+    assert err.value.problems == [
+        f"hosts.calypso2.gpu.tunnel_id_key: calypso2's cloudflareNode2TunnelId holds tunnel "
+        f"{node}, the one calypso's cloudflareNodeTunnelId holds; each GPU host needs a tunnel "
+        "of its own: point hosts.calypso2.gpu.tunnel_id_key (and tunnel_credential_key) at keys "
+        "of calypso2's own, or remove the copied ID from cloudflareNode2TunnelId; `make "
+        "tunnels` creates the missing tunnel"
+    ]
+    for key, value in lab_secrets.items():
+        if "TunnelId" not in key and "Hostname" not in key and "Target" not in key:
+            assert value.strip() not in str(err.value)
+
+
+def test_one_key_spelled_two_ways_is_one_tunnel(data, secrets_file, lab_secrets):
+    """`cloudflare_node_tunnel_id` is `cloudflareNodeTunnelId` (oceanid/secrets.py
+    `canonical`): no value was copied, so the line says only to give the host keys of its own."""
+    data["secret_sources"] = ["file"]
+    hosts = with_calypso2(data, "cloudflare_node_tunnel_id", "cloudflare_node_tunnel_token")
+    with pytest.raises(PreflightError) as err:
+        check(hosts, environ=secrets_file(lab_secrets))
+    assert err.value.problems == [
+        "hosts.calypso2.gpu.tunnel_id_key: calypso2's cloudflare_node_tunnel_id holds tunnel "
+        f"{lab_secrets['cloudflareNodeTunnelId']}, the one calypso's cloudflareNodeTunnelId "
+        "holds; each GPU host needs a tunnel of its own: point "
+        "hosts.calypso2.gpu.tunnel_id_key (and tunnel_credential_key) at keys of calypso2's "
+        "own; `make tunnels` creates the missing tunnel"
+    ]
+
+
+def test_a_gpu_host_may_not_use_the_cluster_tunnel(data, secrets_file, lab_secrets):
+    """Its connector would take Label Studio's requests, with or without the k3s server in
+    this inventory: the cluster tunnel's connector runs there all the same."""
+    data["secret_sources"] = ["file"]
+    cluster = lab_secrets["cloudflareTunnelId"]
+    lab_secrets["cloudflareNodeTunnelId"] = cluster
+    lab_secrets["cloudflareNodeTunnelToken"] = lab_secrets["cloudflareTunnelToken"]
+    lab_secrets["cloudflareNodeTunnelTarget"] = f"{cluster}.cfargotunnel.com"
+    line = (
+        f"hosts.calypso.gpu.tunnel_id_key: calypso's cloudflareNodeTunnelId holds tunnel "
+        f"{cluster}, the cluster tunnel (cloudflareTunnelId, Label Studio's); each GPU host "
+        "needs a tunnel of its own: point hosts.calypso.gpu.tunnel_id_key (and "
+        "tunnel_credential_key) at keys of calypso's own, or remove the copied ID from "
+        "cloudflareNodeTunnelId; `make tunnels` creates the missing tunnel"
+    )
+    for names in (("tethys", "styx", "calypso"), ("calypso",)):
+        with pytest.raises(PreflightError) as err:
+            check(views(data, names), environ=secrets_file(lab_secrets))
+        assert err.value.problems == [line]
+        assert lab_secrets["cloudflareTunnelToken"] not in str(err.value)
+
+
+def test_a_gpu_host_named_on_the_cluster_key_is_refused_without_removing_it(
+    data, secrets_file, lab_secrets
+):
+    """tunnel_id_key cloudflareTunnelId is the cluster's own key: the line must not tell the
+    operator to remove the cluster tunnel's ID."""
+    data["secret_sources"] = ["file"]
+    data["hosts"]["calypso"]["gpu"].update(
+        tunnel_id_key="cloudflareTunnelId", tunnel_credential_key="cloudflareTunnelToken"
+    )
+    del lab_secrets["cloudflareNodeTunnelTarget"]  # calypso's records are no longer its tunnel's
+    with pytest.raises(PreflightError) as err:
+        check(views(data), environ=secrets_file(lab_secrets))
+    assert err.value.problems == [
+        "hosts.calypso.gpu.tunnel_id_key: calypso's cloudflareTunnelId holds tunnel "
+        f"{lab_secrets['cloudflareTunnelId']}, the cluster tunnel (cloudflareTunnelId, Label "
+        "Studio's); each GPU host needs a tunnel of its own: point "
+        "hosts.calypso.gpu.tunnel_id_key (and tunnel_credential_key) at keys of calypso's "
+        "own; `make tunnels` creates the missing tunnel"
+    ]
+
+
 def test_gpu_group_member_without_gpu_settings(data, secrets_file, lab_secrets):
     data["secret_sources"] = ["file"]
     del data["hosts"]["calypso"]

@@ -311,3 +311,21 @@ def test_an_environment_variable_overrides_esc_with_the_default_order(esc_path, 
         "cloudflareApiToken: the value from the environment (CLOUDFLARE_API_TOKEN) wins over ESC's"
     ]
     assert "env-token" not in lines[0] and "esc-token" not in lines[0]
+
+
+def test_the_database_url_parts_never_show_the_password():
+    """`make check` and Label Studio's env read the same parts; a repr of them (a log line, a
+    traceback) names the host and the user, never the password."""
+    db = secrets.database_url("postgresql://ls:p%40ss-w0rd@db.example:6543/label%20studio")
+    assert (db.host, db.port, db.name, db.user, db.password) == (
+        "db.example",
+        6543,
+        "label studio",
+        "ls",
+        "p@ss-w0rd",
+    )
+    assert "p@ss-w0rd" not in repr(db) and "p%40ss" not in repr(db)
+    assert "db.example" in repr(db)
+    with pytest.raises(ValueError, match="labelStudioDbUrl: no password") as raised:
+        secrets.database_url("postgresql://ls@db.example/ls")
+    assert "db.example" not in str(raised.value)

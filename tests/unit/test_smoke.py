@@ -321,6 +321,12 @@ def test_https_through_both_clients_with_a_fake_triton(tmp_path, lab_secrets):
         (failed,) = lines(done.stdout, "FAIL gpu.boathou.se inference docling_granite_python")
         assert "sent 'oceanid smoke " in failed and "got back '" in failed
 
+        routes["/v2/models/docling_granite_python/infer"] = triton_echo(error="it broke")
+        done = run_smoke(site, env, "--only", "gpu", *args)
+        assert done.returncode == 1
+        (failed,) = lines(done.stdout, "FAIL gpu.boathou.se inference docling_granite_python")
+        assert failed.endswith("the model answered an error: it broke")
+
         done = run_smoke(site, {"SECRETS_FILE": env["SECRETS_FILE"]}, "--only", "label", *args)
         assert done.returncode == 1  # without the lab CA, the certificate is refused
         assert "CERTIFICATE_VERIFY_FAILED" in lines(done.stdout, "FAIL label.boathou.se")[0]

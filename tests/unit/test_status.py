@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from oceanid import status
+from oceanid.cluster_layout import MANIFEST_DIR
 from tests.smoke_support import REPO, http_server, site_dir
 
 SHARED = REPO.parent / "shared" / "fixtures" / "nvidia-smi" / "h200"
@@ -206,7 +207,7 @@ def test_manifests_render_with_their_last_change():
             "k3s": {"version": "v1.33.4+k3s1", "nodes": None},
             "manifests": [
                 {
-                    "path": f"{status.manifest_dir()}/oceanid-label-studio.yaml",
+                    "path": f"{MANIFEST_DIR}/oceanid-label-studio.yaml",
                     "changed": "2026-11-29T12:00:00+00:00",
                     "mode": 384,
                 }

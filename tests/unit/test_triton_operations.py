@@ -32,7 +32,7 @@ from oceanid.triton_runtime import (
     TritonDistribution,
     installed_distribution,
 )
-from operations import managed
+from operations import _desired
 from operations import triton as triton_ops
 from operations.managed import DesiredState, ManagedFile
 from tests.unit.test_operations import (
@@ -40,15 +40,16 @@ from tests.unit.test_operations import (
     run_op,
     shell_syntax_errors,
 )
+from tests.unit.test_progress import watched
 
 STAMP = b"0.7.0 " + b"a" * 64 + b"\n"
 
 
 @pytest.fixture(autouse=True)
 def _fresh_state_cache():
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
     yield
-    managed._STATE_CACHE.clear()
+    _desired.STATE_CACHE.clear()
 
 
 def run_in_order(commands: list[str]) -> subprocess.CompletedProcess[str] | None:
@@ -73,11 +74,11 @@ def _environment(
 ):
     link, env = root / "venv", root / "venvs" / "new"
     (root / "model-requirements.txt").write_text(requirements)
-    manifest = DesiredState(name="gpu host calypso", read=[f"{link}/.oceanid-stamp"])
+    desired = DesiredState(name="gpu host calypso", read=[f"{link}/.oceanid-stamp"])
     state = managed_state(contents={f"{link}/.oceanid-stamp": current})
     return run_op(
         triton_ops.environment,
-        manifest,
+        desired,
         link=str(link),
         env=str(env),
         stamp_name=".oceanid-stamp",
@@ -153,7 +154,7 @@ def test_a_complete_build_switches_the_link_and_keeps_the_old_until_ready(tmp_pa
         str(tmp_path / "venv"),
         str(tmp_path / "venvs"),
         [str(leftover)],
-        True,
+        rebuilt=True,
         facts={},
     )
     assert run_in_order(cleanup.strings) is None
@@ -299,7 +300,12 @@ def test_a_first_build_creates_the_link(tmp_path: Path) -> None:
 
 def test_old_environments_stay_when_nothing_was_rebuilt() -> None:
     run = run_op(
-        triton_ops.old_environments, "/opt/triton/venv", "/opt/triton/venvs", [], False, facts={}
+        triton_ops.old_environments,
+        "/opt/triton/venv",
+        "/opt/triton/venvs",
+        [],
+        rebuilt=False,
+        facts={},
     )
     assert run.commands == []
     assert run.noop == "no new environment was built: nothing beside /opt/triton/venv's to remove"
@@ -431,13 +437,13 @@ def recorded(*paths: str) -> bytes:
 
 
 def _retire(record: bytes | None, models: list[str], caplog=None):
-    manifest = DesiredState(
+    desired = DesiredState(
         name="gpu host calypso",
         files=[ManagedFile(f"{ROOT}/{m}/config.pbtxt", b"") for m in models],
         trees=[ROOT],
     )
     state = {**managed_state(), "record": record}
-    return run_op(triton_ops.retire, manifest, ROOT, models, 9000, facts={ManagedState: state})
+    return run_op(triton_ops.retire, desired, ROOT, models, 9000, facts={ManagedState: state})
 
 
 def test_removed_and_renamed_models_are_unloaded_then_deleted(caplog) -> None:
@@ -453,8 +459,13 @@ def test_removed_and_renamed_models_are_unloaded_then_deleted(caplog) -> None:
     base = "http://127.0.0.1:9000/v2"
     limits = "--connect-timeout 5 --max-time"
     assert run.strings == [
-        f"if curl -fs -o /dev/null {limits} 5 {base}/health/live; then curl -fsS -X POST "
-        f"-o /dev/null {limits} 120 {base}/repository/models/{model}/unload || "
+        f"if curl -fs -o /dev/null {limits} 5 {base}/health/live; then "
+        + watched(
+            f"curl -fsS -X POST -o /dev/null {limits} 120 {base}/repository/models/{model}/unload",
+            f"Triton to finish unloading model {model}",
+            120,
+        )
+        + " || "
         f'{{ if [ "$?" = 28 ]; then echo \'Triton did not finish unloading model {model} in '
         "120 s (the limit set in operations/triton.py); see its log' >&2; else echo "
         f"'Triton refused to unload model {model}; see its log' >&2; fi; exit 1; }} ; fi"

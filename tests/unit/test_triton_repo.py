@@ -174,6 +174,7 @@ def test_rendered_shipped_config_parses_as_a_model_config() -> None:
     assert [group.gpus for group in config.instance_group] == [[0, 1]]
     assert config.parameters["granite_model_dir"].string_value == "/opt/granite"
     assert [i.name for i in config.input] == ["pdf_data", "prompt", "text"]
+    assert config.max_batch_size > 1  # batched: the ML-backend adapter sends [B, 1] per request
 
 
 def test_top_level_fields_skip_braces_in_strings_and_comments() -> None:

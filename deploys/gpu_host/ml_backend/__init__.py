@@ -4,7 +4,7 @@ through the host's Triton; it runs as oceanid-ml-backend.service behind `ml.<bas
 Where and how it runs (design.md §7): on each GPU host of the `triton` kind, as a system user
 of its own, from a venv of its own under ROOT (it needs no GPU and reaches Triton on
 localhost), listening on 127.0.0.1:ML_BACKEND_PORT only; the host's node tunnel publishes it at
-its own name (oceanid/ingress.py `ml_name`: `ml.<base>` beside `gpu.<base>`). Basic auth's user
+its own name (oceanid/names.py: `ml.<base>` beside `gpu.<base>`). Basic auth's user
 and password (ESC `mlBackendUser`, `mlBackendPassword`) are in a 0600 file owned by that user,
 read by the adapter itself: never in the unit, its arguments or its config.
 
@@ -113,17 +113,17 @@ def environment_path() -> str:
     return f"{ENVS}/{stamp().decode()[:12]}-{built}"
 
 
-def add_to(manifest: DesiredState, plan: HostPlan) -> list[str]:
+def add_to(desired: DesiredState, plan: HostPlan) -> list[str]:
     """Declare the adapter's files, account and unit; return the paths that restart it."""
-    manifest.users.append(USER)
-    manifest.packages += [p for p in PACKAGES if p not in manifest.packages]
-    manifest.directories += [
+    desired.users.append(USER)
+    desired.packages += [p for p in PACKAGES if p not in desired.packages]
+    desired.directories += [
         ManagedDirectory(ROOT, "0755"),
         ManagedDirectory(ENVS, "0755"),
         ManagedDirectory(CONFIG_DIR, "0755"),
     ]
     text = json.dumps(config(plan), indent=1, sort_keys=True) + "\n"
-    manifest.files += [
+    desired.files += [
         ManagedFile(CODE, (HERE / "adapter.py").read_bytes()),
         ManagedFile(REQUIREMENTS, requirements()),
         ManagedFile(CONFIG, text.encode()),
@@ -132,24 +132,24 @@ def add_to(manifest: DesiredState, plan: HostPlan) -> list[str]:
         ),
         ManagedFile(UNIT_FILE, unit().encode()),
     ]
-    manifest.read.append(STAMP)
-    manifest.units.append(UNIT)
+    desired.read.append(STAMP)
+    desired.units.append(UNIT)
     return [CODE, CONFIG, CREDENTIALS, REQUIREMENTS]
 
 
-def prepare(manifest: DesiredState) -> None:
+def prepare(desired: DesiredState) -> None:
     """Before the role's files: the account that owns the credentials file."""
-    managed.account(name="ML backend's service account", manifest=manifest, user=USER, system=True)
+    managed.account(name="ML backend's service account", desired=desired, user=USER, system=True)
 
 
-def deploy(manifest: DesiredState, inputs: list[str]) -> None:
+def deploy(desired: DesiredState, inputs: list[str]) -> None:
     """After the role's files: the venv (rebuilt only for new pins), then the unit, restarted
     when its code, config, credentials, unit file or venv changed, and checked to answer."""
-    rebuilt = manifest.state()["contents"].get(STAMP) != stamp()
+    rebuilt = desired.state()["contents"].get(STAMP) != stamp()
     env = environment_path()
     triton_ops.environment(
         name="ML backend's Python environment",
-        manifest=manifest,
+        desired=desired,
         link=VENV,
         env=env,
         stamp_name=STAMP_NAME,
@@ -161,7 +161,7 @@ def deploy(manifest: DesiredState, inputs: list[str]) -> None:
     )
     services.unit(
         name="oceanid-ml-backend",
-        manifest=manifest,
+        desired=desired,
         unit_name=UNIT,
         unit_file=UNIT_FILE,
         inputs=inputs,

@@ -24,9 +24,12 @@ http(s) URL, or a path on Label Studio (`/data/upload/â€¦`, `/data/local-files/â
 starting with "/"), fetched from Label Studio with its API token; the token goes to Label
 Studio's own origin only, and never along a redirect.
 
-docling_granite_python declares max_batch_size 0, so one Triton request carries one document:
-tasks that arrive together are sent together, as concurrent requests on one client (at most
-`batch` in flight), and Triton queues them to its instances.
+Tasks that arrive together go to Triton together: one request per batch of up to `batch`
+documents (capped by the model's max_batch_size, read from Triton), its pdf_data a [B, 1]
+tensor whose rows come back as B response documents in the same order; a row holding
+{"error": ...} is that document's failure alone. A batch goes out as soon as its files are in,
+while the next ones download; at most as many requests are in flight as the model has
+instances (one per GPU on a multi-GPU host), the others wait their turn.
 
 Stdlib http.server (ThreadingHTTPServer) and tritonclient[http] only: the host venv pins just
 tritonclient with hashes, and four small endpoints need no framework. Run:
@@ -55,7 +58,7 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -83,6 +86,10 @@ class SetupError(Exception):
         self.status = status
 
 
+class DocumentError(Exception):
+    """Triton answered the batch, and this document's row holds the model's {"error"}."""
+
+
 @dataclass(frozen=True)
 class Config:
     """The adapter's settings; every key of the JSON file is a field here.
@@ -93,7 +100,8 @@ class Config:
     + label_studio_url: Label Studio's base URL for `/data/...` paths; empty: the `hostname`
       Label Studio sends in /setup
     + pdf_field: the task data key that holds the PDF's URL (pdf)
-    + batch: how many documents of one /predict are in flight to Triton at once (8)
+    + batch: how many documents of one /predict go to Triton in one request (8; capped by
+      the model's max_batch_size); also how many files are fetched at once
     + fetch_timeout_s / infer_timeout_s / triton_connect_timeout_s: limits on outbound calls
     + max_pdf_bytes: a larger file is refused (100 MiB)
     + credentials_file: the 0600 JSON file with the basic-auth user and password
@@ -255,13 +263,12 @@ class Adapter:
 
     # --- Triton -------------------------------------------------------------------------
 
-    def _client(self, concurrency: int = 1) -> triton_http.InferenceServerClient:
+    def _client(self) -> triton_http.InferenceServerClient:
         """A client for this call alone: tritonclient's HTTP client runs on gevent, whose
         hub belongs to one OS thread, and every request here has a thread of its own."""
         return triton_http.InferenceServerClient(
             urllib.parse.urlsplit(self.config.triton_url).netloc,
             ssl=self.config.triton_url.startswith("https://"),
-            concurrency=concurrency,
             connection_timeout=self.config.triton_connect_timeout_s,
             network_timeout=self.config.infer_timeout_s,
         )
@@ -286,45 +293,53 @@ class Adapter:
         version = self.model_version()
         return {"status": "UP", "model_class": "TritonDocling", "model_version": version}
 
-    def infer(self, pdfs: list[bytes]) -> list[dict[str, Any] | Exception]:
-        """Each PDF's response document (or the error Triton gave it), in order; at most
-        `batch` requests are in flight at once."""
-        results: list[dict[str, Any] | Exception] = []
-        bound = self.config.batch
-        client = self._client(concurrency=min(bound, max(1, len(pdfs))))
+    def _batching(self) -> tuple[int, int]:
+        """(documents per request, requests in flight) from the config Triton serves: `batch`
+        capped by max_batch_size, which Triton enforces; one request per model instance."""
+        client = self._client()
         try:
-            for start in range(0, len(pdfs), bound):
-                pending = [self._send(client, pdf) for pdf in pdfs[start : start + bound]]
-                results.extend(self._receive(request) for request in pending)
+            served = client.get_model_config(self.config.model)
         finally:
             client.close()
-        return results
+        bound = served.get("max_batch_size") or 0
+        if not isinstance(bound, int) or bound < 1:
+            raise ValueError(
+                f"Triton's model {self.config.model} declares max_batch_size {bound!r}: it takes "
+                "no batch of documents, and this adapter sends pdf_data as [B, 1]"
+            )
+        instances = sum(
+            max(1, int(group.get("count") or 1)) * max(1, len(group.get("gpus") or []))
+            for group in served.get("instance_group") or [{}]
+        )
+        return min(self.config.batch, bound), instances
 
-    def _send(self, client: triton_http.InferenceServerClient, pdf: bytes) -> Any:
-        tensor = triton_http.InferInput("pdf_data", [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([pdf], dtype=np.object_), binary_data=True)
+    def infer(self, pdfs: list[bytes]) -> list[dict[str, Any] | Exception]:
+        """One batch in one Triton request: each document's response, or the error that kept
+        it from one, in order. A row with {"error"} fails that document alone; a refused
+        request, every document of its batch. A client of its own, so any thread may call it.
+        """
+        tensor = triton_http.InferInput("pdf_data", [len(pdfs), 1], "BYTES")
+        rows = np.array([[pdf] for pdf in pdfs], dtype=np.object_).reshape(len(pdfs), 1)
+        tensor.set_data_from_numpy(rows, binary_data=True)
         output = triton_http.InferRequestedOutput("response", binary_data=True)
+        client = self._client()
         try:
-            return client.async_infer(
+            result = client.infer(
                 self.config.model,
                 [tensor],
                 outputs=[output],
                 timeout=int(self.config.infer_timeout_s * 1_000_000),
             )
-        except (InferenceServerException, OSError) as exc:
-            return exc
-
-    @staticmethod
-    def _receive(request: Any) -> dict[str, Any] | Exception:
-        if isinstance(request, Exception):
-            return request
-        try:
-            result = request.get_result()
-            body = json.loads(result.as_numpy("response").reshape(-1)[0])
-            body["model_version"] = result.get_response().get("model_version", "")
-            return body
+            answers = result.as_numpy("response").reshape(-1)
+            if len(answers) != len(pdfs):
+                raise ValueError(f"{len(answers)} response rows for a batch of {len(pdfs)}")
+            version = result.get_response().get("model_version", "")
+            bodies = [json.loads(answer) for answer in answers]
         except (InferenceServerException, OSError, ValueError, LookupError, TypeError) as exc:
-            return exc
+            return [exc] * len(pdfs)
+        finally:
+            client.close()
+        return [_document(body, version) for body in bodies]
 
     # --- Label Studio -------------------------------------------------------------------
 
@@ -385,19 +400,41 @@ class Adapter:
                 urls[index] = url
             else:
                 log.warning("task %s: no prediction: data.%s holds no URL", _id(task), field_name)
-        pdfs: dict[int, bytes] = {}
-        # fetched `batch` at a time: each waits on the network, not on this machine
-        with ThreadPoolExecutor(max_workers=self.config.batch) as pool:
-            fetched = {i: pool.submit(self.fetch, url, project) for i, url in urls.items()}
+        answers: dict[int, dict[str, Any] | Exception] = {}
+        size, parallel = 1, 1
+        try:
+            if urls:
+                size, parallel = self._batching()
+        except (InferenceServerException, OSError, ValueError, TypeError) as exc:
+            answers, urls = dict.fromkeys(urls, exc), {}  # Triton cannot take them: none fetched
+        # Files are fetched `batch` at a time (each waits on the network, not on this machine);
+        # a batch goes to Triton as soon as its files are in, while the next ones download.
+        with (
+            ThreadPoolExecutor(max_workers=self.config.batch) as fetcher,
+            ThreadPoolExecutor(max_workers=parallel) as sender,
+        ):
+            fetched = {i: fetcher.submit(self.fetch, url, project) for i, url in urls.items()}
+            sent: list[tuple[list[int], Future[list[dict[str, Any] | Exception]]]] = []
+
+            def send(batch: dict[int, bytes]) -> None:
+                sent.append((list(batch), sender.submit(self.infer, list(batch.values()))))
+
+            batch: dict[int, bytes] = {}
             for index, future in fetched.items():
                 try:
-                    pdfs[index] = future.result()
+                    batch[index] = future.result()
                 except (OSError, ValueError) as exc:  # URLError and timeouts are OSErrors
                     log.warning(
                         "task %s: no prediction: cannot fetch %s: %s",
                         _id(tasks[index]), urls[index], exc,
                     )  # fmt: skip
-        answers = dict(zip(pdfs, self.infer(list(pdfs.values())), strict=True))
+                if len(batch) == size:
+                    send(batch)
+                    batch = {}
+            if batch:
+                send(batch)
+            for indexes, infer in sent:
+                answers.update(zip(indexes, infer.result(), strict=True))
         results: list[Any] = []
         versions = set()
         for index, task in enumerate(tasks):
@@ -414,6 +451,14 @@ class Adapter:
         if len(versions) == 1:
             response["model_version"] = versions.pop()
         return response
+
+
+def _document(body: Any, version: str) -> dict[str, Any] | Exception:
+    """One response row of docling_granite_python: its document, or the error it carries."""
+    if not isinstance(body, dict) or "error" in body:
+        error = body.get("error") if isinstance(body, dict) else body
+        return DocumentError(f"the model could not read it: {error}")
+    return {**body, "model_version": version}
 
 
 def prediction(target: Target, answer: dict[str, Any], version: str) -> dict[str, Any]:
@@ -460,6 +505,10 @@ def handler(adapter: Adapter) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = REALM
+        # An answer goes out as two writes, headers then body. On a kept-alive connection (the
+        # node tunnel's cloudflared pools its connections to us) Nagle holds the body until the
+        # client ACKs the headers, which it delays by 40 ms: every call would wait that long.
+        disable_nagle_algorithm = True
 
         def _answer(self, status: int, body: dict[str, Any], reason: str | None = None) -> None:
             payload = json.dumps(body).encode()

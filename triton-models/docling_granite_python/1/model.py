@@ -6,8 +6,12 @@ GPU time is spent on it. When config.pbtxt names a Granite-Docling checkpoint
 by that model on this instance's device instead; the response says which path produced the text,
 so a client never mistakes pypdf output for the model's.
 
-Every problem with one request becomes a TritonError in that request's response: a crashed stub
-would take the whole model, and every other client's request, down with it.
+Batched (config.pbtxt max_batch_size): each input of a request is [B, 1], one row per document,
+and the response is [B, 1], one JSON document per row in the same order. A document that cannot
+be read carries {"error": ...} in its own row while the others carry their text, so one bad file
+never costs its batch; only a request that sends no input at all fails as a whole. Nothing is
+allowed to escape execute: a crashed stub would take the whole model, and every other client's
+request, down with it.
 """
 
 from __future__ import annotations
@@ -48,24 +52,33 @@ class TritonPythonModel:
         self.granite = Granite(Path(granite_dir), self.device) if granite_dir else None
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """Answer each request on its own, so one bad request never fails its neighbours."""
+        """One response per request, in order; a request is a batch of documents."""
         return [self._respond(request) for request in requests]
 
     def _respond(self, request: Any) -> Any:
+        """Every document of the request answered on its own, one response row each."""
         try:
-            body = self._read(request)
+            documents = _documents(request)
         except RequestError as exc:
             return _error(str(exc), pb_utils.TritonError.INVALID_ARG)
-        except Exception as exc:  # pypdf and torch raise many types on hostile input
-            return _error(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
-        payload = np.array([json.dumps(body).encode()], dtype=np.object_)
+        rows = [[json.dumps(self._answer(*document)).encode()] for document in documents]
+        payload = np.array(rows, dtype=np.object_).reshape(len(rows), 1)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("response", payload)])
 
-    def _read(self, request: Any) -> dict[str, Any]:
+    def _answer(
+        self, pdf: bytes | None, text: bytes | None, prompt: bytes | None
+    ) -> dict[str, Any]:
+        """One document's response, or {"error": ...} naming what is wrong with it."""
+        try:
+            return self._read(pdf, _text("text", text), _text("prompt", prompt))
+        except RequestError as exc:
+            return {"error": str(exc)}
+        except Exception as exc:  # pypdf and torch raise many types on hostile input
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    def _read(self, pdf: bytes | None, text: str | None, prompt: str | None) -> dict[str, Any]:
         """Build the response document; pdf_data wins when both pdf_data and text are sent."""
-        pdf = _input_bytes(request, "pdf_data")
-        text = _input_text(request, "text")
-        prompt = _input_text(request, "prompt") or DEFAULT_PROMPT
+        prompt = prompt or DEFAULT_PROMPT
         pages = None
         if pdf:
             text_out, pages = _pypdf_text(pdf)
@@ -146,21 +159,47 @@ class Granite:
         return "\n\n".join(page.strip() for page in pages)
 
 
-def _input_bytes(request: Any, name: str) -> bytes | None:
-    """The first element of an optional BYTES input, or None when the client left it out."""
+INPUTS = ("pdf_data", "text", "prompt")
+
+
+def _documents(request: Any) -> list[tuple[bytes | None, ...]]:
+    """(pdf_data, text, prompt) of each document, in row order; None where a row is empty or
+    the client left that input out.
+
+    Triton checks that every input of a request has the same batch size; the check is
+    repeated here because a wrong row count would pair one document's PDF with another's text.
+    """
+    columns = {name: _column(request, name) for name in INPUTS}
+    sizes = {len(column) for column in columns.values() if column is not None}
+    if not sizes:
+        raise RequestError("send pdf_data (the PDF's bytes) or text; neither was given")
+    if len(sizes) > 1:
+        raise RequestError(f"inputs have different batch sizes: {sorted(sizes)}")
+    (size,) = sizes
+    return [
+        tuple(None if columns[name] is None else columns[name][row] for name in INPUTS)
+        for row in range(size)
+    ]
+
+
+def _column(request: Any, name: str) -> list[bytes | None] | None:
+    """An optional BYTES input of shape [B, 1] as B values (None for an empty one), or None
+    when the client left the input out."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
         return None
-    values = tensor.as_numpy().reshape(-1)
-    if values.size == 0:
-        return None
-    value = values[0]
-    return value if isinstance(value, bytes) else str(value).encode()
+    values = tensor.as_numpy()
+    rows = [np.asarray(row).reshape(-1) for row in (values if values.ndim else [values])]
+    return [_bytes(row[0]) if row.size else None for row in rows]
 
 
-def _input_text(request: Any, name: str) -> str | None:
-    """An optional BYTES input read as UTF-8; other bytes are the client's error."""
-    value = _input_bytes(request, name)
+def _bytes(value: Any) -> bytes | None:
+    value = value if isinstance(value, bytes) else str(value).encode()
+    return value or None
+
+
+def _text(name: str, value: bytes | None) -> str | None:
+    """An optional BYTES value read as UTF-8; other bytes are the client's error."""
     try:
         return None if value is None else value.decode()
     except UnicodeDecodeError as exc:
