@@ -176,12 +176,11 @@ def pulumi_lines(export: dict, names: set[str], tunnel_ids: set[str], base: str)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = exitcodes.Parser(
+    parser = exitcodes.inventory_parser(
         prog="python -m deploys.adopt",
         description="What the first deploy would adopt, replace or refuse; what to remove from "
         "the Pulumi stack's state. Reads only.",
     )
-    parser.add_argument("inventory", nargs="?", default="inventory.py")
     parser.add_argument(
         "--pulumi-export", type=Path, metavar="FILE", help="`pulumi stack export` output"
     )

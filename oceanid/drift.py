@@ -185,11 +185,10 @@ def pyinfra_argv(inventory: str, deploy: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = exitcodes.Parser(
+    parser = exitcodes.inventory_parser(
         prog="python -m oceanid.drift",
         description="The dry run as a check: exit 0 no drift, 2 drift, 1 error, 3 bad arguments.",
     )
-    parser.add_argument("inventory", nargs="?", default="inventory.py")
     parser.add_argument(
         "--json", action="store_true", help="one JSON object per finding (JSON lines)"
     )

@@ -27,3 +27,11 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(USAGE, f"{self.prog}: error: {message}\n")
+
+
+def inventory_parser(prog: str, description: str) -> Parser:
+    """The operator's commands' parser: `prog`, `description`, and the inventory file as the
+    first argument (inventory.py unless named), as every make target passes it."""
+    parser = Parser(prog=prog, description=description)
+    parser.add_argument("inventory", nargs="?", default="inventory.py")
+    return parser

@@ -84,22 +84,21 @@ def _one_line(value: str) -> str:
     return value
 
 
-def _hostname(value: str) -> str:
-    if not HOSTNAME_RE.fullmatch(value):
-        raise ValueError("must be a lower-case DNS name such as boathou.se")
-    return value
+def _matching(pattern: re.Pattern[str], message: str) -> Callable[[str], str]:
+    """A validator: the value whole must match `pattern`, else `message` (words, not the
+    regex: the operator reads it)."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(message)
+        return value
+
+    return check
 
 
-def _sha256(value: str) -> str:
-    if not SHA256_RE.fullmatch(value):
-        raise ValueError("must be 64 lower-case hex digits (a SHA-256)")
-    return value
-
-
-def _label(value: str) -> str:
-    if not LABEL_RE.fullmatch(value):
-        raise ValueError("must be one DNS label such as gpu or gpu2")
-    return value
+_hostname = _matching(HOSTNAME_RE, "must be a lower-case DNS name such as boathou.se")
+_sha256 = _matching(SHA256_RE, "must be 64 lower-case hex digits (a SHA-256)")
+_label = _matching(LABEL_RE, "must be one DNS label such as gpu or gpu2")
 
 
 def _http_url(value: str) -> str:

@@ -659,12 +659,11 @@ def check_record(line: str) -> dict[str, str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = exitcodes.Parser(
+    parser = exitcodes.inventory_parser(
         prog="python -m oceanid.smoke",
         description="Check the public URLs and the tunnels from outside: exit 0 all passed, "
         "1 a check failed, 3 nothing checked (bad inventory, settings, secrets or arguments).",
     )
-    parser.add_argument("inventory", nargs="?", default="inventory.py")
     parser.add_argument(
         "--json",
         action="store_true",

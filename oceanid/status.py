@@ -317,11 +317,10 @@ def exit_code(report: Report) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = exitcodes.Parser(
+    parser = exitcodes.inventory_parser(
         prog="python -m oceanid.status",
         description="Each host's state from its facts, one table per host; reads, never changes.",
     )
-    parser.add_argument("inventory", nargs="?", default="inventory.py")
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
     args = parser.parse_args(argv)
     from gevent import monkey  # as pyinfra's CLI does, before anything loads ssl

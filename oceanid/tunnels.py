@@ -97,12 +97,11 @@ def credential_matches(value: str | None, key: str, tunnel_id: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = exitcodes.Parser(
+    parser = exitcodes.inventory_parser(
         prog="python -m oceanid.tunnels",
         description="Create each tunnel the settings name that Cloudflare lacks; print how to "
         "store its ID and credential in ESC.",
     )
-    parser.add_argument("inventory", nargs="?", default="inventory.py")
     parser.add_argument(
         "--show",
         metavar="KEY",

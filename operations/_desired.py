@@ -342,3 +342,25 @@ def differs(managed: ManagedFile, current: PathState) -> bool:
 def attributes_differ(current: PathState, mode: str, user: str, group: str) -> bool:
     """Whether a path's owner or mode on the host is not the one declared."""
     return (current.mode, current.user, current.group) != (mode.zfill(4), user, group)
+
+
+def changes(desired: DesiredState, wanted: list, kind: str, differs) -> tuple[list, str | None]:
+    """Each of `wanted` (files or directories) whose state differs (`differs(managed, current)`),
+    with its current state; or, where a path holds something other than a `kind`, only the
+    refusal (the deploy never replaces a directory by a file, nor the reverse)."""
+    current_paths = desired.state()["paths"]
+    plan = []
+    for managed in wanted:
+        current = current_paths.get(managed.path)
+        if current is not None and current.kind != kind:
+            return [], (
+                f"{managed.path} exists but is a {current.kind}, not a {kind}; "
+                "move it away, the deploy will not replace it"
+            )
+        if current is None or differs(managed, current):
+            plan.append((managed, current))
+    return plan, None
+
+
+def directory_differs(managed: ManagedDirectory, current: PathState) -> bool:
+    return attributes_differ(current, managed.mode, managed.user, managed.group)

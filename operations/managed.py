@@ -29,8 +29,9 @@ from operations._desired import (
     ManagedBinary,
     ManagedDirectory,
     ManagedFile,
-    attributes_differ,
+    changes,
     differs,
+    directory_differs,
     read_together,
     record_paths,
 )
@@ -69,18 +70,10 @@ def files(desired: DesiredState, paths: list[str] | None = None):
         yield from refuse(desired.unreadable_message())
         return
     wanted = desired.files if paths is None else [desired.file(p) for p in paths]
-    current_paths = desired.state()["paths"]
-    plan = []
-    for managed in wanted:
-        current = current_paths.get(managed.path)
-        if current is not None and current.kind != "file":
-            yield from refuse(
-                f"{managed.path} exists but is a {current.kind}, not a file; "
-                "move it away, the deploy will not replace it"
-            )
-            return
-        if current is None or differs(managed, current):
-            plan.append((managed, current))
+    plan, refusal = changes(desired, wanted, "file", differs)
+    if refusal:
+        yield from refuse(refusal)
+        return
     if not plan:
         host.noop(f"{len(wanted)} file(s) of {desired} are up to date")
         return
@@ -106,18 +99,10 @@ def directories(desired: DesiredState):
     if desired.unreadable():
         yield from refuse(desired.unreadable_message())
         return
-    current_paths = desired.state()["paths"]
-    plan = []
-    for managed in desired.directories:
-        current = current_paths.get(managed.path)
-        if current is not None and current.kind != "directory":
-            yield from refuse(
-                f"{managed.path} exists but is a {current.kind}, not a directory; "
-                "move it away, the deploy will not replace it"
-            )
-            return
-        if current is None or attributes_differ(current, managed.mode, managed.user, managed.group):
-            plan.append((managed, current))
+    plan, refusal = changes(desired, desired.directories, "directory", directory_differs)
+    if refusal:
+        yield from refuse(refusal)
+        return
     if not plan:
         host.noop(f"{len(desired.directories)} director(ies) of {desired} are in place")
         return

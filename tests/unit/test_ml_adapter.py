@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -152,6 +153,17 @@ class Recorder(BaseHTTPRequestHandler):
         pass
 
 
+@contextmanager
+def serving(server) -> Iterator[str]:
+    """`server` (an http.server) answering from a thread of its own until the block ends."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def servers() -> Iterator[tuple[str, str, list]]:
     """Two origins, Label Studio's and another one, each recording what it was sent."""
@@ -220,13 +232,8 @@ def running() -> Iterator[tuple[str, Credentials]]:
     config = Config.from_dict(
         {"credentials_file": "x", "listen_port": port, "triton_url": f"http://127.0.0.1:{closed}"}
     )
-    server = adapter.serve(config, credentials)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{config.listen_port}", credentials
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(adapter.serve(config, credentials)) as url:
+        yield url, credentials
 
 
 def raw(url: str, request: bytes) -> bytes:

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from deploys.gpu_host.ml_backend.adapter import Adapter, Config, Credentials
+from tests.unit.test_ml_adapter import serving
 
 MODEL = "docling_granite_python"
 LABEL_CONFIG = '<View><Pdf name="d" value="$pdf"/><TextArea name="t" toName="d"/></View>'
@@ -123,12 +124,8 @@ def triton() -> Iterator[tuple[str, FakeTriton]]:
     state = FakeTriton()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler(state))
     httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(httpd) as url:
+        yield url, state
 
 
 def predict(url: str, state: FakeTriton, names: list[str], batch: int) -> list:

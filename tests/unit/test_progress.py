@@ -29,6 +29,7 @@ import pytest
 from operations import _shell, apt_repo, docker, k3s, managed, progress, services
 from operations import triton as triton_ops
 from tests.unit.test_k3s_manifests_applied import APP, HELD, IN_PLACE, OLD, _applied
+from tests.unit.test_k3s_operations import _fake_tools as fake_tools
 from tests.unit.test_operations import run_op, shell_syntax_errors
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,17 +53,6 @@ def watched(command: str, what: str, limit: int | None, *, bounded=True, every=1
 @pytest.fixture
 def every_second(monkeypatch):
     monkeypatch.setattr(progress, "EVERY", 1)
-
-
-def fake_tools(tmp_path: Path, **scripts: str) -> dict[str, str]:
-    """An environment whose PATH finds these scripts first (`sleep` stays the real one)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    for name, body in scripts.items():
-        tool = bin_dir / name
-        tool.write_text(f"#!/bin/sh\n{body}\n")
-        tool.chmod(0o755)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
 def waits_for(path: Path) -> str:
