@@ -79,7 +79,7 @@ def public_names(
             continue
         gpu_name = f"{gpu.public_name}.{base}"
         found.append(PublicName("gpu", gpu_name, host))
-        if gpu.service.kind == "triton":  # the ML-backend adapter runs beside Triton
+        if gpu.service.runs_ml_backend:
             found.append(PublicName("ml", ml_hostname(gpu_name), host))
     return found
 

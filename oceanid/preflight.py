@@ -195,7 +195,7 @@ ML_BACKEND_PASSWORD_MIN = 16
 
 def ml_backend_host(plan: HostPlan) -> bool:
     """Whether the host runs the ML-backend adapter: a GPU host of the `triton` kind."""
-    return plan.gpu is not None and plan.gpu.service.kind == "triton"
+    return plan.gpu is not None and plan.gpu.service.runs_ml_backend
 
 
 def ml_backend_problems(plans: Iterable[HostPlan], secrets: secrets_mod.Secrets) -> list[str]:

@@ -234,6 +234,12 @@ class GpuService(Strict):
             )
         return self
 
+    @property
+    def runs_ml_backend(self) -> bool:
+        """Whether the ML-backend adapter runs beside this service (and `ml.<base>` is
+        published): on the `triton` kind, whose model it calls; an `http` server is none."""
+        return self.kind == "triton"
+
 
 ACCESS_MODES = ("off", "service_token")
 

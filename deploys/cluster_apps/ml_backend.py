@@ -31,7 +31,7 @@ def backend_url(settings: Settings, gpus: list[GpuHost]) -> str:
     `gpu` -> `ml`); with none in this inventory, the default GPU name's (https://ml.<base>)."""
     if settings.cluster_apps.ml_backend.url:
         return settings.cluster_apps.ml_backend.url
-    triton = [gpu for gpu in gpus if gpu.service.kind == "triton"] or [GpuHost()]
+    triton = [gpu for gpu in gpus if gpu.service.runs_ml_backend] or [GpuHost()]
     (ml,) = [name for name in names.host_names(settings, "", triton[0]) if name.kind == "ml"]
     return f"https://{ml.fqdn}"
 

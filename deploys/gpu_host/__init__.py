@@ -54,7 +54,7 @@ def declare(plan: HostPlan) -> Role:
         docker.add_to(desired, plan)
     if service.kind == "triton":
         declared = triton.add_to(desired, plan)
-        ml_inputs = ml_backend.add_to(desired, plan)
+        ml_inputs = ml_backend.add_to(desired, plan) if service.runs_ml_backend else None
         return Role(desired, uses_docker, tunnel_inputs, triton=declared, ml_inputs=ml_inputs)
     return Role(desired, uses_docker, tunnel_inputs, http_inputs=http_service.add_to(desired, plan))
 
